@@ -1,0 +1,41 @@
+# Two commands for a fresh machine (see README.md):
+#   make demo   set up, then run the main job
+#   make test   set up, then run the whole test suite (what CI runs)
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint format benchmark clean
+
+setup: $(STAMP)
+
+# torch goes in first, on its own: installed alongside transformers, pip would
+# resolve it to a CUDA build and pull gigabytes of packages.
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[interop,test,notebooks]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m prompt_tuning.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/forward_backward.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

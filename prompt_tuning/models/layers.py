@@ -1,0 +1,295 @@
+"""The building blocks of T5: dense, RMS norm, relative position bias, attention, MLP.
+
+Every parameter is declared with logical axis names, so `partitioning.py` can
+map them onto a device mesh and Adafactor can factor them. Activations are
+annotated with `act_*` names through `nn.with_logical_constraint`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# Added to the attention logits of keys a query may not see. Large and finite,
+# so a fully masked row (a padding row) gives a uniform softmax, never NaN.
+MASK_VALUE = -1e10
+
+
+def normal_init(stddev: float) -> Initializer:
+  return nn.initializers.normal(stddev=stddev)
+
+
+def fan_in_init(fan_in: int, scale: float = 1.0) -> Initializer:
+  return nn.initializers.normal(stddev=(scale / fan_in) ** 0.5)
+
+
+class Dense(nn.Module):
+  """A kernel-only linear layer (T5 has no biases): x @ kernel[in, out]."""
+
+  features: int
+  axes: tuple[str, str]
+  kernel_init: Initializer
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param(
+      "kernel",
+      nn.with_logical_partitioning(self.kernel_init, self.axes),
+      (x.shape[-1], self.features),
+      self.param_dtype,
+    )
+    return jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class RMSNorm(nn.Module):
+  """T5's layer norm: rescale by the root mean square, no centering, no bias."""
+
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param(
+      "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],), self.param_dtype
+    )
+    x32 = x.astype(jnp.float32)
+    # The variance is always taken in float32, also for bfloat16 activations.
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def relative_position_bucket(
+  relative_position: Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Array:
+  """Maps key_position - query_position to a bucket id, as T5 does.
+
+  Half the buckets (of each direction, when bidirectional) hold exact
+  distances; the rest grow logarithmically up to `max_distance`, beyond which
+  all distances share the last bucket. The arithmetic (float32 log, truncation)
+  follows the Hugging Face T5 so bucket ids agree exactly.
+
+  Args:
+    relative_position: int array, key position minus query position.
+    bidirectional: encoder (True) or causal decoder (False).
+    num_buckets: total buckets.
+    max_distance: distance at which buckets saturate.
+
+  Returns:
+    int32 array of bucket ids, same shape as `relative_position`.
+  """
+  bucket = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    bucket = bucket + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  is_small = distance < max_exact
+  # Guard log(0); those positions take the exact branch anyway.
+  safe = jnp.maximum(distance, 1).astype(jnp.float32)
+  log_ratio = jnp.log(safe / max_exact) / np.float32(np.log(max_distance / max_exact))
+  large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(relative_position.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return (bucket + jnp.where(is_small, distance, large)).astype(jnp.int32)
+
+
+class RelativePositionBias(nn.Module):
+  """One learned scalar per (head, bucket), shared by all layers of a stack."""
+
+  num_heads: int
+  num_buckets: int
+  max_distance: int
+  bidirectional: bool
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query_positions: Array, key_positions: Array) -> Array:
+    """Returns the bias [1, heads, q_len, k_len] for int positions [q_len], [k_len]."""
+    rel_embedding = self.param(
+      "rel_embedding",
+      nn.with_logical_partitioning(normal_init(1.0), ("heads", "relpos_buckets")),
+      (self.num_heads, self.num_buckets),
+      self.param_dtype,
+    )
+    relative = key_positions[None, :] - query_positions[:, None]  # [q_len, k_len]
+    buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+    # A one-hot contraction instead of a gather: cheap at these sizes and it
+    # shards cleanly along heads.
+    one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=self.dtype)  # [q, k, buckets]
+    bias = jnp.einsum("hb,qkb->hqk", rel_embedding.astype(self.dtype), one_hot)
+    return bias[None]  # [1, heads, q_len, k_len]
+
+
+def _split_heads(x: Array, num_heads: int, head_dim: int) -> Array:
+  return x.reshape(x.shape[:-1] + (num_heads, head_dim))
+
+
+def _broadcast_prefix(prefix: Array, batch: int) -> Array:
+  """[P, H, Dh] or [B|1, P, H, Dh] -> [B, P, H, Dh]."""
+  if prefix.ndim == 3:
+    prefix = prefix[None]
+  return jnp.broadcast_to(prefix, (batch,) + prefix.shape[1:])
+
+
+class Attention(nn.Module):
+  """T5 multi-head attention: no 1/sqrt(head_dim) scaling (it is folded into
+  the query initialization) and no biases.
+
+  Keys and values may be extended on the left by a *prefix* (prefix tuning):
+  shared or per-row arrays [P, heads, head_dim] or [batch|1, P, heads, head_dim]
+  that every query sees, with no position bias (prefix vectors have no
+  position in the sequence).
+
+  In decode mode the keys and values live in the `cache` collection
+  (`cached_key`/`cached_value` [batch, length, heads, head_dim]), created by
+  `init_cache`: empty slots for self-attention, filled at `cache_index` step
+  by step; for cross-attention the projected encoder keys and values, computed
+  once, so a decode step costs one query per layer.
+  """
+
+  num_heads: int
+  head_dim: int
+  emb_dim: int
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _project(self, name: str, x: Array, features: int, axes: tuple[str, str], fan_in: int) -> Array:
+    return Dense(features, axes, fan_in_init(fan_in), self.dtype, self.param_dtype, name=name)(x)
+
+  def _project_kv(self, inputs_kv: Array) -> tuple[Array, Array]:
+    """Keys and values [B, T, heads, head_dim] of `inputs_kv` [B, T, embed]."""
+    joined = self.num_heads * self.head_dim
+    key = self._project("key", inputs_kv, joined, ("embed", "joined_kv"), self.emb_dim)
+    value = self._project("value", inputs_kv, joined, ("embed", "joined_kv"), self.emb_dim)
+    return _split_heads(key, self.num_heads, self.head_dim), _split_heads(value, self.num_heads, self.head_dim)
+
+  @nn.compact
+  def __call__(
+    self,
+    inputs_q: Array,
+    inputs_kv: Array | None,
+    bias: Array | None,
+    *,
+    prefix_key: Array | None = None,
+    prefix_value: Array | None = None,
+    decode: bool = False,
+    cache_index: Array | None = None,
+    init_cache_length: int | None = None,
+    deterministic: bool = True,
+  ) -> Array:
+    """Attends from `inputs_q` [B, Tq, embed] to `inputs_kv` [B, Tk, embed].
+
+    Args:
+      inputs_q: queries' inputs.
+      inputs_kv: keys' and values' inputs. In decode mode: the new positions
+        (self-attention) or None (cross-attention: the cache holds them).
+      bias: additive logits bias, broadcastable to [B, heads, Tq, Tk]: the
+        mask (0 or MASK_VALUE) plus the relative position bias, over the keys
+        (not the prefix). In decode mode Tk is the cache length.
+      prefix_key, prefix_value: optional prefix [P, H, Dh] or [B|1, P, H, Dh].
+      decode: read (and for self-attention, update) the cache.
+      cache_index: in decode mode, the cache slot of the first new position.
+      init_cache_length: create the cache instead of attending: empty slots of
+        this length for self-attention (`inputs_kv` is the query input), or the
+        projected `inputs_kv` for cross-attention (pass 0). Returns zeros.
+      deterministic: disable dropout.
+
+    Returns:
+      [B, Tq, embed].
+    """
+    batch, joined = inputs_q.shape[0], self.num_heads * self.head_dim
+    query = self._project("query", inputs_q, joined, ("embed", "joined_kv"), self.emb_dim * self.head_dim)
+    query = _split_heads(query, self.num_heads, self.head_dim)  # [B, Tq, H, Dh]
+    if init_cache_length is not None:
+      self._init_cache(inputs_kv, batch, init_cache_length)
+      return jnp.zeros(inputs_q.shape[:2] + (self.emb_dim,), self.dtype)
+    if decode:
+      key, value = self._read_cache(inputs_kv, cache_index)
+    else:
+      key, value = self._project_kv(inputs_kv)
+
+    bias = jnp.broadcast_to(bias, (batch, self.num_heads, query.shape[1], key.shape[1]))
+    if prefix_key is not None:
+      prefix_key = _broadcast_prefix(prefix_key, batch).astype(key.dtype)
+      prefix_value = _broadcast_prefix(prefix_value, batch).astype(value.dtype)
+      key = jnp.concatenate([prefix_key, key], axis=1)
+      value = jnp.concatenate([prefix_value, value], axis=1)
+      # Prefix keys: always visible, no position bias.
+      bias = jnp.concatenate([jnp.zeros(bias.shape[:3] + (prefix_key.shape[1],), bias.dtype), bias], axis=-1)
+
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(query.dtype))
+    logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [B, H, Tq, Tk]
+    weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
+    out = out.reshape(out.shape[:2] + (joined,))
+    return self._project("out", out, self.emb_dim, ("joined_kv", "embed"), joined)
+
+  def _init_cache(self, inputs_kv: Array, batch: int, length: int) -> None:
+    if length == 0:  # cross-attention: the encoder's keys and values, projected once.
+      key, value = self._project_kv(inputs_kv)
+    else:
+      key = value = jnp.zeros((batch, length, self.num_heads, self.head_dim), self.dtype)
+    self.variable("cache", "cached_key", lambda: key)
+    self.variable("cache", "cached_value", lambda: value)
+
+  def _read_cache(self, inputs_kv: Array | None, cache_index: Array | None) -> tuple[Array, Array]:
+    if not self.has_variable("cache", "cached_key"):
+      raise ValueError("Decoding needs a cache: call the model's `init_cache` method first.")
+    cached_key = self.variable("cache", "cached_key")
+    cached_value = self.variable("cache", "cached_value")
+    if inputs_kv is not None:  # self-attention: write the new positions at cache_index.
+      new_key, new_value = self._project_kv(inputs_kv)
+      start = (0, cache_index, 0, 0)
+      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, new_key.astype(cached_key.value.dtype), start)
+      cached_value.value = jax.lax.dynamic_update_slice(
+        cached_value.value, new_value.astype(cached_value.value.dtype), start
+      )
+    return cached_key.value, cached_value.value
+
+
+_ACTIVATION_FNS = {
+  "relu": jax.nn.relu,
+  # T5 1.1 uses the tanh approximation (Hugging Face's "gelu_new").
+  "gelu": functools.partial(jax.nn.gelu, approximate=True),
+  "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+  "silu": jax.nn.silu,
+  "linear": lambda x: x,
+}
+
+
+class MLP(nn.Module):
+  """T5's feed-forward block; with several activations their outputs are multiplied (GLU)."""
+
+  mlp_dim: int
+  emb_dim: int
+  activations: Sequence[str] = ("relu",)
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    hidden = None
+    for i, act in enumerate(self.activations):
+      name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+      h = _ACTIVATION_FNS[act](dense(self.mlp_dim, ("embed", "mlp"), fan_in_init(self.emb_dim), name=name)(x))
+      hidden = h if hidden is None else hidden * h  # [B, T, mlp]
+    hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_length", "act_mlp"))
+    hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
+    return dense(self.emb_dim, ("mlp", "embed"), fan_in_init(self.mlp_dim), name="wo")(hidden)

@@ -1,0 +1,56 @@
+"""prompt_tuning: parameter-efficient tuning (prompts, prefixes) of frozen T5 in JAX/Flax."""
+
+import setuptools
+
+# Pinned: these versions are known to install and work together (see README).
+# Move them forward deliberately, with the whole test suite, never by accident.
+INSTALL_REQUIRES = [
+  "jax==0.10.2",
+  "jaxlib==0.10.2",
+  "flax==0.12.8",
+  "optax==0.2.8",
+  "orbax-checkpoint==0.12.8",
+  "chex==0.1.92",
+  "gin-config==0.5.0",
+  "sentencepiece==0.2.3",
+  "numpy==2.4.6",
+  "seqio==0.0.20",
+  "tensorflow==2.21.0",
+  "tensorflow-text==2.21.1",
+  "tensorflow-datasets==4.9.10",
+  "clu==0.0.12",
+  "tensorboard==2.21.0",
+  "tensorstore==0.1.86",
+  "msgpack==1.2.4",
+  "safetensors==0.8.0",
+  "scipy==1.17.1",
+  "scikit-learn==1.9.1",
+  "tqdm==4.70.1",
+]
+
+EXTRAS_REQUIRE = {
+  # The Hugging Face side of the parity and interop tests. torch==2.13.0 must
+  # be installed first, on its own (the Makefile does): installed together,
+  # pip resolves torch to a CUDA build and pulls gigabytes of packages.
+  "interop": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
+  "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6"],
+  "notebooks": ["nbclient", "nbformat", "ipykernel"],
+}
+
+setuptools.setup(
+  name="prompt_tuning",
+  version="0.1.0",
+  description="Prompt tuning and prefix tuning of frozen T5 models in JAX/Flax.",
+  python_requires=">=3.11",
+  packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"]),
+  include_package_data=True,
+  package_data={"prompt_tuning": ["gin/**/*.gin", "configs/**/*.gin"]},
+  install_requires=INSTALL_REQUIRES,
+  extras_require=EXTRAS_REQUIRE,
+  entry_points={
+    "console_scripts": [
+      "prompt-tuning=prompt_tuning.cli:main",
+      "t5x=prompt_tuning.cli:main",
+    ]
+  },
+)
