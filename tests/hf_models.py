@@ -52,6 +52,11 @@ def hf_model(kind: str, vocab_size: int = 100, seed: int = 0):
     **SHAPES[kind],
   )
   model = transformers.T5ForConditionalGeneration(config).eval()
+  if not SHAPES[kind]["tie_word_embeddings"]:
+    # transformers 5 ties lm_head to the embedding even when asked not to
+    # (it only drops the d_model^-0.5 scaling); T5 1.1 checkpoints have their
+    # own lm_head, so give the model one.
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * config.d_model**-0.5)
   with torch.no_grad():
     # Random T5s love the pad token; make it unattractive so greedy decoding
     # produces varied, input-dependent sequences worth comparing.
