@@ -1,0 +1,140 @@
+"""Evaluation: teacher-forced loss, seqio metrics through decoding, and class-label scoring.
+
+    prompt-tuning eval --gin_file=configs/prompt_base.gin --gin.MODEL_DIR="'/tmp/run'"
+
+The tuned vectors come from the latest checkpoint in MODEL_DIR (or, with none,
+from the prompt initializer, e.g. `prompts.from_file`), the frozen backbone
+from INITIAL_CHECKPOINT_PATH, exactly as at the start of training.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import gin
+import jax
+import numpy as np
+
+from prompt_tuning import decoding, inputs, optim, partitioning
+
+
+def teacher_forced(run, task_name: str, lengths: Mapping[str, int], batch_size: int, split: str, max_batches=None):
+  """Token-weighted mean loss and token accuracy over a split."""
+  local = partitioning.local_batch_size(batch_size, run.mesh)
+  totals: dict[str, float] = {}
+  for batch in inputs.eval_batches(
+    task_name, lengths, local, decoder_only=run.tuned.config.decoder_only, split=split, max_batches=max_batches
+  ):
+    metrics = jax.device_get(run.eval_step(run.state.trainable, run.frozen, partitioning.shard_batch(batch, run.mesh)))
+    tokens = float(metrics["num_tokens"])
+    for key in ("loss", "cross_entropy", "accuracy"):
+      totals[key] = totals.get(key, 0.0) + float(metrics[key]) * tokens
+    totals["num_tokens"] = totals.get("num_tokens", 0.0) + tokens
+  count = max(totals.pop("num_tokens", 0.0), 1.0)
+  return {k: v / count for k, v in totals.items()} | {"num_tokens": count}
+
+
+class Predictor:
+  """Decodes and scores with a run's trainable state and frozen backbone."""
+
+  def __init__(self, run, settings: decoding.DecodingSettings, batch_size: int):
+    self.run, self.settings, self.batch_size = run, settings, batch_size
+
+  def _params(self):
+    return optim.merge(self.run.state.trainable, self.run.frozen)
+
+  def generate(self, encoder_input_tokens: np.ndarray) -> np.ndarray:
+    params = self._params()
+    kwargs = self.run.tuned.model_inputs(params)
+    out = decoding.generate(self.run.tuned.config, params["t5"], encoder_input_tokens, settings=self.settings, **kwargs)
+    return np.asarray(jax.device_get(out.tokens))
+
+  def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """log p(decoder_target_tokens | inputs) per row."""
+    from prompt_tuning import trainer
+
+    return np.asarray(
+      jax.device_get(
+        trainer.score_step(self.run.state.trainable, self.run.frozen, batch, forward=self.run.tuned.forward)
+      )
+    )
+
+  def _batches(self, dataset):
+    """(indices, features) in padded batches from a seqio-enumerated dataset."""
+    for indices, features in dataset.batch(self.batch_size).as_numpy_iterator():
+      rows = len(indices)
+      yield indices, inputs.pad_rows(dict(features), self.batch_size), rows
+
+  def predict_fn(self, dataset) -> list[tuple[int, list[int]]]:
+    results = []
+    for indices, features, rows in self._batches(dataset):
+      tokens = self.generate(features["encoder_input_tokens"])[:rows]
+      results.extend((int(i), [int(t) for t in row if t > 0]) for i, row in zip(indices, tokens))
+    return results
+
+  def score_fn(self, dataset) -> list[tuple[int, float]]:
+    results = []
+    for indices, features, rows in self._batches(dataset):
+      scores = self.score(features)[:rows]
+      results.extend((int(i), float(s)) for i, s in zip(indices, scores))
+    return results
+
+
+def seqio_metrics(
+  run,
+  task_name: str,
+  lengths: Mapping[str, int],
+  split: str,
+  settings: decoding.DecodingSettings,
+  batch_size: int,
+  num_examples: int | None = None,
+) -> dict[str, float]:
+  """The task's own seqio metrics (accuracy, F1, ...) on decoded predictions."""
+  import seqio
+
+  evaluator = seqio.Evaluator(
+    mixture_or_task_name=task_name,
+    feature_converter=inputs.feature_converter(run.tuned.config.decoder_only),
+    eval_split=split,
+    sequence_length=dict(lengths),
+    num_examples=num_examples,
+    async_compute_metrics=False,
+  )
+  if not evaluator.eval_tasks:
+    return {}
+  predictor = Predictor(run, settings, batch_size)
+  future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predictor.predict_fn, score_fn=predictor.score_fn)
+  flat = {}
+  for task, metrics in future.result().items():
+    for name, value in metrics.items():
+      value = getattr(value, "value", value)
+      if isinstance(value, (int, float, np.floating, np.integer)):
+        flat[f"{task}/{name}"] = float(value)
+  return flat
+
+
+@gin.configurable
+def evaluate(
+  run_config=None,
+  split: str = "validation",
+  decoding_settings: decoding.DecodingSettings = decoding.DecodingSettings(),
+  num_examples: int | None = None,
+) -> dict[str, float]:
+  """Loss and seqio metrics of the tuned model on a split; appended to MODEL_DIR/eval_metrics.jsonl."""
+  from prompt_tuning import train
+
+  cfg = run_config if run_config is not None else train.RunConfig()
+  run = train.build(cfg)
+  try:
+    metrics = teacher_forced(run, cfg.mixture_or_task_name, cfg.task_feature_lengths, cfg.batch_size, split)
+    metrics |= seqio_metrics(
+      run, cfg.mixture_or_task_name, cfg.task_feature_lengths, split, decoding_settings, cfg.batch_size, num_examples
+    )
+  finally:
+    run.checkpoints.close()
+  if jax.process_index() == 0:
+    with open(Path(cfg.model_dir) / "eval_metrics.jsonl", "a") as f:
+      f.write(json.dumps({"step": int(run.state.step), "split": split, **metrics}) + "\n")
+  return metrics

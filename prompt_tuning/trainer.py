@@ -1,0 +1,141 @@
+"""Train and eval steps: small pure functions, jit-compiled by the driver with explicit shardings.
+
+Gradients are taken with respect to the *trainable* pytree only; the frozen
+backbone is a separate, non-differentiated argument, so XLA computes no weight
+gradients for it and the optimizer holds no state for it.
+
+The loss is T5X's: softmax cross-entropy plus z-loss (1e-4 * log(Z)^2, which
+keeps the softmax normalizer near 1), summed over target tokens with their
+loss weights and divided by the number of real target tokens of the whole
+(global) batch, microbatches included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from prompt_tuning.optim import merge
+
+PyTree = Any
+Batch = dict[str, jax.Array]
+# forward(params {"t5": ..., "prompt": ..., "prefix": ...}, batch, enable_dropout, rng) -> logits [B, T, V]
+Forward = Callable[[PyTree, Batch, bool, jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs, besides the frozen backbone and the data position."""
+
+  step: jax.Array  # int32 scalar
+  trainable: PyTree
+  opt_state: optax.OptState
+
+  @classmethod
+  def create(cls, trainable: PyTree, optimizer: optax.GradientTransformation) -> TrainState:
+    return cls(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable))
+
+
+def token_losses(logits: jax.Array, targets: jax.Array, z_loss: float) -> tuple[jax.Array, jax.Array]:
+  """Per-token cross-entropy and z-loss terms, float32 [B, T] each."""
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, T]
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return log_z - target_logit, z_loss * jnp.square(log_z)
+
+
+def loss_weights(batch: Batch) -> jax.Array:
+  """seqio's decoder_loss_weights, or real target tokens when absent."""
+  if "decoder_loss_weights" in batch:
+    return batch["decoder_loss_weights"].astype(jnp.float32)
+  return (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
+
+
+def summed_loss(trainable, frozen, batch: Batch, rng, forward: Forward, z_loss: float, enable_dropout: bool):
+  """Sum over tokens of (cross-entropy + z-loss), and the sums behind the metrics."""
+  logits = forward(merge(trainable, frozen), batch, enable_dropout, rng)
+  targets, weights = batch["decoder_target_tokens"], loss_weights(batch)
+  cross_entropy, z_term = token_losses(logits, targets, z_loss)
+  total = jnp.sum((cross_entropy + z_term) * weights)
+  correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+  sums = {"cross_entropy": jnp.sum(cross_entropy * weights), "z_loss": jnp.sum(z_term * weights), "correct": correct}
+  return total, sums
+
+
+def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+  def split(x):
+    if x.shape[0] % num_microbatches:
+      raise ValueError(
+        f"batch of {x.shape[0]} rows does not split into {num_microbatches} microbatches; "
+        "make the batch size a multiple of NUM_MICROBATCHES."
+      )
+    return x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
+
+  return jax.tree.map(split, batch)
+
+
+def train_step(
+  state: TrainState,
+  frozen: PyTree,
+  batch: Batch,
+  rng: jax.Array,
+  *,
+  forward: Forward,
+  optimizer: optax.GradientTransformation,
+  z_loss: float = 1e-4,
+  num_microbatches: int = 1,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step; gradients accumulated over `num_microbatches` slices of the batch."""
+  rng = jax.random.fold_in(rng, state.step)
+  grad_fn = jax.grad(summed_loss, has_aux=True)
+  if num_microbatches == 1:
+    grads, sums = grad_fn(state.trainable, frozen, batch, rng, forward, z_loss, True)
+  else:
+
+    def accumulate(carry, micro):
+      index, micro_batch = micro
+      grads, sums = grad_fn(state.trainable, frozen, micro_batch, jax.random.fold_in(rng, index), forward, z_loss, True)
+      return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+    zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("cross_entropy", "z_loss", "correct")}
+    micro = (jnp.arange(num_microbatches), _split_microbatches(batch, num_microbatches))
+    (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), micro)
+  # Per-token normalization over the whole batch (T5X's NUM_REAL_TARGET_TOKENS).
+  num_tokens = jnp.maximum(jnp.sum(loss_weights(batch)), 1.0)
+  grads = jax.tree.map(lambda g: g / num_tokens, grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+  metrics = _metrics(sums, num_tokens)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  # Lets the driver refuse to keep (or save) a state that went non-finite.
+  metrics["param_norm"] = optax.global_norm(trainable)
+  return state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state), metrics
+
+
+def _metrics(sums: dict[str, jax.Array], num_tokens: jax.Array) -> dict[str, jax.Array]:
+  return {
+    "loss": (sums["cross_entropy"] + sums["z_loss"]) / num_tokens,
+    "cross_entropy": sums["cross_entropy"] / num_tokens,
+    "z_loss": sums["z_loss"] / num_tokens,
+    "accuracy": sums["correct"] / num_tokens,
+    "num_tokens": num_tokens,
+  }
+
+
+def eval_step(trainable, frozen, batch: Batch, *, forward: Forward, z_loss: float = 1e-4) -> dict[str, jax.Array]:
+  """Teacher-forced loss and token accuracy, no dropout."""
+  _, sums = summed_loss(trainable, frozen, batch, jax.random.key(0), forward, z_loss, False)
+  return _metrics(sums, jnp.maximum(jnp.sum(loss_weights(batch)), 1.0))
+
+
+def score_step(trainable, frozen, batch: Batch, *, forward: Forward) -> jax.Array:
+  """log p(targets | inputs) per row [B]: ranks candidate class labels by likelihood."""
+  logits = forward(merge(trainable, frozen), batch, False, jax.random.key(0))
+  cross_entropy, _ = token_losses(logits, batch["decoder_target_tokens"], 0.0)
+  return -jnp.sum(cross_entropy * loss_weights(batch), axis=-1)

@@ -1,0 +1,176 @@
+"""The trainer in one process: what changes in a step, accumulation, the optimizer, failure modes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+pytest.importorskip("seqio")
+import tiny_task  # noqa: E402
+
+import prompt_tuning as pt  # noqa: E402
+from prompt_tuning import optim, train, trainer  # noqa: E402
+from prompt_tuning.checkpoints import CheckpointError, save_hf_pretrained  # noqa: E402
+from prompt_tuning.tuning import TunedT5  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def task(reference_dir):
+  return tiny_task.register()
+
+
+def _config(model_dir, **overrides):
+  settings = dict(
+    model_dir=str(model_dir),
+    initial_checkpoint_path=str(tiny_task.T5X_TINY),
+    model_size="t5_1_1_tiny",
+    mixture_or_task_name=tiny_task.TASK,
+    task_feature_lengths={"inputs": 16, "targets": 4},
+    prompt_length=3,
+    prompt_init=tiny_task.uniform_init,
+    batch_size=8,
+    dropout_rate=0.0,
+  )
+  settings.update(overrides)
+  return train.RunConfig(**settings)
+
+
+def test_only_the_prompt_changes_and_frozen_weights_equal_the_checkpoint(task, tmp_path, capsys):
+  cfg = _config(tmp_path / "run")
+  train.train(cfg, num_train_steps=3, checkpoint_every=3)
+  assert "trainable parameters: 12 of 257,868" in capsys.readouterr().err
+  run = train.build(cfg)  # restores step 3
+  run.checkpoints.close()
+  assert int(run.state.step) == 3
+  _, on_disk = pt.load_pretrained(tiny_task.T5X_TINY, config="t5_1_1_tiny")
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.frozen["t5"]), on_disk)
+  # ...and not a random initialization of the same shapes.
+  random = pt.init_params(run.tuned.config, jax.random.key(0))
+  assert not np.allclose(
+    random["encoder"]["layers_0"]["attention"]["query"]["kernel"],
+    on_disk["encoder"]["layers_0"]["attention"]["query"]["kernel"],
+  )
+  initial = run.tuned.init_vectors(jax.random.key(cfg.seed), run.frozen["t5"])["prompt"]
+  assert set(run.state.trainable) == {"prompt"}
+  assert not np.allclose(run.state.trainable["prompt"], initial)
+
+
+def _tiny_setup(pattern=optim.VECTORS_ONLY):
+  config, backbone = pt.load_pretrained(tiny_task.T5X_TINY, config="t5_1_1_tiny")
+  tuned = TunedT5(config, prompt_length=3, prompt_init=tiny_task.uniform_init)
+  params = {"t5": backbone, **tuned.init_vectors(jax.random.key(0), backbone)}
+  trainable, frozen = optim.partition(params, pattern)
+  rng = np.random.default_rng(0)
+  targets = rng.integers(2, 32000, (4, 3)).astype(np.int32)
+  batch = {
+    "encoder_input_tokens": rng.integers(2, 32000, (4, 6)).astype(np.int32),
+    "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": (targets > 0).astype(np.float32),
+  }
+  return tuned, trainable, frozen, batch
+
+
+def test_a_step_changes_exactly_the_trainable_subset():
+  tuned, trainable, frozen, batch = _tiny_setup(r"^t5/decoder/layers_1/")
+  optimizer = optax.sgd(0.1)
+  state = trainer.TrainState.create(trainable, optimizer)
+  new, _ = trainer.train_step(state, frozen, batch, jax.random.key(0), forward=tuned.forward, optimizer=optimizer)
+  before, after = optim._flat(trainable), optim._flat(new.trainable)
+  assert all(k.startswith("t5/decoder/layers_1/") for k in after)
+  assert all(not np.array_equal(before[k], after[k]) for k in after if "layer_norm" not in k)
+  assert "prompt" in frozen and "encoder" in frozen["t5"]
+
+
+def test_gradients_reach_the_prompt_only():
+  tuned, trainable, frozen, batch = _tiny_setup()
+  grads = jax.grad(lambda t: trainer.summed_loss(t, frozen, batch, jax.random.key(0), tuned.forward, 0.0, False)[0])(
+    trainable
+  )
+  assert set(grads) == {"prompt"} and float(jnp.abs(grads["prompt"]).sum()) > 0
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  tuned, trainable, frozen, batch = _tiny_setup()
+  optimizer = optax.sgd(1.0)
+  state = trainer.TrainState.create(trainable, optimizer)
+  kw = dict(forward=tuned.forward, optimizer=optimizer)
+  whole, m1 = trainer.train_step(state, frozen, batch, jax.random.key(0), **kw)
+  split, m2 = trainer.train_step(state, frozen, batch, jax.random.key(0), num_microbatches=2, **kw)
+  np.testing.assert_allclose(whole.trainable["prompt"], split.trainable["prompt"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+  with pytest.raises(ValueError, match="multiple of NUM_MICROBATCHES"):
+    trainer.train_step(state, frozen, batch, jax.random.key(0), num_microbatches=3, **kw)
+
+
+def test_loss_is_cross_entropy_plus_z_loss_per_real_token():
+  logits = jnp.array([[[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]]])
+  targets = jnp.array([[0, 2]])
+  ce, z = trainer.token_losses(logits, targets, 1e-4)
+  log_z = jax.nn.logsumexp(logits, -1)
+  np.testing.assert_allclose(ce, log_z - jnp.array([[2.0, 0.5]]), rtol=1e-6)
+  np.testing.assert_allclose(z, 1e-4 * log_z**2, rtol=1e-6)
+
+
+def test_adafactor_leaves_prompts_unfactored():
+  _, trainable, _, _ = _tiny_setup(r".*")
+  trainable = dict(trainable, prompt=jnp.zeros((200, 256)))  # large enough to be factored otherwise
+  trainable["t5"]["decoder"]["logits_dense"]["kernel"] = jnp.zeros((256, 32128))
+  axes = {
+    "t5": pt.param_logical_axes(pt.get_config("t5_1_1_tiny")),
+    "prompt": jax.sharding.PartitionSpec("prompt", "prompt_embed"),
+  }
+  opt = optim.adafactor(logical_axes=axes)
+  state = opt.init(trainable)
+  leaves = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+  prompt_v = [s for k, s in leaves.items() if "'prompt'" in k and ".v" in k and s != (1,)]
+  assert (200, 256) in prompt_v  # full second moment for the prompt
+  dense = [s for k, s in leaves.items() if "logits_dense" in k and ("v_row" in k or "v_col" in k)]
+  assert (256,) in dense and (32128,) in dense  # factored for the big kernel
+
+
+def test_partition_rejects_patterns_that_select_nothing():
+  with pytest.raises(ValueError, match="selects no parameter"):
+    optim.partition({"t5": {"a": jnp.zeros(2)}}, "^prompt")
+  with pytest.raises(ValueError, match="not a valid regular expression"):
+    optim.partition({"t5": {"a": jnp.zeros(2)}}, "(")
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(task, tmp_path):
+  cfg = _config(tmp_path / "run", optimizer=optax.adafactor(0.3))
+  train.train(cfg, num_train_steps=2, checkpoint_every=1)
+  # Same optimizer state layout, but every update is NaN.
+  poisoned = optax.adafactor(float("nan"))
+  with pytest.raises(train.TrainingError, match=r"not finite at step 3.*last good checkpoint \(step 2\)"):
+    train.train(_config(tmp_path / "run", optimizer=poisoned), num_train_steps=6, checkpoint_every=1)
+  run = train.build(cfg)
+  run.checkpoints.close()
+  assert int(run.state.step) == 2 and np.isfinite(run.state.trainable["prompt"]).all()
+
+
+def test_resume_against_another_backbone_is_refused(task, tmp_path):
+  cfg = _config(tmp_path / "run")
+  train.train(cfg, num_train_steps=1, checkpoint_every=1)
+  config, params = pt.load_pretrained(tiny_task.T5X_TINY, config="t5_1_1_tiny")
+  params["encoder"]["encoder_norm"]["scale"] = params["encoder"]["encoder_norm"]["scale"] * 1.01
+  other = tmp_path / "other_backbone"
+  save_hf_pretrained(other, config, params)
+  with pytest.raises(CheckpointError, match="another frozen backbone"):
+    train.build(_config(tmp_path / "run", initial_checkpoint_path=str(other), model_size=None))
+
+
+def test_prompt_plus_input_longer_than_the_maximum_is_refused(task, tmp_path):
+  with pytest.raises(ValueError, match=r"prompt length 3 \+ input 16 exceeds max 12: lower PROMPT_LENGTH"):
+    train.build(_config(tmp_path / "run", max_encoder_length=12))
+
+
+def test_prompt_initializer_of_the_wrong_shape_is_refused(task, tmp_path):
+  bad = lambda rng, emb, length: jnp.zeros((length, 8))
+  with pytest.raises(ValueError, match=r"needs \(3, 4\)"):
+    train.build(_config(tmp_path / "run", prompt_init=bad))
+
+
+def test_missing_required_settings_are_named():
+  with pytest.raises(ValueError, match="model_dir is required.*--gin.MODEL_DIR"):
+    train.RunConfig(model_dir="", initial_checkpoint_path="x", mixture_or_task_name="t", task_feature_lengths={})
