@@ -60,7 +60,9 @@ class RunConfig:
 
   Attributes:
     model_dir: checkpoints, metrics.jsonl and TensorBoard summaries (MODEL_DIR).
-    initial_checkpoint_path: the frozen backbone, T5X or Hugging Face (INITIAL_CHECKPOINT_PATH).
+    initial_checkpoint_path: the frozen backbone, T5X or Hugging Face (INITIAL_CHECKPOINT_PATH);
+      None initializes the backbone randomly from `model_size` and `seed` (pretraining from scratch,
+      with a trainable pattern that covers the backbone).
     mixture_or_task_name: a registered seqio task or mixture (MIXTURE_OR_TASK_NAME).
     task_feature_lengths: {"inputs": ..., "targets": ...} (TASK_FEATURE_LENGTHS).
     model_size: named size for T5X checkpoints, which carry no config.
@@ -105,20 +107,32 @@ class RunConfig:
   def __post_init__(self):
     for name in ("model_dir", "initial_checkpoint_path", "mixture_or_task_name", "task_feature_lengths"):
       value = getattr(self, name)
-      if value is None or value is gin.REQUIRED or value == "":
+      if value is gin.REQUIRED or value == "" or (value is None and name != "initial_checkpoint_path"):
         raise ValueError(f"{name} is required: set it in a gin file or with --gin.{name.upper()}=...")
+    if self.initial_checkpoint_path is None and not self.model_size:
+      raise ValueError(
+        "INITIAL_CHECKPOINT_PATH=None (random initialization) needs MODEL_SIZE: include a models/ and a "
+        "models/sizes/ gin file, or set RunConfig.model_size."
+      )
     if self.batch_size < 1 or self.num_microbatches < 1 or self.batch_size % self.num_microbatches:
       raise ValueError(
         f"batch_size {self.batch_size} must be a positive multiple of num_microbatches {self.num_microbatches}."
       )
 
 
-def _load_backbone(initial_checkpoint_path: str, model_size, dropout_rate: float | None):
+def _load_backbone(cfg: RunConfig):
+  """The backbone's config and host arrays: from INITIAL_CHECKPOINT_PATH, or random for pretraining."""
   from prompt_tuning.checkpoints import load_pretrained
+  from prompt_tuning.models.configs import get_config
+  from prompt_tuning.models.t5 import init_params
 
-  config, params = load_pretrained(initial_checkpoint_path, config=model_size)
-  if dropout_rate is not None:
-    config = config.replace(dropout_rate=dropout_rate)
+  if cfg.initial_checkpoint_path is None:
+    config = get_config(cfg.model_size)
+    params = jax.device_get(jax.jit(init_params, static_argnums=0)(config, jax.random.key(cfg.seed)))
+  else:
+    config, params = load_pretrained(cfg.initial_checkpoint_path, config=cfg.model_size)
+  if cfg.dropout_rate is not None:
+    config = config.replace(dropout_rate=cfg.dropout_rate)
   return config, params
 
 
@@ -130,7 +144,7 @@ def build(cfg: RunConfig) -> Run:
   """Mesh, backbone, trainable state (fresh or restored) and the compiled steps."""
   mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
   rules = partitioning.logical_rules()
-  config, backbone_host = _load_backbone(cfg.initial_checkpoint_path, cfg.model_size, cfg.dropout_rate)
+  config, backbone_host = _load_backbone(cfg)
   tuned = TunedT5(config, cfg.prompt_length, cfg.prompt_init, cfg.prefix)
   if not config.decoder_only:
     tuned.check_lengths(cfg.task_feature_lengths["inputs"], cfg.max_encoder_length)

@@ -174,3 +174,17 @@ def test_prompt_initializer_of_the_wrong_shape_is_refused(task, tmp_path):
 def test_missing_required_settings_are_named():
   with pytest.raises(ValueError, match="model_dir is required.*--gin.MODEL_DIR"):
     train.RunConfig(model_dir="", initial_checkpoint_path="x", mixture_or_task_name="t", task_feature_lengths={})
+
+
+def test_pretraining_from_random_initialization(task, tmp_path):
+  cfg = _config(tmp_path / "run", initial_checkpoint_path=None, prompt_length=0, trainable_pattern=".*")
+  train.train(cfg, num_train_steps=2, checkpoint_every=2)
+  run = train.build(cfg)
+  run.checkpoints.close()
+  assert int(run.state.step) == 2 and run.frozen == {}
+  fresh = pt.init_params(run.tuned.config, jax.random.key(cfg.seed))
+  trained = run.state.trainable["t5"]
+  assert not np.allclose(trained["decoder"]["logits_dense"]["kernel"], fresh["decoder"]["logits_dense"]["kernel"])
+  np.testing.assert_array_equal(trained["encoder"]["encoder_norm"]["scale"].shape, (4,))
+  with pytest.raises(ValueError, match="needs MODEL_SIZE"):
+    _config(tmp_path / "x", initial_checkpoint_path=None, model_size=None)
