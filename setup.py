@@ -37,14 +37,23 @@ EXTRAS_REQUIRE = {
   "notebooks": ["nbclient", "nbformat", "ipykernel"],
 }
 
+GIN_PACKAGES = {"prompt_tuning.gin_files.gin": "gin", "prompt_tuning.gin_files.configs": "configs"}
+
 setuptools.setup(
   name="prompt_tuning",
   version="0.1.0",
   description="Prompt tuning and prefix tuning of frozen T5 models in JAX/Flax.",
   python_requires=">=3.11",
-  packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"]),
-  include_package_data=True,
-  package_data={"prompt_tuning": ["gin/**/*.gin", "configs/**/*.gin"]},
+  # The gin library (gin/) and ready-to-run configs (configs/) live at the top of
+  # the repository; a non-editable install carries them inside the package, where
+  # `prompt_tuning.cli.gin_search_paths` finds them.
+  packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"]) + list(GIN_PACKAGES),
+  package_dir=GIN_PACKAGES,
+  package_data={
+    **{name: ["**/*.gin"] for name in GIN_PACKAGES},
+    # The demo model, its vocabulary and card, and the WordNet task (prompt_tuning.demo_data).
+    "prompt_tuning": ["assets/demo_t5/*", "assets/wordnet_task/*"],
+  },
   install_requires=INSTALL_REQUIRES,
   extras_require=EXTRAS_REQUIRE,
   entry_points={

@@ -9,6 +9,13 @@ emitted EOS.
                    settings=DecodingSettings(method="beam", num_beams=4))
     out.tokens   # int [B, max_decode_length], 0 after EOS
     out.scores   # float [B]: log-probability (greedy, sampling) or beam score
+
+A decoder-only (prefix LM) model takes its inputs as `decoder_prompt_tokens`:
+the start token, the inputs and the prompt are written into the cache in one
+pass (`T5.prefill`, rows right-justified so all continue at the same slot),
+and decoding goes on after them.
+
+    out = generate(config, params, decoder_prompt_tokens=inputs, prompt=prompt)
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning import combine
 from prompt_tuning.models.configs import T5Config
 from prompt_tuning.models.t5 import T5, Prefix
 
@@ -92,11 +100,42 @@ def _step_fn(model: T5, params, encoder_mask: Array | None, prefix: Prefix | Non
   return step
 
 
-def _init_cache(model: T5, params, encoded: Array, encoder_mask: Array, max_length: int):
+def _init_cache(model: T5, params, encoded: Array | None, encoder_mask: Array | None, batch: int, max_length: int):
   _, variables = model.apply(
-    {"params": params}, encoded, encoder_mask, encoded.shape[0], max_length, method=T5.init_cache, mutable=["cache"]
+    {"params": params}, encoded, encoder_mask, batch, max_length, method=T5.init_cache, mutable=["cache"]
   )
   return variables["cache"]
+
+
+def _decoder_only_step_fn(model: T5, params, first_logits: Array, key_mask: Array, prefix: Prefix | None, start: int):
+  """The step of a prefilled decoder-only cache.
+
+  Step 0 returns the logits `prefill` computed (its token, the start token of
+  the loops, is not fed); step i >= 1 feeds the token chosen at step i - 1 at
+  cache slot start + i - 1, after the prefilled prompt and inputs.
+  """
+
+  def step(tokens: Array, position: Array, cache) -> tuple[Array, Any]:
+    def prefilled():
+      return first_logits, cache
+
+    def next_token():
+      logits, mutated = model.apply(
+        {"params": params, "cache": cache},
+        None,
+        None,
+        tokens,  # [B, 1]
+        prefix=prefix,
+        decode_position=start + position - 1,
+        decoder_key_mask=key_mask,
+        method=T5.decode,
+        mutable=["cache"],
+      )
+      return logits[:, -1], mutated["cache"]
+
+    return jax.lax.cond(position == 0, prefilled, next_token)
+
+  return step
 
 
 # ---------------------------------------------------------------------------
@@ -236,7 +275,7 @@ def _beam_search(step, cache, batch: int, settings: DecodingSettings) -> tuple[A
 
 
 # ---------------------------------------------------------------------------
-# Public entry point.
+# Public entry points.
 
 
 def _expand_rows(x: Array | None, times: int, axis: int = 0) -> Array | None:
@@ -246,23 +285,17 @@ def _expand_rows(x: Array | None, times: int, axis: int = 0) -> Array | None:
 def _expand_prefix(prefix: Prefix | None, times: int) -> Prefix | None:
   if not prefix or times == 1:
     return prefix
-  # Per-row prefixes [layers, B, P, H, Dh] follow their row into every beam.
-  return {
-    site: None if kv is None else {n: _expand_rows(a, times, axis=1) if a.ndim == 5 else a for n, a in kv.items()}
-    for site, kv in prefix.items()
-  }
+
+  # Per-row prefixes [layers, B, P, H, Dh] and masks [B, P] follow their row into every beam.
+  def expand(name: str, a: Array) -> Array:
+    if name == "mask":
+      return _expand_rows(a, times, axis=0) if a.ndim == 2 else a
+    return _expand_rows(a, times, axis=1) if a.ndim == 5 else a
+
+  return {site: None if kv is None else {n: expand(n, a) for n, a in kv.items()} for site, kv in prefix.items()}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "settings", "return_all_beams"))
-def _generate(params, encoder_input_tokens, prompt, prefix, rng, *, config, settings, return_all_beams):
-  model = T5(config)
-  batch = encoder_input_tokens.shape[0]
-  encoded, encoder_mask = model.apply(
-    {"params": params}, encoder_input_tokens, prompt=prompt, prefix=prefix, method=T5.encode
-  )
-  beams = settings.num_beams if settings.method == "beam" else 1
-  cache = _init_cache(model, params, encoded, encoder_mask, settings.max_decode_length)
-  step = _step_fn(model, params, _expand_rows(encoder_mask, beams), _expand_prefix(prefix, beams))
+def _decode_loop(step, cache, batch: int, settings: DecodingSettings, rng: Array, return_all_beams: bool):
   if settings.method != "beam":
     return _sequential(step, cache, batch, settings, rng)
   seqs, scores = _beam_search(step, cache, batch, settings)
@@ -271,25 +304,126 @@ def _generate(params, encoder_input_tokens, prompt, prefix, rng, *, config, sett
   return DecodeOutput(seqs[:, 0], scores[:, 0])
 
 
+def _beams(settings: DecodingSettings) -> int:
+  return settings.num_beams if settings.method == "beam" else 1
+
+
+_STATIC = ("config", "settings", "return_all_beams", "prompt_combination")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _generate(
+  params,
+  encoder_input_tokens,
+  prompt,
+  prefix,
+  prompt_lengths,
+  rng,
+  *,
+  config,
+  settings,
+  return_all_beams,
+  prompt_combination,
+):
+  model = T5(config)
+  batch = encoder_input_tokens.shape[0]
+  encoded, encoder_mask = model.apply(
+    {"params": params},
+    encoder_input_tokens,
+    prompt=prompt,
+    prefix=prefix,
+    prompt_combination=prompt_combination,
+    prompt_lengths=prompt_lengths,
+    method=T5.encode,
+  )
+  beams = _beams(settings)
+  cache = _init_cache(model, params, encoded, encoder_mask, batch, settings.max_decode_length)
+  step = _step_fn(model, params, _expand_rows(encoder_mask, beams), _expand_prefix(prefix, beams))
+  return _decode_loop(step, cache, batch, settings, rng, return_all_beams)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _generate_decoder_only(
+  params, inputs, prompt, prefix, prompt_lengths, rng, *, config, settings, return_all_beams, prompt_combination
+):
+  model = T5(config)
+  batch = inputs.shape[0]
+  tokens = jnp.pad(inputs, ((0, 0), (1, 0)))  # [B, 1 + Ti]: the start token 0 opens every prefix-LM sequence
+  prefilled = tokens.shape[1] + (0 if prompt is None else prompt.shape[-2])
+  cache = _init_cache(model, params, None, None, batch, prefilled + settings.max_decode_length)
+  (first_logits, key_mask), variables = model.apply(
+    {"params": params, "cache": cache},
+    tokens,
+    prompt,
+    prefix,
+    prompt_combination,
+    prompt_lengths,
+    method=T5.prefill,
+    mutable=["cache"],
+  )
+  beams = _beams(settings)
+  step = _decoder_only_step_fn(
+    model,
+    params,
+    _expand_rows(first_logits, beams),
+    _expand_rows(key_mask, beams),
+    _expand_prefix(prefix, beams),
+    prefilled,
+  )
+  return _decode_loop(step, variables["cache"], batch, settings, rng, return_all_beams)
+
+
+def _config(model: T5 | T5Config) -> T5Config:
+  return model.config if isinstance(model, T5) else model
+
+
+def _check_inputs(config: T5Config, encoder_input_tokens, decoder_prompt_tokens) -> Array:
+  """The input tokens of either architecture, refusing the other's argument."""
+  if config.decoder_only:
+    if encoder_input_tokens is not None or decoder_prompt_tokens is None:
+      raise ValueError(
+        "This T5 is decoder-only: pass encoder_input_tokens=None and the inputs as decoder_prompt_tokens=[B, Ti]."
+      )
+    return jnp.asarray(decoder_prompt_tokens, jnp.int32)
+  if encoder_input_tokens is None or decoder_prompt_tokens is not None:
+    raise ValueError(
+      "This T5 is an encoder-decoder model: pass the inputs as encoder_input_tokens (decoder_prompt_tokens is for "
+      "decoder-only models)."
+    )
+  return jnp.asarray(encoder_input_tokens, jnp.int32)
+
+
 def generate(
   model: T5 | T5Config,
   params,
-  encoder_input_tokens: Array,
+  encoder_input_tokens: Array | None = None,
   *,
+  decoder_prompt_tokens: Array | None = None,
   prompt: Array | None = None,
   prefix: Prefix | None = None,
+  prompt_combination: str = "prefix",
+  prompt_lengths: Array | None = None,
   settings: DecodingSettings = DecodingSettings(),
   rng: Array | None = None,
   return_all_beams: bool = False,
 ) -> DecodeOutput:
-  """Decodes a batch with an encoder-decoder T5.
+  """Decodes a batch with an encoder-decoder or a decoder-only (prefix LM) T5.
+
+  Decoder-only models prefill the cache with the start token 0, the inputs
+  and the prompt in one pass (`T5.prefill`; inputs fully visible, as in
+  teacher forcing with `decoder_causal_attention` over them), then decode
+  one token per step after them.
 
   Args:
     model: the T5 module (or its config).
     params: its parameters (the frozen backbone).
-    encoder_input_tokens: int [B, Te]; 0 is padding.
+    encoder_input_tokens: int [B, Te]; 0 is padding (encoder-decoder models).
+    decoder_prompt_tokens: int [B, Ti], the inputs of a decoder-only model,
+      left-aligned, 0 is padding, without the start token (added here).
     prompt: optional soft prompt [P, D] or [B, P, D].
     prefix: optional per-layer prefixes (see `prompt_tuning.models.t5`).
+    prompt_combination: where the prompt joins the inputs (`prompt_tuning.combine.MODES`).
+    prompt_lengths: optional int [B], prompt vectors used by each row.
     settings: method and its hyper-parameters.
     rng: PRNG key for sampling (default: key 0).
     return_all_beams: beam search returns [B, K, L] tokens and [B, K] scores,
@@ -297,30 +431,91 @@ def generate(
 
   Returns:
     DecodeOutput(tokens [B, L], scores [B]); tokens after EOS are 0.
+
+  Raises:
+    ValueError: inputs given through the other architecture's argument, or an
+      unknown prompt combination.
   """
-  config = model.config if isinstance(model, T5) else model
-  if config.decoder_only:
-    raise NotImplementedError("generate() decodes encoder-decoder models; decoder-only decoding is not supported yet.")
-  rng = jax.random.key(0) if rng is None else rng
-  return _generate(
+  config = _config(model)
+  combine.check_mode(prompt_combination)
+  inputs = _check_inputs(config, encoder_input_tokens, decoder_prompt_tokens)
+  run = _generate_decoder_only if config.decoder_only else _generate
+  return run(
     params,
-    jnp.asarray(encoder_input_tokens, jnp.int32),
+    inputs,
     prompt,
     prefix,
-    rng,
+    prompt_lengths,
+    jax.random.key(0) if rng is None else rng,
     config=config,
     settings=settings,
     return_all_beams=return_all_beams,
+    prompt_combination=prompt_combination,
   )
 
 
-def sequence_log_probs(model: T5 | T5Config, params, encoder_input_tokens, target_tokens, *, prompt=None, prefix=None):
-  """Teacher-forced log p(target | input) per row [B] (summed over real target tokens)."""
-  config = model.config if isinstance(model, T5) else model
-  targets = jnp.asarray(target_tokens, jnp.int32)
-  decoder_inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shift right, start token 0
-  logits = T5(config).apply(
-    {"params": params}, jnp.asarray(encoder_input_tokens), decoder_inputs, targets, prompt=prompt, prefix=prefix
+def _pack_prefix_lm(inputs: Array, targets: Array) -> tuple[Array, Array, Array, Array]:
+  """Left-aligned inputs [B, Ti] and targets [B, Ty] -> one prefix-LM example per row.
+
+  Returns:
+    (decoder_input_tokens, decoder_target_tokens, decoder_causal_attention,
+    is_target), each [B, Ti + Ty]: the sequence inputs + targets, shifted right
+    behind the start token 0, with the inputs part (and the position that
+    predicts the first target) fully visible.
+  """
+  in_length, out_length = inputs.shape[1], targets.shape[1]
+  n = jnp.sum(inputs > 0, axis=1, keepdims=True)  # [B, 1]
+  i = jnp.arange(in_length + out_length)[None, :]  # [1, T]
+  from_inputs = i < n
+  from_targets = ~from_inputs & (i - n < out_length)
+  sequence = jnp.where(
+    from_inputs,
+    jnp.take_along_axis(inputs, jnp.clip(i, 0, in_length - 1), axis=1),
+    jnp.take_along_axis(targets, jnp.clip(i - n, 0, out_length - 1), axis=1),
   )
+  sequence = jnp.where(from_inputs | from_targets, sequence, 0)  # [B, T]
+  decoder_inputs = jnp.pad(sequence[:, :-1], ((0, 0), (1, 0)))
+  return decoder_inputs, sequence, (i <= n).astype(jnp.int32), from_targets & (sequence > 0)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "prompt_combination"))
+def _sequence_log_probs(params, inputs, targets, prompt, prefix, prompt_lengths, *, config, prompt_combination):
+  kwargs = dict(prompt=prompt, prefix=prefix, prompt_combination=prompt_combination, prompt_lengths=prompt_lengths)
+  if config.decoder_only:
+    decoder_inputs, targets, causal_attention, weights = _pack_prefix_lm(inputs, targets)
+    logits = T5(config).apply(
+      {"params": params}, None, decoder_inputs, targets, decoder_causal_attention=causal_attention, **kwargs
+    )
+  else:
+    decoder_inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shift right, start token 0
+    logits = T5(config).apply({"params": params}, inputs, decoder_inputs, targets, **kwargs)
+    weights = targets > 0
   logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
-  return jnp.sum(jnp.where(targets > 0, logp, 0.0), axis=-1)
+  return jnp.sum(jnp.where(weights, logp, 0.0), axis=-1)
+
+
+def sequence_log_probs(
+  model: T5 | T5Config,
+  params,
+  encoder_input_tokens,
+  target_tokens,
+  *,
+  decoder_prompt_tokens=None,
+  prompt=None,
+  prefix=None,
+  prompt_combination: str = "prefix",
+  prompt_lengths=None,
+):
+  """Teacher-forced log p(target | input) per row [B] (summed over real target tokens).
+
+  For a decoder-only model pass `encoder_input_tokens=None` and the inputs as
+  `decoder_prompt_tokens` (as for `generate`); inputs and targets are packed
+  into one prefix-LM sequence per row.
+  """
+  config = _config(model)
+  combine.check_mode(prompt_combination)
+  inputs = _check_inputs(config, encoder_input_tokens, decoder_prompt_tokens)
+  targets = jnp.asarray(target_tokens, jnp.int32)
+  return _sequence_log_probs(
+    params, inputs, targets, prompt, prefix, prompt_lengths, config=config, prompt_combination=prompt_combination
+  )

@@ -9,6 +9,7 @@ from INITIAL_CHECKPOINT_PATH, exactly as at the start of training.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +41,10 @@ class Predictor:
   """Decodes and scores with a run's trainable state and frozen backbone."""
 
   def __init__(self, run, settings: decoding.DecodingSettings, batch_size: int):
+    from prompt_tuning import trainer
+
     self.run, self.settings, self.batch_size = run, settings, batch_size
+    self._score = jax.jit(functools.partial(trainer.score_step, forward=run.tuned.forward))
 
   def _params(self):
     return optim.merge(self.run.state.trainable, self.run.frozen)
@@ -53,13 +57,7 @@ class Predictor:
 
   def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
     """log p(decoder_target_tokens | inputs) per row."""
-    from prompt_tuning import trainer
-
-    return np.asarray(
-      jax.device_get(
-        trainer.score_step(self.run.state.trainable, self.run.frozen, batch, forward=self.run.tuned.forward)
-      )
-    )
+    return np.asarray(jax.device_get(self._score(self.run.state.trainable, self.run.frozen, batch)))
 
   def _batches(self, dataset):
     """(indices, features) in padded batches from a seqio-enumerated dataset."""
@@ -138,3 +136,11 @@ def evaluate(
     with open(Path(cfg.model_dir) / "eval_metrics.jsonl", "a") as f:
       f.write(json.dumps({"step": int(run.state.step), "split": split, **metrics}) + "\n")
   return metrics
+
+
+if __name__ == "__main__":  # python -m prompt_tuning.eval --gin_file=... (same as `prompt-tuning eval`)
+  import sys
+
+  from prompt_tuning import cli
+
+  raise SystemExit(cli.main(["eval", *sys.argv[1:]]))

@@ -124,3 +124,11 @@ def infer(
     tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
     tmp.replace(path)
   return path
+
+
+if __name__ == "__main__":  # python -m prompt_tuning.infer --gin_file=... (same as `prompt-tuning infer`)
+  import sys
+
+  from prompt_tuning import cli
+
+  raise SystemExit(cli.main(["infer", *sys.argv[1:]]))

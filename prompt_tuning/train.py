@@ -361,11 +361,9 @@ def _evaluate(run: Run, cfg: RunConfig, schedule: dict[str, Any], reporter, step
   return {f"eval/{k}": v for k, v in metrics.items()}
 
 
-def main(argv=None) -> int:
+if __name__ == "__main__":  # python -m prompt_tuning.train --gin_file=... (same as `prompt-tuning train`)
+  import sys
+
   from prompt_tuning import cli
 
-  return cli.main(["train"] + list(argv if argv is not None else __import__("sys").argv[1:]))
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())
+  raise SystemExit(cli.main(["train", *sys.argv[1:]]))

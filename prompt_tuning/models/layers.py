@@ -144,6 +144,14 @@ def _broadcast_prefix(prefix: Array, batch: int) -> Array:
   return jnp.broadcast_to(prefix, (batch,) + prefix.shape[1:])
 
 
+def _prefix_bias(prefix_mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
+  """Additive logits bias of the prefix keys, `shape` [B, H, Tq, P]: 0 for used vectors, MASK_VALUE for masked ones."""
+  if prefix_mask is None:
+    return jnp.zeros(shape, dtype)
+  mask = jnp.asarray(prefix_mask, bool).reshape((-1, 1, 1, shape[-1]))  # [B|1, 1, 1, P]
+  return jnp.broadcast_to(jnp.where(mask, 0.0, MASK_VALUE).astype(dtype), shape)
+
+
 class Attention(nn.Module):
   """T5 multi-head attention: no 1/sqrt(head_dim) scaling (it is folded into
   the query initialization) and no biases.
@@ -151,7 +159,9 @@ class Attention(nn.Module):
   Keys and values may be extended on the left by a *prefix* (prefix tuning):
   shared or per-row arrays [P, heads, head_dim] or [batch|1, P, heads, head_dim]
   that every query sees, with no position bias (prefix vectors have no
-  position in the sequence).
+  position in the sequence). An optional `prefix_mask` ([P] or [batch, P])
+  hides unused prefix vectors, so rows with prefixes of different lengths, or
+  none, share one batch.
 
   In decode mode the keys and values live in the `cache` collection
   (`cached_key`/`cached_value` [batch, length, heads, head_dim]), created by
@@ -186,6 +196,7 @@ class Attention(nn.Module):
     *,
     prefix_key: Array | None = None,
     prefix_value: Array | None = None,
+    prefix_mask: Array | None = None,
     decode: bool = False,
     cache_index: Array | None = None,
     init_cache_length: int | None = None,
@@ -201,6 +212,8 @@ class Attention(nn.Module):
         mask (0 or MASK_VALUE) plus the relative position bias, over the keys
         (not the prefix). In decode mode Tk is the cache length.
       prefix_key, prefix_value: optional prefix [P, H, Dh] or [B|1, P, H, Dh].
+      prefix_mask: optional bool [P] or [B, P], which prefix vectors are used
+        (default all).
       decode: read (and for self-attention, update) the cache.
       cache_index: in decode mode, the cache slot of the first new position.
       init_cache_length: create the cache instead of attending: empty slots of
@@ -228,8 +241,9 @@ class Attention(nn.Module):
       prefix_value = _broadcast_prefix(prefix_value, batch).astype(value.dtype)
       key = jnp.concatenate([prefix_key, key], axis=1)
       value = jnp.concatenate([prefix_value, value], axis=1)
-      # Prefix keys: always visible, no position bias.
-      bias = jnp.concatenate([jnp.zeros(bias.shape[:3] + (prefix_key.shape[1],), bias.dtype), bias], axis=-1)
+      # Prefix keys: visible unless masked, no position bias.
+      prefix_bias = _prefix_bias(prefix_mask, bias.shape[:3] + (prefix_key.shape[1],), bias.dtype)
+      bias = jnp.concatenate([prefix_bias, bias], axis=-1)
 
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(query.dtype))
     logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)

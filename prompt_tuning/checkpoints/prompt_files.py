@@ -1,0 +1,134 @@
+"""Prompt files: reading and writing a trained prompt [P, D] outside a training checkpoint.
+
+Formats read by `load_prompt_file`, chosen from the path:
+
+- `*.npy`: a numpy array [P, D], the reference implementation's format (it
+  saves float64; any float dtype is accepted and cast to float32);
+- `*.safetensors`: a file with one tensor, or with a tensor named `prompt`
+  or `prompt_embeddings`;
+- a folder with `adapter_config.json`: a Hugging Face PEFT prompt-tuning
+  adapter (`prompt_tuning.checkpoints.peft`);
+- a folder with `prompt.npy`: one step of a training run
+  (MODEL_DIR/numpy_checkpoints/checkpoint_<step>/);
+- a folder with `numpy_checkpoints/checkpoint_<step>/prompt.npy`: a training
+  run's MODEL_DIR; its latest step is read.
+
+`save_prompt_file` writes `.npy` or `.safetensors` (tensor `prompt`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+SAFETENSORS_KEYS = ("prompt", "prompt_embeddings")
+_FORMATS = (
+  "a .npy file, a .safetensors file, a PEFT adapter folder (adapter_config.json), a training step folder "
+  "(prompt.npy) or a MODEL_DIR (numpy_checkpoints/checkpoint_<step>/prompt.npy)"
+)
+
+
+def _latest_numpy_checkpoint(model_dir: Path) -> Path | None:
+  steps = []
+  for child in (model_dir / "numpy_checkpoints").glob("checkpoint_*"):
+    match = re.fullmatch(r"checkpoint_(\d+)", child.name)
+    if match and (child / "prompt.npy").is_file():
+      steps.append((int(match.group(1)), child / "prompt.npy"))
+  return max(steps)[1] if steps else None
+
+
+def _read_safetensors(path: Path) -> np.ndarray:
+  from safetensors.numpy import load_file
+
+  tensors = load_file(str(path))
+  if len(tensors) == 1:
+    return next(iter(tensors.values()))
+  for key in SAFETENSORS_KEYS:
+    if key in tensors:
+      return tensors[key]
+  raise ValueError(
+    f"{path} holds tensors {sorted(tensors)}; expected a single tensor or one named {' or '.join(SAFETENSORS_KEYS)}."
+  )
+
+
+def _read_folder(path: Path) -> np.ndarray:
+  if (path / "adapter_config.json").is_file():
+    from prompt_tuning.checkpoints.peft import load_peft_adapter
+
+    return load_peft_adapter(path)
+  if (path / "prompt.npy").is_file():
+    return np.load(path / "prompt.npy", allow_pickle=False)
+  latest = _latest_numpy_checkpoint(path)
+  if latest is not None:
+    return np.load(latest, allow_pickle=False)
+  raise ValueError(f"the folder {path} holds no prompt; expected {_FORMATS}.")
+
+
+def _read(path: Path) -> np.ndarray:
+  if path.is_dir():
+    return _read_folder(path)
+  if path.suffix == ".npy":
+    return np.load(path, allow_pickle=False)
+  if path.suffix == ".safetensors":
+    return _read_safetensors(path)
+  raise ValueError(f"cannot read a prompt from {path} (unknown extension {path.suffix!r}); expected {_FORMATS}.")
+
+
+def check_prompt_array(prompt: np.ndarray, embed_dim: int | None = None, source: str = "the prompt") -> np.ndarray:
+  """Checks a prompt is finite floats [P, D] (D = embed_dim when given); returns it as float32.
+
+  Raises:
+    ValueError: saying what was wrong and what is expected.
+  """
+  prompt = np.asarray(prompt)
+  if not np.issubdtype(prompt.dtype, np.floating):
+    raise ValueError(f"{source} holds {prompt.dtype} values; a prompt holds floats [P, D].")
+  if prompt.ndim != 2 or prompt.shape[0] < 1:
+    raise ValueError(f"{source} has shape {prompt.shape}; a prompt is [P, D] (prompt length, embedding width).")
+  if embed_dim is not None and prompt.shape[1] != embed_dim:
+    raise ValueError(
+      f"{source} has shape {prompt.shape}: vectors of width {prompt.shape[1]}, but the backbone embeds tokens in "
+      f"{embed_dim} dimensions. The prompt was trained for another model size; use a prompt of that model's width."
+    )
+  if not np.all(np.isfinite(prompt)):
+    raise ValueError(f"{source} contains NaN or infinite values; it cannot be used.")
+  return prompt.astype(np.float32)
+
+
+def load_prompt_file(path: str | os.PathLike, embed_dim: int | None = None) -> np.ndarray:
+  """Reads a prompt in any of the formats of the module docstring.
+
+  Args:
+    path: the file or folder.
+    embed_dim: when given, the backbone's embedding width D the prompt must have.
+
+  Returns:
+    float32 [P, D].
+
+  Raises:
+    FileNotFoundError: nothing at `path`.
+    ValueError: an unknown format, or a prompt that is not finite floats [P, embed_dim].
+  """
+  path = Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"no prompt at {path}; expected {_FORMATS}.")
+  return check_prompt_array(_read(path), embed_dim, source=f"the prompt in {path}")
+
+
+def save_prompt_file(path: str | os.PathLike, prompt) -> Path:
+  """Writes `prompt` [P, D] as float32 `.npy` or `.safetensors` (tensor "prompt"), by the path's extension."""
+  path = Path(path)
+  prompt = check_prompt_array(np.asarray(prompt))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if path.suffix == ".npy":
+    np.save(path, prompt)
+  elif path.suffix == ".safetensors":
+    from safetensors.numpy import save_file
+
+    save_file({"prompt": prompt}, str(path))
+  else:
+    raise ValueError(f"cannot write a prompt to {path}: use a .npy or .safetensors path.")
+  return path

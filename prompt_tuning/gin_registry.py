@@ -1,0 +1,30 @@
+"""Everything gin files may name, registered in one place.
+
+Importing this module registers the project's configurables (RunConfig,
+train, evaluate, infer, adafactor, the prompt initializers, PrefixSettings,
+the data hooks) and a few external ones (DecodingSettings, optax schedules).
+The command line imports it before parsing gin files.
+"""
+
+from __future__ import annotations
+
+import gin
+import optax
+
+from prompt_tuning import data, decoding, eval, infer, optim, partitioning, prefixes, prompts, train  # noqa: F401
+
+gin.external_configurable(decoding.DecodingSettings, module="prompt_tuning.decoding")
+for _schedule in ("constant_schedule", "linear_schedule", "cosine_decay_schedule", "warmup_cosine_decay_schedule"):
+  gin.external_configurable(getattr(optax, _schedule), module="optax")
+gin.external_configurable(optax.adamw, module="optax")
+gin.external_configurable(optax.sgd, module="optax")
+
+
+@gin.configurable(module="prompt_tuning")
+def model_size(family: str = gin.REQUIRED, size: str = gin.REQUIRED) -> str:
+  """The named size `<family>_<size>` (e.g. t5_1_1_lm100k + xxl), as models/ and models/sizes/ set them."""
+  from prompt_tuning.models.configs import get_config
+
+  name = f"{family}_{size}"
+  get_config(name)  # raises with close matches when unknown
+  return name

@@ -1,0 +1,136 @@
+"""End to end through the command line, on a tiny config and a task read from local files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args, check=True, timeout=600):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run(
+    [sys.executable, "-m", "prompt_tuning.cli", *args],
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=ROOT,
+    env=env,
+  )
+  if check:
+    assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-4000:]}"
+  return out
+
+
+@pytest.fixture(scope="module")
+def local_task(reference_dir, tmp_path_factory):
+  folder = tmp_path_factory.mktemp("data")
+  words = ["apple", "house", "river", "green", "music", "stone", "cloud", "light"]
+  for split, count in (("train", 48), ("validation", 8)):
+    with open(folder / f"{split}.jsonl", "w") as f:
+      for i in range(count):
+        f.write(json.dumps({"question": f"is {words[i % 8]} {i} odd?", "answer": "yes" if i % 2 else "no"}) + "\n")
+  return [
+    "--gin_file=test/prompt_tiny.gin",
+    "--gin_file=tasks/local_files.gin",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{reference_dir / 't5x_t5_1_1_tiny' / 'checkpoint_3'}'",
+    f"--gin.VOCABULARY_PATH='{reference_dir / 't5_spm_32000.model'}'",
+    "--gin.LOCAL_TASK_NAME='cli_yes_no'",
+    f"--gin.TRAIN_FILE='{folder / 'train.jsonl'}'",
+    f"--gin.VALIDATION_FILE='{folder / 'validation.jsonl'}'",
+    "--gin.INPUT_TEMPLATE='question: {question}'",
+    "--gin.TARGET_COLUMN='answer'",
+    "--gin.CLASS_LABELS=['no', 'yes']",
+  ]
+
+
+def test_train_eval_infer_inspect_export(local_task, reference_dir, tmp_path):
+  model_dir = tmp_path / "run"
+  flags = [*local_task, f"--gin.MODEL_DIR='{model_dir}'"]
+  train = _cli("train", *flags)
+  assert "trainable parameters: 12 of 257,868" in train.stderr
+  metrics = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in metrics if "train/loss" in m] == [1, 2, 3, 4]
+  prompt_file = model_dir / "numpy_checkpoints" / "checkpoint_4" / "prompt.npy"
+  assert np.load(prompt_file).shape == (3, 4)
+
+  # The `t5x` alias, resuming the finished run: restored at step 4 of 4, nothing to do.
+  t5x = Path(sys.executable).parent / "t5x"
+  again = subprocess.run([str(t5x), "train", *flags], capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "4/4" in again.stderr
+  assert len([x for x in (model_dir / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]) == 4
+
+  evaluation = _cli("eval", "--gin_file=runs/prompt_eval.gin", *flags)
+  assert "cli_yes_no/accuracy" in evaluation.stdout and "loss" in evaluation.stdout
+  assert (model_dir / "eval_metrics.jsonl").is_file()
+
+  for mode in ("predict", "score"):
+    out_file = tmp_path / f"{mode}.jsonl"
+    _cli(
+      "infer",
+      "--gin_file=runs/prompt_infer.gin",
+      *flags,
+      f"--gin.INFER_MODE='{mode}'",
+      f"--gin.INFER_OUTPUT='{out_file}'",
+    )
+    lines = [json.loads(x) for x in out_file.read_text().splitlines()]
+    assert len(lines) == 8 and lines[0]["inputs"].startswith("question: is apple 0 odd?")
+    assert lines[0]["targets"] == "no"
+    if mode == "score":
+      assert set(lines[0]["scores"]) == {"no", "yes"} and all(x["prediction"] in ("no", "yes") for x in lines)
+
+  inspect = _cli(
+    "inspect",
+    str(prompt_file),
+    "--checkpoint",
+    str(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3"),
+    "--size",
+    "t5_1_1_tiny",
+    "--vocab",
+    str(reference_dir / "t5_spm_32000.model"),
+    "--k",
+    "3",
+  )
+  assert len([line for line in inspect.stdout.splitlines() if line.strip()]) >= 3
+
+  peft_dir = tmp_path / "peft"
+  _cli("export", str(prompt_file), str(peft_dir), "--format", "peft")
+  assert (peft_dir / "adapter_config.json").is_file() and (peft_dir / "adapter_model.safetensors").is_file()
+
+
+def test_bad_input_gives_one_line_not_a_traceback(local_task, tmp_path):
+  missing_dir = _cli("train", *local_task, check=False)
+  assert missing_dir.returncode != 0
+  assert "MODEL_DIR" in missing_dir.stderr and "Traceback" not in missing_dir.stderr
+  bad_flag = _cli("train", "--gin_fille=x.gin", check=False)
+  assert bad_flag.returncode == 2 and "unrecognized arguments" in bad_flag.stderr
+  unknown = _cli("train", "--gin_file=prompt_xxxl.gin", check=False)
+  assert "not found" in unknown.stderr and "Traceback" not in unknown.stderr
+  too_long = _cli(
+    "train", *local_task, f"--gin.MODEL_DIR='{tmp_path / 'x'}'", "--gin.MAX_ENCODER_LENGTH=10", check=False
+  )
+  assert "exceeds max 10" in too_long.stderr and "Traceback" not in too_long.stderr
+  wrong_prompt = tmp_path / "prompt.npy"
+  np.save(wrong_prompt, np.zeros((3, 7), np.float32))
+  bad_file = _cli(
+    "train",
+    *local_task,
+    f"--gin.MODEL_DIR='{tmp_path / 'y'}'",
+    "--gin_file=prompts/from_file.gin",
+    f"--gin.PROMPT_FILE='{wrong_prompt}'",
+    check=False,
+  )
+  assert bad_file.returncode == 1 and "Traceback" not in bad_file.stderr
+  assert "7" in bad_file.stderr and "4" in bad_file.stderr
+
+
+def test_help_lists_the_commands():
+  out = _cli("--help")
+  for command in ("train", "eval", "infer", "inspect", "export", "tasks"):
+    assert command in out.stdout
