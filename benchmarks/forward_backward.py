@@ -50,21 +50,12 @@ def bench_hf(size: str, enc, dec, targets, warmup, iters, threads: int) -> float
   import transformers
 
   import prompt_tuning as pt
+  from prompt_tuning.checkpoints.huggingface import hf_config_from
 
   torch.set_num_threads(threads)
-  cfg = pt.get_config(size)
-  hf_config = transformers.T5Config(
-    vocab_size=cfg.vocab_size,
-    d_model=cfg.emb_dim,
-    d_kv=cfg.head_dim,
-    d_ff=cfg.mlp_dim,
-    num_layers=cfg.num_encoder_layers,
-    num_decoder_layers=cfg.num_decoder_layers,
-    num_heads=cfg.num_heads,
-    feed_forward_proj="gated-gelu" if len(cfg.mlp_activations) == 2 else "relu",
-    tie_word_embeddings=cfg.logits_via_embedding,
-    dropout_rate=0.0,
-  )
+  cfg = pt.get_config(size, dropout_rate=0.0)
+  # The same architecture, through the mapping our Hugging Face writer uses.
+  hf_config = transformers.T5Config(**hf_config_from(cfg, "float32"))
   model = transformers.T5ForConditionalGeneration(hf_config).train()
   enc_t, dec_t, tgt_t = (torch.tensor(np.asarray(x)) for x in (enc, dec, targets))
   mask = (enc_t > 0).long()

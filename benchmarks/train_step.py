@@ -60,9 +60,7 @@ def bench_ours(args, batch, pattern: str, prompt_length: int) -> tuple[float, in
   axes, _ = optim.partition(tuned.logical_axes(params), pattern)
   optimizer = optim.adafactor(logical_axes=axes)
   state = trainer.TrainState.create(trainable, optimizer)
-  step = jax.jit(
-    functools.partial(trainer.train_step, forward=tuned.forward, optimizer=optimizer), donate_argnums=(0,)
-  )
+  step = jax.jit(functools.partial(trainer.train_step, forward=tuned.forward, optimizer=optimizer), donate_argnums=(0,))
   rng = jax.random.key(0)
   compiled = step.lower(state, frozen, batch, rng).compile()
   memory = compiled.memory_analysis()
@@ -85,21 +83,12 @@ def bench_peft(args, batch, threads: int) -> float:
   from transformers.optimization import Adafactor
 
   import prompt_tuning as pt
+  from prompt_tuning.checkpoints.huggingface import hf_config_from
 
   torch.set_num_threads(threads)
-  cfg = pt.get_config(args.size)
-  hf_config = transformers.T5Config(
-    vocab_size=cfg.vocab_size,
-    d_model=cfg.emb_dim,
-    d_kv=cfg.head_dim,
-    d_ff=cfg.mlp_dim,
-    num_layers=cfg.num_encoder_layers,
-    num_decoder_layers=cfg.num_decoder_layers,
-    num_heads=cfg.num_heads,
-    feed_forward_proj="gated-gelu",
-    tie_word_embeddings=False,
-    dropout_rate=0.0,
-  )
+  cfg = pt.get_config(args.size, dropout_rate=0.0)
+  # The same architecture, through the mapping our Hugging Face writer uses.
+  hf_config = transformers.T5Config(**hf_config_from(cfg, "float32"))
   base = transformers.T5ForConditionalGeneration(hf_config)
   model = peft.get_peft_model(
     base, peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=args.prompt)
@@ -139,12 +128,18 @@ def main():
   model_time, model_peak = bench_ours(args, batch, r"^t5/", 0)
   peft_time = bench_peft(args, batch, threads)
 
-  print(f"config {args.size}, batch {args.batch}, lengths {args.inputs}+{args.targets}, prompt {args.prompt}, "
-        f"{threads} threads, float32")
-  print(f"ours, prompt tuning : {prompt_time * 1e3:9.1f} ms/step  {tokens / prompt_time:9.1f} tokens/s  "
-        f"peak {prompt_peak / 2**20:8.1f} MiB")
-  print(f"ours, model tuning  : {model_time * 1e3:9.1f} ms/step  {tokens / model_time:9.1f} tokens/s  "
-        f"peak {model_peak / 2**20:8.1f} MiB")
+  print(
+    f"config {args.size}, batch {args.batch}, lengths {args.inputs}+{args.targets}, prompt {args.prompt}, "
+    f"{threads} threads, float32"
+  )
+  print(
+    f"ours, prompt tuning : {prompt_time * 1e3:9.1f} ms/step  {tokens / prompt_time:9.1f} tokens/s  "
+    f"peak {prompt_peak / 2**20:8.1f} MiB"
+  )
+  print(
+    f"ours, model tuning  : {model_time * 1e3:9.1f} ms/step  {tokens / model_time:9.1f} tokens/s  "
+    f"peak {model_peak / 2**20:8.1f} MiB"
+  )
   print(f"PEFT prompt tuning  : {peft_time * 1e3:9.1f} ms/step  {tokens / peft_time:9.1f} tokens/s")
   print(f"prompt / model tuning, step time : {prompt_time / model_time:.2f}x")
   print(f"prompt / model tuning, peak mem  : {prompt_peak / model_peak:.2f}x")

@@ -48,6 +48,21 @@ def get_task(name: str) -> seqio.Task | seqio.Mixture:
   return data.get_task_or_mixture(name)
 
 
+def _converted(task_name, feature_lengths, decoder_only: bool, split: str, **options):
+  """This process's shard of a split, converted to the model's features (and only those)."""
+  ds = seqio.get_dataset(
+    get_task(task_name),
+    dict(feature_lengths),
+    feature_converter(decoder_only),
+    dataset_split=split,
+    shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()),
+    verbose=False,
+    **options,
+  )
+  keys = _model_features(decoder_only)
+  return ds.map(lambda ex: {k: ex[k] for k in keys})
+
+
 def train_batches(
   task_name: str,
   feature_lengths: Mapping[str, int],
@@ -65,19 +80,8 @@ def train_batches(
   resumed run that skips `start_batch` batches sees exactly what an
   uninterrupted run would have seen next.
   """
-  ds = seqio.get_dataset(
-    get_task(task_name),
-    dict(feature_lengths),
-    feature_converter(decoder_only),
-    dataset_split=split,
-    shuffle=shuffle,
-    num_epochs=None,
-    shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()),
-    seed=seed,
-    verbose=False,
-  )
-  keys = _model_features(decoder_only)
-  ds = ds.map(lambda ex: {k: ex[k] for k in keys}).batch(local_batch_size, drop_remainder=True)
+  ds = _converted(task_name, feature_lengths, decoder_only, split, shuffle=shuffle, num_epochs=None, seed=seed)
+  ds = ds.batch(local_batch_size, drop_remainder=True)
   if start_batch:
     ds = ds.skip(start_batch)
   return ds.prefetch(2).as_numpy_iterator()
@@ -93,19 +97,9 @@ def eval_batches(
   max_batches: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
   """One pass over an evaluation split, the last batch padded with empty rows (zero loss weight)."""
-  ds = seqio.get_dataset(
-    get_task(task_name),
-    dict(feature_lengths),
-    feature_converter(decoder_only),
-    dataset_split=split,
-    shuffle=False,
-    num_epochs=1,
-    shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()),
-    verbose=False,
-  )
-  keys = _model_features(decoder_only)
+  ds = _converted(task_name, feature_lengths, decoder_only, split, shuffle=False, num_epochs=1)
   batches = []
-  for batch in ds.map(lambda ex: {k: ex[k] for k in keys}).batch(local_batch_size).as_numpy_iterator():
+  for batch in ds.batch(local_batch_size).as_numpy_iterator():
     batches.append(pad_rows(batch, local_batch_size))
     if max_batches is not None and len(batches) >= max_batches:
       break

@@ -79,3 +79,14 @@ def padded_batch(rng: np.random.Generator, batch: int, length: int, vocab: int, 
 
 def shift_right(targets: np.ndarray) -> np.ndarray:
   return np.concatenate([np.zeros((targets.shape[0], 1), targets.dtype), targets[:, :-1]], axis=1)
+
+
+def seq2seq_logits(model, enc: np.ndarray, dec_in: np.ndarray, targets: np.ndarray) -> np.ndarray:
+  """Logits of a (PEFT-wrapped or plain) HF seq2seq model on a padded batch."""
+  with torch.no_grad():
+    return model(
+      input_ids=torch.tensor(enc),
+      attention_mask=torch.tensor(enc > 0).long(),
+      decoder_input_ids=torch.tensor(dec_in),
+      decoder_attention_mask=torch.tensor(targets > 0).long(),
+    ).logits.numpy()

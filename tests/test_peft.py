@@ -6,7 +6,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from hf_models import hf_model, padded_batch, save, shift_right, torch
+from hf_models import hf_model, padded_batch, save, seq2seq_logits, shift_right, torch
 
 import prompt_tuning as pt
 from prompt_tuning import prompts
@@ -31,16 +31,6 @@ def _batch(seed):
   return enc, shift_right(targets), targets
 
 
-def _peft_logits(wrapped, enc, dec_in, targets):
-  with torch.no_grad():
-    return wrapped(
-      input_ids=torch.tensor(enc),
-      attention_mask=torch.tensor(enc > 0).long(),
-      decoder_input_ids=torch.tensor(dec_in),
-      decoder_attention_mask=torch.tensor(targets > 0).long(),
-    ).logits.numpy()
-
-
 def _rel_err(ours, theirs, targets):
   mask = targets > 0
   return np.abs(np.asarray(ours) - theirs)[mask].max() / np.abs(theirs)[mask].max()
@@ -61,7 +51,7 @@ def test_exported_adapter_loads_in_peft_with_our_logits(loaded, tmp_path):
   assert adapter_config["num_virtual_tokens"] == 4 and adapter_config["token_dim"] == config.emb_dim
   wrapped = peft.PeftModel.from_pretrained(_fresh_copy(model), tmp_path).eval()
   enc, dec_in, targets = _batch(1)
-  theirs = _peft_logits(wrapped, enc, dec_in, targets)
+  theirs = seq2seq_logits(wrapped, enc, dec_in, targets)
   ours = pt.T5(config).apply({"params": params}, enc, dec_in, targets, prompt=prompt)
   assert _rel_err(ours, theirs, targets) < 1e-4
   # PEFT holds exactly our prompt, and reading the folder back gives it too.
@@ -69,7 +59,7 @@ def test_exported_adapter_loads_in_peft_with_our_logits(loaded, tmp_path):
   np.testing.assert_array_equal(load_peft_adapter(tmp_path), prompt)
 
 
-def test_adapter_saved_by_peft_imports_with_peft_logits(loaded, tmp_path):
+def test_adapter_saved_by_peft_imports_withseq2seq_logits(loaded, tmp_path):
   model, config, params = loaded
   # PEFT's seq2seq default (num_transformer_submodules 2) stores 2P rows; the first P are the encoder prompt.
   cfg = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=3)
@@ -80,7 +70,7 @@ def test_adapter_saved_by_peft_imports_with_peft_logits(loaded, tmp_path):
   prompt = load_peft_adapter(tmp_path)
   assert prompt.shape == (3, config.emb_dim) and prompt.dtype == np.float32
   enc, dec_in, targets = _batch(2)
-  theirs = _peft_logits(wrapped, enc, dec_in, targets)
+  theirs = seq2seq_logits(wrapped, enc, dec_in, targets)
   ours = pt.T5(config).apply({"params": params}, enc, dec_in, targets, prompt=prompt)
   assert _rel_err(ours, theirs, targets) < 1e-4
   # The prompt initializer reads the adapter folder and checks it against the backbone.

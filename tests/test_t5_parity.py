@@ -4,7 +4,7 @@ import copy
 
 import numpy as np
 import pytest
-from hf_models import hf_model, padded_batch, save, shift_right, torch
+from hf_models import hf_model, padded_batch, save, seq2seq_logits, shift_right, torch
 
 import prompt_tuning as pt
 from prompt_tuning import decoding
@@ -23,17 +23,6 @@ def _rel_err(ours, theirs, mask=None):
   return diff.max() / np.abs(theirs).max()
 
 
-def _hf_logits(model, enc, dec_in, targets, inputs_embeds=None):
-  with torch.no_grad():
-    return model(
-      input_ids=None if inputs_embeds is not None else torch.tensor(enc),
-      inputs_embeds=inputs_embeds,
-      attention_mask=torch.tensor(enc > 0).long() if inputs_embeds is None else None,
-      decoder_input_ids=torch.tensor(dec_in),
-      decoder_attention_mask=torch.tensor(targets > 0).long(),
-    ).logits.numpy()
-
-
 @pytest.fixture(scope="module", params=KINDS)
 def loaded(request, tmp_path_factory):
   model = hf_model(request.param)
@@ -47,7 +36,7 @@ def test_logits_match_hf_on_padded_batch(loaded):
   enc = padded_batch(rng, 3, 17, 100, [17, 9, 4])
   targets = padded_batch(rng, 3, 11, 100, [11, 6, 2])
   dec_in = shift_right(targets)
-  theirs = _hf_logits(model, enc, dec_in, targets)
+  theirs = seq2seq_logits(model, enc, dec_in, targets)
   ours = pt.T5(config).apply({"params": params}, enc, dec_in, targets)
   assert ours.shape == theirs.shape and ours.dtype == np.float32
   assert _rel_err(ours, theirs, targets > 0) < 1e-4
@@ -83,16 +72,6 @@ def _peft_model(model, prompt):
   return wrapped.eval()
 
 
-def _peft_logits(wrapped, enc, dec_in, targets):
-  with torch.no_grad():
-    return wrapped(
-      input_ids=torch.tensor(enc),
-      attention_mask=torch.tensor(enc > 0).long(),
-      decoder_input_ids=torch.tensor(dec_in),
-      decoder_attention_mask=torch.tensor(targets > 0).long(),
-    ).logits.numpy()
-
-
 def test_shared_prompt_matches_peft(loaded):
   model, config, params = loaded
   rng = np.random.default_rng(2)
@@ -100,7 +79,7 @@ def test_shared_prompt_matches_peft(loaded):
   enc = padded_batch(rng, 3, 13, 100, [13, 7, 2])
   targets = padded_batch(rng, 3, 9, 100, [9, 5, 3])
   dec_in = shift_right(targets)
-  theirs = _peft_logits(_peft_model(hf_model_copy(model), prompt), enc, dec_in, targets)
+  theirs = seq2seq_logits(_peft_model(hf_model_copy(model), prompt), enc, dec_in, targets)
   ours = pt.T5(config).apply({"params": params}, enc, dec_in, targets, prompt=prompt)
   assert _rel_err(ours, theirs, targets > 0) < 1e-4
   # The prompt matters: without it the logits differ.
@@ -118,7 +97,7 @@ def test_per_row_prompts_match_peft_row_by_row(loaded):
   ours = np.asarray(pt.T5(config).apply({"params": params}, enc, dec_in, targets, prompt=prompts))
   for row in range(3):
     wrapped = _peft_model(hf_model_copy(model), prompts[row])
-    theirs = _peft_logits(wrapped, enc[row : row + 1], dec_in[row : row + 1], targets[row : row + 1])
+    theirs = seq2seq_logits(wrapped, enc[row : row + 1], dec_in[row : row + 1], targets[row : row + 1])
     assert _rel_err(ours[row : row + 1], theirs, targets[row : row + 1] > 0) < 1e-4
 
 
