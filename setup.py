@@ -34,7 +34,7 @@ EXTRAS_REQUIRE = {
   # pip resolves torch to a CUDA build and pulls gigabytes of packages.
   "interop": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
   "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6"],
-  "notebooks": ["nbclient", "nbformat", "ipykernel"],
+  "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
 }
 
 GIN_PACKAGES = {"prompt_tuning.gin_files.gin": "gin", "prompt_tuning.gin_files.configs": "configs"}

@@ -163,6 +163,9 @@ CONFIGS: dict[str, T5Config] = {
   # T5 1.1 architecture; only their weights differ.
   **{f"t5_1_1_lm100k_{k}": _t5_1_1(*v) for k, v in _T5_1_1_SIZES.items()},
   **{f"mt5_{k}": _t5_1_1(*v, vocab=MT5_VOCAB_SIZE) for k, v in _T5_1_1_SIZES.items()},
+  # The project's own small pretrained model, shipped in prompt_tuning/assets/demo_t5 (`make demo-model` rebuilds
+  # it): T5 1.1's architecture at 10.1M parameters, with an 8,192-token vocabulary (8,092 pieces + 100 sentinels).
+  "t5_1_1_demo": _t5_1_1(256, 4, 768, 3, vocab=8192),
   # Tiny models for tests. `t5_1_1_tiny` is the architecture of the reference
   # T5X checkpoint (embed 4, 2 heads of 2, MLP 8, 2+2 layers, 4 buckets).
   "t5_1_1_tiny": T5Config(

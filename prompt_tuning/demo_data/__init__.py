@@ -1,0 +1,56 @@
+"""The demo's own data and model: a small T5 pretrained here, and a labeled task derived from WordNet.
+
+Everything ships in `prompt_tuning/assets/` and is rebuilt from Debian packages (WordNet, the King James Bible) by
+`make demo-model` (`python -m prompt_tuning.demo_data.build`):
+
+- `corpus.py`      the pretraining text (WordNet glosses and examples + the KJV);
+- `vocabulary.py`  the SentencePiece vocabulary trained on it (T5's special ids, 100 sentinels);
+- `pretraining.py` the span-corruption seqio task over the corpus (`configs/pretrain_demo.gin`);
+- `wordnet_task.py` the "Is a poodle a kind of canine?" task, its files and its seqio registration;
+- `build.py`       the steps in order, and the export of the shipped checkpoint.
+
+Importing this package reads nothing; `register_wordnet_task()` registers the task (once).
+"""
+
+from pathlib import Path
+
+import gin
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_MODEL_DIR = ASSETS / "demo_t5"
+DEMO_VOCABULARY = DEMO_MODEL_DIR / "sentencepiece.model"
+WORDNET_TASK_DIR = ASSETS / "wordnet_task"
+WORDNET_TASK_NAME = "wordnet_hypernymy"
+DEMO_MODEL_SIZE = "t5_1_1_demo"
+
+
+@gin.configurable(module="prompt_tuning.demo_data")
+def demo_model_path() -> str:
+  """The shipped demo model's folder (a gin hook for INITIAL_CHECKPOINT_PATH)."""
+  return str(DEMO_MODEL_DIR)
+
+
+@gin.configurable(module="prompt_tuning.demo_data")
+def demo_vocabulary_path() -> str:
+  """The shipped demo model's SentencePiece model (a gin hook for VOCABULARY_PATH)."""
+  return str(DEMO_VOCABULARY)
+
+
+def register_wordnet_task(*args, **kwargs) -> str:
+  """Registers the WordNet hypernymy task (see `wordnet_task.register_wordnet_task`); returns its name."""
+  from prompt_tuning.demo_data import wordnet_task
+
+  return wordnet_task.register_wordnet_task(*args, **kwargs)
+
+
+__all__ = [
+  "ASSETS",
+  "DEMO_MODEL_DIR",
+  "DEMO_MODEL_SIZE",
+  "DEMO_VOCABULARY",
+  "WORDNET_TASK_DIR",
+  "WORDNET_TASK_NAME",
+  "demo_model_path",
+  "demo_vocabulary_path",
+  "register_wordnet_task",
+]

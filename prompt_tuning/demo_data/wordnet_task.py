@@ -1,0 +1,255 @@
+"""The demo's labeled task, derived from WordNet's noun hierarchy: "Is a poodle a kind of canine?" -> yes / no.
+
+Construction (`build_examples`, deterministic for a seed):
+
+- *Categories* are noun synsets with at least `MIN_DESCENDANTS` hyponyms below them and at least `MIN_DEPTH` steps
+  below the root (so not "entity" or "object"), named by a one-word lowercase lemma.
+- *Query words* are one-word lowercase nouns whose most frequent sense is a synset with a category among its
+  ancestors 1 to `MAX_LEVELS` steps up, that occur in WordNet's sense-tagged corpus (common words), and that are not
+  themselves category names.
+- Each query word gives a *pair*: a positive -- a category among those ancestors (the transitive closure of
+  hypernymy, up to `MAX_LEVELS` levels) -- and a negative: a category of the same depth in the hierarchy (within one
+  level) that is an ancestor of none of the word's senses. Same-depth categories are as general as the positive one
+  (not "entity" against "poodle"), so the question cannot be answered from how specific the category is; some come
+  from the same branch ("feline" for a dog), most from others. Among the candidates, one of those most often used as
+  a positive so far is chosen (seeded), and no category is used as a positive more than `MAX_SKEW` times more often
+  than as a negative (or the reverse), so the label cannot be guessed from the category alone. Labels are balanced
+  by construction (one "yes" and one "no" per word).
+- The query words are split into train / validation / test: no query word appears, as query or as category, in
+  another split. Categories are shared (a category is a class, the words are what is held out).
+
+The files are JSONL with columns question, answer ("yes" / "no"), target (the answer after the sentinel, what the
+model is trained to produce: see `SENTINEL`), word, category, level (steps from the word's synset to the positive
+category) and pair (the pair's number). They ship in prompt_tuning/assets/wordnet_task.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import random
+import re
+from pathlib import Path
+
+import gin
+
+from prompt_tuning.demo_data import wordnet
+
+MIN_DESCENDANTS = 12
+MIN_DEPTH = 4
+MAX_LEVELS = 3
+MAX_SKEW = 2  # A category's (uses as positive) - (uses as negative) stays within [-MAX_SKEW, MAX_SKEW].
+SPLIT_WORDS = {"train": 1500, "validation": 250, "test": 500}
+LABELS = ("no", "yes")
+# The demo model was pretrained on span corruption only, so its decoder always starts with a sentinel. As in Lester
+# et al. 2021 (section 3.2, "Span Corruption + Sentinel"), the task is posed as one: the input ends with the sentinel
+# and the target is the sentinel followed by the answer, "<extra_id_0> yes".
+SENTINEL = "<extra_id_0>"
+CLASS_LABELS = tuple(f"{SENTINEL} {label}" for label in LABELS)
+_ONE_WORD = re.compile(r"^[a-z]{3,}$")
+_SYNSETS: dict[int, dict] = {}
+
+
+def question(word: str, category: str) -> str:
+  """The input text: "Is a poodle a kind of canine?" ("an" before a vowel)."""
+  article = "an" if word[0] in "aeiou" else "a"
+  return f"Is {article} {word} a kind of {category}?"
+
+
+def _children(synsets: dict[str, wordnet.Synset]) -> dict[str, list[str]]:
+  children = collections.defaultdict(list)
+  for key, synset in synsets.items():
+    for parent in synset.hypernyms:
+      children[parent].append(key)
+  return children
+
+
+def _ancestors(key: str, synsets: dict[str, wordnet.Synset], max_levels: int | None = None) -> dict[str, int]:
+  """{ancestor key: fewest hypernym steps up} of a synset (regular hypernyms only)."""
+  found, frontier, level = {}, [key], 0
+  while frontier and (max_levels is None or level < max_levels):
+    level += 1
+    frontier = [p for k in frontier for p in synsets[k].hypernyms if p in synsets and p not in found]
+    for parent in frontier:
+      found.setdefault(parent, level)
+  return found
+
+
+def _descendant_counts(children: dict[str, list[str]], keys) -> dict[str, int]:
+  counts: dict[str, int] = {}
+
+  def count(key: str) -> int:
+    if key not in counts:
+      counts[key] = 0  # Guards against cycles (WordNet has none among nouns).
+      counts[key] = sum(1 + count(c) for c in children.get(key, []))
+    return counts[key]
+
+  for key in keys:
+    count(key)
+  return counts
+
+
+def categories(synsets: dict[str, wordnet.Synset]) -> dict[str, str]:
+  """{synset key: category name} of the synsets that may be asked about (see the module docstring)."""
+  nouns = {k: s for k, s in synsets.items() if k.startswith("n:")}
+  counts = _descendant_counts(_children(nouns), nouns)
+  chosen = {}
+  for key, synset in nouns.items():
+    name = next((lemma for lemma in synset.lemmas if _ONE_WORD.match(lemma)), None)
+    depth = max(_ancestors(key, nouns).values(), default=0)
+    if name and counts[key] >= MIN_DESCENDANTS and depth >= MIN_DEPTH:
+      chosen[key] = name
+  return chosen
+
+
+def _query_words(index, synsets, category_names: set[str]) -> list[tuple[str, str]]:
+  """(word, its most frequent synset) for every eligible query word, sorted."""
+  words = []
+  for lemma, (keys, tagged) in sorted(index.items()):
+    if _ONE_WORD.match(lemma) and tagged >= 1 and lemma not in category_names and keys[0] in synsets:
+      words.append((lemma, keys[0]))
+  return words
+
+
+def _same_depth(synsets, names) -> dict[str, list[str]]:
+  """{category: the other categories of about its depth (within one level)}: candidates for its negatives."""
+  depth = {k: _depth(k, synsets) for k in names}
+  by_depth = collections.defaultdict(list)
+  for key in sorted(names):
+    by_depth[depth[key]].append(key)
+  return {
+    key: [c for d in (depth[key] - 1, depth[key], depth[key] + 1) for c in by_depth.get(d, []) if c != key]
+    for key in names
+  }
+
+
+@functools.cache
+def _depth_of(key: str, synsets_id: int) -> int:
+  return max(_ancestors(key, _SYNSETS[synsets_id]).values(), default=0)
+
+
+def _depth(key: str, synsets: dict[str, wordnet.Synset]) -> int:
+  """Hypernym steps from `key` up to the root, along the longest path."""
+  _SYNSETS[id(synsets)] = synsets
+  return _depth_of(key, id(synsets))
+
+
+def _pair(word, key, index, synsets, names, relatives, used, rng) -> dict | None:
+  """One positive and one negative question about `word`, or None when no category fits."""
+  near = _ancestors(key, synsets, MAX_LEVELS)
+  positives = sorted(
+    (level, k) for k, level in near.items() if k in names and names[k] != word and used[names[k]] < MAX_SKEW
+  )
+  if not positives:
+    return None
+  every_sense_ancestor = set()
+  for sense in index[word][0]:
+    if sense in synsets:
+      every_sense_ancestor |= set(_ancestors(sense, synsets)) | {sense}
+  for level, positive in sorted(positives, key=lambda p: (used[names[p[1]]], p)):
+    candidates = [
+      c
+      for c in relatives[positive]
+      if c not in every_sense_ancestor and names[c] not in (word, names[positive]) and used[names[c]] > -MAX_SKEW
+    ]
+    if candidates:
+      most_used = max(used[names[c]] for c in candidates)
+      negative = rng.choice(sorted(c for c in candidates if used[names[c]] == most_used))
+      return {"word": word, "positive": names[positive], "negative": names[negative], "level": level}
+  return None
+
+
+def build_pairs(wordnet_dir=wordnet.WORDNET_DIR, seed: int = 0, limit: int | None = None) -> list[dict]:
+  """(word, positive category, negative category) pairs for the query words in a seeded random order.
+
+  The balance of each category (`MAX_SKEW`) holds over the pairs returned, so over any `limit`.
+  """
+  rng = random.Random(seed)
+  synsets = {k: s for k, s in wordnet.read_all(wordnet_dir).items() if k.startswith("n:")}
+  index = wordnet.read_noun_index(wordnet_dir)
+  names = categories(synsets)
+  relatives = _same_depth(synsets, names)
+  words = _query_words(index, synsets, set(names.values()))
+  rng.shuffle(words)
+  used = collections.Counter()  # category name -> (times as positive) - (times as negative)
+  pairs = []
+  for word, key in words:
+    pair = _pair(word, key, index, synsets, names, relatives, used, rng)
+    if pair:
+      used[pair["positive"]] += 1
+      used[pair["negative"]] -= 1
+      pairs.append(pair)
+      if limit is not None and len(pairs) >= limit:
+        break
+  return pairs
+
+
+def _rows(pairs: list[dict], first_pair: int) -> list[dict]:
+  rows = []
+  for number, pair in enumerate(pairs, start=first_pair):
+    for category, answer in ((pair["positive"], "yes"), (pair["negative"], "no")):
+      rows.append(
+        {
+          "question": question(pair["word"], category),
+          "answer": answer,
+          "target": f"{SENTINEL} {answer}",
+          "word": pair["word"],
+          "category": category,
+          "level": pair["level"],
+          "pair": number,
+        }
+      )
+  return rows
+
+
+def build_examples(seed: int = 0, split_words: dict[str, int] = SPLIT_WORDS) -> dict[str, list[dict]]:
+  """{split: rows}, split by query word (see the module docstring); the rows of each split are shuffled."""
+  rng = random.Random(seed + 1)
+  pairs = build_pairs(seed=seed, limit=sum(split_words.values()))
+  if len(pairs) < sum(split_words.values()):
+    raise ValueError(f"only {len(pairs)} words qualify; the splits ask for {sum(split_words.values())}")
+  splits, start = {}, 0
+  for split, count in split_words.items():
+    rows = _rows(pairs[start : start + count], start)
+    rng.shuffle(rows)
+    splits[split], start = rows, start + count
+  return splits
+
+
+def write_task(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+  """Writes `{split}.jsonl` for each split into `out_dir`; returns the paths."""
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = {}
+  for split, rows in build_examples(seed).items():
+    paths[split] = out_dir / f"{split}.jsonl"
+    paths[split].write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
+  return paths
+
+
+@gin.configurable(module="prompt_tuning.demo_data")
+def register_wordnet_task(task_dir: str | Path | None = None, name: str | None = None) -> str:
+  """Registers the task as a seqio task with class labels ("<extra_id_0> no", "<extra_id_0> yes"); returns its name.
+
+  The inputs are the questions followed by the sentinel, the targets the sentinel and "yes" or "no" (see
+  `SENTINEL`); the vocabulary is the globally configured one (the demo
+  model's: `prompt_tuning.data.set_vocabulary_path(DEMO_VOCABULARY)` or VOCABULARY_PATH in gin).
+
+  Args:
+    task_dir: the folder of train/validation/test.jsonl (default: the shipped prompt_tuning/assets/wordnet_task).
+    name: the task name (default `wordnet_hypernymy`).
+  """
+  from prompt_tuning import demo_data
+  from prompt_tuning.data import register_local_task
+
+  folder = Path(task_dir) if task_dir is not None else demo_data.WORDNET_TASK_DIR
+  return register_local_task(
+    name=name or demo_data.WORDNET_TASK_NAME,
+    train=str(folder / "train.jsonl"),
+    validation=str(folder / "validation.jsonl"),
+    test=str(folder / "test.jsonl"),
+    input_template="{question} " + SENTINEL,
+    target_column="target",
+    class_labels=list(CLASS_LABELS),
+  )

@@ -1,0 +1,116 @@
+"""The demo's shipped assets: the WordNet task files, their seqio registration, the demo model and its vocabulary."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from prompt_tuning import demo_data
+from prompt_tuning.demo_data import wordnet, wordnet_task
+
+SPLITS = ("train", "validation", "test")
+MAX_MODEL_BYTES = 25 * 1024 * 1024
+
+
+def _rows(split):
+  return [json.loads(line) for line in (demo_data.WORDNET_TASK_DIR / f"{split}.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def rows():
+  return {split: _rows(split) for split in SPLITS}
+
+
+def test_task_files_are_small_balanced_and_well_formed(rows):
+  sizes = {split: len(r) for split, r in rows.items()}
+  assert sizes == {split: 2 * n for split, n in wordnet_task.SPLIT_WORDS.items()}
+  for split_rows in rows.values():
+    assert Counter(r["answer"] for r in split_rows) == {"yes": len(split_rows) // 2, "no": len(split_rows) // 2}
+    for r in split_rows:
+      assert r["question"] == wordnet_task.question(r["word"], r["category"])
+      assert r["target"] == "<extra_id_0> " + r["answer"]
+      assert 1 <= r["level"] <= wordnet_task.MAX_LEVELS
+  for path in demo_data.WORDNET_TASK_DIR.glob("*.jsonl"):
+    assert path.stat().st_size < 1_000_000
+
+
+def test_no_word_leaks_between_splits(rows):
+  words = {split: {r["word"] for r in split_rows} for split, split_rows in rows.items()}
+  categories = {c for split_rows in rows.values() for c in (r["category"] for r in split_rows)}
+  assert not words["train"] & words["test"]
+  assert not words["train"] & words["validation"]
+  assert not words["validation"] & words["test"]
+  assert not (words["test"] | words["validation"]) & categories  # held-out words are never categories either
+
+
+def test_each_word_has_one_positive_and_one_negative(rows):
+  by_pair = {}
+  for r in rows["test"]:
+    by_pair.setdefault(r["pair"], []).append(r)
+  assert all(sorted(x["answer"] for x in pair) == ["no", "yes"] for pair in by_pair.values())
+  # No category gives its label away: each is used about as often for "yes" as for "no".
+  skew = Counter()
+  for split_rows in rows.values():
+    for r in split_rows:
+      skew[r["category"]] += 1 if r["answer"] == "yes" else -1
+  assert max(abs(v) for v in skew.values()) <= wordnet_task.MAX_SKEW
+
+
+def test_parse_wordnet_line():
+  line = (
+    "02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 003 @ 02083346 n 0000 @ 01317541 n 0000 "
+    '@i 09999999 n 0000 | a member of the genus Canis; "the dog barked all night"  '
+  )
+  synset = wordnet.parse_line(line)
+  assert synset.key == "n:02084071"
+  assert synset.lemmas == ("dog", "domestic dog", "Canis familiaris")
+  assert synset.hypernyms == ("n:02083346", "n:01317541") and synset.instance_of == ("n:09999999",)
+  assert synset.definition == "a member of the genus Canis"
+  assert synset.examples == ("the dog barked all night",)
+  with pytest.raises(ValueError, match="not a WordNet synset line"):
+    wordnet.parse_line("garbage")
+
+
+def test_question_article():
+  assert wordnet_task.question("poodle", "canine") == "Is a poodle a kind of canine?"
+  assert wordnet_task.question("apple", "fruit") == "Is an apple a kind of fruit?"
+
+
+def test_task_is_registered_with_class_labels():
+  import seqio
+
+  from prompt_tuning.data import get_class_labels
+
+  name = demo_data.register_wordnet_task()
+  assert name == demo_data.WORDNET_TASK_NAME
+  assert get_class_labels(name) == ["<extra_id_0> no", "<extra_id_0> yes"]
+  vocabulary = seqio.SentencePieceVocabulary(str(demo_data.DEMO_VOCABULARY), extra_ids=100)
+  task = seqio.get_mixture_or_task(name)
+  assert task.num_input_examples("test") == len(_rows("test"))
+  example = next(
+    task.source.get_dataset("test", shuffle=False).as_numpy_iterator()  # the raw text, before tokenizing
+  )
+  assert example["targets"].decode() in ("<extra_id_0> yes", "<extra_id_0> no")
+  assert example["inputs"].decode().endswith("? <extra_id_0>")
+  assert vocabulary.encode(example["inputs"].decode())[-1] == vocabulary.vocab_size - 1
+
+
+def test_shipped_model_loads_and_matches_its_vocabulary():
+  import seqio
+
+  from prompt_tuning.checkpoints import load_pretrained
+  from prompt_tuning.models.configs import get_config
+
+  files = list(demo_data.DEMO_MODEL_DIR.iterdir())
+  assert sum(p.stat().st_size for p in files) <= MAX_MODEL_BYTES
+  config, params = load_pretrained(demo_data.DEMO_MODEL_DIR)
+  assert config.replace(dropout_rate=0.0) == get_config(demo_data.DEMO_MODEL_SIZE).replace(dropout_rate=0.0)
+  embedding = params["token_embedder"]["embedding"]
+  assert embedding.dtype.name == "float32"
+  vocabulary = seqio.SentencePieceVocabulary(str(demo_data.DEMO_VOCABULARY), extra_ids=100)
+  assert embedding.shape == (vocabulary.vocab_size, 256)
+  assert vocabulary.encode("dog") and vocabulary.decode(vocabulary.encode("a kind of dog")) == "a kind of dog"
+  assert vocabulary.vocab_size - 1 == vocabulary.encode("<extra_id_0>")[0]  # sentinels from the end
+  card = (demo_data.DEMO_MODEL_DIR / "MODEL_CARD.md").read_text()
+  for fact in ("WordNet 3.0", "public domain", "GPL", "make demo-model"):
+    assert fact in card
