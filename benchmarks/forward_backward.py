@@ -12,18 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
-
-
-def _time(fn, warmup: int, iters: int) -> float:
-  for _ in range(warmup):
-    fn()
-  start = time.perf_counter()
-  for _ in range(iters):
-    fn()
-  return (time.perf_counter() - start) / iters
+from common import hf_t5, seconds_per_call
 
 
 def bench_ours(size: str, batch, enc, dec, targets, warmup, iters) -> float:
@@ -42,21 +33,13 @@ def bench_ours(size: str, batch, enc, dec, targets, warmup, iters) -> float:
     return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
 
   step = jax.jit(jax.value_and_grad(loss))
-  return _time(lambda: jax.block_until_ready(step(params)), warmup, iters)
+  return seconds_per_call(lambda: jax.block_until_ready(step(params)), warmup, iters)
 
 
 def bench_hf(size: str, enc, dec, targets, warmup, iters, threads: int) -> float:
   import torch
-  import transformers
 
-  import prompt_tuning as pt
-  from prompt_tuning.checkpoints.huggingface import hf_config_from
-
-  torch.set_num_threads(threads)
-  cfg = pt.get_config(size, dropout_rate=0.0)
-  # The same architecture, through the mapping our Hugging Face writer uses.
-  hf_config = transformers.T5Config(**hf_config_from(cfg, "float32"))
-  model = transformers.T5ForConditionalGeneration(hf_config).train()
+  model = hf_t5(size, threads).train()
   enc_t, dec_t, tgt_t = (torch.tensor(np.asarray(x)) for x in (enc, dec, targets))
   mask = (enc_t > 0).long()
 
@@ -66,7 +49,7 @@ def bench_hf(size: str, enc, dec, targets, warmup, iters, threads: int) -> float
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_t.reshape(-1).long())
     loss.backward()
 
-  return _time(step, warmup, iters)
+  return seconds_per_call(step, warmup, iters)
 
 
 def main():

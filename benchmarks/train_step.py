@@ -18,18 +18,9 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import time
 
 import numpy as np
-
-
-def _time(fn, warmup: int, iters: int) -> float:
-  for _ in range(warmup):
-    fn()
-  start = time.perf_counter()
-  for _ in range(iters):
-    fn()
-  return (time.perf_counter() - start) / iters
+from common import hf_t5, seconds_per_call
 
 
 def _batch(args):
@@ -73,23 +64,15 @@ def bench_ours(args, batch, pattern: str, prompt_length: int) -> tuple[float, in
     holder["state"], metrics = compiled(holder["state"], frozen, batch, rng)
     jax.block_until_ready(metrics["loss"])
 
-  return _time(run, args.warmup, args.iters), peak
+  return seconds_per_call(run, args.warmup, args.iters), peak
 
 
 def bench_peft(args, batch, threads: int) -> float:
   import peft
   import torch
-  import transformers
   from transformers.optimization import Adafactor
 
-  import prompt_tuning as pt
-  from prompt_tuning.checkpoints.huggingface import hf_config_from
-
-  torch.set_num_threads(threads)
-  cfg = pt.get_config(args.size, dropout_rate=0.0)
-  # The same architecture, through the mapping our Hugging Face writer uses.
-  hf_config = transformers.T5Config(**hf_config_from(cfg, "float32"))
-  base = transformers.T5ForConditionalGeneration(hf_config)
+  base = hf_t5(args.size, threads)
   model = peft.get_peft_model(
     base, peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=args.prompt)
   ).train()
@@ -107,7 +90,7 @@ def bench_peft(args, batch, threads: int) -> float:
     loss.backward()
     optimizer.step()
 
-  return _time(step, args.warmup, args.iters)
+  return seconds_per_call(step, args.warmup, args.iters)
 
 
 def main():

@@ -43,7 +43,19 @@ def _pad(rows: list[np.ndarray], length: int) -> np.ndarray:
 
 
 def _label_targets(labels: list[str], vocabulary, length: int) -> np.ndarray:
-  return _pad([np.asarray(vocabulary.encode(label) + [vocabulary.eos_id]) for label in labels], length)
+  """Each label's tokens + EOS, padded to `length` [num_labels, length].
+
+  Raises:
+    ValueError: when a label does not fit; cut labels could tie and rank arbitrarily.
+  """
+  rows = [np.asarray(vocabulary.encode(label) + [vocabulary.eos_id]) for label in labels]
+  longest = max(len(row) for row in rows)
+  if longest > length:
+    raise ValueError(
+      f"class label {labels[int(np.argmax([len(r) for r in rows]))]!r} needs {longest} target tokens (EOS included) "
+      f"but TASK_FEATURE_LENGTHS['targets'] is {length}; raise it to at least {longest}."
+    )
+  return _pad(rows, length)
 
 
 def _score_labels(predictor, encoder_tokens: np.ndarray, label_targets: np.ndarray) -> np.ndarray:

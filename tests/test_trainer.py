@@ -188,3 +188,15 @@ def test_pretraining_from_random_initialization(task, tmp_path):
   np.testing.assert_array_equal(trained["encoder"]["encoder_norm"]["scale"].shape, (4,))
   with pytest.raises(ValueError, match="needs MODEL_SIZE"):
     _config(tmp_path / "x", initial_checkpoint_path=None, model_size=None)
+
+
+def test_class_labels_longer_than_the_targets_are_refused(reference_dir):
+  import seqio
+
+  from prompt_tuning import infer
+
+  vocab = seqio.SentencePieceVocabulary(str(tiny_task.VOCAB_PATH), extra_ids=100)
+  targets = infer._label_targets(["yes", "no"], vocab, 4)
+  assert targets.shape == (2, 4) and (targets[:, -1] == 0).all()
+  with pytest.raises(ValueError, match=r"raise it to at least"):
+    infer._label_targets(["not entailment at all", "yes"], vocab, 3)
