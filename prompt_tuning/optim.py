@@ -38,11 +38,16 @@ def _nest(flat: dict[str, Any]) -> PyTree:
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def partition(params: PyTree, trainable_pattern: str = VECTORS_ONLY) -> tuple[PyTree, PyTree]:
+def partition(
+  params: PyTree, trainable_pattern: str = VECTORS_ONLY, allow_empty: bool = False
+) -> tuple[PyTree, PyTree]:
   """Splits `params` into (trainable, frozen) by matching paths against a regex.
 
+  `allow_empty` lets a pattern select nothing (trainable is then `{}`): evaluating or decoding the frozen model as
+  it is, with no prompt, trains nothing.
+
   Raises:
-    ValueError: when the pattern is not a valid regex or selects nothing.
+    ValueError: when the pattern is not a valid regex, or selects nothing and `allow_empty` is False.
   """
   try:
     regex = re.compile(trainable_pattern)
@@ -50,18 +55,26 @@ def partition(params: PyTree, trainable_pattern: str = VECTORS_ONLY) -> tuple[Py
     raise ValueError(f"trainable pattern {trainable_pattern!r} is not a valid regular expression: {e}") from e
   flat = _flat(params)
   trainable = {k: v for k, v in flat.items() if regex.search(k)}
-  if not trainable:
-    sample = ", ".join(sorted(flat)[:5])
-    raise ValueError(
-      f"trainable pattern {trainable_pattern!r} selects no parameter; paths look like: {sample}. "
-      "Use e.g. '^prompt' (prompt tuning), '^prefix' (prefix tuning) or '.*' (model tuning)."
-    )
+  if not trainable and not allow_empty:
+    raise nothing_selected(trainable_pattern, params)
   frozen = {k: v for k, v in flat.items() if k not in trainable}
   return _nest(trainable), _nest(frozen) if frozen else {}
 
 
+def nothing_selected(trainable_pattern: str, params: PyTree) -> ValueError:
+  """The error for a trainable pattern that selects no parameter of the nested `params`."""
+  sample = ", ".join(sorted(_flat(params))[:5])
+  return ValueError(
+    f"trainable pattern {trainable_pattern!r} selects no parameter, so there is nothing to train; paths look like: "
+    f"{sample}. Set TRAINABLE_PATTERN to e.g. '^prompt' (prompt tuning), '^prefix' (prefix tuning) or '.*' "
+    "(model tuning); with PROMPT_LENGTH = 0 and no prefix there is no prompt to train."
+  )
+
+
 def merge(trainable: PyTree, frozen: PyTree) -> PyTree:
   """The inverse of `partition`."""
+  if not trainable:
+    return frozen
   return _nest({**_flat(frozen), **_flat(trainable)}) if frozen else trainable
 
 

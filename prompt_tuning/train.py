@@ -156,8 +156,9 @@ def build(cfg: RunConfig) -> Run:
   del backbone_host
   vector_shardings = {k: v for k, v in shardings.items() if k != "t5"}
   vectors = jax.jit(tuned.init_vectors, out_shardings=vector_shardings)(jax.random.key(cfg.seed), backbone)
-  trainable, frozen = optim.partition({"t5": backbone, **vectors}, cfg.trainable_pattern)
-  trainable_axes, _ = optim.partition(axes, cfg.trainable_pattern)
+  # Nothing trainable is allowed here (eval/infer of the frozen model as it is); train() refuses it.
+  trainable, frozen = optim.partition({"t5": backbone, **vectors}, cfg.trainable_pattern, allow_empty=True)
+  trainable_axes, _ = optim.partition(axes, cfg.trainable_pattern, allow_empty=True)
   optimizer = cfg.optimizer or optim.adafactor(logical_axes=trainable_axes)
   state = jax.jit(functools.partial(trainer.TrainState.create, optimizer=optimizer))(trainable)
 
@@ -228,7 +229,7 @@ def plan(cfg: RunConfig, mesh=None) -> dict[str, Any]:
   shapes = {"t5": backbone, **_abstract_vectors(tuned, backbone)}
   mesh = mesh if mesh is not None else partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
   shardings = partitioning.shardings_for(tuned.logical_axes(shapes), mesh, partitioning.logical_rules())
-  trainable, frozen = optim.partition(shapes, cfg.trainable_pattern)
+  trainable, frozen = optim.partition(shapes, cfg.trainable_pattern, allow_empty=True)
   return {
     "config": config,
     "shapes": shapes,
@@ -290,6 +291,9 @@ def train(
   from prompt_tuning import inputs, reporting
 
   run = build(cfg)
+  if not run.trainable_count:
+    run.checkpoints.close()
+    raise optim.nothing_selected(cfg.trainable_pattern, run.frozen)
   local_batch = partitioning.local_batch_size(cfg.batch_size, run.mesh)
   reporter = reporting.Reporter(cfg.model_dir, total_steps=num_train_steps, start_step=run.start_step)
   reporter.text(

@@ -130,6 +130,23 @@ def test_bad_input_gives_one_line_not_a_traceback(local_task, tmp_path):
   assert "7" in bad_file.stderr and "4" in bad_file.stderr
 
 
+def test_frozen_model_without_prompt_evaluates_but_does_not_train(local_task, tmp_path):
+  # PROMPT_LENGTH = 0 with the default pattern ('^(prompt|prefix)') selects nothing: the frozen model as it is.
+  flags = [*local_task, f"--gin.MODEL_DIR='{tmp_path / 'frozen'}'", "--gin.PROMPT_LENGTH=0"]
+  out_file = tmp_path / "score.jsonl"
+  _cli(
+    "infer", "--gin_file=runs/prompt_infer.gin", *flags, "--gin.INFER_MODE='score'", f"--gin.INFER_OUTPUT='{out_file}'"
+  )
+  lines = [json.loads(x) for x in out_file.read_text().splitlines()]
+  assert len(lines) == 8 and all(x["prediction"] in ("no", "yes") for x in lines)
+  evaluation = _cli("eval", "--gin_file=runs/prompt_eval.gin", *flags)
+  assert "cli_yes_no/accuracy" in evaluation.stdout
+  refused = _cli("train", *flags, check=False)
+  assert refused.returncode == 1 and "Traceback" not in refused.stderr
+  assert "nothing to train" in refused.stderr and "TRAINABLE_PATTERN" in refused.stderr
+  assert not list((tmp_path / "frozen").glob("checkpoints/*"))
+
+
 def test_help_lists_the_commands():
   out = _cli("--help")
   for command in ("train", "eval", "infer", "inspect", "export", "tasks"):

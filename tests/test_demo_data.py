@@ -30,6 +30,7 @@ def test_task_files_are_small_balanced_and_well_formed(rows):
       assert r["question"] == wordnet_task.question(r["word"], r["category"])
       assert r["target"] == "<extra_id_0> " + r["answer"]
       assert 1 <= r["level"] <= wordnet_task.MAX_LEVELS
+      assert r["definition"] and len(r["definition"].split()) <= wordnet_task.DEFINITION_WORDS
   for path in demo_data.WORDNET_TASK_DIR.glob("*.jsonl"):
     assert path.stat().st_size < 1_000_000
 
@@ -93,6 +94,15 @@ def test_task_is_registered_with_class_labels():
   assert example["targets"].decode() in ("<extra_id_0> yes", "<extra_id_0> no")
   assert example["inputs"].decode().endswith("? <extra_id_0>")
   assert vocabulary.encode(example["inputs"].decode())[-1] == vocabulary.vocab_size - 1
+
+
+def test_task_can_be_posed_with_the_definition():
+  import seqio
+
+  name = demo_data.register_wordnet_task(name="wordnet_hypernymy_defined", input_template=wordnet_task.WITH_DEFINITION)
+  example = next(seqio.get_mixture_or_task(name).source.get_dataset("test", shuffle=False).as_numpy_iterator())
+  first = _rows("test")[0]
+  assert example["inputs"].decode() == f"{first['word']}: {first['definition']}. {first['question']} <extra_id_0>"
 
 
 def test_shipped_model_loads_and_matches_its_vocabulary():

@@ -135,6 +135,10 @@ def test_partition_rejects_patterns_that_select_nothing():
     optim.partition({"t5": {"a": jnp.zeros(2)}}, "^prompt")
   with pytest.raises(ValueError, match="not a valid regular expression"):
     optim.partition({"t5": {"a": jnp.zeros(2)}}, "(")
+  # Allowed where nothing is trained (eval/infer of the frozen model): everything is frozen, and merge inverts it.
+  params = {"t5": {"a": jnp.zeros(2)}}
+  trainable, frozen = optim.partition(params, "^prompt", allow_empty=True)
+  assert trainable == {} and frozen == params and optim.merge(trainable, frozen) == params
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(task, tmp_path):

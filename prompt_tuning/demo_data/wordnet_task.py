@@ -19,8 +19,11 @@ Construction (`build_examples`, deterministic for a seed):
   another split. Categories are shared (a category is a class, the words are what is held out).
 
 The files are JSONL with columns question, answer ("yes" / "no"), target (the answer after the sentinel, what the
-model is trained to produce: see `SENTINEL`), word, category, level (steps from the word's synset to the positive
-category) and pair (the pair's number). They ship in prompt_tuning/assets/wordnet_task.
+model is trained to produce: see `SENTINEL`), word, definition (the first `DEFINITION_WORDS` words of the definition
+of the word's most frequent sense), category, level (steps from the word's synset to the positive category) and pair
+(the pair's number). They ship in prompt_tuning/assets/wordnet_task. The seqio task poses the question alone
+(`QUESTION_ONLY`) or after the definition (`WITH_DEFINITION`, gin:
+`prompt_tuning.demo_data.register_wordnet_task.input_template`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ LABELS = ("no", "yes")
 # and the target is the sentinel followed by the answer, "<extra_id_0> yes".
 SENTINEL = "<extra_id_0>"
 CLASS_LABELS = tuple(f"{SENTINEL} {label}" for label in LABELS)
+# The two ways to pose a question: alone, or after the word's dictionary definition (the first DEFINITION_WORDS words
+# of its gloss, as the pretraining corpus writes entries: "poodle: an intelligent dog with ..."), which puts what the
+# model needs to know in its input rather than asking it to recall a fact seen once in pretraining.
+QUESTION_ONLY = "{question} " + SENTINEL
+WITH_DEFINITION = "{word}: {definition}. {question} " + SENTINEL
+DEFINITION_WORDS = 20
 _ONE_WORD = re.compile(r"^[a-z]{3,}$")
 _SYNSETS: dict[int, dict] = {}
 
@@ -55,6 +64,12 @@ def question(word: str, category: str) -> str:
   """The input text: "Is a poodle a kind of canine?" ("an" before a vowel)."""
   article = "an" if word[0] in "aeiou" else "a"
   return f"Is {article} {word} a kind of {category}?"
+
+
+def definition(synset: wordnet.Synset) -> str:
+  """The synset's dictionary definition, cut to its first `DEFINITION_WORDS` words (no examples)."""
+  words = synset.definition.split()
+  return " ".join(words[:DEFINITION_WORDS])
 
 
 def _children(synsets: dict[str, wordnet.Synset]) -> dict[str, list[str]]:
@@ -156,7 +171,13 @@ def _pair(word, key, index, synsets, names, relatives, used, rng) -> dict | None
     if candidates:
       most_used = max(used[names[c]] for c in candidates)
       negative = rng.choice(sorted(c for c in candidates if used[names[c]] == most_used))
-      return {"word": word, "positive": names[positive], "negative": names[negative], "level": level}
+      return {
+        "word": word,
+        "positive": names[positive],
+        "negative": names[negative],
+        "level": level,
+        "definition": definition(synsets[key]),
+      }
   return None
 
 
@@ -195,6 +216,7 @@ def _rows(pairs: list[dict], first_pair: int) -> list[dict]:
           "answer": answer,
           "target": f"{SENTINEL} {answer}",
           "word": pair["word"],
+          "definition": pair["definition"],
           "category": category,
           "level": pair["level"],
           "pair": number,
@@ -229,7 +251,9 @@ def write_task(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
 
 
 @gin.configurable(module="prompt_tuning.demo_data")
-def register_wordnet_task(task_dir: str | Path | None = None, name: str | None = None) -> str:
+def register_wordnet_task(
+  task_dir: str | Path | None = None, name: str | None = None, input_template: str = QUESTION_ONLY
+) -> str:
   """Registers the task as a seqio task with class labels ("<extra_id_0> no", "<extra_id_0> yes"); returns its name.
 
   The inputs are the questions followed by the sentinel, the targets the sentinel and "yes" or "no" (see
@@ -239,6 +263,7 @@ def register_wordnet_task(task_dir: str | Path | None = None, name: str | None =
   Args:
     task_dir: the folder of train/validation/test.jsonl (default: the shipped prompt_tuning/assets/wordnet_task).
     name: the task name (default `wordnet_hypernymy`).
+    input_template: how the input is written from the row's columns (`QUESTION_ONLY` or `WITH_DEFINITION`).
   """
   from prompt_tuning import demo_data
   from prompt_tuning.data import register_local_task
@@ -249,7 +274,7 @@ def register_wordnet_task(task_dir: str | Path | None = None, name: str | None =
     train=str(folder / "train.jsonl"),
     validation=str(folder / "validation.jsonl"),
     test=str(folder / "test.jsonl"),
-    input_template="{question} " + SENTINEL,
+    input_template=input_template,
     target_column="target",
     class_labels=list(CLASS_LABELS),
   )
