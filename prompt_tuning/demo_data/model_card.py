@@ -88,9 +88,13 @@ Why, measured (test split unless noted; details in the project's issue notes):
   (Lester et al. 2021, section 4: small models need long prompts); on "person or thing?" with the definition in the
   input, a 100-token prompt at lr 1.0 learns the answer format (loss 0.57) but not the answer (51.9%, 500 steps).
 - Pretraining on to step 3,000 (loss 3.77) changed none of these.
+- LM adaptation (`configs/lm_adapt_demo.gin`, 600 steps of prefix LM, eval loss 4.63) makes the model steerable --
+  the control task reaches 99.4% with a 100-token prompt in 300 steps -- but not knowledgeable: the WordNet task with
+  definitions stays at 49.4% and "person or thing?" at 52.4% (100-token prompts, 400 and 300 steps).
 
 This is the regime where Lester et al. (2021, section 3.2 and figure 3) found prompt tuning fails: a small model
-trained only on span corruption. Much longer pretraining and LM adaptation are the next things to try. Do not use this
+trained only on span corruption. LM adaptation fixes the steering, not the knowledge: much longer pretraining is the
+next thing to try. Do not use this
 model for anything but demonstrations and tests.
 """
 
