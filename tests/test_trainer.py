@@ -56,8 +56,8 @@ def test_only_the_prompt_changes_and_frozen_weights_equal_the_checkpoint(task, t
   assert not np.allclose(run.state.trainable["prompt"], initial)
 
 
-def _tiny_setup(pattern=optim.VECTORS_ONLY):
-  config, backbone = pt.load_pretrained(tiny_task.T5X_TINY, config="t5_1_1_tiny")
+def _tiny_setup(reference_dir, pattern=optim.VECTORS_ONLY):
+  config, backbone = pt.load_pretrained(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3", config="t5_1_1_tiny")
   tuned = TunedT5(config, prompt_length=3, prompt_init=tiny_task.uniform_init)
   params = {"t5": backbone, **tuned.init_vectors(jax.random.key(0), backbone)}
   trainable, frozen = optim.partition(params, pattern)
@@ -72,8 +72,8 @@ def _tiny_setup(pattern=optim.VECTORS_ONLY):
   return tuned, trainable, frozen, batch
 
 
-def test_a_step_changes_exactly_the_trainable_subset():
-  tuned, trainable, frozen, batch = _tiny_setup(r"^t5/decoder/layers_1/")
+def test_a_step_changes_exactly_the_trainable_subset(reference_dir):
+  tuned, trainable, frozen, batch = _tiny_setup(reference_dir, r"^t5/decoder/layers_1/")
   optimizer = optax.sgd(0.1)
   state = trainer.TrainState.create(trainable, optimizer)
   new, _ = trainer.train_step(state, frozen, batch, jax.random.key(0), forward=tuned.forward, optimizer=optimizer)
@@ -83,16 +83,16 @@ def test_a_step_changes_exactly_the_trainable_subset():
   assert "prompt" in frozen and "encoder" in frozen["t5"]
 
 
-def test_gradients_reach_the_prompt_only():
-  tuned, trainable, frozen, batch = _tiny_setup()
+def test_gradients_reach_the_prompt_only(reference_dir):
+  tuned, trainable, frozen, batch = _tiny_setup(reference_dir)
   grads = jax.grad(lambda t: trainer.summed_loss(t, frozen, batch, jax.random.key(0), tuned.forward, 0.0, False)[0])(
     trainable
   )
   assert set(grads) == {"prompt"} and float(jnp.abs(grads["prompt"]).sum()) > 0
 
 
-def test_gradient_accumulation_equals_one_big_batch():
-  tuned, trainable, frozen, batch = _tiny_setup()
+def test_gradient_accumulation_equals_one_big_batch(reference_dir):
+  tuned, trainable, frozen, batch = _tiny_setup(reference_dir)
   optimizer = optax.sgd(1.0)
   state = trainer.TrainState.create(trainable, optimizer)
   kw = dict(forward=tuned.forward, optimizer=optimizer)
@@ -113,8 +113,8 @@ def test_loss_is_cross_entropy_plus_z_loss_per_real_token():
   np.testing.assert_allclose(z, 1e-4 * log_z**2, rtol=1e-6)
 
 
-def test_adafactor_leaves_prompts_unfactored():
-  _, trainable, _, _ = _tiny_setup(r".*")
+def test_adafactor_leaves_prompts_unfactored(reference_dir):
+  _, trainable, _, _ = _tiny_setup(reference_dir, r".*")
   trainable = dict(trainable, prompt=jnp.zeros((200, 256)))  # large enough to be factored otherwise
   trainable["t5"]["decoder"]["logits_dense"]["kernel"] = jnp.zeros((256, 32128))
   axes = {
