@@ -29,6 +29,8 @@ from __future__ import annotations
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.data import span_corruption
+
 
 def chunk_length(sequence_length: dict[str, int]) -> int:
   """Tokens of text per example: the longer side's length less its EOS (a longer chunk would pin the cut)."""
@@ -47,10 +49,7 @@ def concatenate_and_split(
 
   Other features are dropped; the last, shorter chunk is kept if it holds at least two tokens.
   """
-  size = chunk_length(sequence_length)
-  tokens = dataset.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(ex[key]))
-  chunks = tokens.batch(size).filter(lambda x: tf.size(x) >= 2)
-  return chunks.map(lambda x: {"targets": x}, num_parallel_calls=tf.data.AUTOTUNE)
+  return span_corruption.split_token_stream(dataset, chunk_length(sequence_length), key)
 
 
 def split_inputs_and_targets(dataset: tf.data.Dataset, sequence_length: dict[str, int]) -> tf.data.Dataset:

@@ -139,6 +139,14 @@ def concatenate_and_split(
   at least two tokens.
   """
   chunk, _ = chunk_lengths(sequence_length["inputs"], noise_density, mean_noise_span_length)
+  return split_token_stream(dataset, chunk, key)
+
+
+def split_token_stream(dataset: tf.data.Dataset, chunk: int, key: str = "targets") -> tf.data.Dataset:
+  """The token stream of `key`, concatenated and cut into `chunk`-token examples {"targets": chunk}.
+
+  Other features are dropped; the last, shorter chunk is kept if it holds at least two tokens.
+  """
   tokens = dataset.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(ex[key]))
   chunks = tokens.batch(chunk).filter(lambda x: tf.size(x) >= 2)
   return chunks.map(lambda x: {"targets": x}, num_parallel_calls=tf.data.AUTOTUNE)
