@@ -18,3 +18,32 @@ def reference_dir() -> Path:
   if not REFERENCE_DIR.is_dir():
     pytest.skip(f"reference artifacts not found at {REFERENCE_DIR} (they sit beside the project in CI)")
   return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def vocabulary(reference_dir):
+  """The real T5 SentencePiece vocabulary (32,000 pieces + 100 sentinels)."""
+  seqio = pytest.importorskip("seqio")
+  return seqio.SentencePieceVocabulary(str(reference_dir / "t5_spm_32000.model"), extra_ids=100)
+
+
+@pytest.fixture(scope="session")
+def embedding(reference_dir):
+  """A real-vocabulary-sized embedding table, float32 [32128, 4]."""
+  import numpy as np
+
+  return np.load(reference_dir / "tiny_embeddings_32128x4.npy")
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder_model():
+  """(config, params) of a random tiny T5 1.0 with an untied output layer whose pad logit is pinned at 0, below the
+  best of the random others, so greedy decoding never emits pad mid-sequence."""
+  import jax
+
+  import prompt_tuning as pt
+
+  config = pt.get_config("t5_1_0_tiny", vocab_size=64, mlp_activations=("gelu", "linear"), logits_via_embedding=False)
+  params = pt.init_params(config, jax.random.key(3))
+  params["decoder"]["logits_dense"]["kernel"] = params["decoder"]["logits_dense"]["kernel"].at[:, 0].set(0.0)
+  return config, params

@@ -13,18 +13,9 @@ from prompt_tuning.decoding import DecodingSettings
 
 
 @pytest.fixture(scope="module")
-def tiny():
-  config = pt.get_config("t5_1_0_tiny", vocab_size=64, mlp_activations=("gelu", "linear"), logits_via_embedding=False)
-  params = pt.init_params(config, jax.random.key(3))
-  # The pad logit pinned at 0, below the best of the random others: greedy never emits pad mid-sequence.
-  params["decoder"]["logits_dense"]["kernel"] = params["decoder"]["logits_dense"]["kernel"].at[:, 0].set(0.0)
-  return config, params
-
-
-@pytest.fixture(scope="module")
-def rows(tiny):
+def rows(tiny_decoder_model):
   """Four rows: a prompt only, a prefix only, both, neither (lengths and sites differ)."""
-  config, _ = tiny
+  config, _ = tiny_decoder_model
   full = prefixes.PrefixSettings(3, mlp_width=16)
   decoder_only = prefixes.PrefixSettings(2, sites=("decoder", "cross"), mlp_width=16)
   prefix_a = prefixes.fold(prefixes.init_prefix(jax.random.key(1), full, config), full, config)
@@ -73,8 +64,8 @@ def _apply(config, mode):
 
 
 @pytest.mark.parametrize("mode", ["prefix", "suffix"])
-def test_mixed_prompt_and_prefix_rows_equal_each_row_alone(tiny, rows, batch, mode):
-  config, params = tiny
+def test_mixed_prompt_and_prefix_rows_equal_each_row_alone(tiny_decoder_model, rows, batch, mode):
+  config, params = tiny_decoder_model
   enc, dec, targets = batch
   prompt, lengths = ensembles.stack_prompts([p for p, _ in rows])
   prefix = ensembles.stack_prefixes([x for _, x in rows])
@@ -86,8 +77,8 @@ def test_mixed_prompt_and_prefix_rows_equal_each_row_alone(tiny, rows, batch, mo
     np.testing.assert_allclose(mixed[b][real], alone[0][real], rtol=1e-5, atol=1e-5)
 
 
-def test_mixed_batch_decodes_each_row_as_alone(tiny, rows, batch):
-  config, params = tiny
+def test_mixed_batch_decodes_each_row_as_alone(tiny_decoder_model, rows, batch):
+  config, params = tiny_decoder_model
   enc = batch[0]
   prompt, lengths = ensembles.stack_prompts([p for p, _ in rows])
   prefix = ensembles.stack_prefixes([x for _, x in rows])
@@ -120,8 +111,8 @@ def test_mean_log_prob_lets_one_confident_prompt_outvote_hesitant_ones():
   assert int(jnp.sum(per_prompt_votes == 1)) == 2  # a vote would pick candidate 1
 
 
-def test_ensemble_generate_and_classify_equal_one_prompt_at_a_time(tiny, batch):
-  config, params = tiny
+def test_ensemble_generate_and_classify_equal_one_prompt_at_a_time(tiny_decoder_model, batch):
+  config, params = tiny_decoder_model
   enc = batch[0][:2]
   prompts = jax.random.normal(jax.random.key(9), (3, 2, config.emb_dim))
   settings = DecodingSettings(max_decode_length=5)

@@ -13,17 +13,6 @@ POSITIVE, NEGATIVE = 1465, 2841  # "positive" and "negative" are one piece each 
 ENTAILMENT = [3, 35, 5756, 297]  # "entailment": "▁", "en", "tail", "ment"
 
 
-@pytest.fixture(scope="module")
-def vocabulary(reference_dir):
-  seqio = pytest.importorskip("seqio")
-  return seqio.SentencePieceVocabulary(str(reference_dir / "t5_spm_32000.model"), extra_ids=100)
-
-
-@pytest.fixture(scope="module")
-def embedding(reference_dir):
-  return jnp.asarray(np.load(reference_dir / "tiny_embeddings_32128x4.npy"))  # float32 [32128, 4]
-
-
 def _row_ids(prompt, embedding):
   """The embedding row each prompt vector equals (asserting there is one)."""
   matches = np.all(np.asarray(embedding)[None] == np.asarray(prompt)[:, None], axis=-1)  # [P, V]

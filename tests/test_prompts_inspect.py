@@ -9,17 +9,6 @@ from prompt_tuning import inspect_prompts
 POSITIVE, GREAT = 1465, 248
 
 
-@pytest.fixture(scope="module")
-def vocabulary(reference_dir):
-  seqio = pytest.importorskip("seqio")
-  return seqio.SentencePieceVocabulary(str(reference_dir / "t5_spm_32000.model"), extra_ids=100)
-
-
-@pytest.fixture(scope="module")
-def embedding(reference_dir):
-  return np.load(reference_dir / "tiny_embeddings_32128x4.npy")
-
-
 def test_nearest_tokens_match_a_brute_force_cosine_ranking(embedding, vocabulary):
   prompt = np.stack([embedding[POSITIVE] * 3.0, embedding[GREAT] + 0.01, np.array([1.0, -2.0, 0.5, 0.0])])
   neighbours = inspect_prompts.nearest_tokens(prompt, embedding, k=4, vocabulary=vocabulary)
