@@ -91,6 +91,18 @@ Why, measured (test split unless noted; details in the project's issue notes):
 - LM adaptation (`configs/lm_adapt_demo.gin`, 600 steps of prefix LM, eval loss 4.63) makes the model steerable --
   the control task reaches 99.4% with a 100-token prompt in 300 steps -- but not knowledgeable: the WordNet task with
   definitions stays at 49.4% and "person or thing?" at 52.4% (100-token prompts, 400 and 300 steps).
+- Ranking class labels with their EOS (as T5X does) hides what signal there is. The model almost never ends a span
+  with EOS: after "<extra_id_0> animal" the EOS costs 8.9-10.0 nats (the model expects `<extra_id_1>`, 1.2 nats), and
+  that cost depends on the label word (about 0.6 nats less after "plant" than after "animal"), so every ranked run
+  predicts one label until a method has learned to end its answers. Frozen,
+  on "Is it an animal or a plant?" with the definition (WordNet's lexicographer classes noun.animal and noun.plant,
+  held-out words), the ranking scores 49.8% with EOS and 57.4% without.
+- That animal-or-plant task is within the frozen encoder's reach where hypernymy is not: a logistic regression on its
+  mean output separates held-out words on 79% (hypernymy with definitions: 50%). A 20-token prompt trained with
+  cross-entropy over the whole vocabulary raises the ranking's AUC from 0.58 (frozen, without EOS) to 0.66-0.81, but
+  keeps a 0.5-1.1-nat bias toward "plant" that the training moves slowly and unsteadily: 50% accuracy after 300-600
+  steps (Adafactor lr 0.3 or 1.0, Adam lr 0.01 or 0.1), 55.6% and 64.2% after 1,000 (Adam lr 0.1; question and
+  "poodle (<extra_id_0>): <definition>" forms), 55.0% after 1,500. A 100-token prompt did no better in 300 steps.
 
 This is the regime where Lester et al. (2021, section 3.2 and figure 3) found prompt tuning fails: a small model
 trained only on span corruption. LM adaptation fixes the steering, not the knowledge: much longer pretraining is the
