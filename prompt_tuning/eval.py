@@ -44,7 +44,7 @@ class Predictor:
     from prompt_tuning import trainer
 
     self.run, self.settings, self.batch_size = run, settings, batch_size
-    self._score = jax.jit(functools.partial(trainer.score_step, forward=run.tuned.forward))
+    self._score = jax.jit(functools.partial(trainer.score_step, forward=run.tuned.forward, output_ids=run.output_ids))
 
   def _params(self):
     return optim.merge(self.run.state.trainable, self.run.frozen)

@@ -8,10 +8,19 @@ The loss is T5X's: softmax cross-entropy plus z-loss (1e-4 * log(Z)^2, which
 keeps the softmax normalizer near 1), summed over target tokens with their
 loss weights and divided by the number of real target tokens of the whole
 (global) batch, microbatches included.
+
+`output_ids` optionally restricts the softmax to a few token ids (those of a
+task's class labels, and EOS): the loss, the token accuracy and the label
+scores are then normalized over those ids only, the verbalizer cross-entropy of
+Schick & Schuetze (2021, "Exploiting Cloze Questions for Few Shot Text
+Classification", section 2). A frozen model whose output distribution a prompt
+cannot reshape in a few hundred steps can still be taught to choose among the
+labels (see RunConfig.class_label_softmax).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +35,8 @@ PyTree = Any
 Batch = dict[str, jax.Array]
 # forward(params {"t5": ..., "prompt": ..., "prefix": ...}, batch, enable_dropout, rng) -> logits [B, T, V]
 Forward = Callable[[PyTree, Batch, bool, jax.Array], jax.Array]
+OutputIds = tuple[int, ...] | None  # token ids the softmax is restricted to, or None for the whole vocabulary
+_EXCLUDED = -1e9  # exp(-1e9 - max) is 0 in float32: the id takes no probability
 
 
 @flax.struct.dataclass
@@ -41,9 +52,23 @@ class TrainState:
     return cls(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=optimizer.init(trainable))
 
 
-def token_losses(logits: jax.Array, targets: jax.Array, z_loss: float) -> tuple[jax.Array, jax.Array]:
-  """Per-token cross-entropy and z-loss terms, float32 [B, T] each."""
+def restrict_logits(logits: jax.Array, output_ids: OutputIds) -> jax.Array:
+  """float32 logits, every id outside `output_ids` pushed to `_EXCLUDED` (unchanged when `output_ids` is None).
+
+  Finite, not -inf: padding targets (id 0, loss weight 0) fall outside the ids, and inf * 0 would be NaN.
+  """
   logits = logits.astype(jnp.float32)
+  if output_ids is None:
+    return logits
+  allowed = jnp.zeros((logits.shape[-1],), bool).at[jnp.asarray(output_ids, jnp.int32)].set(True)
+  return jnp.where(allowed, logits, _EXCLUDED)
+
+
+def token_losses(
+  logits: jax.Array, targets: jax.Array, z_loss: float, output_ids: OutputIds = None
+) -> tuple[jax.Array, jax.Array]:
+  """Per-token cross-entropy and z-loss terms, float32 [B, T] each (softmax over `output_ids` when given)."""
+  logits = restrict_logits(logits, output_ids)
   log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, T]
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   return log_z - target_logit, z_loss * jnp.square(log_z)
@@ -56,9 +81,18 @@ def loss_weights(batch: Batch) -> jax.Array:
   return (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
 
 
-def summed_loss(trainable, frozen, batch: Batch, rng, forward: Forward, z_loss: float, enable_dropout: bool):
+def summed_loss(
+  trainable,
+  frozen,
+  batch: Batch,
+  rng,
+  forward: Forward,
+  z_loss: float,
+  enable_dropout: bool,
+  output_ids: OutputIds = None,
+):
   """Sum over tokens of (cross-entropy + z-loss), and the sums behind the metrics."""
-  logits = forward(merge(trainable, frozen), batch, enable_dropout, rng)
+  logits = restrict_logits(forward(merge(trainable, frozen), batch, enable_dropout, rng), output_ids)
   targets, weights = batch["decoder_target_tokens"], loss_weights(batch)
   cross_entropy, z_term = token_losses(logits, targets, z_loss)
   total = jnp.sum((cross_entropy + z_term) * weights)
@@ -89,10 +123,11 @@ def train_step(
   optimizer: optax.GradientTransformation,
   z_loss: float = 1e-4,
   num_microbatches: int = 1,
+  output_ids: OutputIds = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step; gradients accumulated over `num_microbatches` slices of the batch."""
   rng = jax.random.fold_in(rng, state.step)
-  grad_fn = jax.grad(summed_loss, has_aux=True)
+  grad_fn = jax.grad(functools.partial(summed_loss, output_ids=output_ids), has_aux=True)
   if num_microbatches == 1:
     grads, sums = grad_fn(state.trainable, frozen, batch, rng, forward, z_loss, True)
   else:
@@ -128,14 +163,16 @@ def _metrics(sums: dict[str, jax.Array], num_tokens: jax.Array) -> dict[str, jax
   }
 
 
-def eval_step(trainable, frozen, batch: Batch, *, forward: Forward, z_loss: float = 1e-4) -> dict[str, jax.Array]:
+def eval_step(
+  trainable, frozen, batch: Batch, *, forward: Forward, z_loss: float = 1e-4, output_ids: OutputIds = None
+) -> dict[str, jax.Array]:
   """Teacher-forced loss and token accuracy, no dropout."""
-  _, sums = summed_loss(trainable, frozen, batch, jax.random.key(0), forward, z_loss, False)
+  _, sums = summed_loss(trainable, frozen, batch, jax.random.key(0), forward, z_loss, False, output_ids)
   return _metrics(sums, jnp.maximum(jnp.sum(loss_weights(batch)), 1.0))
 
 
-def score_step(trainable, frozen, batch: Batch, *, forward: Forward) -> jax.Array:
+def score_step(trainable, frozen, batch: Batch, *, forward: Forward, output_ids: OutputIds = None) -> jax.Array:
   """log p(targets | inputs) per row [B]: ranks candidate class labels by likelihood."""
   logits = forward(merge(trainable, frozen), batch, False, jax.random.key(0))
-  cross_entropy, _ = token_losses(logits, batch["decoder_target_tokens"], 0.0)
+  cross_entropy, _ = token_losses(logits, batch["decoder_target_tokens"], 0.0, output_ids)
   return -jnp.sum(cross_entropy * loss_weights(batch), axis=-1)

@@ -1,5 +1,7 @@
 """The trainer in one process: what changes in a step, accumulation, the optimizer, failure modes."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,6 +113,73 @@ def test_loss_is_cross_entropy_plus_z_loss_per_real_token():
   log_z = jax.nn.logsumexp(logits, -1)
   np.testing.assert_allclose(ce, log_z - jnp.array([[2.0, 0.5]]), rtol=1e-6)
   np.testing.assert_allclose(z, 1e-4 * log_z**2, rtol=1e-6)
+
+
+def test_class_label_softmax_normalizes_over_the_given_ids_only():
+  logits = jnp.array([[[2.0, 0.0, -1.0, 3.0], [0.5, 1.5, 0.5, 9.0]]])
+  ids = (0, 2)
+  ce, z = trainer.token_losses(logits, jnp.array([[0, 2]]), 1e-4, ids)
+  log_z = jax.nn.logsumexp(logits[..., list(ids)], -1)
+  np.testing.assert_allclose(ce, log_z - jnp.array([[2.0, 0.5]]), rtol=1e-6)
+  np.testing.assert_allclose(z, 1e-4 * log_z**2, rtol=1e-6)
+  full, _ = trainer.token_losses(logits, jnp.array([[0, 2]]), 1e-4)
+  assert (ce < full).all()
+  # A target outside the ids (padding, id 0 in real batches, weight 0) stays finite: weighted by 0 it adds 0, not NaN.
+  outside, _ = trainer.token_losses(logits, jnp.array([[0, 3]]), 1e-4, ids)
+  assert np.isfinite(outside).all() and float(outside[0, 1] * 0.0) == 0.0
+
+
+def _label_batch(vocabulary, rows: int) -> dict[str, np.ndarray]:
+  labels = [vocabulary.encode(label) + [vocabulary.eos_id] for label in ("no", "yes")]
+  targets = np.zeros((rows, 4), np.int32)
+  for i in range(rows):
+    targets[i, : len(labels[i % 2])] = labels[i % 2]
+  rng = np.random.default_rng(0)
+  return {
+    "encoder_input_tokens": rng.integers(2, 32000, (rows, 16)).astype(np.int32),
+    "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": (targets > 0).astype(np.float32),
+  }
+
+
+def test_class_label_softmax_reaches_the_loss_the_evaluation_and_the_label_scores(task, tmp_path):
+  import seqio
+
+  from prompt_tuning import decoding, partitioning
+  from prompt_tuning import eval as evaluation
+
+  labelled = tiny_task.register(class_labels=True)
+  full = train.build(_config(tmp_path / "full", mixture_or_task_name=labelled))
+  restricted = train.build(_config(tmp_path / "restricted", mixture_or_task_name=labelled, class_label_softmax=True))
+  for run in (full, restricted):
+    run.checkpoints.close()
+  vocabulary = seqio.SentencePieceVocabulary(str(tiny_task.VOCAB_PATH), extra_ids=100)
+  assert full.output_ids is None
+  assert restricted.output_ids == tuple(sorted({*vocabulary.encode("no"), *vocabulary.encode("yes"), 1}))
+  batch = _label_batch(vocabulary, 8)
+
+  def evaluate(run):
+    return jax.device_get(run.eval_step(run.state.trainable, run.frozen, partitioning.shard_batch(batch, run.mesh)))
+
+  # Same parameters (same seed and checkpoint): over fewer ids, every target is more likely.
+  assert evaluate(restricted)["cross_entropy"] < evaluate(full)["cross_entropy"]
+  scores = {
+    name: evaluation.Predictor(run, decoding.DecodingSettings(max_decode_length=4), 8).score(batch)
+    for name, run in (("full", full), ("restricted", restricted))
+  }
+  assert (scores["restricted"] > scores["full"]).all() and (scores["restricted"] < 0).all()
+  # ...and training with it runs and logs a finite loss.
+  cfg = _config(tmp_path / "train", mixture_or_task_name=labelled, class_label_softmax=True)
+  train.train(cfg, num_train_steps=2, checkpoint_every=2)
+  metrics = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+  losses = [m["train/loss"] for m in metrics if "train/loss" in m]
+  assert losses and np.isfinite(losses).all()
+
+
+def test_class_label_softmax_needs_class_labels(task, tmp_path):
+  with pytest.raises(ValueError, match=r"declares none: register it with class_labels="):
+    train.build(_config(tmp_path / "run", class_label_softmax=True))
 
 
 def test_adafactor_leaves_prompts_unfactored(reference_dir):

@@ -15,6 +15,7 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 VOCAB_PATH = REFERENCE / "t5_spm_32000.model"
 T5X_TINY = REFERENCE / "t5x_t5_1_1_tiny" / "checkpoint_3"
 TASK = "tiny_yes_no"
+LABELLED_TASK = "tiny_yes_no_labelled"
 WORDS = ["apple", "house", "river", "green", "music", "stone", "cloud", "light", "table", "night"]
 
 
@@ -27,19 +28,25 @@ def _examples(split: str, shuffle_files: bool, seed=None):
   return tf.data.Dataset.from_tensor_slices({"inputs": inputs, "targets": targets})
 
 
-def register() -> str:
-  """Registers TASK once (idempotent) and returns its name."""
-  if TASK in seqio.TaskRegistry.names():
-    return TASK
+def register(class_labels: bool = False) -> str:
+  """Registers TASK once (idempotent) and returns its name; `class_labels`: the same task as LABELLED_TASK, with
+  its class labels ("no", "yes") declared."""
+  name = LABELLED_TASK if class_labels else TASK
+  if name in seqio.TaskRegistry.names():
+    return name
   vocab = seqio.SentencePieceVocabulary(str(VOCAB_PATH), extra_ids=100)
+  if class_labels:
+    from prompt_tuning.data import class_labels as class_labels_lib
+
+    class_labels_lib.register_class_labels(name, ["no", "yes"])
   seqio.TaskRegistry.add(
-    TASK,
+    name,
     seqio.FunctionDataSource(_examples, splits=["train", "validation"]),
     preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
     output_features={k: seqio.Feature(vocab, add_eos=True) for k in ("inputs", "targets")},
     metric_fns=[],
   )
-  return TASK
+  return name
 
 
 def uniform_init(rng, embedding, length):
