@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from prompt_tuning import demo_data
-from prompt_tuning.demo_data import wordnet, wordnet_task
+from prompt_tuning.demo_data import wordnet, wordnet_categories, wordnet_task
 
 SPLITS = ("train", "validation", "test")
 MAX_MODEL_BYTES = 25 * 1024 * 1024
@@ -68,6 +68,7 @@ def test_parse_wordnet_line():
   assert synset.hypernyms == ("n:02083346", "n:01317541") and synset.instance_of == ("n:09999999",)
   assert synset.definition == "a member of the genus Canis"
   assert synset.examples == ("the dog barked all night",)
+  assert synset.lex_file == 5  # noun.animal
   with pytest.raises(ValueError, match="not a WordNet synset line"):
     wordnet.parse_line("garbage")
 
@@ -124,3 +125,50 @@ def test_shipped_model_loads_and_matches_its_vocabulary():
   card = (demo_data.DEMO_MODEL_DIR / "MODEL_CARD.md").read_text()
   for fact in ("WordNet 3.0", "public domain", "GPL", "make demo-model"):
     assert fact in card
+
+
+def _category_rows(split):
+  path = demo_data.WORDNET_CATEGORY_TASK_DIR / f"{split}.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_category_task_files_are_balanced_held_out_and_well_formed():
+  rows = {split: _category_rows(split) for split in SPLITS}
+  for split, split_rows in rows.items():
+    count = wordnet_categories.SPLIT_WORDS[split]
+    assert Counter(r["answer"] for r in split_rows) == {"animal": count, "plant": count}
+    for r in split_rows:
+      assert r["question"] == wordnet_categories.question(r["word"])
+      assert r["target"] == "<extra_id_0> " + r["answer"]
+      assert r["definition"] and len(r["definition"].split()) <= wordnet_categories.DEFINITION_WORDS
+  words = {split: {r["word"] for r in split_rows} for split, split_rows in rows.items()}
+  assert sum(len(w) for w in words.values()) == sum(len(r) for r in rows.values())  # each word once, in one split
+  assert wordnet_categories.question("apple") == "Is an apple an animal or a plant?"
+  for path in demo_data.WORDNET_CATEGORY_TASK_DIR.glob("*.jsonl"):
+    assert path.stat().st_size < 1_000_000
+
+
+@pytest.mark.skipif(not (wordnet.WORDNET_DIR / "data.noun").exists(), reason="needs Debian's wordnet-base")
+def test_category_task_files_are_rebuilt_byte_for_byte_from_wordnet(tmp_path):
+  paths = wordnet_categories.write_task(tmp_path)
+  for split, path in paths.items():
+    assert path.read_bytes() == (demo_data.WORDNET_CATEGORY_TASK_DIR / f"{split}.jsonl").read_bytes()
+  # ...and each answer is the lexicographer class of the word's most frequent sense.
+  synsets = {s.key: s for s in wordnet.read_synsets("noun")}
+  index = wordnet.read_noun_index()
+  for r in _category_rows("test")[:50]:
+    assert wordnet_categories.CLASSES[synsets[index[r["word"]][0][0]].lex_file] == r["answer"]
+
+
+def test_category_task_is_registered_with_class_labels():
+  import seqio
+
+  from prompt_tuning.data import get_class_labels
+
+  name = demo_data.register_wordnet_category_task()
+  assert name == demo_data.WORDNET_CATEGORY_TASK_NAME
+  assert get_class_labels(name) == ["<extra_id_0> animal", "<extra_id_0> plant"]
+  example = next(seqio.get_mixture_or_task(name).source.get_dataset("test", shuffle=False).as_numpy_iterator())
+  first = _category_rows("test")[0]
+  assert example["inputs"].decode() == f"{first['word']}: {first['definition']}. {first['question']} <extra_id_0>"
+  assert example["targets"].decode() == first["target"]

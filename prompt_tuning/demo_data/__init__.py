@@ -7,6 +7,7 @@ Everything ships in `prompt_tuning/assets/` and is rebuilt from Debian packages 
 - `vocabulary.py`  the SentencePiece vocabulary trained on it (T5's special ids, 100 sentinels);
 - `pretraining.py` the span-corruption seqio task over the corpus (`configs/pretrain_demo.gin`);
 - `wordnet_task.py` the "Is a poodle a kind of canine?" task, its files and its seqio registration;
+- `wordnet_categories.py` the demo's "Is a cachalot an animal or a plant?" task, likewise;
 - `build.py`       the steps in order, and the export of the shipped checkpoint.
 
 Importing this package reads nothing; `register_wordnet_task()` registers the task (once).
@@ -21,6 +22,8 @@ DEMO_MODEL_DIR = ASSETS / "demo_t5"
 DEMO_VOCABULARY = DEMO_MODEL_DIR / "sentencepiece.model"
 WORDNET_TASK_DIR = ASSETS / "wordnet_task"
 WORDNET_TASK_NAME = "wordnet_hypernymy"
+WORDNET_CATEGORY_TASK_DIR = ASSETS / "wordnet_categories"
+WORDNET_CATEGORY_TASK_NAME = "wordnet_animal_or_plant"
 DEMO_MODEL_SIZE = "t5_1_1_demo"
 
 
@@ -43,14 +46,25 @@ def register_wordnet_task(*args, **kwargs) -> str:
   return wordnet_task.register_wordnet_task(*args, **kwargs)
 
 
+def register_wordnet_category_task(*args, **kwargs) -> str:
+  """Registers the WordNet animal-or-plant task (see `wordnet_categories.register_wordnet_category_task`); returns
+  its name."""
+  from prompt_tuning.demo_data import wordnet_categories
+
+  return wordnet_categories.register_wordnet_category_task(*args, **kwargs)
+
+
 __all__ = [
   "ASSETS",
   "DEMO_MODEL_DIR",
   "DEMO_MODEL_SIZE",
   "DEMO_VOCABULARY",
+  "WORDNET_CATEGORY_TASK_DIR",
+  "WORDNET_CATEGORY_TASK_NAME",
   "WORDNET_TASK_DIR",
   "WORDNET_TASK_NAME",
   "demo_model_path",
   "demo_vocabulary_path",
+  "register_wordnet_category_task",
   "register_wordnet_task",
 ]

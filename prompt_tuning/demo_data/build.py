@@ -10,7 +10,8 @@ Steps, in order (all by default):
   pretrain  span corruption, configs/pretrain_demo.gin -> BUILD_DIR/pretrain (resumes if stopped; --steps caps it)
   export    the latest pretraining checkpoint, in bfloat16, as a Hugging Face folder with the vocabulary ->
             prompt_tuning/assets/demo_t5 (and pretraining facts to prompt_tuning/assets/demo_t5/pretraining.json)
-  task      the WordNet hypernymy task -> prompt_tuning/assets/wordnet_task/{train,validation,test}.jsonl
+  task      the WordNet tasks -> prompt_tuning/assets/wordnet_categories/{train,validation,test}.jsonl (the demo's
+            animal-or-plant task) and prompt_tuning/assets/wordnet_task/ (hypernymy)
 
 Run from the repository root (the gin config names paths relative to it). Everything is seeded; the corpus, the
 vocabulary and the task files come out byte for byte the same on every machine.
@@ -138,10 +139,14 @@ def export(build_dir: Path, out_dir: Path | None = None) -> Path:
 
 def build_task() -> None:
   from prompt_tuning import demo_data
-  from prompt_tuning.demo_data import wordnet_task
+  from prompt_tuning.demo_data import wordnet_categories, wordnet_task
 
-  paths = wordnet_task.write_task(demo_data.WORDNET_TASK_DIR)
-  print("task: " + ", ".join(f"{k} {sum(1 for _ in open(v))} examples" for k, v in paths.items()))
+  for name, module, folder in (
+    ("animal or plant", wordnet_categories, demo_data.WORDNET_CATEGORY_TASK_DIR),
+    ("hypernymy", wordnet_task, demo_data.WORDNET_TASK_DIR),
+  ):
+    paths = module.write_task(folder)
+    print(f"task ({name}): " + ", ".join(f"{k} {sum(1 for _ in open(v))} examples" for k, v in paths.items()))
 
 
 def _parse(argv):

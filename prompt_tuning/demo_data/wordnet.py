@@ -36,6 +36,8 @@ class Synset:
     instance_of: keys of the classes the synset is an instance of ("@i": Paris is a city).
     definition: the gloss without its examples.
     examples: the quoted usage examples of the gloss.
+    lex_file: the number of the lexicographer file the synset comes from (WordNet's coarse semantic classes, see
+      lexnames(5WN): 5 noun.animal, 18 noun.person, 20 noun.plant, ...).
   """
 
   key: str
@@ -44,6 +46,7 @@ class Synset:
   instance_of: tuple[str, ...]
   definition: str
   examples: tuple[str, ...]
+  lex_file: int
 
 
 def _pos_letter(ss_type: str) -> str:
@@ -66,7 +69,7 @@ def parse_line(line: str) -> Synset:
   try:
     fields, gloss = line.split(" | ", 1) if " | " in line else (line, "")
     parts = fields.split()
-    offset, ss_type, word_count = parts[0], parts[2], int(parts[3], 16)
+    offset, lex_file, ss_type, word_count = parts[0], int(parts[1]), parts[2], int(parts[3], 16)
     words = parts[4 : 4 + 2 * word_count : 2]
     at = 4 + 2 * word_count
     pointer_count = int(parts[at])
@@ -77,7 +80,7 @@ def parse_line(line: str) -> Synset:
   hypernyms = tuple(f"{_pos_letter(p[2])}:{p[1]}" for p in pointers if p[0] == _HYPERNYM)
   instance_of = tuple(f"{_pos_letter(p[2])}:{p[1]}" for p in pointers if p[0] == _INSTANCE_HYPERNYM)
   definition, examples = _split_gloss(gloss)
-  return Synset(f"{_pos_letter(ss_type)}:{offset}", lemmas, hypernyms, instance_of, definition, examples)
+  return Synset(f"{_pos_letter(ss_type)}:{offset}", lemmas, hypernyms, instance_of, definition, examples, lex_file)
 
 
 def read_synsets(pos: str, wordnet_dir: str | Path = WORDNET_DIR) -> Iterator[Synset]:
