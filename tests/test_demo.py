@@ -52,6 +52,7 @@ def test_quick_demo_prints_the_table(tmp_path):
       "32",
       "--work-dir",
       str(tmp_path),
+      "--greedy",
     ],
     capture_output=True,
     text=True,
@@ -64,6 +65,7 @@ def test_quick_demo_prints_the_table(tmp_path):
   header = next(i for i, line in enumerate(lines) if line.startswith("method"))
   table = lines[header + 2 : header + 2 + len(demo.ROWS)]
   assert [line.split("  ")[0] for line in table] == [row.name for row in demo.ROWS]
+  assert all(line.count("%") == 2 for line in table)  # ranked accuracy and greedy exact match
   assert "train:" in out.stderr  # the trainer's progress bar
   for name in ("prompt", "prefix", "model"):
     assert (tmp_path / name / "checkpoints").is_dir()
