@@ -20,7 +20,6 @@ probe can use for WordNet hypernymy (`wordnet_task`, 50%); so a prompt has somet
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import gin
 
 from prompt_tuning.demo_data import wordnet
-from prompt_tuning.demo_data.wordnet_task import SENTINEL
+from prompt_tuning.demo_data.wordnet_task import SENTINEL, write_splits
 
 # Lexicographer file numbers (lexnames(5WN)) and the answer each stands for.
 CLASSES = {5: "animal", 20: "plant"}
@@ -79,14 +78,8 @@ def build_examples(seed: int = 0, split_words: dict[str, int] = SPLIT_WORDS, wor
 
 
 def write_task(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
-  """Writes `{split}.jsonl` for each split into `out_dir`; returns the paths."""
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  paths = {}
-  for split, rows in build_examples(seed).items():
-    paths[split] = out_dir / f"{split}.jsonl"
-    paths[split].write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
-  return paths
+  """Writes the task's `{split}.jsonl` files into `out_dir`; returns the paths."""
+  return write_splits(out_dir, build_examples(seed))
 
 
 @gin.configurable(module="prompt_tuning.demo_data")

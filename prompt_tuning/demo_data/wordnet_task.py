@@ -239,15 +239,20 @@ def build_examples(seed: int = 0, split_words: dict[str, int] = SPLIT_WORDS) -> 
   return splits
 
 
-def write_task(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
-  """Writes `{split}.jsonl` for each split into `out_dir`; returns the paths."""
+def write_splits(out_dir: str | Path, splits: dict[str, list[dict]]) -> dict[str, Path]:
+  """Writes `{split}.jsonl` (one row per line, keys sorted) for each split into `out_dir`; returns the paths."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = {}
-  for split, rows in build_examples(seed).items():
+  for split, rows in splits.items():
     paths[split] = out_dir / f"{split}.jsonl"
     paths[split].write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
   return paths
+
+
+def write_task(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+  """Writes the task's `{split}.jsonl` files into `out_dir`; returns the paths."""
+  return write_splits(out_dir, build_examples(seed))
 
 
 @gin.configurable(module="prompt_tuning.demo_data")
