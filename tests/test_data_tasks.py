@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gin  # noqa: E402
@@ -21,6 +22,16 @@ tensorflow_setup.limit_tensorflow_threads(2)
 
 VOCAB_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "t5_spm_32000.model"
 needs_vocab = pytest.mark.skipif(not VOCAB_PATH.exists(), reason=f"reference vocabulary {VOCAB_PATH} is absent")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _temporary_folders_under_pytest(tmp_path_factory):
+  """tfds' mock_data makes a temporary folder per mocked dataset (about 500 in this module) and leaves them; put them
+  under pytest's own temporary root, which pytest prunes, instead of the system's."""
+  previous = tempfile.tempdir
+  tempfile.tempdir = str(tmp_path_factory.mktemp("tfds"))
+  yield
+  tempfile.tempdir = previous
 
 
 @pytest.fixture(scope="module")
