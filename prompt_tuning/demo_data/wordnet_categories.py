@@ -40,7 +40,7 @@ _ONE_WORD = re.compile(r"^[a-z]{3,}$")
 
 
 def question(word: str) -> str:
-  """ "Is a cachalot an animal or a plant?" ("an" before a vowel)."""
+  """The question about `word`: "Is a cachalot an animal or a plant?" ("an" before a vowel)."""
   article = "an" if word[0] in "aeiou" else "a"
   return f"Is {article} {word} an animal or a plant?"
 
