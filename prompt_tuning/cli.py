@@ -11,7 +11,9 @@ t5x's flags: `--gin_file` (repeatable), `--gin.NAME=VALUE` (a binding, e.g.
 `--gin.MODEL_DIR="'/tmp/run'"` or `--gin.train.num_train_steps=100`),
 `--gin_bindings` (repeatable, t5x's older spelling), `--gin_search_paths`
 (comma-separated; the project's gin/ and configs/ are always searched), and
-`--tfds_data_dir`. Errors in flags or configs print one line, not a traceback
+`--tfds_data_dir`. Compiled programs are cached on disk
+(`prompt_tuning.compilation_cache`: `$PROMPT_TUNING_COMPILATION_CACHE`, default
+`~/.cache/prompt_tuning/jax`; `off` switches it off). Errors in flags or configs print one line, not a traceback
 (`--debug` shows the traceback).
 """
 
@@ -98,6 +100,9 @@ def _resolve_gin_file(name: str, search_paths: list[str]) -> bool:
 def _run_gin_command(command: str, argv: list[str]) -> int:
   bindings, rest = split_gin_flags(argv)
   args = _gin_parser(command).parse_args(rest)
+  from prompt_tuning import compilation_cache
+
+  compilation_cache.enable()
   if args.tfds_data_dir:
     from prompt_tuning import data
 

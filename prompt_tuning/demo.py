@@ -224,6 +224,9 @@ def main(argv=None) -> int:
   if problem:
     print(f"error: {problem}", file=sys.stderr)
     return 2
+  from prompt_tuning import compilation_cache
+
+  compilation_cache.enable()
   start = time.perf_counter()
   work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="prompt_tuning_demo_"))
   results = []

@@ -13,6 +13,12 @@ import pytest  # noqa: E402
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache_in_tmp(tmp_path_factory):
+  """Commands the tests start cache compiled programs under pytest's temporary folder, not the user's ~/.cache."""
+  os.environ.setdefault("PROMPT_TUNING_COMPILATION_CACHE", str(tmp_path_factory.mktemp("jax_compilation_cache")))
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
   if not REFERENCE_DIR.is_dir():
