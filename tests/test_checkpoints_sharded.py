@@ -84,6 +84,22 @@ def test_sharded_restore_of_a_hugging_face_folder(tmp_path):
   assert all(report["equal"]) and all(report["sharding"]) and report["distinct_reads"]
 
 
+def test_sharded_restore_of_an_orbax_checkpoint(tmp_path):
+  """Orbax T5X checkpoints restore straight onto the shardings (orbax reads each process's shards)."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  import prompt_tuning as pt
+
+  config = pt.get_config("t5_1_0_tiny")
+  params = jax.device_get(pt.init_params(config, jax.random.key(1)))
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    checkpointer.save(tmp_path / "checkpoint_4", {"target": params, "state": {"step": 4}})
+  report = _run_8_devices(tmp_path / "checkpoint_4", "t5_1_0_tiny", "4,2")
+  assert all(report["equal"]) and all(report["sharding"])
+  assert "token_embedder/embedding" in report["split"] and report["vocab_shard_rows"] == 128 // 2
+
+
 def test_shardings_that_do_not_match_the_model_are_refused(reference_dir):
   import jax
 

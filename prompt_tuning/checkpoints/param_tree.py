@@ -77,6 +77,9 @@ class CheckpointContents:
       None when they declare none (T5X).
     config_source: how to name `config` in messages.
     name_in_file: our path -> the name the format uses for it, for messages.
+    read_sharded: for formats that restore straight onto shardings themselves
+      (orbax): `(shardings by path, dtype) -> jax.Arrays by path`; None for
+      formats read block by block (`materialize_sharded`).
   """
 
   arrays: dict[str, LazyArray]
@@ -85,6 +88,7 @@ class CheckpointContents:
   config: Any = None
   config_source: str = ""
   name_in_file: Callable[[str], str] = lambda path: path
+  read_sharded: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
 
 
 def flatten(tree: Mapping[str, Any], is_leaf: Callable[[Any], bool] = lambda x: False) -> dict[str, Any]:
@@ -221,6 +225,8 @@ def materialize_sharded(contents: CheckpointContents, dtype: Any, shardings: Map
   """
   import jax
 
+  if contents.read_sharded is not None:
+    return unflatten(contents.read_sharded(shardings, dtype))
   params = {}
   for path, lazy in contents.arrays.items():
     reader = _block_reader(lazy, dtype, contents.location)

@@ -30,7 +30,7 @@ import numpy as np
 
 from prompt_tuning.checkpoints import remote
 from prompt_tuning.checkpoints.errors import CheckpointError
-from prompt_tuning.checkpoints.param_tree import CheckpointContents, LazyArray, flatten, in_memory
+from prompt_tuning.checkpoints.param_tree import CheckpointContents, LazyArray, flatten, in_memory, unflatten
 
 LEGACY_FILE = "checkpoint"
 # A PyTree item folder; `_CHECKPOINT_METADATA` alone marks a step folder whose items are subfolders.
@@ -233,14 +233,29 @@ def _nest(keys: tuple[str, ...], value: Any) -> Any:
   return value
 
 
-def _restore_orbax_target(item_dir: str, keys: tuple[str, ...], target: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Restores only the parameters, as numpy arrays, skipping the optimizer state."""
+def _restore_orbax_target(
+  item_dir: str,
+  keys: tuple[str, ...],
+  target: Mapping[str, Any],
+  shardings: Mapping[str, Any] | None = None,
+  dtype=None,
+) -> dict[str, Any]:
+  """Restores only the parameters, skipping the optimizer state.
+
+  Without `shardings`: numpy arrays. With them (our path -> Sharding): jax.Arrays
+  laid out so, orbax (tensorstore) reading only this process's shards.
+  """
   import jax
   import orbax.checkpoint as ocp
 
   is_leaf = lambda x: not isinstance(x, Mapping)
-  item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), target, is_leaf=is_leaf)
-  restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), target, is_leaf=is_leaf)
+  if shardings is None:
+    item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), target, is_leaf=is_leaf)
+    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), target, is_leaf=is_leaf)
+  else:
+    flat = {path: (meta, shardings[path]) for path, meta in flatten(target).items()}
+    item = unflatten({p: jax.ShapeDtypeStruct(tuple(m.shape), dtype, sharding=s) for p, (m, s) in flat.items()})
+    restore_args = unflatten({p: ocp.ArrayRestoreArgs(sharding=s, dtype=dtype) for p, (_, s) in flat.items()})
   args = ocp.args.PyTreeRestore(item=_nest(keys, item), restore_args=_nest(keys, restore_args), partial_restore=True)
   try:
     with ocp.PyTreeCheckpointer() as checkpointer:
@@ -269,4 +284,5 @@ def read_orbax(item_dir: str) -> CheckpointContents:
     path: LazyArray(tuple(meta.shape), functools.partial(lambda p: restore()[p], path), path)
     for path, meta in flatten(target).items()
   }
-  return CheckpointContents(arrays=arrays, unrecognized=[], location=item_dir)
+  read_sharded = functools.partial(_restore_orbax_target, item_dir, keys, target)
+  return CheckpointContents(arrays=arrays, unrecognized=[], location=item_dir, read_sharded=read_sharded)
