@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from prompt_tuning.checkpoints import CheckpointError, load_pretrained
+from prompt_tuning.checkpoints import CheckpointError, load_pretrained, pretrained_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,14 +22,14 @@ SCRIPT = textwrap.dedent(
   import jax
   import numpy as np
   from prompt_tuning import partitioning
-  from prompt_tuning.checkpoints import load_pretrained, param_tree
+  from prompt_tuning.checkpoints import load_pretrained, param_tree, pretrained_config
   from prompt_tuning.checkpoints.param_tree import flatten
   from prompt_tuning.models import param_logical_axes
-  from prompt_tuning.models.configs import get_config
 
   path, size, mesh_shape = sys.argv[1], sys.argv[2], tuple(int(n) for n in sys.argv[3].split(","))
   mesh = partitioning.make_mesh(mesh_shape=mesh_shape)
-  shardings = partitioning.shardings_for(param_logical_axes(get_config(size)), mesh, partitioning.logical_rules())
+  config = pretrained_config(path, size)  # Metadata only: the shardings come before any value is read.
+  shardings = partitioning.shardings_for(param_logical_axes(config), mesh, partitioning.logical_rules())
 
   reads = []  # Every block index a reader is asked for (counted on the real LazyArray.block).
   block = param_tree.LazyArray.block
@@ -98,6 +98,22 @@ def test_sharded_restore_of_an_orbax_checkpoint(tmp_path):
   report = _run_8_devices(tmp_path / "checkpoint_4", "t5_1_0_tiny", "4,2")
   assert all(report["equal"]) and all(report["sharding"])
   assert "token_embedder/embedding" in report["split"] and report["vocab_shard_rows"] == 128 // 2
+
+
+def test_pretrained_config_reads_no_values_and_matches_the_load(reference_dir, tmp_path):
+  import shutil
+
+  step_dir = tmp_path / "checkpoint_3"
+  shutil.copytree(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3", step_dir)
+  inferred, _ = load_pretrained(step_dir)
+  for folder in step_dir.glob("target.*"):  # Every array's values gone: only the metadata is left to read.
+    os.chmod(folder, 0o755)
+    for chunk in folder.iterdir():
+      if chunk.name != ".zarray":
+        chunk.unlink()
+  assert pretrained_config(step_dir) == inferred
+  with pytest.raises(CheckpointError, match="missing"):
+    load_pretrained(step_dir)
 
 
 def test_shardings_that_do_not_match_the_model_are_refused(reference_dir):

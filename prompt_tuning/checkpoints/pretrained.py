@@ -228,6 +228,19 @@ def load_pretrained(
   return config, params
 
 
+def pretrained_config(path: str | os.PathLike, config: str | T5Config | None = None) -> T5Config:
+  """The config `load_pretrained(path, config)` would return, reading metadata only (no array values).
+
+  What a run needs first to compute the shardings it then passes to
+  `load_pretrained(..., shardings=...)`.
+
+  Raises:
+    CheckpointError: as `load_pretrained`, for everything but unreadable values.
+  """
+  fmt, folder = detect_format(path)
+  return _choose_config(config, _read(fmt, folder))[0]
+
+
 def _flat_shardings(shardings: Any, expected: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
   """`shardings` flattened to our paths, checked to name exactly the model's parameters with shardings."""
   import jax
