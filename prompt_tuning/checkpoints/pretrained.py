@@ -111,11 +111,11 @@ def _detect_gcs_format(path: str) -> tuple[Format, str]:
   folder = path.rstrip("/")
   if remote.is_file(folder):
     folder = remote.parent(folder)
+  if t5x.is_legacy(folder):
+    return Format.T5X_LEGACY, folder
   names = remote.child_names(folder)
   if not names:
     raise CheckpointError(f"No checkpoint at {path}: nothing is stored under that path in the bucket.")
-  if t5x.is_legacy(folder):
-    return Format.T5X_LEGACY, folder
   if (step_dir := t5x.latest_step_dir(folder)) is not None and t5x.is_legacy(step_dir):
     logger.info("Reading the latest checkpoint of %s: %s", folder, step_dir)
     return Format.T5X_LEGACY, step_dir

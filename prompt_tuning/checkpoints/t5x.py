@@ -65,9 +65,9 @@ def orbax_item_dir(path: str) -> str | None:
 
 def is_legacy(path: str) -> bool:
   """Whether `path` (local or gs://) is a legacy T5X checkpoint folder (a msgpack `checkpoint`, no orbax metadata)."""
-  if remote.is_gcs(path):
-    names = remote.child_names(path)
-    return LEGACY_FILE in names and not names & set(_ORBAX_MARKERS)
+  if remote.is_gcs(path):  # Exact lookups: listing a large checkpoint's chunks takes many requests.
+    exists = lambda name: remote.is_file(remote.join(path, name))
+    return exists(LEGACY_FILE) and not any(exists(marker) for marker in _ORBAX_MARKERS)
   return os.path.isfile(os.path.join(path, LEGACY_FILE)) and orbax_item_dir(path) is None
 
 
