@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
   "scipy==1.17.1",
   "scikit-learn==1.9.1",
   "tqdm==4.70.1",
+  "huggingface-hub==2.4.0",  # Hub ids as checkpoint paths (prompt_tuning.checkpoints.hub).
 ]
 
 EXTRAS_REQUIRE = {
@@ -33,8 +34,15 @@ EXTRAS_REQUIRE = {
   # be installed first, on its own (the Makefile does): installed together,
   # pip resolves torch to a CUDA build and pulls gigabytes of packages.
   "interop": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
-  "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6"],
-  "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
+  # gcp-storage-emulator: the GCS server the gs:// tests start on 127.0.0.1; papermill runs the Colab notebook.
+  "test": [
+    "pytest==9.2.0",
+    "pytest-xdist==3.8.0",
+    "ruff==0.17.6",
+    "gcp-storage-emulator==2026.7.19",
+    "papermill==2.7.0",
+  ],
+  "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0", "matplotlib==3.11.2"],
 }
 
 GIN_PACKAGES = {"prompt_tuning.gin_files.gin": "gin", "prompt_tuning.gin_files.configs": "configs"}

@@ -23,6 +23,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from prompt_tuning import distributed
+
 GIN_COMMANDS = {
   "train": ("prompt_tuning.train", "train"),
   "eval": ("prompt_tuning.eval", "evaluate"),
@@ -52,6 +54,7 @@ def _gin_parser(command: str) -> argparse.ArgumentParser:
   parser.add_argument("--gin_search_paths", default="", help="comma-separated extra folders to search for gin files")
   parser.add_argument("--tfds_data_dir", default=None, help="tensorflow-datasets data directory")
   parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+  distributed.add_flags(parser)  # t5x's --multiprocess_gpu, --coordinator_address, --process_count, --process_index
   return parser
 
 
@@ -100,6 +103,7 @@ def _resolve_gin_file(name: str, search_paths: list[str]) -> bool:
 def _run_gin_command(command: str, argv: list[str]) -> int:
   bindings, rest = split_gin_flags(argv)
   args = _gin_parser(command).parse_args(rest)
+  distributed.initialize_from_flags(args)  # Before anything touches a device.
   from prompt_tuning import compilation_cache
 
   compilation_cache.enable()

@@ -18,16 +18,17 @@ import gin
 import jax
 import numpy as np
 
-from prompt_tuning import decoding, inputs, optim, partitioning
+from prompt_tuning import decoding, distributed, inputs, optim, partitioning
 
 
 def teacher_forced(run, task_name: str, lengths: Mapping[str, int], batch_size: int, split: str, max_batches=None):
   """Token-weighted mean loss and token accuracy over a split."""
   local = partitioning.local_batch_size(batch_size, run.mesh)
   totals: dict[str, float] = {}
-  for batch in inputs.eval_batches(
+  batches = inputs.eval_batches(
     task_name, lengths, local, decoder_only=run.tuned.config.decoder_only, split=split, max_batches=max_batches
-  ):
+  )
+  for batch in distributed.equal_batch_counts(batches):  # Uneven shards: the shorter ones pad with empty batches.
     metrics = jax.device_get(run.eval_step(run.state.trainable, run.frozen, partitioning.shard_batch(batch, run.mesh)))
     tokens = float(metrics["num_tokens"])
     for key in ("loss", "cross_entropy", "accuracy"):

@@ -28,17 +28,31 @@ class LazyArray:
     source: where it lives, for messages (`model.safetensors: shared.weight`).
     flipped: whether `shape` is the transpose of the shape in the file (so
       messages can quote shapes as the file stores them).
+    read_block: returns only the block `index` (a tuple of slices, one per
+      axis) of the array; formats that can read part of an array (T5X's
+      tensorstore zarr) set it, the others read the whole array and cut it.
   """
 
   shape: tuple[int, ...]
   read: Callable[[], np.ndarray]
   source: str
   flipped: bool = False
+  read_block: Callable[[tuple[slice, ...]], np.ndarray] | None = None
+
+  def block(self, index: tuple[slice, ...]) -> np.ndarray:
+    """The values of `self[index]`, reading no more than the format allows."""
+    return self.read_block(index) if self.read_block is not None else self.read()[index]
 
   def transposed(self) -> LazyArray:
     """The same array with its two axes swapped (torch [out, in] <-> our [in, out])."""
-    read = self.read
-    return LazyArray(tuple(reversed(self.shape)), lambda: read().T, self.source, not self.flipped)
+    read, block = self.read, self.block
+    return LazyArray(
+      tuple(reversed(self.shape)),
+      lambda: read().T,
+      self.source,
+      not self.flipped,
+      read_block=lambda index: block(tuple(reversed(index))).T,
+    )
 
   def as_stored(self, shape: tuple[int, ...]) -> list[int]:
     """`shape` (in our layout) as the file would store it."""
@@ -48,7 +62,7 @@ class LazyArray:
 def in_memory(array: Any, source: str) -> LazyArray:
   """Wraps an array that is already in memory."""
   array = np.asarray(array)
-  return LazyArray(tuple(array.shape), lambda: array, source)
+  return LazyArray(tuple(array.shape), lambda: array, source, read_block=lambda index: array[index])
 
 
 @dataclasses.dataclass
@@ -63,6 +77,9 @@ class CheckpointContents:
       None when they declare none (T5X).
     config_source: how to name `config` in messages.
     name_in_file: our path -> the name the format uses for it, for messages.
+    read_sharded: for formats that restore straight onto shardings themselves
+      (orbax): `(shardings by path, dtype) -> jax.Arrays by path`; None for
+      formats read block by block (`materialize_sharded`).
   """
 
   arrays: dict[str, LazyArray]
@@ -71,6 +88,7 @@ class CheckpointContents:
   config: Any = None
   config_source: str = ""
   name_in_file: Callable[[str], str] = lambda path: path
+  read_sharded: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
 
 
 def flatten(tree: Mapping[str, Any], is_leaf: Callable[[Any], bool] = lambda x: False) -> dict[str, Any]:
@@ -164,4 +182,53 @@ def materialize(contents: CheckpointContents, dtype: Any) -> dict[str, Any]:
         f"{list(lazy.shape)}: the checkpoint is corrupt; copy it again from its source."
       )
     params[path] = np.ascontiguousarray(value.astype(dtype, copy=False))  # Transposed reads are views.
+  return unflatten(params)
+
+
+def _block_reader(lazy: LazyArray, dtype: Any, location: str) -> Callable[[tuple[slice, ...]], np.ndarray]:
+  """`index -> block` for `jax.make_array_from_callback`; each distinct block is read once (replicas share it)."""
+  blocks: dict[tuple, np.ndarray] = {}
+
+  def read(index: tuple[slice, ...]) -> np.ndarray:
+    index = tuple(slice(*s.indices(n)) for s, n in zip(index, lazy.shape, strict=True))
+    key = tuple((s.start, s.stop) for s in index)
+    if key not in blocks:
+      value = np.asarray(lazy.block(index))
+      expected = tuple(s.stop - s.start for s in index)
+      if value.shape != expected:
+        raise CheckpointError(
+          f"{lazy.source} in {location} read block {list(key)} with shape {list(value.shape)}, expected "
+          f"{list(expected)}: the checkpoint is corrupt; copy it again from its source."
+        )
+      blocks[key] = np.ascontiguousarray(value.astype(dtype, copy=False))
+    return blocks[key]
+
+  return read
+
+
+def materialize_sharded(contents: CheckpointContents, dtype: Any, shardings: Mapping[str, Any]) -> dict[str, Any]:
+  """Reads, for every array, only the blocks this process's devices hold, straight into `jax.Array`s.
+
+  Args:
+    contents: the validated checkpoint contents.
+    dtype: the dtype of the returned arrays.
+    shardings: our parameter path -> `jax.sharding.Sharding` (flat, every path of `contents`).
+
+  Returns:
+    The nested parameter tree of global `jax.Array`s laid out as `shardings` say. A
+    process reads the blocks its addressable devices hold (tensorstore reads only
+    the chunks they overlap); a block replicated on several local devices is read
+    once.
+
+  Raises:
+    CheckpointError: when an array cannot be read or reads with the wrong shape.
+  """
+  import jax
+
+  if contents.read_sharded is not None:
+    return unflatten(contents.read_sharded(shardings, dtype))
+  params = {}
+  for path, lazy in contents.arrays.items():
+    reader = _block_reader(lazy, dtype, contents.location)
+    params[path] = jax.make_array_from_callback(tuple(lazy.shape), shardings[path], reader)
   return unflatten(params)

@@ -1,4 +1,4 @@
-"""Readers for T5X checkpoints: the legacy msgpack + tensorstore layout, and orbax.
+"""Readers for T5X checkpoints: the legacy msgpack + tensorstore layout (local or gs://), and orbax.
 
 Legacy layout (`checkpoint_N/`): a msgpack file `checkpoint` holding
 `{"version": 3, "optimizer": {"target": params, "state": optimizer state}}`.
@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from prompt_tuning.checkpoints import remote
 from prompt_tuning.checkpoints.errors import CheckpointError
-from prompt_tuning.checkpoints.param_tree import CheckpointContents, LazyArray, flatten, in_memory
+from prompt_tuning.checkpoints.param_tree import CheckpointContents, LazyArray, flatten, in_memory, unflatten
 
 LEGACY_FILE = "checkpoint"
 # A PyTree item folder; `_CHECKPOINT_METADATA` alone marks a step folder whose items are subfolders.
@@ -44,12 +45,9 @@ _TARGET_KEYS = (("optimizer", "target"), ("target",), ("params",))
 
 
 def latest_step_dir(path: str) -> str | None:
-  """The `checkpoint_N` (or `N`) folder with the largest N directly under `path`, or None when there is none."""
-  if not os.path.isdir(path):
-    return None
-  steps = [(int(m.group(1)), name) for name in os.listdir(path) if (m := _STEP_DIR.match(name))]
-  steps = [(step, name) for step, name in steps if os.path.isdir(os.path.join(path, name))]
-  return os.path.join(path, max(steps)[1]) if steps else None
+  """The `checkpoint_N` (or `N`) folder with the largest N directly under `path` (local or gs://), or None."""
+  steps = [(int(m.group(1)), name) for name in remote.child_folders(path) if (m := _STEP_DIR.match(name))]
+  return remote.join(path, max(steps)[1]) if steps else None
 
 
 def orbax_item_dir(path: str) -> str | None:
@@ -66,7 +64,10 @@ def orbax_item_dir(path: str) -> str | None:
 
 
 def is_legacy(path: str) -> bool:
-  """Whether `path` is a legacy T5X checkpoint folder (a msgpack `checkpoint` file, no orbax metadata)."""
+  """Whether `path` (local or gs://) is a legacy T5X checkpoint folder (a msgpack `checkpoint`, no orbax metadata)."""
+  if remote.is_gcs(path):  # Exact lookups: listing a large checkpoint's chunks takes many requests.
+    exists = lambda name: remote.is_file(remote.join(path, name))
+    return exists(LEGACY_FILE) and not any(exists(marker) for marker in _ORBAX_MARKERS)
   return os.path.isfile(os.path.join(path, LEGACY_FILE)) and orbax_item_dir(path) is None
 
 
@@ -103,38 +104,45 @@ def _zarr_path(spec: Mapping[str, Any], step_dir: str) -> str:
   if "://" in relative or os.path.isabs(relative):
     # Written elsewhere (e.g. gs://bucket/...): the folder travels with the checkpoint under the same name.
     relative = relative.rstrip("/").rsplit("/", 1)[-1]
-  return os.path.join(step_dir, relative)
+  return remote.join(step_dir, relative)
 
 
-def _read_zarr(spec: Mapping[str, Any], folder: str) -> np.ndarray:
+def _open_zarr(spec: Mapping[str, Any], folder: str):
+  """The tensorstore of the zarr array in `folder` (local or gs://), opened for reading; nothing is read yet."""
   import tensorstore as ts  # Imported here: a heavy import only T5X checkpoints need.
 
-  local = {
+  located = {
     "driver": spec.get("driver", "zarr"),
-    "kvstore": {"driver": "file", "path": folder},
+    "kvstore": remote.kvstore_spec(folder),
     # A missing chunk would otherwise read silently as the fill value (zeros).
     "fill_missing_data_reads": False,
   }
   try:
-    return np.asarray(ts.open(local, open=True, read=True).result().read().result())
+    return ts.open(located, open=True, read=True).result()
   except Exception as e:  # tensorstore raises ValueError / RuntimeError subclasses for I/O and decoding.
-    raise CheckpointError(
-      f"Cannot read the array in {folder}: {e}\nA chunk file or the .zarray file is missing or corrupt; copy the "
-      "whole checkpoint folder again (the `checkpoint` file and every target.* folder with all its chunks)."
-    ) from e
+    raise _zarr_error(folder, e) from e
 
 
-def _spec_shape(spec: Mapping[str, Any], folder: str) -> tuple[int, ...]:
+def _zarr_error(folder: str, error: Exception) -> CheckpointError:
+  return CheckpointError(
+    f"Cannot read the array in {folder}: {error}\nA chunk file or the .zarray file is missing or corrupt; copy the "
+    "whole checkpoint folder again (the `checkpoint` file and every target.* folder with all its chunks)."
+  )
+
+
+def _read_zarr(store, folder: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+  """The whole array, or only the block `index` (tensorstore reads just the chunks it overlaps)."""
+  try:
+    return np.asarray((store if index is None else store[index]).read().result())
+  except Exception as e:
+    raise _zarr_error(folder, e) from e
+
+
+def _spec_shape(spec: Mapping[str, Any], open_store) -> tuple[int, ...]:
   metadata = spec.get("metadata")
   if isinstance(metadata, Mapping) and "shape" in metadata:
     return tuple(int(n) for n in metadata["shape"])
-  import tensorstore as ts
-
-  try:
-    local = {"driver": spec.get("driver", "zarr"), "kvstore": {"driver": "file", "path": folder}}
-    return tuple(ts.open(local, open=True).result().shape)
-  except Exception as e:
-    raise CheckpointError(f"Cannot open the array in {folder}: {e}\nCopy the whole checkpoint folder again.") from e
+  return tuple(open_store().shape)
 
 
 def _legacy_leaf(path: str, leaf: Any, step_dir: str) -> LazyArray:
@@ -143,8 +151,13 @@ def _legacy_leaf(path: str, leaf: Any, step_dir: str) -> LazyArray:
     leaf = {"driver": "zarr", "kvstore": {"path": leaf[len(_ORBAX_PLACEHOLDER) :]}}
   if _is_tensorstore_spec(leaf):
     folder = _zarr_path(leaf, step_dir)
-    shape = _spec_shape(leaf, folder)
-    return LazyArray(shape, lambda: _read_zarr(leaf, folder), f"{path} ({os.path.basename(folder)})")
+    store = functools.cache(functools.partial(_open_zarr, leaf, folder))
+    return LazyArray(
+      _spec_shape(leaf, store),
+      lambda: _read_zarr(store(), folder),
+      f"{path} ({folder.rstrip('/').rsplit('/', 1)[-1]})",
+      read_block=lambda index: _read_zarr(store(), folder, index),
+    )
   if isinstance(leaf, (np.ndarray, np.generic, int, float)):
     return in_memory(leaf, path)
   raise CheckpointError(
@@ -156,11 +169,9 @@ def _legacy_leaf(path: str, leaf: Any, step_dir: str) -> LazyArray:
 def _read_msgpack(file: str) -> Any:
   from flax import serialization
 
+  data = remote.read_bytes(file)
   try:
-    with open(file, "rb") as f:
-      return serialization.msgpack_restore(f.read())
-  except OSError as e:
-    raise CheckpointError(f"Cannot read {file}: {e}") from e
+    return serialization.msgpack_restore(data)
   except Exception as e:  # msgpack raises many types (ExtraData, FormatError, ValueError, ...) on bad bytes.
     raise CheckpointError(
       f"{file} is not a readable msgpack file ({type(e).__name__}: {e}); it is truncated or corrupt. "
@@ -175,7 +186,7 @@ def read_legacy(step_dir: str) -> CheckpointContents:
     CheckpointError: for a corrupt msgpack file, a tree without parameters, or
       an entry that is neither an array nor a tensorstore reference.
   """
-  tree = _read_msgpack(os.path.join(step_dir, LEGACY_FILE))
+  tree = _read_msgpack(remote.join(step_dir, LEGACY_FILE))
   target = _find_target(tree, step_dir)
   leaves = flatten(target, is_leaf=_is_tensorstore_spec)
   arrays = {path: _legacy_leaf(path, leaf, step_dir) for path, leaf in leaves.items()}
@@ -222,14 +233,29 @@ def _nest(keys: tuple[str, ...], value: Any) -> Any:
   return value
 
 
-def _restore_orbax_target(item_dir: str, keys: tuple[str, ...], target: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Restores only the parameters, as numpy arrays, skipping the optimizer state."""
+def _restore_orbax_target(
+  item_dir: str,
+  keys: tuple[str, ...],
+  target: Mapping[str, Any],
+  shardings: Mapping[str, Any] | None = None,
+  dtype=None,
+) -> dict[str, Any]:
+  """Restores only the parameters, skipping the optimizer state.
+
+  Without `shardings`: numpy arrays. With them (our path -> Sharding): jax.Arrays
+  laid out so, orbax (tensorstore) reading only this process's shards.
+  """
   import jax
   import orbax.checkpoint as ocp
 
   is_leaf = lambda x: not isinstance(x, Mapping)
-  item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), target, is_leaf=is_leaf)
-  restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), target, is_leaf=is_leaf)
+  if shardings is None:
+    item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), target, is_leaf=is_leaf)
+    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), target, is_leaf=is_leaf)
+  else:
+    flat = {path: (meta, shardings[path]) for path, meta in flatten(target).items()}
+    item = unflatten({p: jax.ShapeDtypeStruct(tuple(m.shape), dtype, sharding=s) for p, (m, s) in flat.items()})
+    restore_args = unflatten({p: ocp.ArrayRestoreArgs(sharding=s, dtype=dtype) for p, (_, s) in flat.items()})
   args = ocp.args.PyTreeRestore(item=_nest(keys, item), restore_args=_nest(keys, restore_args), partial_restore=True)
   try:
     with ocp.PyTreeCheckpointer() as checkpointer:
@@ -258,4 +284,5 @@ def read_orbax(item_dir: str) -> CheckpointContents:
     path: LazyArray(tuple(meta.shape), functools.partial(lambda p: restore()[p], path), path)
     for path, meta in flatten(target).items()
   }
-  return CheckpointContents(arrays=arrays, unrecognized=[], location=item_dir)
+  read_sharded = functools.partial(_restore_orbax_target, item_dir, keys, target)
+  return CheckpointContents(arrays=arrays, unrecognized=[], location=item_dir, read_sharded=read_sharded)

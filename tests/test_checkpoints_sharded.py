@@ -1,0 +1,129 @@
+"""`load_pretrained(..., shardings=...)`: each device's block read straight into a jax.Array, on 8 simulated devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from prompt_tuning.checkpoints import CheckpointError, load_pretrained, pretrained_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs with 8 simulated CPU devices (XLA_FLAGS must be set before jax is imported, hence a subprocess).
+SCRIPT = textwrap.dedent(
+  """
+  import json, sys
+  import jax
+  import numpy as np
+  from prompt_tuning import partitioning
+  from prompt_tuning.checkpoints import load_pretrained, param_tree, pretrained_config
+  from prompt_tuning.checkpoints.param_tree import flatten
+  from prompt_tuning.models import param_logical_axes
+
+  path, size, mesh_shape = sys.argv[1], sys.argv[2], tuple(int(n) for n in sys.argv[3].split(","))
+  mesh = partitioning.make_mesh(mesh_shape=mesh_shape)
+  config = pretrained_config(path, size)  # Metadata only: the shardings come before any value is read.
+  shardings = partitioning.shardings_for(param_logical_axes(config), mesh, partitioning.logical_rules())
+
+  reads = []  # Every block index a reader is asked for (counted on the real LazyArray.block).
+  block = param_tree.LazyArray.block
+  param_tree.LazyArray.block = lambda self, index: reads.append((id(self), str(index))) or block(self, index)
+  _, sharded = load_pretrained(path, config=size, shardings=shardings)
+  param_tree.LazyArray.block = block
+  _, full = load_pretrained(path, config=size)
+
+  report = {"equal": [], "sharding": [], "distinct_reads": len(set(reads)) == len(reads), "split": []}
+  for name, value in flatten(full).items():
+    got = flatten(sharded)[name]
+    report["equal"].append(bool(np.array_equal(np.asarray(got), value)))
+    report["sharding"].append(got.sharding == flatten(shardings)[name])
+    if got.sharding.spec and any(got.sharding.spec):
+      report["split"].append(name)
+  report["vocab_shard_rows"] = sharded["token_embedder"]["embedding"].addressable_shards[0].data.shape[0]
+  print(json.dumps(report))
+  """
+)
+
+
+def _run_8_devices(path: Path, size: str, mesh: str) -> dict:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  done = subprocess.run(
+    [sys.executable, "-c", SCRIPT, str(path), size, mesh], capture_output=True, text=True, env=env, timeout=300
+  )
+  assert done.returncode == 0, done.stderr[-4000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_restore_on_8_devices_equals_the_full_read(reference_dir):
+  """The reference T5X checkpoint on a (4, 2) mesh (its 2 heads allow 2-way model parallelism): same values, the
+  requested shardings, each block read once."""
+  report = _run_8_devices(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3", "t5_1_1_tiny", "4,2")
+  assert all(report["equal"]) and all(report["sharding"])
+  assert "token_embedder/embedding" in report["split"]  # Model-parallel over the vocabulary ...
+  assert report["vocab_shard_rows"] == 32128 // 2  # ... so each device holds half of the rows.
+  assert report["distinct_reads"]  # A block replicated on the 4 data-parallel devices is read once.
+
+
+def test_sharded_restore_of_a_hugging_face_folder(tmp_path):
+  """Formats without block reads (safetensors here) read one array at a time and cut its blocks."""
+  import jax
+
+  import prompt_tuning as pt
+  from prompt_tuning.checkpoints import save_hf_pretrained
+
+  config = pt.get_config("t5_1_0_tiny")
+  save_hf_pretrained(tmp_path / "hf", config, jax.device_get(pt.init_params(config, jax.random.key(0))))
+  report = _run_8_devices(tmp_path / "hf", "t5_1_0_tiny", "4,2")
+  assert all(report["equal"]) and all(report["sharding"]) and report["distinct_reads"]
+
+
+def test_sharded_restore_of_an_orbax_checkpoint(tmp_path):
+  """Orbax T5X checkpoints restore straight onto the shardings (orbax reads each process's shards)."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  import prompt_tuning as pt
+
+  config = pt.get_config("t5_1_0_tiny")
+  params = jax.device_get(pt.init_params(config, jax.random.key(1)))
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    checkpointer.save(tmp_path / "checkpoint_4", {"target": params, "state": {"step": 4}})
+  report = _run_8_devices(tmp_path / "checkpoint_4", "t5_1_0_tiny", "4,2")
+  assert all(report["equal"]) and all(report["sharding"])
+  assert "token_embedder/embedding" in report["split"] and report["vocab_shard_rows"] == 128 // 2
+
+
+def test_pretrained_config_reads_no_values_and_matches_the_load(reference_dir, tmp_path):
+  import shutil
+
+  step_dir = tmp_path / "checkpoint_3"
+  shutil.copytree(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3", step_dir)
+  inferred, _ = load_pretrained(step_dir)
+  for folder in step_dir.glob("target.*"):  # Every array's values gone: only the metadata is left to read.
+    os.chmod(folder, 0o755)
+    for chunk in folder.iterdir():
+      if chunk.name != ".zarray":
+        chunk.unlink()
+  assert pretrained_config(step_dir) == inferred
+  with pytest.raises(CheckpointError, match="missing"):
+    load_pretrained(step_dir)
+
+
+def test_shardings_that_do_not_match_the_model_are_refused(reference_dir):
+  import jax
+
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with pytest.raises(
+    CheckpointError,
+    match=r"missing: .*decoder/decoder_norm/scale.*unexpected: \['encoder'\].*partitioning.shardings_for",
+  ):
+    load_pretrained(
+      reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3", config="t5_1_1_tiny", shardings={"encoder": sharding}
+    )
