@@ -97,9 +97,9 @@ def check_macros_are_read(user_set: Iterable[str], also_read: Iterable[str] = ()
   unread = unread_macros(user_set, also_read)
   if unread:
     read = read_macros(also_read)
-    details = "; ".join(describe_unread_macro(name, read) for name in unread)
+    details = "; ".join(describe_unread_macro(name, read) for name in unread).rstrip(".")
     more = " A macro counts when a binding reads it (e.g. runs/prompt_eval.gin reads EVAL_SPLIT; a train run does not)."
-    raise UnreadSettingError(details + "." + more)
+    raise UnreadSettingError(details + ("" if details.endswith("?") else ".") + more)
 
 
 def binding_key(binding: str) -> str | None:
