@@ -21,7 +21,9 @@ start-up logs are hidden (`--verbose` shows them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -130,6 +132,14 @@ def configure_gin(
       gin.add_config_file_search_path(path)
   missing = [f for f in files if not _resolve_gin_file(f, search_paths)]
   if missing:
+    from prompt_tuning import reference
+
+    ours = reference.reference_gin_file(missing[0])
+    if ours:
+      raise FileNotFoundError(
+        f"gin file {missing[0]!r} is the reference implementation's (or t5x's); here use --gin_file={ours} "
+        "(docs/MIGRATING.md maps every reference file, flag and macro)."
+      )
     where = ", ".join(str(p) for p in [*search_paths, *gin_search_paths()])
     raise FileNotFoundError(f"gin file {missing[0]!r} not found (searched the current folder and {where}).")
   gin.parse_config_file(str(_defaults_file()))
@@ -172,21 +182,41 @@ def _resolve_gin_file(name: str, search_paths: list[str]) -> bool:
   return any((Path(p) / name).is_file() for p in [*search_paths, *map(str, gin_search_paths())] if p)
 
 
-def quiet_start_up() -> None:
-  """Hides TensorFlow's and absl's start-up lines (oneDNN, CUDA factories, "All log messages before
-  absl::InitializeLog()") unless --verbose: they say nothing is wrong, and look like failures."""
-  import os
-
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-  os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-  os.environ.setdefault("GLOG_minloglevel", "3")
+@contextlib.contextmanager
+def native_stderr_hidden():
+  """Sends what native code writes to file descriptor 2 to /dev/null for the duration (Python's exceptions still
+  propagate, and are printed after it)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
   try:
-    from absl import logging as absl_logging
+    with open(os.devnull, "w") as devnull:
+      os.dup2(devnull.fileno(), 2)
+      yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
 
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  except ImportError:  # absl comes with TensorFlow; nothing to quiet without it.
-    pass
+
+def quiet_start_up() -> None:
+  """Hides TensorFlow's, XLA's and absl's start-up lines unless --verbose: "oneDNN custom operations are on", "Could
+  not find cuda drivers", "failed call to cuInit", "All log messages before absl::InitializeLog()". They say nothing
+  is wrong, and look like failures. TensorFlow 2.21 writes them from C++ whatever TF_CPP_MIN_LOG_LEVEL says, while
+  it is imported and when its devices are set up, so both happen here, with native stderr hidden."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+  with native_stderr_hidden():
+    import tensorflow  # noqa: F401
+
+    from prompt_tuning.data import tensorflow_setup
+
+    tensorflow_setup.hide_accelerators_from_tensorflow()
+    import jax
+
+    jax.devices()  # XLA's CUDA probe (cuInit) logs here when a CUDA plugin is installed without a GPU
+  from absl import logging as absl_logging
+
+  absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def _run_gin_command(command: str, argv: list[str]) -> int:
@@ -287,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
   debug = "--debug" in rest
-  if "--verbose" not in rest:
+  if "--verbose" not in rest and command in (*GIN_COMMANDS, "inspect", "export", "tasks"):
     quiet_start_up()
   elif command not in GIN_COMMANDS:
     rest = [a for a in rest if a != "--verbose"]

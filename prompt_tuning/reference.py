@@ -128,3 +128,30 @@ def check_loss_normalizing_factor(value) -> None:
     "tokens, t5x's 'NUM_REAL_TARGET_TOKENS' (the reference's None sums the token losses instead; with Adafactor's "
     "relative updates the two train alike). Remove the setting or set LOSS_NORMALIZING_FACTOR='NUM_REAL_TARGET_TOKENS'."
   )
+
+
+_REFERENCE_GIN_FILES = (
+  (
+    r"(?:.*/)?prompt_tuning/configs/models/(t5_1_1|mt5)_(small|base|large|xl|xxl)_prompt\.gin",
+    r"models/\1.gin (models/t5_1_1_lm100k.gin for the LM-adapted checkpoints) + models/sizes/\2.gin",
+  ),
+  (r"(?:.*/)?prompt_tuning/configs/models/(t5_1_1|mt5)_prompt\.gin", r"models/\1.gin"),
+  (r"(?:.*/)?prompt_tuning/configs/models/sizes/(\w+)\.gin", r"models/sizes/\1.gin"),
+  (r"(?:.*/)?prompt_tuning/configs/models/decoding/beam_search\.gin", "decoding/beam.gin"),
+  (r"(?:.*/)?prompt_tuning/configs/models/decoding/nucleus_sampling\.gin", "decoding/sampling.gin"),
+  (r"(?:.*/)?prompt_tuning/configs/prompts/from_class_labels(_numpy)?\.gin", "prompts/class_labels.gin"),
+  (r"(?:.*/)?prompt_tuning/configs/prompts/from_sampled_vocab(_numpy)?\.gin", "prompts/sampled_vocab.gin"),
+  (r"(?:.*/)?prompt_tuning/configs/prompts/from_file\.gin", "prompts/from_file.gin"),
+  (r"(?:.*/)?prompt_tuning/configs/runs/prompt_(finetune|eval|infer)\.gin", r"runs/prompt_\1.gin"),
+  (r"(?:.*/)?t5x/configs/runs/finetune\.gin", "runs/prompt_finetune.gin"),
+  (r"(?:.*/)?t5x/configs/runs/(eval|infer)\.gin", r"runs/prompt_\1.gin"),
+)
+
+
+def reference_gin_file(name: str) -> str | None:
+  """For a gin file of the reference implementation or t5x, what to give here instead (docs/MIGRATING.md)."""
+  for pattern, ours in _REFERENCE_GIN_FILES:
+    match = re.fullmatch(pattern, name)
+    if match:
+      return match.expand(ours)
+  return None

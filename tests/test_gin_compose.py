@@ -267,3 +267,23 @@ def test_mixture_or_task_module_is_imported(tmp_path, monkeypatch, reference_dir
   cli.configure_gin(["test/prompt_tiny.gin"], [*REQUIRED, "MIXTURE_OR_TASK_MODULE = 'no_such_tasks'"], [])
   with pytest.raises(ModuleNotFoundError, match="put its folder on PYTHONPATH"):
     cli.apply_code_read_macros()
+
+
+@pytest.mark.parametrize(
+  ("reference_file", "ours"),
+  [
+    ("prompt_tuning/configs/models/t5_1_1_xxl_prompt.gin", "models/t5_1_1.gin"),
+    ("prompt_tuning/configs/prompts/from_class_labels.gin", "prompts/class_labels.gin"),
+    ("prompt_tuning/configs/runs/prompt_eval.gin", "runs/prompt_eval.gin"),
+    ("t5x/configs/runs/finetune.gin", "runs/prompt_finetune.gin"),
+  ],
+)
+def test_a_reference_gin_file_names_ours(reference_file, ours):
+  with pytest.raises(FileNotFoundError, match=f"here use --gin_file={re.escape(ours)}"):
+    cli.configure_gin([reference_file], [], [])
+
+
+def test_migration_table_names_every_refused_reference_macro():
+  table = (ROOT / "docs" / "MIGRATING.md").read_text()
+  missing = [name for name in reference.REFERENCE_NAMES if name not in table]
+  assert not missing, f"docs/MIGRATING.md does not list {missing}"
