@@ -287,3 +287,14 @@ def test_migration_table_names_every_refused_reference_macro():
   table = (ROOT / "docs" / "MIGRATING.md").read_text()
   missing = [name for name in reference.REFERENCE_NAMES if name not in table]
   assert not missing, f"docs/MIGRATING.md does not list {missing}"
+
+
+CONFIGS = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.gin"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_ready_to_run_config_sets_only_macros_it_reads(name):
+  """What a config assigns is read by its own run (a config is what users copy, so it must show no dead settings)."""
+  text = (ROOT / "configs" / name).read_text()
+  flags = [f for f in [*REQUIRED, "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 2}"] if f.split(" =")[0] not in text]
+  cli.configure_gin([name], flags, [], check_unread=True)

@@ -52,6 +52,7 @@ assert paths and all(p.resolve().is_relative_to(site) for p in paths), paths
 for config in ("demo/prompt.gin", "demo/prefix.gin", "demo/model.gin", "prompt_xxl.gin"):
   assert any((p / config).is_file() for p in paths), config
 assert Path(demo_data.demo_model_path(), "model.safetensors").is_file()
+assert cli.configure_gin(["demo/prompt.gin"], ["MODEL_DIR = '/tmp/unused'"], [], check_unread=True)
 print(demo_data.register_wordnet_category_task(), demo_data.register_wordnet_task())
 sys.exit(cli.main(["tasks", "list", "wordnet"]))
 """
