@@ -18,6 +18,9 @@ INSTALL_REQUIRES = [
   "tensorflow==2.21.0",
   "tensorflow-text==2.21.1",
   "tensorflow-datasets==4.9.10",
+  # tfds and etils import it while preparing a dataset (download_and_prepare) but do not declare it; without it
+  # GLUE/SuperGLUE cannot be prepared (tests/test_data_prepare.py).
+  "importlib_resources==7.1.0",
   "clu==0.0.12",
   "tensorboard==2.21.0",
   "tensorstore==0.1.86",
@@ -59,8 +62,9 @@ setuptools.setup(
   package_dir=GIN_PACKAGES,
   package_data={
     **{name: ["**/*.gin"] for name in GIN_PACKAGES},
-    # The demo model, its vocabulary and card, and the WordNet task (prompt_tuning.demo_data).
-    "prompt_tuning": ["assets/demo_t5/*", "assets/wordnet_task/*"],
+    # The demo model, its vocabulary and card, and the WordNet tasks (prompt_tuning.demo_data); every folder under
+    # assets/ (tests/test_packaging.py checks the wheel carries each file).
+    "prompt_tuning": ["assets/*/*"],
   },
   install_requires=INSTALL_REQUIRES,
   extras_require=EXTRAS_REQUIRE,

@@ -10,16 +10,24 @@
 t5x's flags: `--gin_file` (repeatable), `--gin.NAME=VALUE` (a binding, e.g.
 `--gin.MODEL_DIR="'/tmp/run'"` or `--gin.train.num_train_steps=100`),
 `--gin_bindings` (repeatable, t5x's older spelling), `--gin_search_paths`
-(comma-separated; the project's gin/ and configs/ are always searched), and
-`--tfds_data_dir`. Compiled programs are cached on disk
-(`prompt_tuning.compilation_cache`: `$PROMPT_TUNING_COMPILATION_CACHE`, default
-`~/.cache/prompt_tuning/jax`; `off` switches it off). Errors in flags or configs print one line, not a traceback
-(`--debug` shows the traceback).
+(comma-separated; the project's gin/ and configs/ are always searched),
+`--tfds_data_dir` and `--seqio_additional_cache_dirs`; multi-host: t5x's
+`--multiprocess_gpu`, `--coordinator_address`, `--process_count`,
+`--process_index`. gin/defaults.gin is parsed first (every macro's default), so
+gin files compose in any order. A macro that is set but read by nothing is an
+error. Compiled programs are cached on disk (`prompt_tuning.compilation_cache`:
+`$PROMPT_TUNING_COMPILATION_CACHE`, default `~/.cache/prompt_tuning/jax`; `off`
+switches it off). Errors in flags or configs print one line, not a traceback
+(`--debug` shows the traceback); TensorFlow's start-up logs are hidden
+(`--verbose` shows them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -53,8 +61,12 @@ def _gin_parser(command: str) -> argparse.ArgumentParser:
   parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding NAME=VALUE (repeatable)")
   parser.add_argument("--gin_search_paths", default="", help="comma-separated extra folders to search for gin files")
   parser.add_argument("--tfds_data_dir", default=None, help="tensorflow-datasets data directory")
+  parser.add_argument(
+    "--seqio_additional_cache_dirs", default="", help="comma-separated folders of seqio's offline task caches"
+  )
   parser.add_argument("--debug", action="store_true", help="show full tracebacks")
   distributed.add_flags(parser)  # t5x's --multiprocess_gpu, --coordinator_address, --process_count, --process_index
+  parser.add_argument("--verbose", action="store_true", help="show TensorFlow's and absl's start-up logs")
   return parser
 
 
@@ -78,20 +90,97 @@ def split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
   return bindings, rest
 
 
-def configure_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> None:
-  """Parses gin files and bindings (t5x semantics: files first, then bindings in order)."""
+DEFAULTS_FILE = "defaults.gin"
+# Macros the command line reads itself, after parsing (no binding reads them).
+CODE_READ_MACROS = ("MIXTURE_OR_TASK_MODULE", "USE_CACHED_TASKS", "LOSS_NORMALIZING_FACTOR")
+
+
+class _GinPathNotFound(logging.Filter):
+  """gin logs `ERROR:root:Path not found: ...` for every search-path miss while it looks for a file (and then finds
+  it); a real miss is our FileNotFoundError or gin's IOError, so drop those lines."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.ERROR and str(record.msg).startswith("Path not found: "))
+
+
+def _defaults_file() -> Path:
+  for folder in gin_search_paths():
+    if (folder / DEFAULTS_FILE).is_file():
+      return folder / DEFAULTS_FILE
+  raise FileNotFoundError(f"{DEFAULTS_FILE} not found in {gin_search_paths()}; the installation is incomplete.")
+
+
+def configure_gin(
+  files: list[str], bindings: list[str], search_paths: list[str], check_unread: bool = False
+) -> set[str]:
+  """Parses gin/defaults.gin, then the gin files, then the bindings (t5x semantics: files in order, then bindings).
+
+  Because every macro's default comes from defaults.gin, parsed first, the files compose in any order: runs/ files
+  bind configurables and assign no macro, so they never reset what models/, sizes/, prompts/ or a config set.
+
+  Args:
+    files: gin files, by path or relative to the search paths.
+    bindings: 'NAME = VALUE' strings, applied last.
+    search_paths: extra folders to search (the project's gin/ and configs/ are always searched).
+    check_unread: raise `gin_checks.UnreadSettingError` for a macro set by the files or bindings that no binding
+      reads (the command line's gin commands do; a partial config, e.g. a models/ file alone, would fail it).
+
+  Returns:
+    The macros the files and bindings assigned (beyond defaults.gin).
+  """
   import gin
 
   import prompt_tuning.gin_registry  # noqa: F401  (registers the configurables)
+  from prompt_tuning import gin_checks
 
+  logging.getLogger().addFilter(_GIN_PATH_FILTER)
   for path in [*search_paths, *map(str, gin_search_paths())]:
-    if path:
+    if path and path not in gin.config._LOCATION_PREFIXES:
       gin.add_config_file_search_path(path)
   missing = [f for f in files if not _resolve_gin_file(f, search_paths)]
   if missing:
+    from prompt_tuning import reference
+
+    ours = reference.reference_gin_file(missing[0])
+    if ours:
+      raise FileNotFoundError(
+        f"gin file {missing[0]!r} is the reference implementation's (or t5x's); here use --gin_file={ours} "
+        "(docs/MIGRATING.md maps every reference file, flag and macro)."
+      )
     where = ", ".join(str(p) for p in [*search_paths, *gin_search_paths()])
     raise FileNotFoundError(f"gin file {missing[0]!r} not found (searched the current folder and {where}).")
+  gin.parse_config_file(str(_defaults_file()))
+  snapshot = gin_checks.macro_snapshot()
   gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  user_set = gin_checks.changed_macros(snapshot)
+  if check_unread:
+    gin_checks.check_macros_are_read(user_set, also_read=CODE_READ_MACROS)
+  return user_set
+
+
+_GIN_PATH_FILTER = _GinPathNotFound()
+
+
+def apply_code_read_macros() -> None:
+  """What the command line reads itself: MIXTURE_OR_TASK_MODULE (imported, so its tasks register),
+  USE_CACHED_TASKS (seqio's offline cache) and LOSS_NORMALIZING_FACTOR (checked)."""
+  import importlib
+
+  import gin
+
+  from prompt_tuning import reference
+  from prompt_tuning.data import sources
+
+  module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
+  if module:
+    try:
+      importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      raise ModuleNotFoundError(
+        f"MIXTURE_OR_TASK_MODULE={module!r} cannot be imported ({e}); put its folder on PYTHONPATH."
+      ) from e
+  sources.set_use_cached_tasks(bool(gin.query_parameter("%USE_CACHED_TASKS")))
+  reference.check_loss_normalizing_factor(gin.query_parameter("%LOSS_NORMALIZING_FACTOR"))
 
 
 def _resolve_gin_file(name: str, search_paths: list[str]) -> bool:
@@ -100,10 +189,58 @@ def _resolve_gin_file(name: str, search_paths: list[str]) -> bool:
   return any((Path(p) / name).is_file() for p in [*search_paths, *map(str, gin_search_paths())] if p)
 
 
+@contextlib.contextmanager
+def native_stderr_hidden():
+  """Sends what native code writes to file descriptor 2 to /dev/null for the duration (Python's exceptions still
+  propagate, and are printed after it)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "w") as devnull:
+      os.dup2(devnull.fileno(), 2)
+      yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def quiet_start_up(touch_devices: bool = True) -> None:
+  """Hides TensorFlow's, XLA's and absl's start-up lines unless --verbose: "oneDNN custom operations are on", "Could
+  not find cuda drivers", "failed call to cuInit", "All log messages before absl::InitializeLog()". They say nothing
+  is wrong, and look like failures. TensorFlow 2.21 writes them from C++ whatever TF_CPP_MIN_LOG_LEVEL says, while
+  it is imported and when its devices are set up, so both happen here, with native stderr hidden. The gin commands
+  pass `touch_devices=False` and set devices up after `jax.distributed` (`_start_devices`), which must come first."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+  with native_stderr_hidden():
+    import tensorflow  # noqa: F401
+
+    from prompt_tuning.data import tensorflow_setup
+
+    tensorflow_setup.hide_accelerators_from_tensorflow()
+    if touch_devices:
+      _start_devices()
+  from absl import logging as absl_logging
+
+  absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def _start_devices() -> None:
+  import jax
+
+  jax.devices()  # XLA's CUDA probe (cuInit) logs here when a CUDA plugin is installed without a GPU
+
+
 def _run_gin_command(command: str, argv: list[str]) -> int:
   bindings, rest = split_gin_flags(argv)
   args = _gin_parser(command).parse_args(rest)
   distributed.initialize_from_flags(args)  # Before anything touches a device.
+  if args.verbose:
+    _start_devices()
+  else:
+    with native_stderr_hidden():
+      _start_devices()
   from prompt_tuning import compilation_cache
 
   compilation_cache.enable()
@@ -111,12 +248,21 @@ def _run_gin_command(command: str, argv: list[str]) -> int:
     from prompt_tuning import data
 
     data.set_tfds_data_dir(args.tfds_data_dir)
+  if args.seqio_additional_cache_dirs:
+    import seqio
+
+    seqio.add_global_cache_dirs([p for p in args.seqio_additional_cache_dirs.split(",") if p])
   search = [p for p in args.gin_search_paths.split(",") if p]
-  configure_gin(args.gin_file, args.gin_bindings + bindings, search)
+  all_bindings = args.gin_bindings + bindings
+  configure_gin(args.gin_file, all_bindings, search, check_unread=True)
+  apply_code_read_macros()
   module_name, function_name = GIN_COMMANDS[command]
   import importlib
 
+  from prompt_tuning import gin_checks
+
   result = getattr(importlib.import_module(module_name), function_name)()
+  gin_checks.warn_unread_bindings(all_bindings)
   if result is not None:
     print(result if not isinstance(result, dict) else "\n".join(f"{k}: {v}" for k, v in sorted(result.items())))
   return 0
@@ -193,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
   debug = "--debug" in rest
+  if "--verbose" not in rest and command in (*GIN_COMMANDS, "inspect", "export", "tasks"):
+    quiet_start_up(touch_devices=command not in GIN_COMMANDS)
+  elif command not in GIN_COMMANDS:
+    rest = [a for a in rest if a != "--verbose"]
   try:
     return _dispatch(command, rest)
   except SystemExit as e:  # argparse already printed its one line

@@ -176,25 +176,46 @@ def _size(num_bytes: int) -> str:
   return f"{num_bytes} B"
 
 
+TABLE_HEADER = ("method", "accuracy", "greedy EM", "trainable params", "saved state", "train time", "steps")
+
+
+def _cells(r: Result) -> tuple[str, ...]:
+  return (
+    r.name,
+    f"{100 * r.accuracy:.1f}%",
+    "-" if r.greedy_exact_match is None else f"{100 * r.greedy_exact_match:.1f}%",
+    f"{r.trainable_parameters:,}",
+    _size(r.saved_state_bytes),
+    f"{r.train_seconds:.0f}s" if r.steps else "-",
+    str(r.steps) if r.steps else "-",
+  )
+
+
+def _widths(names: list[str]) -> list[int]:
+  """Column widths fixed before any row is done (so each row can be printed as soon as it is): the header's, the
+  longest method name, and room for the largest numbers the demo prints."""
+  return [max(len(TABLE_HEADER[0]), *map(len, names)), *(max(len(h), 9) for h in TABLE_HEADER[1:])]
+
+
+def _line(cells: tuple[str, ...], widths: list[int]) -> str:
+  return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()
+
+
+def table_head(names: list[str]) -> str:
+  """The table's header and rule, for rows named `names`."""
+  widths = _widths(names)
+  return "\n".join([_line(TABLE_HEADER, widths), "  ".join("-" * w for w in widths)])
+
+
+def table_row(result: Result, names: list[str]) -> str:
+  """One row of the table, aligned with `table_head(names)`."""
+  return _line(_cells(result), _widths(names))
+
+
 def format_table(results: list[Result]) -> str:
   """The comparison table, one line per row."""
-  header = ("method", "accuracy", "greedy EM", "trainable params", "saved state", "train time", "steps")
-  lines = [header]
-  for r in results:
-    lines.append(
-      (
-        r.name,
-        f"{100 * r.accuracy:.1f}%",
-        "-" if r.greedy_exact_match is None else f"{100 * r.greedy_exact_match:.1f}%",
-        f"{r.trainable_parameters:,}",
-        _size(r.saved_state_bytes),
-        f"{r.train_seconds:.0f}s" if r.steps else "-",
-        str(r.steps) if r.steps else "-",
-      )
-    )
-  widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-  rows = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
-  return "\n".join([rows[0], "  ".join("-" * w for w in widths), *rows[1:]])
+  names = [r.name for r in results]
+  return "\n".join([table_head(names), *(table_row(r, names) for r in results)])
 
 
 def _write_record(results: list[Result], total_seconds: float) -> None:
@@ -230,15 +251,18 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="prompt_tuning_demo_"))
   results = []
+  names = [row.name for row in ROWS]
+  # Each row is printed as soon as it is done (the whole run takes minutes); the trainer's progress goes to stderr.
+  print('WordNet "Is a cachalot an animal or a plant?" (after its definition), held-out words, demo T5:', flush=True)
+  print(table_head(names), flush=True)
   try:
     for row in ROWS:
       results.append(run_row(row, work_dir, args.steps, args.examples, args.greedy))
+      print(table_row(results[-1], names), flush=True)
   finally:
     if args.work_dir is None:
       shutil.rmtree(work_dir, ignore_errors=True)
   total = time.perf_counter() - start
-  print('\nWordNet "Is a cachalot an animal or a plant?" (after its definition), held-out words, demo T5:')
-  print(format_table(results))
   if not args.quick:
     print("\nchance: 50.0% (balanced labels)")
   print(f"total time: {total:.0f}s")

@@ -49,14 +49,22 @@ def get_task(name: str) -> seqio.Task | seqio.Mixture:
 
 
 def _converted(task_name, feature_lengths, decoder_only: bool, split: str, **options):
-  """This process's shard of a split, converted to the model's features (and only those)."""
+  """This process's shard of a split, converted to the model's features (and only those); from seqio's offline
+  cache under USE_CACHED_TASKS."""
+  from prompt_tuning.data import sources
+
+  task = get_task(task_name)
+  use_cached = sources.use_cached_tasks()
+  if use_cached:
+    sources.check_cached(task)
   ds = seqio.get_dataset(
-    get_task(task_name),
+    task,
     dict(feature_lengths),
     feature_converter(decoder_only),
     dataset_split=split,
     shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()),
     verbose=False,
+    use_cached=use_cached,
     **options,
   )
   keys = _model_features(decoder_only)

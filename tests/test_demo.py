@@ -54,19 +54,25 @@ def test_quick_demo_prints_the_table(tmp_path):
       str(tmp_path),
       "--greedy",
     ],
-    capture_output=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,  # one stream, in the order it was written
     text=True,
     timeout=600,
     cwd=ROOT,
     env=env,
   )
-  assert out.returncode == 0, out.stderr[-4000:]
+  assert out.returncode == 0, out.stdout[-4000:]
   lines = out.stdout.splitlines()
-  header = next(i for i, line in enumerate(lines) if line.startswith("method"))
-  table = lines[header + 2 : header + 2 + len(demo.ROWS)]
-  assert [line.split("  ")[0] for line in table] == [row.name for row in demo.ROWS]
+  assert not [line for line in lines if "ERROR" in line], "no ERROR line unless something failed"
+  names = [row.name for row in demo.ROWS]
+  table = [line for line in lines if line.split("  ")[0] in names]
+  assert [line.split("  ")[0] for line in table] == names
   assert all(line.count("%") == 2 for line in table)  # ranked accuracy and greedy exact match
-  assert "train:" in out.stderr  # the trainer's progress bar
+  # Each row is printed as soon as it is done: before the next row's run starts ("== <name> (<config>)").
+  for done, following in zip(names, names[1:]):
+    row_line = next(i for i, line in enumerate(lines) if line.startswith(done + "  "))
+    assert row_line < next(i for i, line in enumerate(lines) if line.startswith(f"== {following} ("))
+  assert any("train:" in line for line in lines)  # the trainer's progress bar
   for name in ("prompt", "prefix", "model"):
     assert (tmp_path / name / "checkpoints").is_dir()
   assert not (tmp_path / "no_prompt" / "checkpoints").exists() or not any(

@@ -2,16 +2,21 @@
 
 Formats read by `load_prompt_file`, chosen from the path:
 
-- `*.npy`: a numpy array [P, D], the reference implementation's format (it
-  saves float64; any float dtype is accepted and cast to float32);
+- `*.npy`: a numpy array [P, D] (any float dtype is accepted and cast to
+  float32); also a file without the extension holding .npy content, as the
+  reference implementation writes them
+  (`numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt`, float32
+  or float64);
 - `*.safetensors`: a file with one tensor, or with a tensor named `prompt`
   or `prompt_embeddings`;
 - a folder with `adapter_config.json`: a Hugging Face PEFT prompt-tuning
   adapter (`prompt_tuning.checkpoints.peft`);
 - a folder with `prompt.npy`: one step of a training run
-  (MODEL_DIR/numpy_checkpoints/checkpoint_<step>/);
-- a folder with `numpy_checkpoints/checkpoint_<step>/prompt.npy`: a training
-  run's MODEL_DIR; its latest step is read.
+  (MODEL_DIR/numpy_checkpoints/checkpoint_<step>/), or with the reference's
+  one prompt variable (`encoder.prompt.prompt.prompt`,
+  `decoder.prompt.prompt.prompt`);
+- a folder with `numpy_checkpoints/checkpoint_<step>/` holding either: a
+  training run's MODEL_DIR, ours or the reference's; its latest step is read.
 
 `save_prompt_file` writes `.npy` or `.safetensors` (tensor `prompt`).
 """
@@ -26,17 +31,45 @@ import numpy as np
 
 SAFETENSORS_KEYS = ("prompt", "prompt_embeddings")
 _FORMATS = (
-  "a .npy file, a .safetensors file, a PEFT adapter folder (adapter_config.json), a training step folder "
-  "(prompt.npy) or a MODEL_DIR (numpy_checkpoints/checkpoint_<step>/prompt.npy)"
+  "a .npy file (or .npy content without the extension, as the reference writes it), a .safetensors file, a PEFT "
+  "adapter folder (adapter_config.json), a training step folder (prompt.npy, or the reference's "
+  "encoder.prompt.prompt.prompt) or a MODEL_DIR (numpy_checkpoints/checkpoint_<step>/), ours or the reference's"
 )
+NPY_MAGIC = b"\x93NUMPY"
+# What the reference's prompt checkpointer names a prompt variable: its parameter path, dotted.
+_REFERENCE_PROMPT_NAME = re.compile(r"(encoder|decoder)(\.[\w]+)*\.prompt")
+
+
+def _is_npy(path: Path) -> bool:
+  with open(path, "rb") as f:
+    return f.read(len(NPY_MAGIC)) == NPY_MAGIC
+
+
+def _step_prompt(step_dir: Path) -> Path | None:
+  """The prompt file of one numpy checkpoint step: ours (prompt.npy) or the reference's single prompt variable.
+
+  Raises:
+    ValueError: the folder holds several reference prompt variables (a multi-task or per-layer run).
+  """
+  if (step_dir / "prompt.npy").is_file():
+    return step_dir / "prompt.npy"
+  candidates = sorted(
+    child for child in step_dir.iterdir() if child.is_file() and _REFERENCE_PROMPT_NAME.fullmatch(child.name)
+  )
+  if len(candidates) > 1:
+    names = ", ".join(c.name for c in candidates)
+    raise ValueError(f"{step_dir} holds several prompt variables ({names}); give PROMPT_FILE the one to read.")
+  return candidates[0] if candidates and _is_npy(candidates[0]) else None
 
 
 def _latest_numpy_checkpoint(model_dir: Path) -> Path | None:
   steps = []
   for child in (model_dir / "numpy_checkpoints").glob("checkpoint_*"):
     match = re.fullmatch(r"checkpoint_(\d+)", child.name)
-    if match and (child / "prompt.npy").is_file():
-      steps.append((int(match.group(1)), child / "prompt.npy"))
+    if match and child.is_dir():
+      prompt = _step_prompt(child)
+      if prompt is not None:
+        steps.append((int(match.group(1)), prompt))
   return max(steps)[1] if steps else None
 
 
@@ -59,8 +92,9 @@ def _read_folder(path: Path) -> np.ndarray:
     from prompt_tuning.checkpoints.peft import load_peft_adapter
 
     return load_peft_adapter(path)
-  if (path / "prompt.npy").is_file():
-    return np.load(path / "prompt.npy", allow_pickle=False)
+  step_prompt = _step_prompt(path)
+  if step_prompt is not None:
+    return np.load(step_prompt, allow_pickle=False)
   latest = _latest_numpy_checkpoint(path)
   if latest is not None:
     return np.load(latest, allow_pickle=False)
@@ -74,6 +108,8 @@ def _read(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
   if path.suffix == ".safetensors":
     return _read_safetensors(path)
+  if _is_npy(path):  # The reference's files: .npy content, no extension.
+    return np.load(path, allow_pickle=False)
   raise ValueError(f"cannot read a prompt from {path} (unknown extension {path.suffix!r}); expected {_FORMATS}.")
 
 

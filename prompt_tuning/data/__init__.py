@@ -29,7 +29,12 @@ from prompt_tuning.data.registry import (  # noqa: E402
   get_task_or_mixture,
   register_builtin_tasks,
 )
-from prompt_tuning.data.sources import set_tfds_data_dir, tfds_data_dir  # noqa: E402
+from prompt_tuning.data.sources import (  # noqa: E402
+  set_tfds_data_dir,
+  set_use_cached_tasks,
+  tfds_data_dir,
+  use_cached_tasks,
+)
 from prompt_tuning.data.vocab import get_vocabulary, output_features, set_vocabulary_path  # noqa: E402
 
 register_builtin_tasks()
@@ -50,6 +55,8 @@ __all__ = [
   "register_builtin_tasks",
   "register_local_task",
   "set_tfds_data_dir",
+  "set_use_cached_tasks",
   "set_vocabulary_path",
   "tfds_data_dir",
+  "use_cached_tasks",
 ]

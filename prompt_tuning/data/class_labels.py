@@ -51,13 +51,21 @@ def _mixture_labels(mixture: seqio.Mixture) -> list[str] | None:
 
 
 @gin.configurable(module="prompt_tuning.data")
-def class_labels_for_task(task_name: str) -> list[str]:
-  """Returns the label texts of `task_name` (a gin hook, see the module docstring).
+def class_labels_for_task(task_name: str, labels: list[str] | tuple[str, ...] | None = None) -> list[str]:
+  """Returns the label texts of `task_name` (a gin hook, see the module docstring), or `labels` when given.
+
+  Args:
+    task_name: a registered task or mixture.
+    labels: CLASS_LABELS (the reference's macro): the user's label texts, which win over the task's.
 
   Raises:
     UnknownTaskError: the name is neither a registered task nor a mixture.
     DataConfigError: the task has no class labels.
   """
+  if labels is not None:
+    if isinstance(labels, str) or not labels or not all(isinstance(label, str) and label for label in labels):
+      raise DataConfigError(f"CLASS_LABELS={labels!r}: give a non-empty list of label texts, e.g. ['no', 'yes']")
+    return list(labels)
   labels = get_class_labels(task_name)
   if not labels:
     raise DataConfigError(

@@ -58,11 +58,16 @@ def _gin_task_name(bindings: Sequence[str], gin_files: Sequence[str]) -> str | N
   """Parses the gin files/bindings; returns the evaluated MIXTURE_OR_TASK_NAME macro (registering local tasks)."""
   if not bindings and not gin_files:
     return None
-  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+  from prompt_tuning import cli
+
+  # Through the command line's parser: gin/defaults.gin first (the macros local_files.gin reads), the search paths.
+  cli.configure_gin(list(gin_files), list(bindings), [])
   try:
-    gin.query_parameter(f"{TASK_NAME_MACRO}/gin.macro.value")
+    value = gin.query_parameter(f"{TASK_NAME_MACRO}/gin.macro.value")
   except ValueError:
     return None  # Not bound.
+  if getattr(value, "scoped_selector", None) == "gin.REQUIRED/gin.constant":
+    return None  # Only defaults.gin's %gin.REQUIRED.
   # Evaluating the macro through a configurable calls any @register_local_task() it references.
   scope = "prompt_tuning_tasks_cli"
   gin.parse_config(f"{scope}/prompt_tuning.data.cli.gin_macro_value.value = %{TASK_NAME_MACRO}")

@@ -62,6 +62,21 @@ def set_tfds_data_dir(path: str | None) -> None:
   seqio.set_tfds_data_dir_override(path)  # Also for seqio.TfdsDataSource tasks registered elsewhere.
 
 
+_use_cached_tasks = False
+
+
+def set_use_cached_tasks(use_cached: bool) -> None:
+  """USE_CACHED_TASKS (t5x's macro): read tasks that support it from seqio's offline cache (folders added with
+  `seqio.add_global_cache_dirs`, i.e. --seqio_additional_cache_dirs)."""
+  global _use_cached_tasks
+  _use_cached_tasks = bool(use_cached)
+
+
+def use_cached_tasks() -> bool:
+  """Whether runs read seqio's offline cache (`set_use_cached_tasks`)."""
+  return _use_cached_tasks
+
+
 def tfds_data_dir_override() -> str | None:
   """Returns the directory set by `set_tfds_data_dir`, if any."""
   return _data_dir_override
@@ -183,3 +198,21 @@ def _prepared_split_size(source: TfdsSplit) -> int | None:
     except Exception:  # noqa: BLE001 - metadata is optional here; fall back to the published size.
       return None
   return _prepared_sizes[key]
+
+
+def check_cached(task_or_mixture: seqio.Task | seqio.Mixture) -> None:
+  """Under USE_CACHED_TASKS, each task that supports seqio's offline cache must be found in a cache folder.
+
+  Tasks that do not support caching are read on the fly, as seqio and t5x do.
+
+  Raises:
+    DataConfigError: a cacheable task is in no cache folder, saying where it looked and what to do.
+  """
+  tasks = task_or_mixture.tasks if isinstance(task_or_mixture, seqio.Mixture) else [task_or_mixture]
+  for task in tasks:
+    if task.supports_caching and not task.cache_dir:
+      raise DataConfigError(
+        f"USE_CACHED_TASKS=True, but task {task.name!r} is not in seqio's cache (searched "
+        f"{list(seqio.utils.get_global_cache_dirs()) or 'no folder'}): cache it with seqio's cache_tasks_main and pass "
+        "its folder as --seqio_additional_cache_dirs, or set USE_CACHED_TASKS=False"
+      )

@@ -1,0 +1,99 @@
+"""Every command line in README.md's ```bash blocks runs, as written, with tiny stand-ins for paths and sizes.
+
+New commands are picked up by themselves; a command that cannot run here must be listed in NOT_RUN with the reason.
+The stand-ins (STAND_INS) replace README's paths and the xxl size by the reference tiny T5X checkpoint, the real
+T5 SentencePiece model, folders under the test's temporary folder and configs/test/readme_tiny.gin (prompt_xxl.gin's
+recipe at tiny size); nothing else in a command changes. BoolQ is prepared by tfds itself from a small archive of
+the published layout (tests/test_data_prepare.py), so the README's SuperGLUE task is the one that runs.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow_datasets as tfds
+from test_data_prepare import ARCHIVES, _place_in_download_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+# Command lines that cannot run inside the test suite, and why.
+NOT_RUN = {
+  "make demo": "the full demo (8 minutes); tests/test_demo.py runs the same entry point with --quick",
+  "make test": "runs this very test suite",
+}
+PROGRAMS = {"prompt-tuning", "t5x"}
+
+
+def readme_commands(text: str) -> list[str]:
+  """The command lines of the ```bash blocks: continuation lines joined, comments dropped."""
+  commands = []
+  for block in re.findall(r"```bash\n(.*?)```", text, re.DOTALL):
+    for line in block.replace("\\\n", " ").splitlines():
+      words = shlex.split(line, comments=True)
+      if words:
+        commands.append(shlex.join(words))
+  return commands
+
+
+def test_readme_commands_are_found():
+  commands = readme_commands(README.read_text())
+  assert set(NOT_RUN) <= set(commands), "NOT_RUN lists a command README.md no longer has"
+  programs = {shlex.split(c)[0] for c in commands if c not in NOT_RUN}
+  assert programs <= PROGRAMS, f"README runs programs this test does not know: {programs - PROGRAMS}"
+  assert any(c.startswith("prompt-tuning train ") for c in commands)
+
+
+@pytest.fixture(scope="module")
+def stand_ins(reference_dir, tmp_path_factory):
+  """README path or size -> its tiny stand-in (longest first, so a path is replaced before its parts)."""
+  tmp = tmp_path_factory.mktemp("readme")
+  tfds_dir, downloads = tmp / "tfds", tmp / "downloads"
+  builder = tfds.builder("super_glue/boolq", data_dir=str(tfds_dir))
+  _place_in_download_cache(builder, downloads, ARCHIVES["super_glue/boolq"])
+  builder.download_and_prepare(download_dir=str(downloads))
+  checkpoint = str(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3")
+  pairs = {
+    "/ckpts/t5_1_1_lm100k_xxl/checkpoint_1100000": checkpoint,
+    "/ckpts/t5_spm_32000.model": str(reference_dir / "t5_spm_32000.model"),
+    "/runs/boolq_xxl": str(tmp / "boolq"),
+    "/out/peft_adapter": str(tmp / "peft_adapter"),
+    "/data/tfds": str(tfds_dir),
+    "checkpoint_30000": "checkpoint_4",  # configs/test/readme_tiny.gin trains 4 steps
+    "t5_1_1_lm100k_xxl": "t5_1_1_tiny",
+    "prompt_xxl.gin": "test/readme_tiny.gin",
+  }
+  return dict(sorted(pairs.items(), key=lambda kv: -len(kv[0])))
+
+
+def _substitute(command: str, stand_ins: dict[str, str]) -> list[str]:
+  words = shlex.split(command)
+  out = []
+  for word in words[1:]:
+    for readme_text, stand_in in stand_ins.items():
+      word = word.replace(readme_text, stand_in)
+    out.append(word)
+  return out
+
+
+def test_every_readme_command_runs(stand_ins):
+  commands = [c for c in readme_commands(README.read_text()) if c not in NOT_RUN]
+  env = dict(os.environ)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command line must quiet TensorFlow itself
+  for command in commands:  # in README's order: train before eval, infer, inspect and export
+    args = _substitute(command, stand_ins)
+    out = subprocess.run(
+      [sys.executable, "-m", "prompt_tuning.cli", *args],
+      capture_output=True,
+      text=True,
+      timeout=600,
+      cwd=ROOT,
+      env=env,
+    )
+    assert out.returncode == 0, f"README command failed: {command}\n{out.stderr[-4000:]}"
+    printed = out.stdout + out.stderr
+    assert "ERROR" not in printed and "Traceback" not in printed, f"{command}\n{printed[-3000:]}"
+    assert "oneDNN" not in printed and "absl::InitializeLog" not in printed, f"start-up noise: {printed[:2000]}"
