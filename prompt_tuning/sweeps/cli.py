@@ -68,7 +68,8 @@ def _check_options(args) -> None:
     if given and args.subcommand != "run":
       raise ValueError(f"--{option} is an option of `sweep run`, not of `sweep {args.subcommand}`.")
     if given and executor is not None and (args.executor or "local") != executor:
-      raise ValueError(f"--{option} is read by --executor {executor} only, and this run's executor is {args.executor or 'local'}.")
+      chosen = args.executor or "local"
+      raise ValueError(f"--{option} is read by --executor {executor} only, and this run's executor is {chosen}.")
   for option, value in DEFAULTS.items():
     if getattr(args, option) is None:
       setattr(args, option, value)
@@ -95,7 +96,7 @@ def _plan(args, overrides: list[str]) -> int:
 
   loaded, points = _load(args, overrides)
   sweep_dir = _folder(args, loaded).resolve()
-  planned = planning.plan_sweep(points, sweep_dir, planning.search_paths(loaded))
+  planned = planning.plan_sweep(loaded, points, sweep_dir)
   print(planning.format_plan(planned, sweep_dir))
   return 0
 
@@ -134,7 +135,7 @@ def _run(args, overrides: list[str]) -> int:
   loaded, points = _load(args, overrides)
   sweep_dir = _folder(args, loaded).resolve()
   with sweep_directory_lock(sweep_dir):
-    planned = planning.plan_sweep(points, sweep_dir, planning.search_paths(loaded))
+    planned = planning.plan_sweep(loaded, points, sweep_dir)
     records.write_sweep(sweep_dir, loaded, [p.record.name for p in planned])
     tasks = []
     for p in planned:

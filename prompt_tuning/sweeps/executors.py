@@ -71,8 +71,8 @@ def _child_env(gpus: Sequence[int] | None) -> dict[str, str]:
   return env
 
 
-def run_attempt(task: Task, cores: Sequence[int] | None = None, gpus: Sequence[int] | None = None) -> Outcome:
-  """Runs the task's command once (blocking), recording the attempt in its folder."""
+def run_attempt(task: Task, cores=None, gpus=None, executor: str = "local") -> Outcome:
+  """Runs the task's command once (blocking), recording the attempt in its folder (`executor`: who ran it)."""
   folder = Path(task.folder)
   log_path = folder / "log.txt"
   offset = log_path.stat().st_size if log_path.is_file() else 0
@@ -83,7 +83,7 @@ def run_attempt(task: Task, cores: Sequence[int] | None = None, gpus: Sequence[i
     process = subprocess.Popen(
       task.command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(gpus), preexec_fn=_child_setup(cores)
     )
-    attempt = records.start_attempt(folder, process.pid, cores)
+    attempt = records.start_attempt(folder, process.pid, cores, executor)
     returncode = process.wait()
   with open(log_path, "rb") as log:
     log.seek(offset)
@@ -95,12 +95,12 @@ def run_attempt(task: Task, cores: Sequence[int] | None = None, gpus: Sequence[i
   return Outcome(task.name, finished, 1, time.time() - start, error)
 
 
-def run_with_retries(task: Task, attempts: int, cores=None, gpus=None) -> Outcome:
+def run_with_retries(task: Task, attempts: int, cores=None, gpus=None, executor: str = "local") -> Outcome:
   """Up to `attempts` tries of one run (each resuming from its checkpoints); the last outcome, attempts counted."""
-  total = 0.0
-  for number in range(1, attempts + 1):
-    outcome = run_attempt(task, cores, gpus)
-    total += outcome.seconds
+  total, number = 0.0, 0
+  while number < attempts:
+    outcome = run_attempt(task, cores, gpus, executor)
+    number, total = number + 1, total + outcome.seconds
     if outcome.finished:
       break
   return dataclasses.replace(outcome, attempts=number, seconds=total)
@@ -149,7 +149,9 @@ def run_local(
 
 def _ray_task(task: Task, attempts: int) -> Outcome:
   """What a Ray worker runs: the same retries, on the worker's machine (the sweep folder must be shared)."""
-  return run_with_retries(task, attempts)
+  import ray
+
+  return run_with_retries(task, attempts, executor=f"ray:{ray.get_runtime_context().get_node_id()}")
 
 
 def run_ray(

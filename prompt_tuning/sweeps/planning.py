@@ -56,8 +56,11 @@ def _counts() -> tuple[int | None, int | None, str | None]:
   return planned["trainable_count"], planned["total_count"], None
 
 
-def plan_run(point: Point, sweep_dir: Path, paths: Sequence[str], count_parameters: bool = True) -> PlannedRun:
-  """Parses one run's config (raising ValueError naming the run on a bad file or binding) and sizes it."""
+def plan_run(point: Point, sweep_dir: Path, paths: Sequence[str], counted: dict | None = None, seed_items=()):
+  """Parses one run's config (raising ValueError naming the run on a bad file or binding) and sizes it.
+
+  `counted` caches parameter counts across runs that differ only in `seed_items` (the seed axis's bindings).
+  """
   from prompt_tuning import cli
 
   folder = records.run_dir(sweep_dir, point.name)
@@ -67,7 +70,12 @@ def plan_run(point: Point, sweep_dir: Path, paths: Sequence[str], count_paramete
   try:
     cli.configure_gin(list(point.gin_files), bindings, list(paths))
     steps = int(_macro_value("train.num_train_steps"))
-    trainable, total, note = _counts() if count_parameters else (None, None, None)
+    key = (point.gin_files, tuple(b for b in point.bindings if b not in seed_items))
+    if counted is None or key not in counted:
+      counts = _counts()
+      if counted is not None:
+        counted[key] = counts
+    trainable, total, note = counts if counted is None else counted[key]
   except Exception as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ValueError(f"run {point.name}: its gin config does not parse: {type(e).__name__}: {first}") from e
@@ -87,9 +95,12 @@ def plan_run(point: Point, sweep_dir: Path, paths: Sequence[str], count_paramete
   return PlannedRun(record, note)
 
 
-def plan_sweep(points: Sequence[Point], sweep_dir: Path, paths: Sequence[str]) -> list[PlannedRun]:
+def plan_sweep(spec: Sweep, points: Sequence[Point], sweep_dir: Path) -> list[PlannedRun]:
   """Every run planned, in order (raises on the first run whose config does not parse)."""
-  return [plan_run(p, sweep_dir, paths) for p in points]
+  seed_axis = spec.axes.get(spec.seed_axis) if spec.seed_axis else None
+  seed_items = {item for items in seed_axis.values.values() for item in items} if seed_axis else set()
+  counted: dict = {}
+  return [plan_run(p, sweep_dir, search_paths(spec), counted, seed_items) for p in points]
 
 
 def format_plan(planned: Sequence[PlannedRun], sweep_dir: Path) -> str:

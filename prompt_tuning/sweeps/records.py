@@ -86,6 +86,7 @@ def write_sweep(sweep_dir: Path, spec: Sweep, names: Sequence[str]) -> None:
     "text": Path(spec.source).read_text(),
     "axes": {name: {"labels": a.labels, "default": a.default} for name, a in spec.axes.items()},
     "seed_axis": spec.seed_axis,
+    "figure_mean_over": list(spec.figure_mean_over),
     "metric": spec.metric,
     "metric_goal": spec.metric_goal,
     "runs": list(names),
@@ -96,7 +97,7 @@ def write_sweep(sweep_dir: Path, spec: Sweep, names: Sequence[str]) -> None:
 def read_sweep(sweep_dir: str | Path) -> dict[str, Any]:
   path = Path(sweep_dir) / "sweep.json"
   if not path.is_file():
-    raise FileNotFoundError(f"{path} not found: {sweep_dir} is not a sweep folder (`prompt-tuning sweep run` makes it).")
+    raise FileNotFoundError(f"{path} not found: {sweep_dir} is not a sweep folder (`sweep run` makes one).")
   return json.loads(path.read_text())
 
 
@@ -143,9 +144,15 @@ def is_done(folder: Path, steps: int) -> bool:
   return (folder / "done.json").is_file() and last_step(folder) >= steps
 
 
-def start_attempt(folder: Path, pid: int, cores: Sequence[int] | None) -> dict[str, Any]:
-  """Writes running.json: the attempt under way (the run's process id, on this host)."""
-  attempt = {"host": socket.gethostname(), "pid": pid, "cores": list(cores or []), "start": time.time()}
+def start_attempt(folder: Path, pid: int, cores: Sequence[int] | None, executor: str) -> dict[str, Any]:
+  """Writes running.json: the attempt under way (the run's process id on this host, and which executor ran it)."""
+  attempt = {
+    "host": socket.gethostname(),
+    "pid": pid,
+    "cores": list(cores or []),
+    "executor": executor,
+    "start": time.time(),
+  }
   (folder / "running.json").write_text(json.dumps(attempt) + "\n")
   return attempt
 

@@ -145,64 +145,80 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer.writerows(rows)
 
 
-def _at_defaults(labels: Mapping[str, str], varied: Sequence[str], axes: Mapping[str, Any], seed_axis) -> bool:
-  return all(
-    labels.get(name, info["default"]) == info["default"] or name in varied or name == seed_axis
-    for name, info in axes.items()
-    if name in labels
-  )
+def figure_points(results: Sequence[RunResult], x_axis: str, line_axis: str, sweep: Mapping[str, Any]):
+  """{line label: [(x label, mean, std)]}: each seed's final metric (averaged over `figure_mean_over` axes), then
+  mean and std over seeds; only runs whose other axes are at their defaults."""
+  axes, seed_axis = sweep["axes"], sweep["seed_axis"]
+  free = {x_axis, line_axis, seed_axis, *sweep.get("figure_mean_over", ())}
+  per_seed: dict[tuple[str, str, str | None], list[float]] = {}
+  for r in results:
+    if r.final is None or x_axis not in r.labels or line_axis not in r.labels:
+      continue
+    if any(label != axes[name]["default"] for name, label in r.labels.items() if name not in free):
+      continue
+    key = (r.labels[line_axis], r.labels[x_axis], r.labels.get(seed_axis))
+    per_seed.setdefault(key, []).append(r.final)
+  scores: dict[tuple[str, str], list[float]] = {}
+  for (line, x, _), finals in per_seed.items():
+    scores.setdefault((line, x), []).append(statistics.fmean(finals))
+  lines: dict[str, list[tuple[str, float, float]]] = {}
+  for line in axes[line_axis]["labels"]:
+    for x in axes[x_axis]["labels"]:
+      if (line, x) in scores:
+        mean, std = _mean_std(scores[(line, x)])
+        lines.setdefault(line, []).append((x, mean, std or 0.0))
+  return lines
 
 
-def _x_value(axis_name: str, group: GroupResult, labels: Sequence[str]) -> float | None:
-  if axis_name == "size":
-    return float(group.total_parameters) if group.total_parameters else None
-  if axis_name == "prompt_length":
-    return float(group.labels[axis_name])
-  return float(labels.index(group.labels[axis_name]))
+def _x_positions(x_axis: str, results: Sequence[RunResult], labels: Sequence[str]) -> dict[str, float]:
+  """Where each label sits on the x axis: total parameters (size), tokens (prompt_length), else its index."""
+  if x_axis == "size":
+    totals: dict[str, int] = {}
+    for r in results:
+      if "size" in r.labels and r.total_parameters:
+        totals[r.labels["size"]] = min(totals.get(r.labels["size"], r.total_parameters), r.total_parameters)
+    return {label: float(total) for label, total in totals.items()}
+  if x_axis == "prompt_length":
+    return {label: float(label) for label in labels}
+  return {label: float(i) for i, label in enumerate(labels)}
 
 
-def draw_figure(path: Path, x_axis: str, line_axis: str, groups, sweep: Mapping[str, Any]) -> bool:
+def draw_figure(path: Path, x_axis: str, line_axis: str, results, sweep: Mapping[str, Any]) -> bool:
   """Score vs `x_axis`, a line per label of `line_axis`; False (nothing drawn) when the sweep lacks the axes."""
   axes = sweep["axes"]
   if x_axis not in axes or line_axis not in axes:
     return False
-  import matplotlib
+  lines = figure_points(results, x_axis, line_axis, sweep)
+  x_labels = axes[x_axis]["labels"]
+  positions = _x_positions(x_axis, results, x_labels)
+  if not any(x in positions for points in lines.values() for x, _, _ in points):
+    return False
+  try:
+    import matplotlib
+  except ImportError as e:
+    raise ImportError("`sweep report` draws its figures with matplotlib: pip install 'prompt_tuning[sweeps]'.") from e
 
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
-  x_labels = axes[x_axis]["labels"]
-  chosen = [
-    g
-    for g in groups
-    if x_axis in g.labels
-    and line_axis in g.labels
-    and g.final_mean is not None
-    and _at_defaults(g.labels, (x_axis, line_axis), axes, sweep["seed_axis"])
-  ]
-  if not chosen:
-    return False
   figure, ax = plt.subplots(figsize=(6, 4))
-  for line_label in axes[line_axis]["labels"]:
-    points = sorted(
-      (x, g.final_mean, g.final_std or 0.0)
-      for g in chosen
-      if g.labels[line_axis] == line_label and (x := _x_value(x_axis, g, x_labels)) is not None
-    )
-    if points:
-      xs, ys, errs = zip(*points)
-      ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{line_axis}={line_label}")
-  if x_axis in ("size", "prompt_length"):
-    ax.set_xscale("log")
+  for line, points in lines.items():
+    placed = sorted((positions[x], mean, std) for x, mean, std in points if x in positions)
+    if placed:
+      xs, ys, errs = zip(*placed)
+      ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=f"{line_axis}={line}")
   if x_axis == "size":
-    ax.set_xlabel("model parameters (total)")
+    ax.set_xscale("log")
+    ax.set_xlabel("model parameters")
   elif x_axis == "prompt_length":
+    ax.set_xscale("log")
     ax.set_xlabel("prompt length (tokens)")
   else:
     ax.set_xticks(range(len(x_labels)), x_labels)
     ax.set_xlabel(x_axis)
-  ax.set_ylabel(f"validation {sweep['metric']} (final)")
-  ax.set_title(f"{sweep['name']}: {sweep['metric']} vs {x_axis}")
+  averaged = ", ".join(sweep.get("figure_mean_over", ()))
+  ax.set_ylabel(f"validation {sweep['metric']}" + (f" (mean over {averaged})" if averaged else ""))
+  ax.set_title(f"{sweep['name']}: vs {x_axis}, mean ± std over {sweep['seed_axis'] or 'one run'}")
   ax.grid(True, alpha=0.3)
   ax.legend()
   figure.tight_layout()
@@ -273,7 +289,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Path]:
   )
   for name, (x_axis, line_axis) in FIGURES.items():
     path = out / f"{name}.png"
-    if draw_figure(path, x_axis, line_axis, groups, sweep):
+    if draw_figure(path, x_axis, line_axis, results, sweep):
       written[name] = path
   if any(math.isfinite(r.final) for r in results if r.final is not None):
     written["tensorboard"] = write_hparams(sweep_dir, results, sweep)

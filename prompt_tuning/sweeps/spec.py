@@ -68,6 +68,7 @@ class Sweep:
   axes: dict[str, Axis]
   grids: dict[str, tuple[Any, ...]]
   seed_axis: str | None
+  figure_mean_over: tuple[str, ...]
   metric: str
   metric_goal: str
   source: str
@@ -147,6 +148,7 @@ def sweep(
   bindings: Sequence[str] = (),
   grids: Mapping[str, Sequence[Any]] | None = None,
   seed_axis: str | None = "seed",
+  figure_mean_over: Sequence[str] = (),
   metric: str = "eval/accuracy",
   metric_goal: str = "max",
 ) -> dict[str, Any]:
@@ -159,6 +161,7 @@ def sweep(
     bindings: `NAME = VALUE` overrides every run gets first.
     grids: {grid name: [axis, (zipped, axes), ...]}; default: one grid, the product of every axis.
     seed_axis: the axis the report averages over (mean +- std); None if there is none.
+    figure_mean_over: axes the figures average within each seed (e.g. ['task']: the SuperGLUE score).
     metric: the validation metric the report and figures show (a key of the runs' metrics.jsonl).
     metric_goal: 'max' or 'min': what "best" means for `metric`.
   """
@@ -172,6 +175,7 @@ def sweep(
     "bindings": tuple(bindings),
     "grids": dict(grids) if grids else None,
     "seed_axis": seed_axis,
+    "figure_mean_over": tuple(figure_mean_over),
     "metric": metric,
     "metric_goal": metric_goal,
   }
@@ -202,8 +206,13 @@ def parse_sweep(raw: Mapping[str, Any], source: str) -> Sweep:
       unknown = [d for d in dropped if d not in axes or d == axis_name]
       if unknown:
         raise ValueError(f"axis {axis_name!r}, value {label!r} drops {unknown}: not other axes of the sweep.")
-  if raw["seed_axis"] is not None and raw["seed_axis"] not in axes:
+  if raw["seed_axis"] is not None and raw["seed_axis"] not in axes and raw["seed_axis"] != "seed":
+    raise ValueError(f"sweep.seed_axis {raw['seed_axis']!r} is not an axis of the sweep ({list(axes)}).")
+  if raw["seed_axis"] not in axes:
     raw = {**raw, "seed_axis": None}
+  unknown = [a for a in raw["figure_mean_over"] if a not in axes]
+  if unknown:
+    raise ValueError(f"sweep.figure_mean_over names {unknown}, which are not axes of the sweep ({list(axes)}).")
   if raw["metric_goal"] not in ("max", "min"):
     raise ValueError(f"sweep.metric_goal is {raw['metric_goal']!r}; set 'max' or 'min'.")
   grids = _check_grids(raw["grids"] or {"all": tuple(axes)}, axes)
@@ -216,6 +225,7 @@ def parse_sweep(raw: Mapping[str, Any], source: str) -> Sweep:
     axes=axes,
     grids=grids,
     seed_axis=raw["seed_axis"],
+    figure_mean_over=raw["figure_mean_over"],
     metric=raw["metric"],
     metric_goal=raw["metric_goal"],
     source=source,
@@ -227,7 +237,6 @@ def load_sweep(path: str | Path) -> Sweep:
   from prompt_tuning import cli
 
   found = _find(path, cli.gin_search_paths())
-  text = found.read_text()
   with gin.config_scope(None):
     gin.clear_config()
     try:
