@@ -105,7 +105,7 @@ def _check_unchanged(folder: Path, record: records.RunRecord) -> None:
   if not (folder / "run.json").is_file() or not records.read_metrics(folder):
     return
   before = records.read_run(folder)
-  if before.command != record.command:
+  if before.command[1:] != record.command[1:]:  # the Python interpreter may differ (another virtualenv)
     raise ValueError(
       f"run {record.name} in {folder.parent.parent} has started with another command line than the sweep file "
       "gives it now: give the changed sweep its own --sweep_dir, or delete that run's folder to start it again."

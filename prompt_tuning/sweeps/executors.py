@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -31,6 +32,8 @@ from pathlib import Path
 from prompt_tuning.sweeps import records
 
 _PR_SET_PDEATHSIG = 1
+# Set when the driver is interrupted (Ctrl-C): no further attempt starts, and the runs under way are stopped.
+_STOPPING = threading.Event()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +58,21 @@ class Outcome:
 
 
 def _child_setup(cores: Sequence[int] | None) -> Callable[[], None]:
+  # Resolved here, in the parent: between fork and exec the child makes two system calls and loads nothing.
+  prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
   def setup() -> None:  # runs in the child, between fork and exec
     if cores:
       os.sched_setaffinity(0, cores)
-    if sys.platform.startswith("linux"):
-      ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if prctl is not None:
+      prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
   return setup
+
+
+# The planner imported JAX in this process, and JAX warns at every fork of a multithreaded process; the child above
+# only makes two system calls before it execs, so none of JAX's state is used in it.
+warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
 
 def _child_env(gpus: Sequence[int] | None) -> dict[str, str]:
@@ -97,8 +108,8 @@ def run_attempt(task: Task, cores=None, gpus=None, executor: str = "local") -> O
 
 def run_with_retries(task: Task, attempts: int, cores=None, gpus=None, executor: str = "local") -> Outcome:
   """Up to `attempts` tries of one run (each resuming from its checkpoints); the last outcome, attempts counted."""
-  total, number = 0.0, 0
-  while number < attempts:
+  total, number, outcome = 0.0, 0, Outcome(task.name, False, 0, 0.0, "not started: the sweep was interrupted")
+  while number < attempts and not _STOPPING.is_set():
     outcome = run_attempt(task, cores, gpus, executor)
     number, total = number + 1, total + outcome.seconds
     if outcome.finished:
@@ -143,8 +154,17 @@ def run_local(
       report(outcome)
     return outcome
 
-  with futures.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sweep-run") as pool:
-    return list(pool.map(execute, tasks))
+  _STOPPING.clear()
+  pool = futures.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sweep-run")
+  try:
+    submitted = [pool.submit(execute, task) for task in tasks]
+    return [f.result() for f in submitted]
+  except KeyboardInterrupt:
+    # The runs got the same Ctrl-C (one process group) and stop at their own pace; nothing new starts.
+    _STOPPING.set()
+    raise
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ray_task(task: Task, attempts: int) -> Outcome:

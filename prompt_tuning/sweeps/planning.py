@@ -35,8 +35,14 @@ def with_overrides(points: Sequence[Point], overrides: Sequence[str]) -> list[Po
 
 
 def search_paths(spec: Sweep) -> list[str]:
-  """The sweep file's folder, searched for the gin files it names (after the current folder)."""
-  return [str(Path(spec.source).parent)]
+  """The sweep file's folder, searched for the gin files it names, unless it is inside the project's gin folders
+  (configs/sweeps/ names its files from configs/ and gin/, which are always searched)."""
+  from prompt_tuning import cli
+
+  folder = Path(spec.source).parent.resolve()
+  if any(folder.is_relative_to(path.resolve()) for path in cli.gin_search_paths()):
+    return []
+  return [str(folder)]
 
 
 def _macro_value(name: str):

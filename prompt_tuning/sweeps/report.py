@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import shutil
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -233,6 +234,7 @@ def write_hparams(sweep_dir: Path, results: Sequence[RunResult], sweep: Mapping[
   from tensorboard.plugins.hparams import api as hp
 
   folder = sweep_dir / "tensorboard"
+  shutil.rmtree(folder, ignore_errors=True)  # written whole each time: one hparams session per run
   params = {name: hp.HParam(name, hp.Discrete(info["labels"])) for name, info in sweep["axes"].items()}
   final_tag, best_tag = f"final/{sweep['metric']}", f"best/{sweep['metric']}"
   with tf.summary.create_file_writer(str(folder)).as_default():
