@@ -137,14 +137,19 @@ def _run(args, overrides: list[str]) -> int:
   with sweep_directory_lock(sweep_dir):
     planned = planning.plan_sweep(loaded, points, sweep_dir)
     records.write_sweep(sweep_dir, loaded, [p.record.name for p in planned])
-    tasks = []
+    tasks, elsewhere = [], []
     for p in planned:
       folder = records.run_dir(sweep_dir, p.record.name)
       _check_unchanged(folder, p.record)
       records.write_run(sweep_dir, p.record)
-      if not records.is_done(folder, p.record.steps):
+      state = records.run_status(folder).state
+      if state == "running":  # another driver's live run: left to it
+        elsewhere.append(p.record.name)
+      elif state != "done":
         tasks.append(executors.Task(p.record.name, str(folder), tuple(p.record.command), p.record.steps))
-    print(f"sweep {loaded.name}: {len(planned)} runs, {len(planned) - len(tasks)} already done; running {len(tasks)}")
+    done = len(planned) - len(tasks) - len(elsewhere)
+    also = f", {len(elsewhere)} running in another driver (left to it)" if elsewhere else ""
+    print(f"sweep {loaded.name}: {len(planned)} runs, {done} already done{also}; running {len(tasks)}")
     start = time.time()
     if args.executor == "local":
       executors.run_local(tasks, args.parallel, args.attempts, args.gpus_per_run, report=_progress(len(tasks)))
