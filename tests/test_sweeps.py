@@ -26,7 +26,7 @@ def test_demo_sweep_expands_to_the_figure_grids_sharing_points():
   assert model.gin_files == ("demo/model.gin",) and model.bindings[-1] == "RunConfig.seed = 1"
   assert not any("PROMPT_LENGTH" in b for b in model.bindings)
   # One position cannot hold two class labels: length 1 starts from the sampled vocabulary.
-  one = by_name["size=10M,method=prompt,prompt_length=1,init=class_labels,seed=0"]
+  one = by_name["size=10M,method=prompt,prompt_length=1,seed=0"]
   assert one.gin_files == ("demo/prompt.gin", "prompts/sampled_vocab.gin")
   assert by_name["size=10M,method=prompt,prompt_length=20,init=random_uniform,seed=1"].gin_files[-1] == (
     "prompts/random.gin"
@@ -174,5 +174,5 @@ def test_every_run_of_the_demo_sweep_parses_and_is_sized(capsys):
   counted = {line.split()[-1]: line.split()[:3] for line in lines[1:-1] if "=" in line.split()[-1]}
   assert counted["size=10M,method=prompt,prompt_length=20,init=class_labels,seed=0"] == ["250", "5,120", "10,102,272"]
   assert counted["size=10M,method=model,seed=0"] == ["250", "10,097,152", "10,097,152"]
-  assert counted["size=10M,method=prompt,prompt_length=1,init=class_labels,seed=1"][1] == "256"
+  assert counted["size=10M,method=prompt,prompt_length=1,seed=1"][1] == "256"
   assert "not counted" not in "\n".join(lines)

@@ -191,7 +191,11 @@ def ray_cluster():
     "--disable-usage-stats",
     f"--temp-dir={temp}",
   ]
-  head = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+  # Its own session: when a Ray process dies, `ray start --block` tears the cluster down, and must not take the
+  # test's process group with it.
+  head = subprocess.Popen(
+    command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True
+  )
   seen = []
   for line in head.stdout:
     seen.append(line)
