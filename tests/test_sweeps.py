@@ -20,7 +20,7 @@ def test_demo_sweep_expands_to_the_figure_grids_sharing_points():
   shared = by_name["size=10M,method=prompt,prompt_length=20,init=class_labels,seed=0"]
   assert shared.grids == ("figure1", "figure3a", "figure3b")
   assert shared.gin_files == ("demo/prompt.gin",)
-  assert shared.bindings == ("TRAIN_STEPS = 250", "EVAL_EVERY = 50", "PROMPT_LENGTH = 20", "RunConfig.seed = 0")
+  assert shared.bindings == ("TRAIN_STEPS = 200", "EVAL_EVERY = 50", "PROMPT_LENGTH = 20", "RunConfig.seed = 0")
   # Model tuning has no prompt: the prompt axes are dropped from its runs (and its name).
   model = by_name["size=10M,method=model,seed=1"]
   assert model.gin_files == ("demo/model.gin",) and model.bindings[-1] == "RunConfig.seed = 1"
@@ -170,9 +170,9 @@ def test_status_of_a_folder_that_is_not_a_sweep(tmp_path, capsys):
 def test_every_run_of_the_demo_sweep_parses_and_is_sized(capsys):
   assert cli.main(["sweep", "plan", "sweeps/demo_scale.gin"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert lines[-1] == "14 runs, 3,500 training steps in all"
+  assert lines[-1] == "14 runs, 2,800 training steps in all"
   counted = {line.split()[-1]: line.split()[:3] for line in lines[1:-1] if "=" in line.split()[-1]}
-  assert counted["size=10M,method=prompt,prompt_length=20,init=class_labels,seed=0"] == ["250", "5,120", "10,102,272"]
-  assert counted["size=10M,method=model,seed=0"] == ["250", "10,097,152", "10,097,152"]
+  assert counted["size=10M,method=prompt,prompt_length=20,init=class_labels,seed=0"] == ["200", "5,120", "10,102,272"]
+  assert counted["size=10M,method=model,seed=0"] == ["200", "10,097,152", "10,097,152"]
   assert counted["size=10M,method=prompt,prompt_length=1,seed=1"][1] == "256"
   assert "not counted" not in "\n".join(lines)
