@@ -46,6 +46,8 @@ EXTRAS_REQUIRE = {
     "papermill==2.7.0",
   ],
   "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0", "matplotlib==3.11.2"],
+  # `prompt-tuning sweep`: the Ray executor and the report's figures.
+  "sweeps": ["ray==2.60.0", "matplotlib==3.11.2"],
 }
 
 GIN_PACKAGES = {"prompt_tuning.gin_files.gin": "gin", "prompt_tuning.gin_files.configs": "configs"}

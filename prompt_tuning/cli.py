@@ -6,6 +6,7 @@
     prompt-tuning inspect PROMPT --checkpoint BACKBONE [--size NAME] [--vocab SPM] [--k 5]
     prompt-tuning export  PROMPT OUT [--format peft|npy]
     prompt-tuning tasks   list [PATTERN] | show NAME
+    prompt-tuning sweep   plan|run|status|report SWEEP.gin (see prompt_tuning/sweeps/cli.py)
 
 t5x's flags: `--gin_file` (repeatable), `--gin.NAME=VALUE` (a binding, e.g.
 `--gin.MODEL_DIR="'/tmp/run'"` or `--gin.train.num_train_steps=100`),
@@ -328,6 +329,10 @@ def _dispatch(command: str, argv: list[str]) -> int:
     from prompt_tuning.data import cli as tasks_cli
 
     return tasks_cli.main(argv)
+  if command == "sweep":
+    from prompt_tuning.sweeps import cli as sweeps_cli
+
+    return sweeps_cli.main(argv)
   print(f"error: unknown command {command!r}.\n{USAGE}", file=sys.stderr)
   return 2
 

@@ -1,0 +1,212 @@
+"""`prompt-tuning sweep plan|run|status|report`: scale sweeps from a sweep file (prompt_tuning/sweeps/spec.py).
+
+    prompt-tuning sweep plan   SWEEP.gin [--sweep_dir DIR] [--gin.NAME=VALUE ...]
+    prompt-tuning sweep run    SWEEP.gin [--sweep_dir DIR] [--parallel N] [--gpus_per_run G] [--attempts 3]
+                               [--executor ray [--ray_address HOST:PORT] [--cpus_per_run C]] [--gin.NAME=VALUE ...]
+    prompt-tuning sweep status SWEEP.gin|DIR [--sweep_dir DIR]
+    prompt-tuning sweep report SWEEP.gin|DIR [--sweep_dir DIR]
+
+The sweep's folder defaults to sweeps/NAME (NAME from the sweep file). `--gin.NAME=VALUE` overrides go to every run,
+after the sweep's own (e.g. `--gin.TRAIN_STEPS=20` for a quick try; give such a run its own --sweep_dir). `run` skips
+the runs already done, resumes the interrupted ones from their checkpoints, and tries a failing run up to --attempts
+times; it exits 1 if any run is not done at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+from prompt_tuning.sweeps import executors, records, spec
+
+SUBCOMMANDS = ("plan", "run", "status", "report")
+
+
+def sweep_directory_lock(sweep_dir: Path):
+  """THE call site of the sweep folder's lock (one driver per sweep folder at a time).
+
+  Issue #13's prompt_tuning/locks.py provides the lock; until it is merged this takes none, and two drivers started
+  on one folder at once would both start its pending runs.
+  """
+  del sweep_dir
+  return contextlib.nullcontext()
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="prompt-tuning sweep", description=__doc__.splitlines()[0])
+  parser.add_argument("subcommand", choices=SUBCOMMANDS)
+  parser.add_argument("sweep", help="the sweep file (searched like a --gin_file), or a sweep folder (status, report)")
+  parser.add_argument("--sweep_dir", type=Path, default=None, help="the sweep's folder (default: sweeps/NAME)")
+  parser.add_argument("--executor", choices=("local", "ray"), default=None, help="run: where (default: local)")
+  parser.add_argument("--parallel", type=int, default=None, help="local: runs at a time, each on its own cores (1)")
+  parser.add_argument("--gpus_per_run", type=int, default=None, help="GPUs each run gets (local: CUDA_VISIBLE_DEVICES)")
+  parser.add_argument("--cpus_per_run", type=float, default=None, help="ray: the CPUs each run's task requests (1)")
+  parser.add_argument("--ray_address", default=None, help="ray: a cluster's address (default: start a local Ray)")
+  parser.add_argument("--attempts", type=int, default=None, help="run: tries of a failing run, in all (3)")
+  parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+  return parser
+
+
+RUN_OPTIONS = {
+  "executor": None,
+  "parallel": "local",
+  "gpus_per_run": None,
+  "cpus_per_run": "ray",
+  "ray_address": "ray",
+  "attempts": None,
+}
+DEFAULTS = {"executor": "local", "parallel": 1, "gpus_per_run": 0, "cpus_per_run": 1, "attempts": 3}
+
+
+def _check_options(args) -> None:
+  """Refuses an option the subcommand (or executor) would not read, then fills in the defaults."""
+  for option, executor in RUN_OPTIONS.items():
+    given = getattr(args, option) is not None
+    if given and args.subcommand != "run":
+      raise ValueError(f"--{option} is an option of `sweep run`, not of `sweep {args.subcommand}`.")
+    if given and executor is not None and (args.executor or "local") != executor:
+      chosen = args.executor or "local"
+      raise ValueError(f"--{option} is read by --executor {executor} only, and this run's executor is {chosen}.")
+  for option, value in DEFAULTS.items():
+    if getattr(args, option) is None:
+      setattr(args, option, value)
+
+
+def _folder(args, loaded: spec.Sweep | None) -> Path:
+  if args.sweep_dir is not None:
+    return args.sweep_dir
+  if loaded is None:
+    return Path(args.sweep)
+  return Path("sweeps") / loaded.name
+
+
+def _load(args, overrides: list[str]):
+  loaded = spec.load_sweep(args.sweep)
+  points = spec.expand(loaded)
+  from prompt_tuning.sweeps import planning
+
+  return loaded, planning.with_overrides(points, overrides)
+
+
+def _plan(args, overrides: list[str]) -> int:
+  from prompt_tuning.sweeps import planning
+
+  loaded, points = _load(args, overrides)
+  sweep_dir = _folder(args, loaded).resolve()
+  planned = planning.plan_sweep(loaded, points, sweep_dir)
+  print(planning.format_plan(planned, sweep_dir))
+  return 0
+
+
+def _check_unchanged(folder: Path, record: records.RunRecord) -> None:
+  if not (folder / "run.json").is_file() or not records.read_metrics(folder):
+    return
+  before = records.read_run(folder)
+  if before.command[1:] != record.command[1:]:  # the Python interpreter may differ (another virtualenv)
+    raise ValueError(
+      f"run {record.name} in {folder.parent.parent} has started with another command line than the sweep file "
+      "gives it now: give the changed sweep its own --sweep_dir, or delete that run's folder to start it again."
+    )
+
+
+def _progress(total: int):
+  counter = {"ended": 0}
+
+  def report(outcome: executors.Outcome) -> None:
+    counter["ended"] += 1
+    state = "done" if outcome.finished else "FAILED"
+    tries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
+    line = f"[{counter['ended']}/{total}] {state} {outcome.name} ({outcome.seconds:.0f} s{tries})"
+    if outcome.error:
+      line += f"\n    error: {outcome.error}"
+    print(line, flush=True)
+
+  return report
+
+
+def _run(args, overrides: list[str]) -> int:
+  from prompt_tuning.sweeps import planning
+
+  if args.attempts < 1:
+    raise ValueError(f"--attempts {args.attempts}: give 1 or more.")
+  loaded, points = _load(args, overrides)
+  sweep_dir = _folder(args, loaded).resolve()
+  with sweep_directory_lock(sweep_dir):
+    planned = planning.plan_sweep(loaded, points, sweep_dir)
+    records.write_sweep(sweep_dir, loaded, [p.record.name for p in planned])
+    tasks, elsewhere = [], []
+    for p in planned:
+      folder = records.run_dir(sweep_dir, p.record.name)
+      _check_unchanged(folder, p.record)
+      records.write_run(sweep_dir, p.record)
+      state = records.run_status(folder).state
+      if state == "running":  # another driver's live run: left to it
+        elsewhere.append(p.record.name)
+      elif state != "done":
+        tasks.append(executors.Task(p.record.name, str(folder), tuple(p.record.command), p.record.steps))
+    done = len(planned) - len(tasks) - len(elsewhere)
+    also = f", {len(elsewhere)} running in another driver (left to it)" if elsewhere else ""
+    print(f"sweep {loaded.name}: {len(planned)} runs, {done} already done{also}; running {len(tasks)}")
+    start = time.time()
+    if args.executor == "local":
+      executors.run_local(tasks, args.parallel, args.attempts, args.gpus_per_run, report=_progress(len(tasks)))
+    else:
+      executors.run_ray(
+        tasks, args.ray_address, args.cpus_per_run, args.gpus_per_run, args.attempts, report=_progress(len(tasks))
+      )
+    statuses = records.sweep_status(sweep_dir)
+  print(f"{time.time() - start:.0f} s; " + records.format_status(statuses).splitlines()[-1])
+  return 0 if all(s.state == "done" for s in statuses) else 1
+
+
+def _sweep_dir_of(args) -> Path:
+  """The folder of an existing sweep: given as the argument, with --sweep_dir, or sweeps/NAME of the sweep file."""
+  if args.sweep_dir is not None:
+    return args.sweep_dir
+  if Path(args.sweep).is_dir():
+    return Path(args.sweep)
+  return _folder(args, spec.load_sweep(args.sweep))
+
+
+def _status(args) -> int:
+  statuses = records.sweep_status(_sweep_dir_of(args))
+  print(records.format_status(statuses))
+  return 0
+
+
+def _report(args) -> int:
+  from prompt_tuning.sweeps import report
+
+  sweep_dir = _sweep_dir_of(args)
+  written = report.write_report(sweep_dir)
+  print(Path(written["markdown"]).read_text())
+  for what, path in written.items():
+    print(f"{what}: {path}")
+  return 0
+
+
+def main(argv: list[str]) -> int:
+  """Dispatches `prompt-tuning sweep ...` (errors are turned into one line by prompt_tuning.cli)."""
+  from prompt_tuning import cli
+
+  bindings, rest = cli.split_gin_flags(argv)
+  args = _parser().parse_args(rest)
+  _check_options(args)
+  if bindings and args.subcommand not in ("plan", "run"):
+    raise ValueError(f"--gin.NAME=VALUE overrides are for `sweep plan` and `sweep run`, not `sweep {args.subcommand}`.")
+  if args.subcommand in ("plan", "run") and Path(args.sweep).is_dir():
+    raise ValueError(f"`sweep {args.subcommand}` needs the sweep file, not a folder ({args.sweep}).")
+  if args.subcommand == "plan":
+    return _plan(args, bindings)
+  if args.subcommand == "run":
+    return _run(args, bindings)
+  if args.subcommand == "status":
+    return _status(args)
+  return _report(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

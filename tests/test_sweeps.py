@@ -1,0 +1,178 @@
+"""Sweep files: expansion to runs (grids, zipped axes, drops), planning, command lines, and the errors users see."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep_files import TINY_RUNS, write_sweep  # noqa: E402
+
+from prompt_tuning import cli  # noqa: E402
+from prompt_tuning.sweeps import executors, planning, records, spec  # noqa: E402
+
+
+def test_demo_sweep_expands_to_the_figure_grids_sharing_points():
+  demo = spec.load_sweep("sweeps/demo_scale.gin")
+  points = spec.expand(demo)
+  assert len(points) == 14
+  by_name = {p.name: p for p in points}
+  shared = by_name["size=10M,method=prompt,prompt_length=20,init=class_labels,seed=0"]
+  assert shared.grids == ("figure1", "figure3a", "figure3b")
+  assert shared.gin_files == ("demo/prompt.gin",)
+  assert shared.bindings == ("TRAIN_STEPS = 200", "EVAL_EVERY = 50", "PROMPT_LENGTH = 20", "RunConfig.seed = 0")
+  # Model tuning has no prompt: the prompt axes are dropped from its runs (and its name).
+  model = by_name["size=10M,method=model,seed=1"]
+  assert model.gin_files == ("demo/model.gin",) and model.bindings[-1] == "RunConfig.seed = 1"
+  assert not any("PROMPT_LENGTH" in b for b in model.bindings)
+  # One position cannot hold two class labels: length 1 starts from the sampled vocabulary.
+  one = by_name["size=10M,method=prompt,prompt_length=1,seed=0"]
+  assert one.gin_files == ("demo/prompt.gin", "prompts/sampled_vocab.gin")
+  assert by_name["size=10M,method=prompt,prompt_length=20,init=random_uniform,seed=1"].gin_files[-1] == (
+    "prompts/random.gin"
+  )
+
+
+def test_lester_sweep_is_the_papers_grid():
+  lester = spec.load_sweep("sweeps/lester_figure1.gin")
+  points = spec.expand(lester)
+  # figure1 5x2x8x5 = 400, figure3a adds 4 lengths x 200, figure3b adds 2 initializers x 200.
+  assert len(points) == 1600
+  assert list(lester.axes["size"].labels) == ["small", "base", "large", "xl", "xxl"]
+  assert lester.axes["prompt_length"].labels == ["1", "5", "20", "100", "150"]
+  assert lester.figure_mean_over == ("task",)
+  xxl = next(p for p in points if p.labels.get("size") == "xxl" and p.labels["method"] == "model")
+  assert "partitioning/model_parallel.gin" in xxl.gin_files
+  assert "TRAINABLE_PATTERN = '.*'" in xxl.bindings
+
+
+def _sweep_file(tmp_path, body: str) -> Path:
+  path = tmp_path / "s.gin"
+  path.write_text("import prompt_tuning.sweeps.spec\nsweep.name = 's'\n" + body)
+  return path
+
+
+def test_zipped_axes_walk_together_and_the_product_is_the_default(tmp_path):
+  body = """
+sweep.axes = {'size': @size/axis(), 'lr': @lr/axis(), 'seed': @seed/axis()}
+size/axis.values = {'small': ['models/sizes/small.gin'], 'base': ['models/sizes/base.gin']}
+lr/axis.binding = 'adafactor.learning_rate'
+lr/axis.values = [0.3, 0.1]
+seed/axis.binding = 'RunConfig.seed'
+seed/axis.values = [0, 1]
+"""
+  product = spec.expand(spec.load_sweep(_sweep_file(tmp_path, body)))
+  assert len(product) == 8
+  zipped = spec.expand(spec.load_sweep(_sweep_file(tmp_path, body + "sweep.grids = {'g': [('size', 'lr'), 'seed']}\n")))
+  assert [p.name for p in zipped] == [
+    "size=small,lr=0.3,seed=0",
+    "size=small,lr=0.3,seed=1",
+    "size=base,lr=0.1,seed=0",
+    "size=base,lr=0.1,seed=1",
+  ]
+  assert zipped[2].gin_files == ("models/sizes/base.gin",)
+  assert zipped[2].bindings == ("adafactor.learning_rate = 0.1", "RunConfig.seed = 0")
+
+
+@pytest.mark.parametrize(
+  "body, message",
+  [
+    ("sweep.axes = {'a': @a/axis()}\na/axis.values = [1, 2]\n", "need `a/axis.binding = 'GIN_NAME'`"),
+    ("sweep.axes = {'a': @a/axis()}\na/axis.values = {'x': ['oops']}\n", "neither a gin file"),
+    (
+      "sweep.axes = {'a': @a/axis()}\na/axis.values = {'x': []}\nsweep.grids = {'g': ['b']}\n",
+      "grid 'g' names ['b'], which are not axes",
+    ),
+    (
+      "sweep.axes = {'a': @a/axis(), 'b': @b/axis()}\na/axis.binding = 'A'\na/axis.values = [1, 2]\n"
+      "b/axis.binding = 'B'\nb/axis.values = [1]\nsweep.grids = {'g': [('a', 'b')]}\n",
+      "zips axes of different lengths",
+    ),
+    ("sweep.axes = {'a': @a/axis()}\na/axis.binding = 'A'\na/axis.values = [1]\na/axis.default = 2\n", "default 2"),
+    (
+      "sweep.axes = {'a': @a/axis()}\na/axis.values = {'x': []}\na/axis.drops = {'x': ['z']}\n",
+      "drops ['z']: not other axes",
+    ),
+    ("sweep.axes = {'a': @a/axis()}\na/axis.values = {'x': []}\nsweep.metric_goal = 'up'\n", "'max' or 'min'"),
+  ],
+)
+def test_a_bad_sweep_file_gets_one_clear_error(tmp_path, body, message):
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[").replace("]", r"\]")):
+    spec.load_sweep(_sweep_file(tmp_path, body))
+
+
+def test_plan_sizes_every_run_and_names_the_one_whose_config_is_wrong(reference_dir, tmp_path, capsys):
+  sweep_file = write_sweep(tmp_path, "tiny_plan", steps=6)
+  assert cli.main(["sweep", "plan", str(sweep_file), f"--sweep_dir={tmp_path / 'out'}", "--gin.TRAIN_STEPS=5"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[-1] == "4 runs, 20 training steps in all"
+  # prompt_length 3 x embed 4 trainable of the 257,856 tiny weights; model tuning: all of them.
+  assert lines[1].split() == ["5", "12", "257,868", TINY_RUNS[0]]
+  assert lines[2].split() == ["5", "257,856", "257,856", TINY_RUNS[1]]
+  assert not (tmp_path / "out").exists()  # plan starts nothing and writes nothing
+
+  bad = write_sweep(tmp_path, "tiny_bad", steps=6, extra_bindings=["prompt_tuning.train.RunConfig.no_such = 1"])
+  assert cli.main(["sweep", "plan", str(bad)]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: ValueError: run size=tiny,method=prompt,prompt_length=3,seed=0: its gin config")
+  assert "no_such" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_records_its_exact_command_line(reference_dir, tmp_path):
+  sweep_file = write_sweep(tmp_path, "tiny_cmd", steps=6)
+  loaded = spec.load_sweep(sweep_file)
+  point = spec.expand(loaded)[1]
+  planned = planning.plan_run(point, tmp_path / "out", planning.search_paths(loaded))
+  folder = records.write_run(tmp_path / "out", planned.record)
+  assert folder == tmp_path / "out" / "runs" / "size=tiny,method=model,seed=0"
+  command = planned.record.command
+  assert command[:6] == [
+    sys.executable,
+    "-m",
+    "prompt_tuning.cli",
+    "train",
+    "--gin_file=test/prompt_tiny.gin",
+    "--gin_file=tasks/local_files.gin",
+  ]
+  assert "--gin.TRAINABLE_PATTERN='.*'" in command and "--gin.RunConfig.seed=0" in command
+  assert command[-1] == f"--gin.MODEL_DIR='{folder}'"
+  assert planned.record.steps == 6 and planned.record.labels == {"size": "tiny", "method": "model", "seed": "0"}
+  script = (folder / "command.sh").read_text()
+  assert "--gin.TRAINABLE_PATTERN='\"'\"'.*'\"'\"'" in script  # shell-quoted, runnable as it is
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["status", "x", "--parallel", "2"], "--parallel is an option of `sweep run`"),
+    (["run", "x", "--ray_address", "h:1"], "--ray_address is read by --executor ray only"),
+    (["run", "x", "--executor", "ray", "--parallel", "2"], "--parallel is read by --executor local only"),
+    (["report", "x", "--gin.TRAIN_STEPS=3"], "overrides are for `sweep plan` and `sweep run`"),
+  ],
+)
+def test_options_nothing_would_read_are_refused(argv, message, capsys):
+  assert cli.main(["sweep", *argv]) == 1
+  assert message in capsys.readouterr().err
+
+
+def test_core_groups_split_the_allowed_cores():
+  assert executors.core_groups(2, [0, 1, 2, 3, 4]) == [[0, 1, 2], [3, 4]]
+  assert executors.core_groups(1, [5, 7]) == [[5, 7]]
+  with pytest.raises(ValueError, match="lets the sweep use 2 cores"):
+    executors.core_groups(3, [0, 1])
+
+
+def test_status_of_a_folder_that_is_not_a_sweep(tmp_path, capsys):
+  assert cli.main(["sweep", "status", str(tmp_path)]) == 1
+  assert "is not a sweep folder" in capsys.readouterr().err
+
+
+def test_every_run_of_the_demo_sweep_parses_and_is_sized(capsys):
+  assert cli.main(["sweep", "plan", "sweeps/demo_scale.gin"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[-1] == "14 runs, 2,800 training steps in all"
+  counted = {line.split()[-1]: line.split()[:3] for line in lines[1:-1] if "=" in line.split()[-1]}
+  assert counted["size=10M,method=prompt,prompt_length=20,init=class_labels,seed=0"] == ["200", "5,120", "10,102,272"]
+  assert counted["size=10M,method=model,seed=0"] == ["200", "10,097,152", "10,097,152"]
+  assert counted["size=10M,method=prompt,prompt_length=1,seed=1"][1] == "256"
+  assert "not counted" not in "\n".join(lines)

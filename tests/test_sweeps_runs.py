@@ -1,0 +1,236 @@
+"""Sweeps for real: tiny runs through `prompt-tuning sweep run`, a driver killed mid-sweep, retries, a Ray cluster."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep_files import TINY_RUNS, write_sweep  # noqa: E402
+
+from prompt_tuning import cli  # noqa: E402
+from prompt_tuning.sweeps import records, report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict:
+  return dict(
+    os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+  )
+
+
+def _sweep_command(*args) -> list[str]:
+  return [sys.executable, "-m", "prompt_tuning.cli", "sweep", *map(str, args)]
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  return True
+
+
+def _checkpoint_steps(folder: Path) -> list[int]:
+  checkpoints = folder / "checkpoints"
+  return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs_then_reports(reference_dir, tmp_path):
+  sweep_file = write_sweep(tmp_path, "tiny_resume", steps=24)
+  sweep_dir = tmp_path / "out"
+  first, second = (records.run_dir(sweep_dir, name) for name in TINY_RUNS[:2])
+  driver = subprocess.Popen(
+    _sweep_command("run", sweep_file, "--sweep_dir", sweep_dir),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    env=_env(),
+    cwd=ROOT,
+  )
+  deadline = time.time() + 300
+  # Kill the driver once the first run is done and the second (model tuning) has a checkpoint past its first.
+  while time.time() < deadline and driver.poll() is None:
+    if (first / "done.json").is_file() and any(step >= 8 for step in _checkpoint_steps(second)):
+      break
+    time.sleep(0.02)
+  assert driver.poll() is None, "the sweep ended before it could be killed:\n" + driver.stdout.read().decode()[-3000:]
+  run_pid = json.loads((second / "running.json").read_text())["pid"]
+  os.kill(driver.pid, signal.SIGKILL)
+  driver.wait()
+  driver.stdout.close()
+  for _ in range(250):  # the run dies with its driver (PR_SET_PDEATHSIG)
+    if not _alive(run_pid):
+      break
+    time.sleep(0.02)
+  assert not _alive(run_pid), "the killed driver's run is still running"
+  states = {s.name: s.state for s in records.sweep_status(sweep_dir)}
+  assert states == {
+    TINY_RUNS[0]: "done",
+    TINY_RUNS[1]: "interrupted",
+    TINY_RUNS[2]: "pending",
+    TINY_RUNS[3]: "pending",
+  }
+  killed_at = max(_checkpoint_steps(second))
+  assert killed_at < 24
+  finished_metrics = (first / "metrics.jsonl").stat()
+
+  again = subprocess.run(
+    _sweep_command("run", sweep_file, "--sweep_dir", sweep_dir, "--parallel", "2"),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=_env(),
+    cwd=ROOT,
+  )
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  assert "4 runs, 1 already done; running 3" in again.stdout
+  # The finished run was not touched; the interrupted one went on from its checkpoint, not from step 1.
+  assert (first / "metrics.jsonl").stat().st_mtime_ns == finished_metrics.st_mtime_ns
+  assert (first / "metrics.jsonl").stat().st_size == finished_metrics.st_size
+  assert len(records.read_attempts(first)) == 1
+  steps = [row["step"] for row in records.read_metrics(second) if "train/loss" in row]
+  restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+  assert steps[restart] > 1 and steps[restart] <= killed_at + 1, steps
+  assert steps[-1] == 24
+  assert (second / "log.txt").read_text().count("=== attempt") == 2
+  # Every run's record holds the command that reproduces it, with its own MODEL_DIR under the sweep's folder.
+  for name in TINY_RUNS:
+    record = records.read_run(records.run_dir(sweep_dir, name))
+    assert record.command[1:4] == ["-m", "prompt_tuning.cli", "train"]
+    assert record.command[-1] == f"--gin.MODEL_DIR={str(records.run_dir(sweep_dir, name))!r}"
+    assert (records.run_dir(sweep_dir, name) / "command.sh").read_text().startswith("#!/bin/sh")
+  assert {s.state for s in records.sweep_status(sweep_dir)} == {"done"}
+
+  written = report.write_report(sweep_dir)
+  table = written["markdown"].read_text()
+  prompt3 = next(line for line in table.splitlines() if "| tiny | prompt | 3 |" in line)
+  assert "| 2 |" in prompt3 and "±" in prompt3  # two seeds: mean ± std
+  model_line = next(line for line in table.splitlines() if "| tiny | model | - |" in line)
+  assert "257,856" in model_line  # every tiny weight trainable
+  assert {"fig1_size", "fig3a_prompt_length", "csv", "runs_csv", "tensorboard"} <= set(written)
+  assert "fig3b_init" not in written  # the tiny sweep has no init axis
+  for name in ("fig1_size", "fig3a_prompt_length"):
+    assert written[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  rows = written["csv"].read_text().splitlines()
+  assert len(rows) == 1 + 3  # header, three groups
+  _assert_hparams(written["tensorboard"], TINY_RUNS)
+
+
+def _assert_hparams(folder: Path, runs: list[str]) -> None:
+  import tensorflow as tf
+
+  plugins = set()
+  for name in runs:
+    for event_file in (folder / name).glob("events.out.tfevents.*"):
+      for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+        plugins |= {v.metadata.plugin_data.plugin_name for v in event.summary.value}
+  assert "hparams" in plugins
+
+
+def test_a_failing_run_is_retried_then_shown_failed_with_its_error(reference_dir, tmp_path, capsys):
+  axes = """
+sweep.axes = {'seed': @seed/axis()}
+seed/axis.binding = 'RunConfig.seed'
+seed/axis.values = [0]
+"""
+  sweep_file = write_sweep(tmp_path, "tiny_fail", steps=4, axes=axes, extra_bindings=["BATCH_SIZE = 3"])
+  sweep_dir = tmp_path / "out"
+  # num_microbatches 2 does not divide batch 3: the run itself refuses it at start-up.
+  code = cli.main(
+    [
+      "sweep",
+      "run",
+      str(sweep_file),
+      f"--sweep_dir={sweep_dir}",
+      "--attempts",
+      "2",
+      "--gin.RunConfig.num_microbatches=2",
+    ]
+  )
+  out = capsys.readouterr().out
+  assert code == 1
+  assert "FAILED seed=0" in out and "2 attempts" in out
+  assert cli.main(["sweep", "status", str(sweep_dir)]) == 0
+  status = capsys.readouterr().out
+  assert "failed" in status.splitlines()[0]
+  assert "error: ValueError: batch_size 3 must be a positive multiple of num_microbatches 2" in status
+  assert "done 0  running 0  failed 1" in status
+  attempts = records.read_attempts(records.run_dir(sweep_dir, "seed=0"))
+  assert [a["returncode"] for a in attempts] == [1, 1]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster():
+  """A Ray head on 127.0.0.1 (2 CPUs) in its own temporary folder; stopped (its processes with it) afterwards."""
+  pytest.importorskip("ray")
+  temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+  port = _free_port()
+  command = [
+    str(Path(sys.executable).parent / "ray"),
+    "start",
+    "--head",
+    "--block",
+    f"--port={port}",
+    "--node-ip-address=127.0.0.1",
+    "--num-cpus=2",
+    "--include-dashboard=false",
+    "--disable-usage-stats",
+    f"--temp-dir={temp}",
+  ]
+  # Its own session: when a Ray process dies, `ray start --block` tears the cluster down, and must not take the
+  # test's process group with it.
+  head = subprocess.Popen(
+    command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True
+  )
+  seen = []
+  for line in head.stdout:
+    seen.append(line)
+    if "Ray runtime started" in line:
+      break
+  assert head.poll() is None, "".join(seen)
+  try:
+    yield f"127.0.0.1:{port}"
+  finally:
+    head.send_signal(signal.SIGINT)  # `ray start --block` stops the processes it started
+    try:
+      head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      head.kill()
+      head.wait()
+    head.stdout.close()
+    subprocess.run(["rm", "-rf", temp], check=False)
+
+
+def test_ray_cluster_by_address_runs_a_sweep(reference_dir, ray_cluster, tmp_path, capsys):
+  axes = """
+sweep.axes = {'method': @method/axis()}
+method/axis.values = {
+  'prompt': [],
+  'model': ['PROMPT_LENGTH = 0', "TRAINABLE_PATTERN = '.*'", 'adafactor.learning_rate = 1e-3'],
+}
+"""
+  sweep_file = write_sweep(tmp_path, "tiny_ray", steps=4, axes=axes)
+  sweep_dir = tmp_path / "out"
+  code = cli.main(
+    ["sweep", "run", str(sweep_file), f"--sweep_dir={sweep_dir}", "--executor=ray", f"--ray_address={ray_cluster}"]
+  )
+  out = capsys.readouterr().out
+  assert code == 0, out
+  statuses = records.sweep_status(sweep_dir)
+  assert [(s.name, s.state, s.step) for s in statuses] == [("method=prompt", "done", 4), ("method=model", "done", 4)]
+  executors = {a["executor"] for s in statuses for a in records.read_attempts(records.run_dir(sweep_dir, s.name))}
+  assert len(executors) == 1 and executors.pop().startswith("ray:")  # both ran as tasks on the cluster's one node
