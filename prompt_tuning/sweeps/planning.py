@@ -47,8 +47,11 @@ def search_paths(spec: Sweep) -> list[str]:
 
 def _macro_value(name: str):
   value = gin.query_parameter(name)
-  if isinstance(value, gin.config.ConfigurableReference) and str(value).startswith("%"):
-    return gin.query_parameter(str(value))
+  if isinstance(value, gin.config.ConfigurableReference):
+    if str(value).startswith("%"):
+      return _macro_value(str(value))
+    # `@fn()`: what the run itself will get (e.g. train.num_train_steps = @prompt_tuning.reference.train_steps()).
+    return value.scoped_configurable_fn() if value.evaluate else value
   return value
 
 
