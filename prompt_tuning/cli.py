@@ -11,13 +11,22 @@ t5x's flags: `--gin_file` (repeatable), `--gin.NAME=VALUE` (a binding, e.g.
 `--gin.MODEL_DIR="'/tmp/run'"` or `--gin.train.num_train_steps=100`),
 `--gin_bindings` (repeatable, t5x's older spelling), `--gin_search_paths`
 (comma-separated; the project's gin/ and configs/ are always searched), and
-`--tfds_data_dir`. Errors in flags or configs print one line, not a traceback
-(`--debug` shows the traceback).
+`--tfds_data_dir`. A gin file named on the command line is looked up in the
+project's library (gin/, configs/) first, then in `--gin_search_paths`, then in
+the current folder; write an explicit path (`./my.gin`, `/abs/my.gin`) to use a
+file that shares a library file's name. Every resolved path is logged.
+
+Errors print our whole message (what was wrong, and what to do), not a
+traceback (`--debug` shows the traceback); TensorFlow's wrapping of errors
+raised inside its data pipeline is removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +36,7 @@ GIN_COMMANDS = {
   "infer": ("prompt_tuning.infer", "infer"),
 }
 USAGE = __doc__
+log = logging.getLogger(__name__)
 
 
 def gin_search_paths() -> list[Path]:
@@ -74,7 +84,12 @@ def split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def configure_gin(files: list[str], bindings: list[str], search_paths: list[str]) -> None:
-  """Parses gin files and bindings (t5x semantics: files first, then bindings in order)."""
+  """Parses gin files and bindings (t5x semantics: files first, then bindings in order).
+
+  Raises:
+    FileNotFoundError: a gin file found nowhere.
+    ValueError: a gin file that does not parse, naming it.
+  """
   import gin
 
   import prompt_tuning.gin_registry  # noqa: F401  (registers the configurables)
@@ -82,17 +97,59 @@ def configure_gin(files: list[str], bindings: list[str], search_paths: list[str]
   for path in [*search_paths, *map(str, gin_search_paths())]:
     if path:
       gin.add_config_file_search_path(path)
-  missing = [f for f in files if not _resolve_gin_file(f, search_paths)]
-  if missing:
-    where = ", ".join(str(p) for p in [*search_paths, *gin_search_paths()])
-    raise FileNotFoundError(f"gin file {missing[0]!r} not found (searched the current folder and {where}).")
-  gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  for name in files:
+    path = resolve_gin_file(name, search_paths)
+    log.info("gin file %s: %s", name, path)
+    try:
+      gin.parse_config_file(path)
+    except (SyntaxError, ValueError, KeyError, ImportError, OSError) as e:
+      raise ValueError(f"gin file {path}: {_gin_error(e)}\nFix the file (bindings are NAME = VALUE).") from e
+    except Exception as e:  # noqa: BLE001 - tokenize.TokenError and the like name no file
+      raise ValueError(f"gin file {path}: {type(e).__name__}: {e}\nFix the file's syntax.") from e
+  gin.parse_config(bindings)
 
 
-def _resolve_gin_file(name: str, search_paths: list[str]) -> bool:
-  if Path(name).is_file():
-    return True
-  return any((Path(p) / name).is_file() for p in [*search_paths, *map(str, gin_search_paths())] if p)
+def _gin_error(error: Exception) -> str:
+  text = str(error).strip()
+  return text if text else type(error).__name__
+
+
+def _is_explicit_path(name: str) -> bool:
+  return os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.startswith((".\\", "..\\"))
+
+
+def resolve_gin_file(name: str, search_paths: list[str]) -> str:
+  """Where the gin file `name` of the command line is read from.
+
+  An explicit path (`./x.gin`, `../x.gin`, `/abs/x.gin`, `~/x.gin`) is used as written. Any other name is looked up
+  in the project's library first, then in `search_paths`, then in the current folder, so a file in the current
+  folder never silently replaces the project's file of the same name (a warning says it was not used).
+
+  Raises:
+    FileNotFoundError: the file is nowhere.
+  """
+  if _is_explicit_path(name):
+    path = os.path.expanduser(name)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"gin file {name!r} not found.")
+    return os.path.abspath(path)
+  folders = [*map(str, gin_search_paths()), *[p for p in search_paths if p]]
+  for folder in folders:
+    candidate = os.path.join(folder, name)
+    if os.path.isfile(candidate):
+      if os.path.isfile(name) and os.path.abspath(name) != os.path.abspath(candidate):
+        log.warning(
+          "gin file %s: using %s, not ./%s of the current folder (write ./%s for that one).",
+          name,
+          candidate,
+          name,
+          name,
+        )
+      return os.path.abspath(candidate)
+  if os.path.isfile(name):
+    return os.path.abspath(name)
+  where = ", ".join(folders)
+  raise FileNotFoundError(f"gin file {name!r} not found (searched {where} and the current folder).")
 
 
 def _run_gin_command(command: str, argv: list[str]) -> int:
@@ -191,12 +248,50 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt:
     print("interrupted; the last finished checkpoint is kept.", file=sys.stderr)
     return 130
-  except Exception as e:  # noqa: BLE001 - one clear line for users; --debug for the traceback
+  except Exception as e:  # noqa: BLE001 - our whole message for users; --debug for the traceback
     if debug:
       raise
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
+    print(error_message(e), file=sys.stderr)
     return 1
+
+
+# Third-party advice this project never follows: loading pickles from files it did not write.
+_UNSAFE_ADVICE = re.compile(r"allow_pickle=|weights_only=False|pickle\.load\(|load it unsafely|unsafely", re.IGNORECASE)
+_USER_CODE = "in user code:"
+
+
+def unwrap(error: BaseException) -> tuple[str, str]:
+  """(type name, message) of the error a user should see.
+
+  TensorFlow re-raises errors from inside `tf.data`/`tf.function` code as "in user code: <traceback> <Type>:
+  <message>" (autograph) or with the message embedded in an OpError; the original is what is reported.
+  """
+  name, message = type(error).__name__, str(error).strip()
+  if isinstance(error, KeyError) and error.args and isinstance(error.args[0], str) and len(error.args) == 1:
+    message = error.args[0]
+  if message.startswith(_USER_CODE):
+    tail = [line.strip() for line in message.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(tail) if re.match(r"^[A-Za-z_][\w.]*(Error|Exception):", line)]
+    if starts:  # the original's type and message close autograph's report; its message may span lines
+      name, _, first = tail[starts[-1]].partition(":")
+      name, message = name.split(".")[-1], "\n".join([first.strip(), *tail[starts[-1] + 1 :]]).strip()
+  elif "Traceback (most recent call last)" in message:  # an OpError carrying a py_function's traceback
+    lines = [line for line in message.splitlines() if line.strip()]
+    original = next(
+      (line for line in reversed(lines) if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception): ", line)), None
+    )
+    if original:
+      name, _, message = original.strip().partition(": ")
+      name = name.split(".")[-1]
+  return name, message or name
+
+
+def error_message(error: BaseException) -> str:
+  """All lines of the error's message (ours say what to do on the later lines), without unsafe advice."""
+  name, message = unwrap(error)
+  lines = [line for line in message.splitlines() if not _UNSAFE_ADVICE.search(line)]
+  text = "\n".join(lines).strip() or "the file holds pickled Python objects, which are never loaded here."
+  return f"error: {name}: {text}"
 
 
 if __name__ == "__main__":

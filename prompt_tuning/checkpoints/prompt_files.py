@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from prompt_tuning.checkpoints.errors import CheckpointError
+from prompt_tuning.validation import resolve_inside
+
 SAFETENSORS_KEYS = ("prompt", "prompt_embeddings")
 _FORMATS = (
   "a .npy file, a .safetensors file, a PEFT adapter folder (adapter_config.json), a training step folder "
@@ -40,10 +43,45 @@ def _latest_numpy_checkpoint(model_dir: Path) -> Path | None:
   return max(steps)[1] if steps else None
 
 
-def _read_safetensors(path: Path) -> np.ndarray:
+def read_npy(path: Path) -> np.ndarray:
+  """np.load without pickles, its errors turned into ours (naming the file, saying what to do).
+
+  Raises:
+    CheckpointError: a truncated or non-.npy file, or one holding pickled objects.
+  """
+  try:
+    return np.load(path, allow_pickle=False)
+  except ValueError as e:
+    if "pickle" in str(e):
+      raise CheckpointError(
+        f"{path} holds pickled Python objects, which are never loaded here: save the prompt as a float array "
+        "[P, D] with numpy.save."
+      ) from None
+    raise CheckpointError(f"{path} is not a readable .npy array ({e}); it is corrupt: save or copy it again.") from e
+  except (EOFError, OSError) as e:
+    raise CheckpointError(
+      f"{path} is truncated or not a .npy file ({type(e).__name__}: {e}); save or copy it again."
+    ) from e
+
+
+def read_safetensors_file(path: Path) -> dict[str, np.ndarray]:
+  """safetensors.numpy.load_file, its errors turned into ours.
+
+  Raises:
+    CheckpointError: a truncated or non-safetensors file.
+  """
   from safetensors.numpy import load_file
 
-  tensors = load_file(str(path))
+  try:
+    return load_file(str(path))
+  except Exception as e:  # noqa: BLE001 - SafetensorError derives from Exception only
+    raise CheckpointError(
+      f"{path} is truncated or not a safetensors file ({type(e).__name__}: {e}); save or copy it again."
+    ) from e
+
+
+def _read_safetensors(path: Path) -> np.ndarray:
+  tensors = read_safetensors_file(path)
   if len(tensors) == 1:
     return next(iter(tensors.values()))
   for key in SAFETENSORS_KEYS:
@@ -60,10 +98,10 @@ def _read_folder(path: Path) -> np.ndarray:
 
     return load_peft_adapter(path)
   if (path / "prompt.npy").is_file():
-    return np.load(path / "prompt.npy", allow_pickle=False)
+    return read_npy(resolve_inside(path, "prompt.npy", f"the prompt folder {path}"))
   latest = _latest_numpy_checkpoint(path)
   if latest is not None:
-    return np.load(latest, allow_pickle=False)
+    return read_npy(resolve_inside(path, str(latest.relative_to(path)), f"the MODEL_DIR {path}"))
   raise ValueError(f"the folder {path} holds no prompt; expected {_FORMATS}.")
 
 
@@ -71,7 +109,7 @@ def _read(path: Path) -> np.ndarray:
   if path.is_dir():
     return _read_folder(path)
   if path.suffix == ".npy":
-    return np.load(path, allow_pickle=False)
+    return read_npy(path)
   if path.suffix == ".safetensors":
     return _read_safetensors(path)
   raise ValueError(f"cannot read a prompt from {path} (unknown extension {path.suffix!r}); expected {_FORMATS}.")
