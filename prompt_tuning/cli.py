@@ -101,12 +101,27 @@ def configure_gin(files: list[str], bindings: list[str], search_paths: list[str]
     path = resolve_gin_file(name, search_paths)
     log.info("gin file %s: %s", name, path)
     try:
-      gin.parse_config_file(path)
+      parsed = gin.parse_config_file(path)
     except (SyntaxError, ValueError, KeyError, ImportError, OSError) as e:
       raise ValueError(f"gin file {path}: {_gin_error(e)}\nFix the file (bindings are NAME = VALUE).") from e
     except Exception as e:  # noqa: BLE001 - tokenize.TokenError and the like name no file
       raise ValueError(f"gin file {path}: {type(e).__name__}: {e}\nFix the file's syntax.") from e
+    _log_includes(parsed.includes, search_paths)
   gin.parse_config(bindings)
+
+
+def _log_includes(includes, search_paths: list[str]) -> None:
+  """Logs where each (nested) include was read from, as gin resolves it: the current folder first, then the search
+  paths; an include the current folder shadows is warned about."""
+  library = [*[p for p in search_paths if p], *map(str, gin_search_paths())]
+  for parsed in includes:
+    name = parsed.filename
+    found = [os.path.join(p, name) for p in ["", *library] if os.path.isfile(os.path.join(p, name))]
+    if found:
+      log.info("gin include %s: %s", name, os.path.abspath(found[0]))
+      if not os.path.isabs(name) and os.path.isfile(name) and len(found) > 1:
+        log.warning("gin include %s was read from the current folder, shadowing %s.", name, found[1])
+    _log_includes(parsed.includes, search_paths)
 
 
 def _gin_error(error: Exception) -> str:
