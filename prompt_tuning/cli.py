@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 # Third-party advice this project never follows: loading pickles from files it did not write.
 _UNSAFE_ADVICE = re.compile(r"allow_pickle=|weights_only=False|pickle\.load\(|load it unsafely|unsafely", re.IGNORECASE)
 _USER_CODE = "in user code:"
+_GIN_CONTEXT = re.compile(r"^\s*In call to configurable ")
 
 
 def unwrap(error: BaseException) -> tuple[str, str]:
@@ -304,7 +305,8 @@ def unwrap(error: BaseException) -> tuple[str, str]:
 def error_message(error: BaseException) -> str:
   """All lines of the error's message (ours say what to do on the later lines), without unsafe advice."""
   name, message = unwrap(error)
-  lines = [line for line in message.splitlines() if not _UNSAFE_ADVICE.search(line)]
+  # gin appends "In call to configurable 'train' (<function ...>)" to errors raised inside configurables.
+  lines = [line for line in message.splitlines() if not _UNSAFE_ADVICE.search(line) and not _GIN_CONTEXT.match(line)]
   text = "\n".join(lines).strip() or "the file holds pickled Python objects, which are never loaded here."
   return f"error: {name}: {text}"
 
