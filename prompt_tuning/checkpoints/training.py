@@ -23,7 +23,6 @@ them: the saved data position means nothing on other data.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import logging
@@ -150,30 +149,36 @@ class TrainingCheckpoints:
       raise DamagedCheckpointError(f"{file} holds {type(meta).__name__}, not a JSON object")
     return meta
 
+  def _saved_shapes(self, step: int) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{array path: global shape} of a checkpoint's state, from orbax's metadata (no array is read).
+
+    Raises:
+      DamagedCheckpointError: the metadata is missing or unreadable.
+    """
+    directory = (self.step_folder(step) / "state").absolute()
+    try:
+      with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(directory)
+      tree = metadata.item_metadata.tree
+      leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+      return {_key_names(path): tuple(leaf.shape) for path, leaf in leaves}
+    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types on missing or bad files
+      reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+      raise DamagedCheckpointError(f"{directory} has no readable metadata ({type(e).__name__}: {reason})") from e
+
   def _check_shapes(self, step: int, abstract_state: PyTree) -> None:
-    """Compares the saved array paths and shapes (orbax's state/_METADATA) with this run's state.
+    """Compares the saved array paths and (global) shapes with this run's state.
 
     Raises:
       DamagedCheckpointError: the metadata is missing or unreadable.
       CheckpointError: readable, but written for another trainable state (a mismatch, not damage).
     """
-    file = self.step_folder(step) / "state" / "_METADATA"
-    try:
-      tree = json.loads(file.read_text())["tree_metadata"]
-      values = {key: entry["value_metadata"] for key, entry in tree.items()}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-      raise DamagedCheckpointError(f"{file} is missing or unreadable ({type(e).__name__}: {e})") from e
-    # None leaves (optax's unused slots) are recorded but hold nothing; jax's flattening drops them too.
-    saved = {
-      key: tuple(value["write_shape"]) if isinstance(value.get("write_shape"), list) else None
-      for key, value in values.items()
-      if isinstance(value, dict) and value.get("value_type") != "None"
-    }
-    expected = {_orbax_key(path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    saved = self._saved_shapes(step)
+    expected = {_key_names(path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
     differing = [
-      f"{'.'.join(ast.literal_eval(key))}: saved {saved.get(key, 'nothing')}, this run {expected.get(key, 'nothing')}"
+      f"{'.'.join(key)}: saved {saved.get(key, 'nothing')}, this run {expected.get(key, 'nothing')}"
       for key in sorted(set(saved) | set(expected))
-      if key not in saved or key not in expected or (saved[key] is not None and saved[key] != expected[key])
+      if saved.get(key) != expected.get(key)
     ]
     if differing:
       raise CheckpointError(
@@ -259,15 +264,16 @@ def newest_meta(model_dir: str | os.PathLike) -> dict[str, Any] | None:
   return None
 
 
-def _orbax_key(path) -> str:
-  """A jax key path as orbax names it in state/_METADATA: "('opt_state', 'inner_states', '0', 'v')"."""
+def _key_names(path) -> tuple[str, ...]:
+  """A jax key path as names: dict keys, attribute names (named tuples, dataclasses) and list indices alike, so
+  this run's TrainState and orbax's metadata tree (named tuples saved as dicts) compare."""
   names = []
   for entry in path:
     for attribute in ("key", "name", "idx"):
       if hasattr(entry, attribute):
         names.append(str(getattr(entry, attribute)))
         break
-  return str(tuple(names))
+  return tuple(names)
 
 
 def data_settings(cfg: Any) -> dict[str, Any]:
