@@ -23,11 +23,14 @@ them: the saved data position means nothing on other data.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from prompt_tuning.checkpoints.errors import CheckpointError, format_list
 
@@ -156,15 +160,17 @@ class TrainingCheckpoints:
       DamagedCheckpointError: the metadata is missing or unreadable.
     """
     directory = (self.step_folder(step) / "state").absolute()
-    try:
-      with ocp.StandardCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(directory)
-      tree = metadata.item_metadata.tree
-      leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-      return {_key_names(path): tuple(leaf.shape) for path, leaf in leaves}
-    except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types on missing or bad files
-      reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-      raise DamagedCheckpointError(f"{directory} has no readable metadata ({type(e).__name__}: {reason})") from e
+    failure = None
+    with _quiet_failed_reads():
+      try:
+        tree = ocp.StandardCheckpointHandler().metadata(epath.Path(directory)).tree
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        shapes = {_key_names(path): tuple(leaf.shape) for path, leaf in leaves}
+      except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types on missing or bad files
+        failure = _describe(e)
+    if failure is not None:
+      raise DamagedCheckpointError(f"{directory} has no readable metadata ({failure})")
+    return shapes
 
   def _check_shapes(self, step: int, abstract_state: PyTree) -> None:
     """Compares the saved array paths and (global) shapes with this run's state.
@@ -199,14 +205,17 @@ class TrainingCheckpoints:
       raise CheckpointError(f"no training checkpoint in {self.model_dir / 'checkpoints'}.")
     self.read_meta(step)
     self._check_shapes(step, abstract_state)
-    try:
-      restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-      )
-    except Exception as e:  # noqa: BLE001 - the shapes matched, so any failure to read is damage
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-      raise DamagedCheckpointError(f"its arrays cannot be read ({type(e).__name__}: {reason[:300]})") from e
+    failure = None
+    with _quiet_failed_reads():
+      try:
+        restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+        )
+      except Exception as e:  # noqa: BLE001 - the shapes matched, so any failure to read is damage
+        failure = _describe(e)
+    if failure is not None:
+      raise DamagedCheckpointError(f"its arrays cannot be read ({failure})")
     return restored["state"], dict(restored["meta"])
 
   def restore_newest_intact(self, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]] | None:
@@ -262,6 +271,33 @@ def newest_meta(model_dir: str | os.PathLike) -> dict[str, Any] | None:
     if isinstance(meta, dict):
       return meta
   return None
+
+
+def _describe(error: Exception) -> str:
+  reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+  return f"{type(error).__name__}: {reason}"
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+  """Collects a failed tensorstore read's leftovers here, without their "Event loop is closed" tracebacks.
+
+  The asyncio futures of a failed read are freed at the next garbage collection, and each one's callback then
+  reports a RuntimeError on a loop orbax already closed: harmless, but printed as a traceback flood. Only that
+  error is silenced, and only while the leftovers are collected.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
 
 
 def _key_names(path) -> tuple[str, ...]:
