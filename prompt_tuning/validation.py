@@ -15,6 +15,7 @@ Every function here is pure (it reads, never changes, what it is given) and rais
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 import re
@@ -25,6 +26,9 @@ from typing import Any
 # Encoders longer than this (prompt + inputs) need MAX_ENCODER_LENGTH set explicitly: their attention scores
 # alone (batch x length^2 per head and layer) outgrow any accelerator's memory long before the run starts.
 UNBOUNDED_ENCODER_LIMIT = 32768
+# Embedding rows beyond the vocabulary that models pad with (T5: 32,128 rows for 32,100 ids; ByT5: 384 for 259).
+SPARE_EMBEDDING_ROWS = 1024
+log = logging.getLogger(__name__)
 
 
 class SettingError(ValueError):
@@ -245,6 +249,14 @@ def check_vocabulary(task: Any, embedding_rows: int) -> None:
         f"the vocabulary {path} has {size:,} ids (with sentinels) but the backbone embeds only {embedding_rows:,} "
         "tokens: use the SentencePiece model the backbone was trained with (VOCABULARY_PATH), or the matching "
         "INITIAL_CHECKPOINT_PATH."
+      )
+    if embedding_rows - size > SPARE_EMBEDDING_ROWS:
+      log.warning(
+        "the vocabulary %s has %s ids but the backbone embeds %s tokens: a vocabulary this much smaller than the "
+        "embedding is usually another model's SentencePiece file; check VOCABULARY_PATH.",
+        getattr(vocabulary, "sentencepiece_model_file", "of the task"),
+        f"{size:,}",
+        f"{embedding_rows:,}",
       )
 
 

@@ -361,6 +361,12 @@ def test_a_vocabulary_larger_than_the_embedding_is_refused(reference_dir):
   validation.check_vocabulary(task, 32128)  # T5's embedding: fits
 
 
+def test_a_vocabulary_much_smaller_than_the_embedding_is_warned_about(reference_dir, caplog):
+  task = validation.check_task(tiny_task.register())
+  validation.check_vocabulary(task, 250112)  # mT5's embedding with T5's vocabulary
+  assert "has 32,100 ids but the backbone embeds 250,112 tokens" in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Gin files: the project's library first; the current folder only by an explicit path.
 
