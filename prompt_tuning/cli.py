@@ -11,15 +11,21 @@
 t5x's flags: `--gin_file` (repeatable), `--gin.NAME=VALUE` (a binding, e.g.
 `--gin.MODEL_DIR="'/tmp/run'"` or `--gin.train.num_train_steps=100`),
 `--gin_bindings` (repeatable, t5x's older spelling), `--gin_search_paths`
-(comma-separated; the project's gin/ and configs/ are always searched),
-`--tfds_data_dir` and `--seqio_additional_cache_dirs`; multi-host: t5x's
-`--multiprocess_gpu`, `--coordinator_address`, `--process_count`,
-`--process_index`. gin/defaults.gin is parsed first (every macro's default), so
-gin files compose in any order. A macro that is set but read by nothing is an
-error. Compiled programs are cached on disk (`prompt_tuning.compilation_cache`:
+(comma-separated), `--tfds_data_dir` and `--seqio_additional_cache_dirs`;
+multi-host: t5x's `--multiprocess_gpu`, `--coordinator_address`,
+`--process_count`, `--process_index`. gin/defaults.gin is parsed first (every
+macro's default), so gin files compose in any order. A macro that is set but
+read by nothing is an error. A gin file named on the command line is looked up
+in the project's library (gin/, configs/) first, then in `--gin_search_paths`,
+then in the current folder; write an explicit path (`./my.gin`, `/abs/my.gin`)
+to use a file that shares a library file's name. Every resolved path is logged.
+Compiled programs are cached on disk (`prompt_tuning.compilation_cache`:
 `$PROMPT_TUNING_COMPILATION_CACHE`, default `~/.cache/prompt_tuning/jax`; `off`
-switches it off). Errors in flags or configs print one line, not a traceback
-(`--debug` shows the traceback); TensorFlow's start-up logs are hidden
+switches it off).
+
+Errors print our whole message (what was wrong, and what to do), not a
+traceback (`--debug` shows the traceback); TensorFlow's wrapping of errors
+raised inside its data pipeline is removed, and its start-up logs are hidden
 (`--verbose` shows them).
 """
 
@@ -29,6 +35,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +47,7 @@ GIN_COMMANDS = {
   "infer": ("prompt_tuning.infer", "infer"),
 }
 USAGE = __doc__
+log = logging.getLogger(__name__)
 
 
 def gin_search_paths() -> list[Path]:
@@ -128,6 +136,10 @@ def configure_gin(
 
   Returns:
     The macros the files and bindings assigned (beyond defaults.gin).
+
+  Raises:
+    FileNotFoundError: a gin file found nowhere.
+    ValueError: a gin file that does not parse, naming it.
   """
   import gin
 
@@ -138,21 +150,19 @@ def configure_gin(
   for path in [*search_paths, *map(str, gin_search_paths())]:
     if path and path not in gin.config._LOCATION_PREFIXES:
       gin.add_config_file_search_path(path)
-  missing = [f for f in files if not _resolve_gin_file(f, search_paths)]
-  if missing:
-    from prompt_tuning import reference
-
-    ours = reference.reference_gin_file(missing[0])
-    if ours:
-      raise FileNotFoundError(
-        f"gin file {missing[0]!r} is the reference implementation's (or t5x's); here use --gin_file={ours} "
-        "(docs/MIGRATING.md maps every reference file, flag and macro)."
-      )
-    where = ", ".join(str(p) for p in [*search_paths, *gin_search_paths()])
-    raise FileNotFoundError(f"gin file {missing[0]!r} not found (searched the current folder and {where}).")
+  paths = [_resolve_or_refer(name, search_paths) for name in files]
   gin.parse_config_file(str(_defaults_file()))
   snapshot = gin_checks.macro_snapshot()
-  gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  for name, path in zip(files, paths):
+    log.info("gin file %s: %s", name, path)
+    try:
+      parsed = gin.parse_config_file(path)
+    except (SyntaxError, ValueError, KeyError, ImportError, OSError) as e:
+      raise ValueError(f"gin file {path}: {_gin_error(e)}\nFix the file (bindings are NAME = VALUE).") from e
+    except Exception as e:  # noqa: BLE001 - tokenize.TokenError and the like name no file
+      raise ValueError(f"gin file {path}: {type(e).__name__}: {e}\nFix the file's syntax.") from e
+    _log_includes(parsed.includes, search_paths)
+  gin.parse_config(bindings)
   user_set = gin_checks.changed_macros(snapshot)
   if check_unread:
     gin_checks.check_macros_are_read(user_set, also_read=CODE_READ_MACROS)
@@ -184,10 +194,77 @@ def apply_code_read_macros() -> None:
   reference.check_loss_normalizing_factor(gin.query_parameter("%LOSS_NORMALIZING_FACTOR"))
 
 
-def _resolve_gin_file(name: str, search_paths: list[str]) -> bool:
-  if Path(name).is_file():
-    return True
-  return any((Path(p) / name).is_file() for p in [*search_paths, *map(str, gin_search_paths())] if p)
+def _resolve_or_refer(name: str, search_paths: list[str]) -> str:
+  """`resolve_gin_file`, or for a gin file of the reference implementation (or t5x) the name of ours to use."""
+  try:
+    return resolve_gin_file(name, search_paths)
+  except FileNotFoundError:
+    from prompt_tuning import reference
+
+    ours = reference.reference_gin_file(name)
+    if ours:
+      raise FileNotFoundError(
+        f"gin file {name!r} is the reference implementation's (or t5x's); here use --gin_file={ours} "
+        "(docs/MIGRATING.md maps every reference file, flag and macro)."
+      ) from None
+    raise
+
+
+def _log_includes(includes, search_paths: list[str]) -> None:
+  """Logs where each (nested) include was read from, as gin resolves it: the current folder first, then the search
+  paths; an include the current folder shadows is warned about."""
+  library = [*[p for p in search_paths if p], *map(str, gin_search_paths())]
+  for parsed in includes:
+    name = parsed.filename
+    found = [os.path.join(p, name) for p in ["", *library] if os.path.isfile(os.path.join(p, name))]
+    if found:
+      log.info("gin include %s: %s", name, os.path.abspath(found[0]))
+      if not os.path.isabs(name) and os.path.isfile(name) and len(found) > 1:
+        log.warning("gin include %s was read from the current folder, shadowing %s.", name, found[1])
+    _log_includes(parsed.includes, search_paths)
+
+
+def _gin_error(error: Exception) -> str:
+  text = str(error).strip()
+  return text if text else type(error).__name__
+
+
+def _is_explicit_path(name: str) -> bool:
+  return os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.startswith((".\\", "..\\"))
+
+
+def resolve_gin_file(name: str, search_paths: list[str]) -> str:
+  """Where the gin file `name` of the command line is read from.
+
+  An explicit path (`./x.gin`, `../x.gin`, `/abs/x.gin`, `~/x.gin`) is used as written. Any other name is looked up
+  in the project's library first, then in `search_paths`, then in the current folder, so a file in the current
+  folder never silently replaces the project's file of the same name (a warning says it was not used).
+
+  Raises:
+    FileNotFoundError: the file is nowhere.
+  """
+  if _is_explicit_path(name):
+    path = os.path.expanduser(name)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"gin file {name!r} not found.")
+    return os.path.abspath(path)
+  folders = [*map(str, gin_search_paths()), *[p for p in search_paths if p]]
+  for folder in folders:
+    candidate = os.path.join(folder, name)
+    if os.path.isfile(candidate):
+      if os.path.isfile(name) and os.path.abspath(name) != os.path.abspath(candidate):
+        log.warning(
+          "gin file %s: using %s, not ./%s of the current folder (write ./%s for that one).",
+          name,
+          candidate,
+          name,
+          name,
+        )
+      return os.path.abspath(candidate)
+  if os.path.isfile(name):
+    return os.path.abspath(name)
+  where = ", ".join(folders)
+  raise FileNotFoundError(f"gin file {name!r} not found (searched {where} and the current folder).")
 
 
 @contextlib.contextmanager
@@ -355,12 +432,52 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt:
     print("interrupted; the last finished checkpoint is kept.", file=sys.stderr)
     return 130
-  except Exception as e:  # noqa: BLE001 - one clear line for users; --debug for the traceback
+  except Exception as e:  # noqa: BLE001 - our whole message for users; --debug for the traceback
     if debug:
       raise
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
+    print(error_message(e), file=sys.stderr)
     return 1
+
+
+# Third-party advice this project never follows: loading pickles from files it did not write.
+_UNSAFE_ADVICE = re.compile(r"allow_pickle=|weights_only=False|pickle\.load\(|load it unsafely|unsafely", re.IGNORECASE)
+_USER_CODE = "in user code:"
+_GIN_CONTEXT = re.compile(r"^\s*In call to configurable ")
+
+
+def unwrap(error: BaseException) -> tuple[str, str]:
+  """(type name, message) of the error a user should see.
+
+  TensorFlow re-raises errors from inside `tf.data`/`tf.function` code as "in user code: <traceback> <Type>:
+  <message>" (autograph) or with the message embedded in an OpError; the original is what is reported.
+  """
+  name, message = type(error).__name__, str(error).strip()
+  if isinstance(error, KeyError) and error.args and isinstance(error.args[0], str) and len(error.args) == 1:
+    message = error.args[0]
+  if message.startswith(_USER_CODE):
+    tail = [line.strip() for line in message.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(tail) if re.match(r"^[A-Za-z_][\w.]*(Error|Exception):", line)]
+    if starts:  # the original's type and message close autograph's report; its message may span lines
+      name, _, first = tail[starts[-1]].partition(":")
+      name, message = name.split(".")[-1], "\n".join([first.strip(), *tail[starts[-1] + 1 :]]).strip()
+  elif "Traceback (most recent call last)" in message:  # an OpError carrying a py_function's traceback
+    lines = [line for line in message.splitlines() if line.strip()]
+    original = next(
+      (line for line in reversed(lines) if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception): ", line)), None
+    )
+    if original:
+      name, _, message = original.strip().partition(": ")
+      name = name.split(".")[-1]
+  return name, message or name
+
+
+def error_message(error: BaseException) -> str:
+  """All lines of the error's message (ours say what to do on the later lines), without unsafe advice."""
+  name, message = unwrap(error)
+  # gin appends "In call to configurable 'train' (<function ...>)" to errors raised inside configurables.
+  lines = [line for line in message.splitlines() if not _UNSAFE_ADVICE.search(line) and not _GIN_CONTEXT.match(line)]
+  text = "\n".join(lines).strip() or "the file holds pickled Python objects, which are never loaded here."
+  return f"error: {name}: {text}"
 
 
 if __name__ == "__main__":

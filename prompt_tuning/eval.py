@@ -18,7 +18,7 @@ import gin
 import jax
 import numpy as np
 
-from prompt_tuning import decoding, distributed, inputs, optim, partitioning
+from prompt_tuning import decoding, distributed, inputs, optim, partitioning, validation
 
 
 def teacher_forced(run, task_name: str, lengths: Mapping[str, int], batch_size: int, split: str, max_batches=None):
@@ -125,6 +125,7 @@ def evaluate(
   from prompt_tuning import train
 
   cfg = run_config if run_config is not None else train.RunConfig()
+  validation.check_has_checkpoint(cfg, validation.newest_checkpoint_step(cfg.model_dir), "evaluate")
   run = train.build(cfg)
   try:
     metrics = teacher_forced(run, cfg.mixture_or_task_name, cfg.task_feature_lengths, cfg.batch_size, split)

@@ -12,6 +12,29 @@ import jax
 from tqdm import tqdm
 
 
+def drop_records_after(path: Path, step: int) -> None:
+  """Removes the records of steps after `step` from a metrics.jsonl: a resumed run writes them again.
+
+  A run killed after step 7 but checkpointed at 4 resumes at 4 and logs 5-7 anew; without this each would appear
+  twice. Lines that do not parse are kept as they are.
+  """
+  if not path.is_file():
+    return
+  lines = path.read_text().splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      record_step = json.loads(line).get("step")
+    except (json.JSONDecodeError, AttributeError):
+      record_step = None
+    if not isinstance(record_step, int) or record_step <= step:
+      kept.append(line)
+  if len(kept) != len(lines):
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 class Reporter:
   """Progress bar (step, loss, tokens/s, ETA), MODEL_DIR/metrics.jsonl, TensorBoard events.
 
@@ -21,6 +44,8 @@ class Reporter:
   def __init__(self, model_dir: str | os.PathLike, total_steps: int, start_step: int = 0):
     self.primary = jax.process_index() == 0
     self.path = Path(model_dir) / "metrics.jsonl"
+    if self.primary:
+      drop_records_after(self.path, start_step)
     self._bar = tqdm(
       total=total_steps,
       initial=start_step,

@@ -11,6 +11,7 @@ The frozen backbone always comes from INITIAL_CHECKPOINT_PATH.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -24,7 +25,8 @@ import gin
 import jax
 import optax
 
-from prompt_tuning import optim, partitioning, trainer
+from prompt_tuning import locks, optim, partitioning, trainer, validation
+from prompt_tuning.checkpoints import training as training_checkpoints
 from prompt_tuning.checkpoints.training import TrainingCheckpoints, backbone_fingerprint, check_fingerprint
 from prompt_tuning.tuning import TunedT5
 
@@ -124,10 +126,7 @@ class RunConfig:
         "INITIAL_CHECKPOINT_PATH=None (random initialization) needs MODEL_SIZE: include a models/ and a "
         "models/sizes/ gin file, or set RunConfig.model_size."
       )
-    if self.batch_size < 1 or self.num_microbatches < 1 or self.batch_size % self.num_microbatches:
-      raise ValueError(
-        f"batch_size {self.batch_size} must be a positive multiple of num_microbatches {self.num_microbatches}."
-      )
+    validation.check_run_config(self)
 
 
 def _load_backbone(cfg: RunConfig):
@@ -154,7 +153,9 @@ def build(cfg: RunConfig) -> Run:
   """Mesh, backbone, trainable state (fresh or restored) and the compiled steps."""
   mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
   rules = partitioning.logical_rules()
+  task = validation.check_task(cfg.mixture_or_task_name)
   config, backbone_host = _load_backbone(cfg)
+  validation.check_vocabulary(task, config.vocab_size)
   tuned = TunedT5(config, cfg.prompt_length, cfg.prompt_init, cfg.prefix)
   if not config.decoder_only:
     tuned.check_lengths(cfg.task_feature_lengths["inputs"], cfg.max_encoder_length)
@@ -175,9 +176,9 @@ def build(cfg: RunConfig) -> Run:
   fingerprint = backbone_fingerprint(backbone)
   checkpoints = TrainingCheckpoints(cfg.model_dir, keep=cfg.keep_checkpoints)
   data_position = 0
-  if checkpoints.latest_step() is not None:
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    state, meta = checkpoints.restore(abstract)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  if (restored := checkpoints.restore_newest_intact(abstract)) is not None:
+    state, meta = restored
     check_fingerprint(meta, fingerprint, cfg.initial_checkpoint_path)
     data_position = int(meta["data_position"])
     log.info("resumed from step %d of %s", int(state.step), cfg.model_dir)
@@ -278,6 +279,7 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int) -> None:
     "backbone_path": str(cfg.initial_checkpoint_path),
     "trainable_pattern": cfg.trainable_pattern,
     "prompt_length": cfg.prompt_length,
+    **training_checkpoints.data_settings(cfg),
   }
   prompt = run.state.trainable.get("prompt") if isinstance(run.state.trainable, dict) else None
   run.checkpoints.save(step, run.state, meta, prompt=prompt)
@@ -319,13 +321,27 @@ def train(
     "log_every": log_every,
     "stop_after": stop_after,
   }
+  validation.check_schedule(num_train_steps, checkpoint_every, eval_every, log_every, stop_after, eval_max_batches)
   Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
+  # One writer per MODEL_DIR; the processes of one multi-process run share it, process 0 holds the lock.
+  lock = locks.DirectoryLock(cfg.model_dir, what="training run") if jax.process_index() == 0 else None
+  with lock or contextlib.nullcontext():
+    return _train(cfg, schedule)
+
+
+def _train(cfg: RunConfig, schedule: dict[str, Any]) -> dict[str, Any]:
   from prompt_tuning import inputs, reporting
 
+  validation.check_writable(cfg.model_dir)
+  validation.check_resume(cfg.model_dir, schedule["num_train_steps"])
+  training_checkpoints.check_data_settings(
+    training_checkpoints.newest_meta(cfg.model_dir), training_checkpoints.data_settings(cfg), cfg.model_dir
+  )
   run = build(cfg)
   if not run.trainable_count:
     run.checkpoints.close()
     raise optim.nothing_selected(cfg.trainable_pattern, run.frozen)
+  num_train_steps = schedule["num_train_steps"]
   local_batch = partitioning.local_batch_size(cfg.batch_size, run.mesh)
   reporter = reporting.Reporter(cfg.model_dir, total_steps=num_train_steps, start_step=run.start_step)
   reporter.text(

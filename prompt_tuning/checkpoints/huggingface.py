@@ -32,6 +32,7 @@ from prompt_tuning.checkpoints import hf_names
 from prompt_tuning.checkpoints.errors import CheckpointError, format_list
 from prompt_tuning.checkpoints.param_tree import CheckpointContents, LazyArray, flatten, in_memory
 from prompt_tuning.models.configs import T5Config, activations_from_feed_forward_proj
+from prompt_tuning.validation import resolve_inside
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +214,10 @@ def _read_sharded(folder: str, index_name: str, read_file) -> Arrays:
   if not isinstance(weight_map, Mapping):
     raise CheckpointError(f"{index_file} has no 'weight_map'; it is corrupt: download it again.")
   shards = sorted(set(weight_map.values()))
+  for shard in shards:
+    if not isinstance(shard, str):
+      raise CheckpointError(f"{index_file} names a shard {shard!r} that is not a file name; download it again.")
+    resolve_inside(folder, shard, index_file)
   absent = [shard for shard in shards if not os.path.isfile(os.path.join(folder, shard))]
   if absent:
     raise CheckpointError(

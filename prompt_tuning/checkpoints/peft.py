@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from prompt_tuning.checkpoints.prompt_files import check_prompt_array
+from prompt_tuning.checkpoints.errors import CheckpointError
+from prompt_tuning.checkpoints.prompt_files import check_prompt_array, read_safetensors_file
+from prompt_tuning.validation import resolve_inside
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -104,7 +106,12 @@ def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
   config_path = Path(path) / CONFIG_NAME
   if not config_path.is_file():
     raise FileNotFoundError(f"{config_path} not found: {path} is not a PEFT adapter folder.")
-  config = json.loads(config_path.read_text())
+  try:
+    config = json.loads(config_path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{config_path} is not valid JSON ({e}); it is corrupt: export the adapter again.") from e
+  if not isinstance(config, dict):
+    raise CheckpointError(f"{config_path} holds a JSON {type(config).__name__}, not an object: export it again.")
   peft_type = str(config.get("peft_type", "")).upper()
   if peft_type != PROMPT_TUNING:
     why = _OTHER_TYPES.get(peft_type, "it is not a soft prompt")
@@ -118,9 +125,7 @@ def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def _read_weights(path: Path) -> np.ndarray:
   if (path / WEIGHTS_NAME).is_file():
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(path / WEIGHTS_NAME))
+    tensors = read_safetensors_file(resolve_inside(path, WEIGHTS_NAME, f"the PEFT adapter {path}"))
   elif (path / LEGACY_WEIGHTS_NAME).is_file():
     try:
       import torch
@@ -129,7 +134,17 @@ def _read_weights(path: Path) -> np.ndarray:
         f"{path / LEGACY_WEIGHTS_NAME} is a PyTorch pickle and torch is not installed: install torch, or re-save "
         "the adapter with safetensors (PEFT's default)."
       ) from e
-    tensors = {k: v.float().numpy() for k, v in torch.load(path / LEGACY_WEIGHTS_NAME, weights_only=True).items()}
+    file = resolve_inside(path, LEGACY_WEIGHTS_NAME, f"the PEFT adapter {path}")
+    try:
+      loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError; torch's advice is dropped
+      raise CheckpointError(
+        f"{file} cannot be read as tensors only ({type(e).__name__}); it is truncated or holds other Python objects, "
+        "which are never unpickled here: export the adapter again with safetensors (PEFT's default)."
+      ) from None
+    if not isinstance(loaded, dict):
+      raise CheckpointError(f"{file} holds {type(loaded).__name__}, not a dict of tensors: export it again.")
+    tensors = {k: v.float().numpy() for k, v in loaded.items() if hasattr(v, "float")}
   else:
     raise FileNotFoundError(f"{path} has no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME}).")
   if WEIGHTS_KEY not in tensors:
@@ -153,6 +168,12 @@ def load_peft_adapter(path: str | os.PathLike) -> np.ndarray:
   weights = np.asarray(_read_weights(path))
   length, width = config.get("num_virtual_tokens"), config.get("token_dim")
   submodules = config.get("num_transformer_submodules") or 1
+  for key, value in (("num_virtual_tokens", length), ("token_dim", width), ("num_transformer_submodules", submodules)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise CheckpointError(
+        f"{path / CONFIG_NAME}: {key} is {value!r}; a prompt-tuning adapter gives a positive integer: fix the file "
+        "or export the adapter again."
+      )
   expected = (length * submodules, width)
   if weights.shape != expected:
     raise ValueError(

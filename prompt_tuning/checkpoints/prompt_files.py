@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from prompt_tuning.checkpoints.errors import CheckpointError
+from prompt_tuning.validation import resolve_inside
+
 SAFETENSORS_KEYS = ("prompt", "prompt_embeddings")
 _FORMATS = (
   "a .npy file (or .npy content without the extension, as the reference writes it), a .safetensors file, a PEFT "
@@ -73,10 +76,45 @@ def _latest_numpy_checkpoint(model_dir: Path) -> Path | None:
   return max(steps)[1] if steps else None
 
 
-def _read_safetensors(path: Path) -> np.ndarray:
+def read_npy(path: Path) -> np.ndarray:
+  """np.load without pickles, its errors turned into ours (naming the file, saying what to do).
+
+  Raises:
+    CheckpointError: a truncated or non-.npy file, or one holding pickled objects.
+  """
+  try:
+    return np.load(path, allow_pickle=False)
+  except ValueError as e:
+    if "pickle" in str(e):
+      raise CheckpointError(
+        f"{path} holds pickled Python objects, which are never loaded here: save the prompt as a float array "
+        "[P, D] with numpy.save."
+      ) from None
+    raise CheckpointError(f"{path} is not a readable .npy array ({e}); it is corrupt: save or copy it again.") from e
+  except (EOFError, OSError) as e:
+    raise CheckpointError(
+      f"{path} is truncated or not a .npy file ({type(e).__name__}: {e}); save or copy it again."
+    ) from e
+
+
+def read_safetensors_file(path: Path) -> dict[str, np.ndarray]:
+  """safetensors.numpy.load_file, its errors turned into ours.
+
+  Raises:
+    CheckpointError: a truncated or non-safetensors file.
+  """
   from safetensors.numpy import load_file
 
-  tensors = load_file(str(path))
+  try:
+    return load_file(str(path))
+  except Exception as e:  # noqa: BLE001 - SafetensorError derives from Exception only
+    raise CheckpointError(
+      f"{path} is truncated or not a safetensors file ({type(e).__name__}: {e}); save or copy it again."
+    ) from e
+
+
+def _read_safetensors(path: Path) -> np.ndarray:
+  tensors = read_safetensors_file(path)
   if len(tensors) == 1:
     return next(iter(tensors.values()))
   for key in SAFETENSORS_KEYS:
@@ -94,10 +132,10 @@ def _read_folder(path: Path) -> np.ndarray:
     return load_peft_adapter(path)
   step_prompt = _step_prompt(path)
   if step_prompt is not None:
-    return np.load(step_prompt, allow_pickle=False)
+    return read_npy(resolve_inside(path, step_prompt.name, f"the prompt folder {path}"))
   latest = _latest_numpy_checkpoint(path)
   if latest is not None:
-    return np.load(latest, allow_pickle=False)
+    return read_npy(resolve_inside(path, str(latest.relative_to(path)), f"the MODEL_DIR {path}"))
   raise ValueError(f"the folder {path} holds no prompt; expected {_FORMATS}.")
 
 
@@ -105,11 +143,11 @@ def _read(path: Path) -> np.ndarray:
   if path.is_dir():
     return _read_folder(path)
   if path.suffix == ".npy":
-    return np.load(path, allow_pickle=False)
+    return read_npy(path)
   if path.suffix == ".safetensors":
     return _read_safetensors(path)
   if _is_npy(path):  # The reference's files: .npy content, no extension.
-    return np.load(path, allow_pickle=False)
+    return read_npy(path)
   raise ValueError(f"cannot read a prompt from {path} (unknown extension {path.suffix!r}); expected {_FORMATS}.")
 
 

@@ -11,13 +11,26 @@ refused. Orbax writes each step into a temporary folder and renames it when
 complete, so a kill at any moment leaves the last finished checkpoint usable.
 Beside each checkpoint a prompt is also written as `.npy`
 (MODEL_DIR/numpy_checkpoints/checkpoint_<step>/prompt.npy), the format of the
-reference implementation.
+reference implementation; they are pruned with the orbax checkpoints (`keep`).
+
+A damaged checkpoint (a file missing, truncated or unreadable: a disk that filled up, a copy cut short) is told
+apart from a mismatched one (readable, but written for other shapes: another prompt length, pattern or
+optimizer). `restore_newest_intact` skips damaged ones, newest first, moving each aside into
+MODEL_DIR/damaged_checkpoints/ (never deleting it) and saying why; a mismatched one is refused. The meta also
+records the task and data settings (`data_settings`), and `check_data_settings` refuses a resume that changes
+them: the saved data position means nothing on other data.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import json
+import logging
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +38,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from prompt_tuning.checkpoints.errors import CheckpointError
+from prompt_tuning.checkpoints.errors import CheckpointError, format_list
 
 PyTree = Any
+log = logging.getLogger(__name__)
+
+# The run settings that decide which examples a data position points at; a resume must keep them.
+DATA_SETTINGS = {
+  "mixture_or_task_name": "MIXTURE_OR_TASK_NAME",
+  "task_feature_lengths": "TASK_FEATURE_LENGTHS",
+  "batch_size": "BATCH_SIZE",
+  "seed": "SEED",
+  "shuffle": "RunConfig.shuffle",
+}
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint whose files are missing, truncated or unreadable (not one written for other settings)."""
 
 
 def backbone_fingerprint(params: PyTree) -> str:
@@ -59,6 +87,7 @@ class TrainingCheckpoints:
 
   def __init__(self, model_dir: str | os.PathLike, keep: int | None = 3, async_save: bool = True):
     self.model_dir = Path(model_dir)
+    self.keep = keep
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(
       self.model_dir.absolute() / "checkpoints", options=options, item_names=("state", "meta")
@@ -86,6 +115,19 @@ class TrainingCheckpoints:
     with open(tmp, "wb") as f:
       np.save(f, np.asarray(jax.device_get(prompt)))
     os.replace(tmp, folder / "prompt.npy")
+    self._prune_numpy_prompts()
+
+  def _prune_numpy_prompts(self) -> None:
+    """Keeps the numpy prompts of the newest `keep` steps, as orbax keeps its checkpoints."""
+    if self.keep is None:
+      return
+    folders = {}
+    for child in (self.model_dir / "numpy_checkpoints").glob("checkpoint_*"):
+      step = child.name[len("checkpoint_") :]
+      if step.isdigit():
+        folders[int(step)] = child
+    for step in sorted(folders)[: -self.keep]:
+      shutil.rmtree(folders[step], ignore_errors=True)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -93,27 +135,207 @@ class TrainingCheckpoints:
   def close(self) -> None:
     self._manager.close()
 
+  def step_folder(self, step: int) -> Path:
+    return self.model_dir / "checkpoints" / str(int(step))
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    """The JSON meta of `step`, read directly (no orbax), for checks before anything is restored.
+
+    Raises:
+      DamagedCheckpointError: the file is missing or not a JSON object.
+    """
+    file = self.step_folder(step) / "meta" / "metadata"
+    try:
+      meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise DamagedCheckpointError(f"{file} is missing or not JSON ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict):
+      raise DamagedCheckpointError(f"{file} holds {type(meta).__name__}, not a JSON object")
+    return meta
+
+  def _saved_shapes(self, step: int) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{array path: global shape} of a checkpoint's state, from orbax's metadata (no array is read).
+
+    Raises:
+      DamagedCheckpointError: the metadata is missing or unreadable.
+    """
+    directory = (self.step_folder(step) / "state").absolute()
+    failure = None
+    with _quiet_failed_reads():
+      try:
+        tree = ocp.StandardCheckpointHandler().metadata(epath.Path(directory)).tree
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        shapes = {_key_names(path): tuple(leaf.shape) for path, leaf in leaves}
+      except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types on missing or bad files
+        failure = _describe(e)
+    if failure is not None:
+      raise DamagedCheckpointError(f"{directory} has no readable metadata ({failure})")
+    return shapes
+
+  def _check_shapes(self, step: int, abstract_state: PyTree) -> None:
+    """Compares the saved array paths and (global) shapes with this run's state.
+
+    Raises:
+      DamagedCheckpointError: the metadata is missing or unreadable.
+      CheckpointError: readable, but written for another trainable state (a mismatch, not damage).
+    """
+    saved = self._saved_shapes(step)
+    expected = {_key_names(path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    differing = [
+      f"{'.'.join(key)}: saved {saved.get(key, 'nothing')}, this run {expected.get(key, 'nothing')}"
+      for key in sorted(set(saved) | set(expected))
+      if saved.get(key) != expected.get(key)
+    ]
+    if differing:
+      raise CheckpointError(
+        f"training checkpoint {step} in {self.model_dir} does not match this run's trainable state:\n"
+        f"{format_list(differing, limit=5)}\nIt was written by a run with another prompt length, prefix setting, "
+        "trainable pattern or optimizer: use the settings of that run, or a fresh MODEL_DIR."
+      )
+
   def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
     """Restores (state, meta) of `step` (default: the latest) onto `abstract_state`'s shapes and shardings.
 
     Raises:
+      DamagedCheckpointError: its files are missing, truncated or unreadable.
       CheckpointError: when there is no checkpoint, or it does not fit the run.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no training checkpoint in {self.model_dir / 'checkpoints'}.")
-    try:
-      restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-      )
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(
-        f"training checkpoint {step} in {self.model_dir} does not match this run's trainable state ({e}). "
-        "It was written by a run with another prompt length, prefix setting, trainable pattern or optimizer: "
-        "use a fresh MODEL_DIR, or the settings of that run."
-      ) from e
+    self.read_meta(step)
+    self._check_shapes(step, abstract_state)
+    failure = None
+    with _quiet_failed_reads():
+      try:
+        restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+        )
+      except Exception as e:  # noqa: BLE001 - the shapes matched, so any failure to read is damage
+        failure = _describe(e)
+    if failure is not None:
+      raise DamagedCheckpointError(f"its arrays cannot be read ({failure})")
     return restored["state"], dict(restored["meta"])
+
+  def restore_newest_intact(self, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]] | None:
+    """Restores the newest checkpoint that reads back whole; None when there is none at all.
+
+    Damaged newer ones are moved aside into MODEL_DIR/damaged_checkpoints/ (so a new save of their step can
+    happen) and logged with the reason. A mismatched checkpoint is refused, not skipped: the older ones were
+    written by the same settings.
+
+    Raises:
+      CheckpointError: a mismatched checkpoint, or every checkpoint damaged.
+    """
+    skipped = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        restored = self.restore(abstract_state, step)
+      except DamagedCheckpointError as e:
+        moved = self._move_aside(step)
+        log.warning("skipped damaged training checkpoint %d: %s; moved it to %s.", step, e, moved)
+        skipped.append(f"step {step}: {e} (moved to {moved})")
+        continue
+      if skipped:
+        log.warning("resuming from step %d, the newest intact checkpoint in %s.", step, self.model_dir)
+      return restored
+    if skipped:
+      raise CheckpointError(
+        f"every training checkpoint in {self.model_dir} is damaged:\n{format_list(skipped)}\nUse a fresh MODEL_DIR, "
+        "or start from a saved prompt (numpy_checkpoints/) with prompts.from_file."
+      )
+    return None
+
+  def _move_aside(self, step: int) -> Path:
+    target = self.model_dir / "damaged_checkpoints" / str(step)
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      suffix = 1
+      while target.exists():
+        target, suffix = self.model_dir / "damaged_checkpoints" / f"{step}.{suffix}", suffix + 1
+      shutil.move(str(self.step_folder(step)), str(target))
+    self._manager.reload()
+    return target
+
+
+def newest_meta(model_dir: str | os.PathLike) -> dict[str, Any] | None:
+  """The meta of MODEL_DIR's newest checkpoint whose meta reads, found without orbax (before the backbone loads)."""
+  folder = Path(model_dir) / "checkpoints"
+  steps = sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()), reverse=True) if folder.is_dir() else []
+  for step in steps:
+    try:
+      meta = json.loads((folder / str(step) / "meta" / "metadata").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+      continue
+    if isinstance(meta, dict):
+      return meta
+  return None
+
+
+def _describe(error: Exception) -> str:
+  reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+  return f"{type(error).__name__}: {reason}"
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+  """Collects a failed tensorstore read's leftovers here, without their "Event loop is closed" tracebacks.
+
+  The asyncio futures of a failed read are freed at the next garbage collection, and each one's callback then
+  reports a RuntimeError on a loop orbax already closed: harmless, but printed as a traceback flood. Only that
+  error is silenced, and only while the leftovers are collected.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
+
+
+def _key_names(path) -> tuple[str, ...]:
+  """A jax key path as names: dict keys, attribute names (named tuples, dataclasses) and list indices alike, so
+  this run's TrainState and orbax's metadata tree (named tuples saved as dicts) compare."""
+  names = []
+  for entry in path:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(entry, attribute):
+        names.append(str(getattr(entry, attribute)))
+        break
+  return tuple(names)
+
+
+def data_settings(cfg: Any) -> dict[str, Any]:
+  """The settings of `cfg` (a RunConfig) that decide the data a checkpoint's data position points into."""
+  return {
+    name: dict(getattr(cfg, name)) if name == "task_feature_lengths" else getattr(cfg, name) for name in DATA_SETTINGS
+  }
+
+
+def check_data_settings(meta: dict[str, Any] | None, settings: dict[str, Any], model_dir: str | os.PathLike) -> None:
+  """Refuses to resume a run on other data than its checkpoints were trained on.
+
+  Checkpoints written before these settings were recorded are not checked.
+
+  Raises:
+    CheckpointError: naming the first setting that differs, its saved and its new value.
+  """
+  if not meta:
+    return
+  for name, macro in DATA_SETTINGS.items():
+    if name in meta and meta[name] != settings[name]:
+      raise CheckpointError(
+        f"{model_dir} was trained with {macro} = {meta[name]!r}; this run sets {settings[name]!r}. Its saved data "
+        f"position (batch {meta.get('data_position')}) would be reused on other data: set {macro} = {meta[name]!r} "
+        "to resume, or use a fresh MODEL_DIR (with prompts.from_file to start from its prompt)."
+      )
 
 
 def check_fingerprint(meta: dict[str, Any], fingerprint: str, backbone_path: str | None) -> None:

@@ -83,11 +83,17 @@ def read_rows(path: str, file_format: str) -> Iterator[tuple[int, dict[str, str]
   Raises:
     LocalDataError: a line that is not a JSON object, or a TSV row whose field count differs from the header's.
   """
-  with _open(path) as f:
-    if file_format == "jsonl":
-      yield from _jsonl_rows(path, f)
-    else:
-      yield from _tsv_rows(path, f)
+  last_line = 0
+  try:
+    with _open(path) as f:
+      rows = _jsonl_rows(path, f) if file_format == "jsonl" else _tsv_rows(path, f)
+      for last_line, row in rows:
+        yield last_line, row
+  except UnicodeDecodeError as e:
+    raise LocalDataError(
+      f"{path}, after line {last_line}: not UTF-8 text (byte {e.object[e.start : e.start + 1]!r} {e.reason}); "
+      "save the file as UTF-8"
+    ) from None
 
 
 def _jsonl_rows(path: str, f) -> Iterator[tuple[int, dict[str, str]]]:
@@ -142,12 +148,18 @@ def _check_row(config: LocalTaskConfig, split: str, path: str, line_number: int,
 
 def _count_and_check(config: LocalTaskConfig, split: str, path: str) -> int:
   """Reads a whole file, checking every row; returns the number of examples."""
-  count = 0
+  count = with_target = 0
   for line_number, row in read_rows(path, config.file_format):
     _check_row(config, split, path, line_number, row)
     count += 1
+    with_target += bool(row.get(config.target_column, "").strip())
   if count == 0:
     raise LocalDataError(f"{path}: no examples in the {split} file")
+  if split != "test" and with_target == 0:
+    raise LocalDataError(
+      f"{path}: every target (column {config.target_column!r}) of the {split} file is empty: there is nothing to "
+      "learn or score; check target_column (TARGET_COLUMN) or the file"
+    )
   return count
 
 

@@ -22,6 +22,7 @@ def main():
   parser.add_argument("--out", default=None)
   parser.add_argument("--checkpoint_every", type=int, default=2)
   parser.add_argument("--backbone", default=None)
+  parser.add_argument("--dropout", type=float, default=0.1)
   args = parser.parse_args()
 
   import jax
@@ -45,7 +46,7 @@ def main():
     prompt_length=3,
     prompt_init=tiny_task.uniform_init,
     batch_size=8,
-    dropout_rate=0.1,
+    dropout_rate=args.dropout,
     shuffle=True,
     mesh_shape=mesh,
   )
