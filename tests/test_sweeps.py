@@ -176,3 +176,15 @@ def test_every_run_of_the_demo_sweep_parses_and_is_sized(capsys):
   assert counted["size=10M,method=model,seed=0"] == ["200", "10,097,152", "10,097,152"]
   assert counted["size=10M,method=prompt,prompt_length=1,seed=1"][1] == "256"
   assert "not counted" not in "\n".join(lines)
+
+
+def test_a_second_driver_on_a_sweep_folder_is_refused(reference_dir, tmp_path, capsys):
+  from prompt_tuning import locks
+
+  sweep_file = write_sweep(tmp_path, "tiny_locked", steps=2)
+  out = tmp_path / "out"
+  with locks.DirectoryLock(out, what="sweep"):  # another driver holds the folder
+    assert cli.main(["sweep", "run", str(sweep_file), "--sweep_dir", str(out)]) == 1
+  err = capsys.readouterr().err
+  assert f"{out} is in use by" in err and "one sweep writes a folder at a time" in err
+  assert not (out / "runs").exists()  # nothing was started

@@ -15,7 +15,6 @@ times; it exits 1 if any run is not done at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -26,13 +25,10 @@ SUBCOMMANDS = ("plan", "run", "status", "report")
 
 
 def sweep_directory_lock(sweep_dir: Path):
-  """THE call site of the sweep folder's lock (one driver per sweep folder at a time).
+  """The sweep folder's lock: one driver per sweep folder at a time (a second is refused with the holder's PID)."""
+  from prompt_tuning import locks
 
-  Issue #13's prompt_tuning/locks.py provides the lock; until it is merged this takes none, and two drivers started
-  on one folder at once would both start its pending runs.
-  """
-  del sweep_dir
-  return contextlib.nullcontext()
+  return locks.DirectoryLock(sweep_dir, what="sweep")
 
 
 def _parser() -> argparse.ArgumentParser:
