@@ -90,7 +90,7 @@ def train_steps(
     ValueError: saying what to set.
   """
   if relative_steps is not None:
-    return int(relative_steps)
+    return relative_steps
   start = checkpoint_step(initial_checkpoint_path)
   if from_checkpoint_step:
     if start is None:
@@ -111,7 +111,7 @@ def train_steps(
       f"TRAIN_STEPS={steps - start} (or TRAIN_STEPS_FROM_CHECKPOINT_STEP=True to read it t5x's way), or "
       f"TRAIN_STEPS_FROM_CHECKPOINT_STEP=False to really train {steps:,} steps."
     )
-  return int(steps)
+  return steps  # as given: validation.check_schedule refuses a non-integer, naming TRAIN_STEPS
 
 
 def check_loss_normalizing_factor(value) -> None:
