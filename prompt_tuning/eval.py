@@ -51,8 +51,15 @@ class Predictor:
 
   def generate(self, encoder_input_tokens: np.ndarray) -> np.ndarray:
     params = self._params()
-    kwargs = self.run.tuned.model_inputs(params)
-    out = decoding.generate(self.run.tuned.config, params["t5"], encoder_input_tokens, settings=self.settings, **kwargs)
+    tuned = self.run.tuned
+    out = decoding.generate(
+      tuned.config,
+      params["t5"],
+      encoder_input_tokens,
+      adapters=tuned.adapters(params),
+      prompt_combination=tuned.prompt_combination,
+      settings=self.settings,
+    )
     return np.asarray(jax.device_get(out.tokens))
 
   def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gin
 import optax
 
-from prompt_tuning import data, decoding, eval, infer, optim, partitioning, prefixes, prompts, train  # noqa: F401
+from prompt_tuning import data, decoding, eval, infer, methods, optim, partitioning, prompts, train  # noqa: F401
 
 gin.external_configurable(decoding.DecodingSettings, module="prompt_tuning.decoding")
 for _schedule in ("constant_schedule", "linear_schedule", "cosine_decay_schedule", "warmup_cosine_decay_schedule"):

@@ -24,8 +24,10 @@ import gin
 import jax
 import optax
 
-from prompt_tuning import optim, partitioning, trainer
+from prompt_tuning import combine, optim, partitioning, trainer
 from prompt_tuning.checkpoints.training import TrainingCheckpoints, backbone_fingerprint, check_fingerprint
+from prompt_tuning.methods.base import Method, trainable_pattern
+from prompt_tuning.methods.prompt import Prompt
 from prompt_tuning.tuning import TunedT5
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,15 @@ class RunConfig:
     mixture_or_task_name: a registered seqio task or mixture (MIXTURE_OR_TASK_NAME).
     task_feature_lengths: {"inputs": ..., "targets": ...} (TASK_FEATURE_LENGTHS).
     model_size: named size for T5X checkpoints, which carry no config.
-    prompt_length: soft prompt positions (0: none; Lester et al.: 100).
+    prompt_length: soft prompt positions (0: none; Lester et al.: 100); with `prompt_init`, the `Prompt` method.
     prompt_init: prompt initializer (`prompt_tuning.prompts`).
-    prefix: `prompt_tuning.prefixes.PrefixSettings` for prefix tuning.
-    trainable_pattern: regex over parameter paths (`optim.VECTORS_ONLY`, `.*`, ...).
+    prefix: `prompt_tuning.prefixes.PrefixSettings` for prefix tuning (`prompt_tuning.methods.prefix`).
+    methods: further tuning methods (`prompt_tuning.methods`: IA3, PerLayerPrompt, ...), e.g.
+      `RunConfig.methods = [@prompt_tuning.methods.IA3()]`.
+    prompt_combination: where input-side vectors join the embedded input, in training, eval and infer
+      (`prompt_tuning.combine.MODES`: prefix, prefix_after_bos, suffix, suffix_after_eos) (PROMPT_COMBINATION).
+    trainable_pattern: regex over parameter paths; None (default): the subtrees of the methods in use
+      (`methods.base.trainable_pattern`); `.*` is model tuning.
     batch_size: global batch size (all processes together).
     num_microbatches: gradient accumulation slices per step.
     optimizer: an optax transformation (default: Adafactor with the paper's settings).
@@ -100,7 +107,9 @@ class RunConfig:
   prompt_length: int = 100
   prompt_init: Any = None
   prefix: Any = None
-  trainable_pattern: str = optim.VECTORS_ONLY
+  methods: tuple[Method, ...] = ()
+  prompt_combination: str = combine.DEFAULT_MODE
+  trainable_pattern: str | None = None
   batch_size: int = 32
   num_microbatches: int = 1
   optimizer: optax.GradientTransformation | None = None
@@ -124,10 +133,31 @@ class RunConfig:
         "INITIAL_CHECKPOINT_PATH=None (random initialization) needs MODEL_SIZE: include a models/ and a "
         "models/sizes/ gin file, or set RunConfig.model_size."
       )
+    self.methods = tuple(self.methods)
+    combine.check_mode(self.prompt_combination)
     if self.batch_size < 1 or self.num_microbatches < 1 or self.batch_size % self.num_microbatches:
       raise ValueError(
         f"batch_size {self.batch_size} must be a positive multiple of num_microbatches {self.num_microbatches}."
       )
+
+
+def tuning_methods(cfg: RunConfig) -> tuple[Method, ...]:
+  """The methods a run's settings name: the prompt (PROMPT_LENGTH > 0), the prefix, then `methods`."""
+  methods: list[Method] = []
+  if cfg.prompt_length:
+    methods.append(Prompt(cfg.prompt_length, cfg.prompt_init))
+  if cfg.prefix is not None:
+    methods.append(cfg.prefix)
+  return tuple(methods) + tuple(cfg.methods)
+
+
+def tuned_model(cfg: RunConfig, config) -> TunedT5:
+  return TunedT5(config, tuning_methods(cfg), cfg.prompt_combination)
+
+
+def pattern_of(cfg: RunConfig, tuned: TunedT5) -> str:
+  """The run's trainable set: TRAINABLE_PATTERN when given, else the methods' subtrees."""
+  return cfg.trainable_pattern if cfg.trainable_pattern is not None else trainable_pattern(tuned.methods)
 
 
 def _load_backbone(cfg: RunConfig):
@@ -155,7 +185,8 @@ def build(cfg: RunConfig) -> Run:
   mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
   rules = partitioning.logical_rules()
   config, backbone_host = _load_backbone(cfg)
-  tuned = TunedT5(config, cfg.prompt_length, cfg.prompt_init, cfg.prefix)
+  tuned = tuned_model(cfg, config)
+  pattern = pattern_of(cfg, tuned)
   if not config.decoder_only:
     tuned.check_lengths(cfg.task_feature_lengths["inputs"], cfg.max_encoder_length)
 
@@ -167,8 +198,8 @@ def build(cfg: RunConfig) -> Run:
   vector_shardings = {k: v for k, v in shardings.items() if k != "t5"}
   vectors = jax.jit(tuned.init_vectors, out_shardings=vector_shardings)(jax.random.key(cfg.seed), backbone)
   # Nothing trainable is allowed here (eval/infer of the frozen model as it is); train() refuses it.
-  trainable, frozen = optim.partition({"t5": backbone, **vectors}, cfg.trainable_pattern, allow_empty=True)
-  trainable_axes, _ = optim.partition(axes, cfg.trainable_pattern, allow_empty=True)
+  trainable, frozen = optim.partition({"t5": backbone, **vectors}, pattern, allow_empty=True)
+  trainable_axes, _ = optim.partition(axes, pattern, allow_empty=True)
   optimizer = cfg.optimizer or optim.adafactor(logical_axes=trainable_axes)
   state = jax.jit(functools.partial(trainer.TrainState.create, optimizer=optimizer))(trainable)
 
@@ -256,12 +287,12 @@ def plan(cfg: RunConfig, mesh=None) -> dict[str, Any]:
   config = get_config(cfg.model_size)
   if cfg.dropout_rate is not None:
     config = config.replace(dropout_rate=cfg.dropout_rate)
-  tuned = TunedT5(config, cfg.prompt_length, cfg.prompt_init, cfg.prefix)
+  tuned = tuned_model(cfg, config)
   backbone = param_shapes(config)
   shapes = {"t5": backbone, **_abstract_vectors(tuned, backbone)}
   mesh = mesh if mesh is not None else partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
   shardings = partitioning.shardings_for(tuned.logical_axes(shapes), mesh, partitioning.logical_rules())
-  trainable, frozen = optim.partition(shapes, cfg.trainable_pattern, allow_empty=True)
+  trainable, frozen = optim.partition(shapes, pattern_of(cfg, tuned), allow_empty=True)
   return {
     "config": config,
     "shapes": shapes,
@@ -276,11 +307,23 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int) -> None:
     "data_position": data_position,
     "backbone_fingerprint": run.fingerprint,
     "backbone_path": str(cfg.initial_checkpoint_path),
-    "trainable_pattern": cfg.trainable_pattern,
+    "trainable_pattern": pattern_of(cfg, run.tuned),
     "prompt_length": cfg.prompt_length,
   }
-  prompt = run.state.trainable.get("prompt") if isinstance(run.state.trainable, dict) else None
-  run.checkpoints.save(step, run.state, meta, prompt=prompt)
+  trainable = run.state.trainable if isinstance(run.state.trainable, dict) else {}
+  run.checkpoints.save(step, run.state, meta, prompt=trainable.get("prompt"))
+  if jax.process_index() == 0:
+    export_methods(run.tuned, trainable, Path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}")
+
+
+def export_methods(tuned: TunedT5, trainable: dict[str, Any], folder: Path) -> list[Path]:
+  """Writes every trained method except the prompt (the checkpoint writes prompt.npy) in its folded, portable
+  form: the prefix without its MLP (Li & Liang, section 4.3), IA3 scales, per-layer prompts; npy and safetensors."""
+  written = []
+  for method in tuned.methods:
+    if method.name in trainable and method.name != "prompt":
+      written += method.export(jax.device_get(trainable[method.name]), tuned.config, folder)
+  return written
 
 
 @gin.configurable
@@ -325,7 +368,7 @@ def train(
   run = build(cfg)
   if not run.trainable_count:
     run.checkpoints.close()
-    raise optim.nothing_selected(cfg.trainable_pattern, run.frozen)
+    raise optim.nothing_selected(pattern_of(cfg, run.tuned), run.frozen)
   local_batch = partitioning.local_batch_size(cfg.batch_size, run.mesh)
   reporter = reporting.Reporter(cfg.model_dir, total_steps=num_train_steps, start_step=run.start_step)
   reporter.text(

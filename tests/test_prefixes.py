@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import prompt_tuning as pt
-from prompt_tuning import decoding, prefixes
-from prompt_tuning.prefixes import PrefixSettings
+from prompt_tuning import decoding
+from prompt_tuning.methods import prefix as prefixes
+from prompt_tuning.methods.prefix import PrefixSettings
 
 SETTINGS = PrefixSettings(length=3, mlp_width=16)
 

@@ -14,6 +14,7 @@ import tiny_task  # noqa: E402
 import prompt_tuning as pt  # noqa: E402
 from prompt_tuning import optim, train, trainer  # noqa: E402
 from prompt_tuning.checkpoints import CheckpointError, save_hf_pretrained  # noqa: E402
+from prompt_tuning.methods import Prompt  # noqa: E402
 from prompt_tuning.tuning import TunedT5  # noqa: E402
 
 
@@ -58,9 +59,9 @@ def test_only_the_prompt_changes_and_frozen_weights_equal_the_checkpoint(task, t
   assert not np.allclose(run.state.trainable["prompt"], initial)
 
 
-def _tiny_setup(reference_dir, pattern=optim.VECTORS_ONLY):
+def _tiny_setup(reference_dir, pattern=r"^prompt(/|$)"):
   config, backbone = pt.load_pretrained(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3", config="t5_1_1_tiny")
-  tuned = TunedT5(config, prompt_length=3, prompt_init=tiny_task.uniform_init)
+  tuned = TunedT5(config, (Prompt(3, tiny_task.uniform_init),))
   params = {"t5": backbone, **tuned.init_vectors(jax.random.key(0), backbone)}
   trainable, frozen = optim.partition(params, pattern)
   rng = np.random.default_rng(0)
@@ -240,7 +241,7 @@ def test_prompt_plus_input_longer_than_the_maximum_is_refused(task, tmp_path):
 
 def test_prompt_initializer_of_the_wrong_shape_is_refused(task, tmp_path):
   bad = lambda rng, emb, length: jnp.zeros((length, 8))
-  with pytest.raises(ValueError, match=r"needs \(3, 4\)"):
+  with pytest.raises(ValueError, match=r"expected \(3, 4\)"):
     train.build(_config(tmp_path / "run", prompt_init=bad))
 
 

@@ -8,7 +8,7 @@ annotated with `act_*` names through `nn.with_logical_constraint`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -156,10 +156,11 @@ class Attention(nn.Module):
   """T5 multi-head attention: no 1/sqrt(head_dim) scaling (it is folded into
   the query initialization) and no biases.
 
-  Keys and values may be extended on the left by a *prefix* (prefix tuning):
-  shared or per-row arrays [P, heads, head_dim] or [batch|1, P, heads, head_dim]
-  that every query sees, with no position bias (prefix vectors have no
-  position in the sequence). An optional `prefix_mask` ([P] or [batch, P])
+  Keys and values may be extended on the left by a *prefix* (prefix tuning,
+  the `adapters` leaves "prefix_key"/"prefix_value"): shared or per-row arrays
+  [P, heads, head_dim] or [batch|1, P, heads, head_dim] that every query sees,
+  with no position bias (prefix vectors have no position in the sequence).
+  An optional "prefix_mask" ([P] or [batch, P])
   hides unused prefix vectors, so rows with prefixes of different lengths, or
   none, share one batch.
 
@@ -194,9 +195,7 @@ class Attention(nn.Module):
     inputs_kv: Array | None,
     bias: Array | None,
     *,
-    prefix_key: Array | None = None,
-    prefix_value: Array | None = None,
-    prefix_mask: Array | None = None,
+    adapters: Mapping[str, Array] | None = None,
     decode: bool = False,
     cache_index: Array | None = None,
     init_cache_length: int | None = None,
@@ -211,8 +210,9 @@ class Attention(nn.Module):
       bias: additive logits bias, broadcastable to [B, heads, Tq, Tk]: the
         mask (0 or MASK_VALUE) plus the relative position bias, over the keys
         (not the prefix). In decode mode Tk is the cache length.
-      prefix_key, prefix_value: optional prefix [P, H, Dh] or [B|1, P, H, Dh].
-      prefix_mask: optional bool [P] or [B, P], which prefix vectors are used
+      adapters: this attention's tuned vectors (`prompt_tuning.models.adapters`):
+        "prefix_key", "prefix_value" [P, H, Dh] or [B|1, P, H, Dh], and
+        "prefix_mask" bool [P] or [B, P], which prefix vectors are used
         (default all).
       decode: read (and for self-attention, update) the cache.
       cache_index: in decode mode, the cache slot of the first new position.
@@ -235,14 +235,15 @@ class Attention(nn.Module):
     else:
       key, value = self._project_kv(inputs_kv)
 
+    adapters = adapters or {}
     bias = jnp.broadcast_to(bias, (batch, self.num_heads, query.shape[1], key.shape[1]))
-    if prefix_key is not None:
-      prefix_key = _broadcast_prefix(prefix_key, batch).astype(key.dtype)
-      prefix_value = _broadcast_prefix(prefix_value, batch).astype(value.dtype)
+    if "prefix_key" in adapters:
+      prefix_key = _broadcast_prefix(adapters["prefix_key"], batch).astype(key.dtype)
+      prefix_value = _broadcast_prefix(adapters["prefix_value"], batch).astype(value.dtype)
       key = jnp.concatenate([prefix_key, key], axis=1)
       value = jnp.concatenate([prefix_value, value], axis=1)
       # Prefix keys: visible unless masked, no position bias.
-      prefix_bias = _prefix_bias(prefix_mask, bias.shape[:3] + (prefix_key.shape[1],), bias.dtype)
+      prefix_bias = _prefix_bias(adapters.get("prefix_mask"), bias.shape[:3] + (prefix_key.shape[1],), bias.dtype)
       bias = jnp.concatenate([prefix_bias, bias], axis=-1)
 
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(query.dtype))

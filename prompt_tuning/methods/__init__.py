@@ -1,0 +1,14 @@
+"""Tuning methods, one module each; see `base.Method` for what every method gives.
+
+- `prompt.Prompt`: a soft prompt joined to the input (Lester et al., 2021);
+- `prefix.PrefixSettings`: key/value prefixes at every attention layer, through an MLP folded after
+  training (Li & Liang, 2021).
+
+Adding a method is one module here (a `Method` subclass, gin-configurable) and one gin file in gin/prompts/.
+"""
+
+from prompt_tuning.methods.base import Method, trainable_pattern
+from prompt_tuning.methods.prefix import PrefixSettings
+from prompt_tuning.methods.prompt import Prompt
+
+__all__ = ["Method", "PrefixSettings", "Prompt", "trainable_pattern"]
