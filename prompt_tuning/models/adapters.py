@@ -7,9 +7,11 @@ Every tuning method (`prompt_tuning.methods`) turns its trainable tree into an
       "input": {"prompt": [P, D] | [B, P, D],        # joins the embedded input (prompt_tuning.combine)
                 "prompt_lengths": int [B]},           # optional: prompt vectors used by each row
       "encoder": {                                    # per-layer sites; every leaf leads with [layers]
-        "self_attention": {"prefix_key": [L, P, H, Dh], "prefix_value": [L, P, H, Dh], "prefix_mask": bool [L, P]},
+        "self_attention": {"prefix_key": [L, P, H, Dh], "prefix_value": [L, P, H, Dh], "prefix_mask": bool [L, P],
+                           "key_scale": [L, H*Dh], "value_scale": [L, H*Dh]},
+        "mlp": {"scale": [L, mlp]},
       },
-      "decoder": {"self_attention": {...}, "cross_attention": {...}},
+      "decoder": {"self_attention": {...}, "cross_attention": {...}, "mlp": {...}},
     }
 
 Any leaf may instead carry a batch axis (right after the layer axis, or
@@ -34,12 +36,13 @@ Adapters = dict[str, Any]
 
 # Sub-sites of each stack, and the leaves each accepts with their rank when shared by every row (one
 # more when per row). The leading layer axis is part of the rank.
-_ATTENTION = {"prefix_key": 4, "prefix_value": 4, "prefix_mask": 2}
+_ATTENTION = {"prefix_key": 4, "prefix_value": 4, "prefix_mask": 2, "key_scale": 2, "value_scale": 2}
 LEAF_RANKS = {
   "self_attention": _ATTENTION,
   "cross_attention": _ATTENTION,
+  "mlp": {"scale": 2},
 }
-STACK_SITES = {"encoder": ("self_attention",), "decoder": ("self_attention", "cross_attention")}
+STACK_SITES = {"encoder": ("self_attention", "mlp"), "decoder": ("self_attention", "cross_attention", "mlp")}
 INPUT_RANKS = {"prompt": 2, "prompt_lengths": 0}
 
 # The `prefix=` keyword's sites (T5.apply(..., prefix={site: {"key", "value", "mask"}})) and where they land.

@@ -144,6 +144,15 @@ def _broadcast_prefix(prefix: Array, batch: int) -> Array:
   return jnp.broadcast_to(prefix, (batch,) + prefix.shape[1:])
 
 
+def _scale(x: Array, scale: Array | None) -> Array:
+  """IA3's learned rescaling: x [B, T, ..., F] times scale [F] or [B, F] (one per row), over the trailing axis/axes."""
+  if scale is None:
+    return x
+  features = x.shape[2:]
+  scale = jnp.asarray(scale).reshape((-1, 1) + features)  # [B|1, 1, ...features]
+  return x * scale.astype(x.dtype)
+
+
 def _prefix_bias(prefix_mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
   """Additive logits bias of the prefix keys, `shape` [B, H, Tq, P]: 0 for used vectors, MASK_VALUE for masked ones."""
   if prefix_mask is None:
@@ -213,7 +222,8 @@ class Attention(nn.Module):
       adapters: this attention's tuned vectors (`prompt_tuning.models.adapters`):
         "prefix_key", "prefix_value" [P, H, Dh] or [B|1, P, H, Dh], and
         "prefix_mask" bool [P] or [B, P], which prefix vectors are used
-        (default all).
+        (default all); "key_scale", "value_scale" [H*Dh] or [B, H*Dh],
+        IA3's rescaling of the keys and values (of the cache too).
       decode: read (and for self-attention, update) the cache.
       cache_index: in decode mode, the cache slot of the first new position.
       init_cache_length: create the cache instead of attending: empty slots of
@@ -236,6 +246,7 @@ class Attention(nn.Module):
       key, value = self._project_kv(inputs_kv)
 
     adapters = adapters or {}
+    key, value = _scale(key, adapters.get("key_scale")), _scale(value, adapters.get("value_scale"))
     bias = jnp.broadcast_to(bias, (batch, self.num_heads, query.shape[1], key.shape[1]))
     if "prefix_key" in adapters:
       prefix_key = _broadcast_prefix(adapters["prefix_key"], batch).astype(key.dtype)
@@ -298,13 +309,15 @@ class MLP(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+  def __call__(self, x: Array, deterministic: bool = True, adapters: Mapping[str, Array] | None = None) -> Array:
+    """[B, T, embed] -> [B, T, embed]; `adapters` may hold "scale" [mlp] or [B, mlp] (IA3's l_ff)."""
     dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     hidden = None
     for i, act in enumerate(self.activations):
       name = "wi" if len(self.activations) == 1 else f"wi_{i}"
       h = _ACTIVATION_FNS[act](dense(self.mlp_dim, ("embed", "mlp"), fan_in_init(self.emb_dim), name=name)(x))
       hidden = h if hidden is None else hidden * h  # [B, T, mlp]
+    hidden = _scale(hidden, (adapters or {}).get("scale"))
     hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_length", "act_mlp"))
     hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
     return dense(self.emb_dim, ("mlp", "embed"), fan_in_init(self.mlp_dim), name="wo")(hidden)

@@ -118,7 +118,7 @@ class EncoderLayer(nn.Module):
     h = self.pre_attention_layer_norm(x)
     h = self.attention(h, h, bias, adapters=adapters.get("self_attention"), deterministic=deterministic)
     x = x + self.dropout(h, deterministic=deterministic)
-    h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic)
+    h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic, adapters=adapters.get("mlp"))
     x = x + self.dropout(h, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
@@ -164,7 +164,7 @@ class DecoderLayer(nn.Module):
         deterministic=deterministic,
       )
       x = x + self.dropout(h, deterministic=deterministic)
-    h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic)
+    h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic, adapters=adapters.get("mlp"))
     x = x + self.dropout(h, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
