@@ -10,6 +10,7 @@ Every tuning method (`prompt_tuning.methods`) turns its trainable tree into an
         "self_attention": {"prefix_key": [L, P, H, Dh], "prefix_value": [L, P, H, Dh], "prefix_mask": bool [L, P],
                            "key_scale": [L, H*Dh], "value_scale": [L, H*Dh]},
         "mlp": {"scale": [L, mlp]},
+        "hidden": {"replace": [L, P, D]} or {"add": [L, P, D]},   # at the prompt positions, before layer i
       },
       "decoder": {"self_attention": {...}, "cross_attention": {...}, "mlp": {...}},
     }
@@ -41,8 +42,9 @@ LEAF_RANKS = {
   "self_attention": _ATTENTION,
   "cross_attention": _ATTENTION,
   "mlp": {"scale": 2},
+  "hidden": {"replace": 3, "add": 3},
 }
-STACK_SITES = {"encoder": ("self_attention", "mlp"), "decoder": ("self_attention", "cross_attention", "mlp")}
+STACK_SITES = {"encoder": ("self_attention", "mlp", "hidden"), "decoder": ("self_attention", "cross_attention", "mlp")}
 INPUT_RANKS = {"prompt": 2, "prompt_lengths": 0}
 
 # The `prefix=` keyword's sites (T5.apply(..., prefix={site: {"key", "value", "mask"}})) and where they land.
@@ -160,6 +162,11 @@ def check(adapters: Adapters | None, config) -> None:
     raise ValueError(f"Unknown adapter sites {sorted(unknown)} for this model; use any of {allowed}.")
   for name in set(adapters.get("input", {})) - set(INPUT_RANKS):
     raise ValueError(f"Unknown input adapter {name!r}; use any of {tuple(INPUT_RANKS)}.")
+  if "hidden" in adapters.get("encoder", {}) and "prompt" not in adapters.get("input", {}):
+    raise ValueError(
+      "the encoder/hidden site (per-layer prompts) needs a prompt in the input site: it rewrites the prompt "
+      "positions, and without a prompt there are none."
+    )
   for stack in allowed[1:]:
     layers = config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
     subs = tuple(s for s in STACK_SITES[stack] if not (config.decoder_only and s == "cross_attention"))

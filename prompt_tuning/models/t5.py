@@ -189,6 +189,22 @@ def _positional(cls, **arguments) -> tuple:
   return tuple(arguments[name] for name in names)
 
 
+def _per_layer_prompt(x: Array, hidden: Adapters | None, joined: combine.Joined | None) -> Array:
+  """The "hidden" site: {"replace": v} or {"add": v}, v [P, embed] or [B, P, embed], at the prompt positions."""
+  if not hidden:
+    return x
+  if joined is None or set(hidden) - {"replace", "add"} or len(hidden) != 1:
+    raise ValueError(
+      f"the hidden adapter site takes one of 'replace' or 'add' (got {sorted(hidden)}) and a prompt in the input "
+      "to mark the prompt positions."
+    )
+  ((how, vectors),) = hidden.items()
+  spread = combine.at_prompt_positions(vectors, joined).astype(x.dtype)  # [B, T, embed]
+  if how == "add":
+    return x + spread
+  return jnp.where(joined.is_prompt[..., None], spread, x)
+
+
 class Encoder(nn.Module):
   """The bidirectional stack over embedded (and prompt-joined) inputs."""
 
@@ -204,13 +220,18 @@ class Encoder(nn.Module):
     self.encoder_norm = RMSNorm(cfg.layer_norm_epsilon, **dt)
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
-  def __call__(self, x: Array, mask: Array, adapters: Adapters | None, deterministic: bool) -> Array:
-    """x: [B, T, embed] embedded inputs; mask: bool [B, T]. Returns [B, T, embed]."""
+  def __call__(
+    self, x: Array, mask: Array, adapters: Adapters | None, deterministic: bool, joined: combine.Joined | None = None
+  ) -> Array:
+    """x: [B, T, embed] embedded inputs; mask: bool [B, T]; joined: where the prompt positions are (for the
+    "hidden" site: per-layer prompts replacing, or added to, the prompt positions before each layer).
+    Returns [B, T, embed]."""
     positions = jnp.arange(x.shape[1])
     bias = _mask_bias(mask[:, None, None, :]) + self.relpos_bias(positions, positions)  # [B, H, T, T]
     x = self.dropout(x, deterministic=deterministic)
     for i, layer in enumerate(self.layers):
       layer_adapters = sites.layer(adapters, "encoder", i)
+      x = _per_layer_prompt(x, layer_adapters.get("hidden"), joined)
       x = layer(*_positional(EncoderLayer, x=x, bias=bias, adapters=layer_adapters, deterministic=deterministic))
     return self.dropout(self.encoder_norm(x), deterministic=deterministic)
 
@@ -369,7 +390,7 @@ class T5(nn.Module):
     adapters = self._adapters(adapters, prompt, prefix, prompt_lengths)
     tokens = jnp.asarray(encoder_input_tokens)
     joined = self._join(tokens, tokens > 0, adapters, prompt_combination)
-    encoded = self.encoder(joined.embedded, joined.mask, adapters, not enable_dropout)
+    encoded = self.encoder(joined.embedded, joined.mask, adapters, not enable_dropout, joined)
     return encoded, joined.mask
 
   def decode(
