@@ -40,12 +40,13 @@ def bench_ours(args, batch, pattern: str, prompt_length: int) -> tuple[float, in
 
   import prompt_tuning as pt
   from prompt_tuning import optim, trainer
+  from prompt_tuning.methods import Prompt
   from prompt_tuning.tuning import TunedT5
 
   config = pt.get_config(args.size, dropout_rate=0.0)
   backbone = pt.init_params(config, jax.random.key(0))
   uniform = lambda rng, emb, n: jax.random.uniform(rng, (n, emb.shape[1]), minval=-0.5, maxval=0.5)
-  tuned = TunedT5(config, prompt_length, uniform if prompt_length else None)
+  tuned = TunedT5(config, (Prompt(prompt_length, uniform),) if prompt_length else ())
   params = {"t5": backbone, **tuned.init_vectors(jax.random.key(1), backbone)}
   trainable, frozen = optim.partition(params, pattern)
   axes, _ = optim.partition(tuned.logical_axes(params), pattern)

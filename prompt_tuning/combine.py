@@ -59,6 +59,7 @@ class Joined(NamedTuple):
     is_token: bool [B, T'] positions holding a token (real or padding).
     token_source: int [B, T'] for token positions, the token's index in the input.
     token_positions: int [B, T] the joined position of every input token.
+    prompt_source: int [B, T'] for prompt positions, the index of the prompt vector they hold.
   """
 
   embedded: Array
@@ -67,6 +68,7 @@ class Joined(NamedTuple):
   is_token: Array
   token_source: Array
   token_positions: Array
+  prompt_source: Array
 
 
 def check_mode(mode: str) -> None:
@@ -169,7 +171,7 @@ def join(
   if prompt is None:
     positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
     no_prompt = jnp.zeros((batch, length), bool)
-    return Joined(embedded, mask, no_prompt, ~no_prompt, positions, positions)
+    return Joined(embedded, mask, no_prompt, ~no_prompt, positions, positions, jnp.zeros((batch, length), jnp.int32))
   prompt = _as_batched_prompt(jnp.asarray(prompt), batch, emb_dim, embedded.dtype)  # [B, P, D]
   prompt_length = prompt.shape[1]
   if input_length is None:
@@ -193,7 +195,18 @@ def join(
   joined_mask = jnp.where(is_token, _take_rows(mask, token_source), is_prompt)
   token_index = jnp.arange(length)[None, :]
   token_positions = token_index + jnp.where(token_index >= start[:, None], used[:, None], 0)  # [B, T]
-  return Joined(joined, joined_mask, is_prompt, is_token, token_source, token_positions)
+  return Joined(joined, joined_mask, is_prompt, is_token, token_source, token_positions, prompt_source)
+
+
+def at_prompt_positions(vectors: Array, joined: Joined) -> Array:
+  """Prompt vectors [P, D] or [B, P, D] laid onto the joined layout: [B, T', D], zeros off the prompt positions.
+
+  Row b's prompt position holding vector j gets vectors[(b,) j], so per-layer prompts follow the prompt
+  wherever the combination mode and `prompt_lengths` put it.
+  """
+  batch, _ = joined.is_prompt.shape
+  vectors = _as_batched_prompt(jnp.asarray(vectors), batch, vectors.shape[-1], joined.embedded.dtype)  # [B, P, D]
+  return jnp.where(joined.is_prompt[..., None], _take_rows(vectors, joined.prompt_source), 0)
 
 
 def spread_tokens(values: Array, joined: Joined, prompt_value) -> Array:
@@ -228,5 +241,6 @@ def right_justify(joined: Joined) -> tuple[Joined, Array]:
     is_token=_take_rows(joined.is_token, source),
     token_source=_take_rows(joined.token_source, source),
     token_positions=(joined.token_positions + shift[:, None]) % total,
+    prompt_source=_take_rows(joined.prompt_source, source),
   )
   return rolled, shift

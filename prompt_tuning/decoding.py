@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning import combine
+from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.configs import T5Config
-from prompt_tuning.models.t5 import T5, Prefix
+from prompt_tuning.models.t5 import T5, Adapters, Prefix
 
 Array = jax.Array
 NEG_INF = -1.0e7  # finite, so sums of "impossible" scores stay ordered and NaN-free
@@ -83,14 +84,14 @@ class DecodeOutput(NamedTuple):
 # The model step: one token in, log-probabilities and the updated cache out.
 
 
-def _step_fn(model: T5, params, encoder_mask: Array | None, prefix: Prefix | None):
+def _step_fn(model: T5, params, encoder_mask: Array | None, adapters: Adapters | None):
   def step(tokens: Array, position: Array, cache) -> tuple[Array, Any]:
     logits, mutated = model.apply(
       {"params": params, "cache": cache},
       None,
       encoder_mask,
       tokens,  # [B, 1]
-      prefix=prefix,
+      adapters=adapters,
       decode_position=position,
       method=T5.decode,
       mutable=["cache"],
@@ -107,7 +108,9 @@ def _init_cache(model: T5, params, encoded: Array | None, encoder_mask: Array | 
   return variables["cache"]
 
 
-def _decoder_only_step_fn(model: T5, params, first_logits: Array, key_mask: Array, prefix: Prefix | None, start: int):
+def _decoder_only_step_fn(
+  model: T5, params, first_logits: Array, key_mask: Array, adapters: Adapters | None, start: int
+):
   """The step of a prefilled decoder-only cache.
 
   Step 0 returns the logits `prefill` computed (its token, the start token of
@@ -125,7 +128,7 @@ def _decoder_only_step_fn(model: T5, params, first_logits: Array, key_mask: Arra
         None,
         None,
         tokens,  # [B, 1]
-        prefix=prefix,
+        adapters=adapters,
         decode_position=start + position - 1,
         decoder_key_mask=key_mask,
         method=T5.decode,
@@ -282,19 +285,6 @@ def _expand_rows(x: Array | None, times: int, axis: int = 0) -> Array | None:
   return None if x is None else jnp.repeat(x, times, axis=axis)
 
 
-def _expand_prefix(prefix: Prefix | None, times: int) -> Prefix | None:
-  if not prefix or times == 1:
-    return prefix
-
-  # Per-row prefixes [layers, B, P, H, Dh] and masks [B, P] follow their row into every beam.
-  def expand(name: str, a: Array) -> Array:
-    if name == "mask":
-      return _expand_rows(a, times, axis=0) if a.ndim == 2 else a
-    return _expand_rows(a, times, axis=1) if a.ndim == 5 else a
-
-  return {site: None if kv is None else {n: expand(n, a) for n, a in kv.items()} for site, kv in prefix.items()}
-
-
 def _decode_loop(step, cache, batch: int, settings: DecodingSettings, rng: Array, return_all_beams: bool):
   if settings.method != "beam":
     return _sequential(step, cache, batch, settings, rng)
@@ -315,9 +305,7 @@ _STATIC = ("config", "settings", "return_all_beams", "prompt_combination")
 def _generate(
   params,
   encoder_input_tokens,
-  prompt,
-  prefix,
-  prompt_lengths,
+  adapters,
   rng,
   *,
   config,
@@ -330,34 +318,29 @@ def _generate(
   encoded, encoder_mask = model.apply(
     {"params": params},
     encoder_input_tokens,
-    prompt=prompt,
-    prefix=prefix,
+    adapters,
     prompt_combination=prompt_combination,
-    prompt_lengths=prompt_lengths,
     method=T5.encode,
   )
   beams = _beams(settings)
   cache = _init_cache(model, params, encoded, encoder_mask, batch, settings.max_decode_length)
-  step = _step_fn(model, params, _expand_rows(encoder_mask, beams), _expand_prefix(prefix, beams))
+  step = _step_fn(model, params, _expand_rows(encoder_mask, beams), sites.expand_rows(adapters, beams))
   return _decode_loop(step, cache, batch, settings, rng, return_all_beams)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _generate_decoder_only(
-  params, inputs, prompt, prefix, prompt_lengths, rng, *, config, settings, return_all_beams, prompt_combination
-):
+def _generate_decoder_only(params, inputs, adapters, rng, *, config, settings, return_all_beams, prompt_combination):
   model = T5(config)
   batch = inputs.shape[0]
   tokens = jnp.pad(inputs, ((0, 0), (1, 0)))  # [B, 1 + Ti]: the start token 0 opens every prefix-LM sequence
+  prompt = adapters.get("input", {}).get("prompt")
   prefilled = tokens.shape[1] + (0 if prompt is None else prompt.shape[-2])
   cache = _init_cache(model, params, None, None, batch, prefilled + settings.max_decode_length)
   (first_logits, key_mask), variables = model.apply(
     {"params": params, "cache": cache},
     tokens,
-    prompt,
-    prefix,
+    adapters,
     prompt_combination,
-    prompt_lengths,
     method=T5.prefill,
     mutable=["cache"],
   )
@@ -367,7 +350,7 @@ def _generate_decoder_only(
     params,
     _expand_rows(first_logits, beams),
     _expand_rows(key_mask, beams),
-    _expand_prefix(prefix, beams),
+    sites.expand_rows(adapters, beams),
     prefilled,
   )
   return _decode_loop(step, variables["cache"], batch, settings, rng, return_all_beams)
@@ -403,6 +386,7 @@ def generate(
   prefix: Prefix | None = None,
   prompt_combination: str = "prefix",
   prompt_lengths: Array | None = None,
+  adapters: Adapters | None = None,
   settings: DecodingSettings = DecodingSettings(),
   rng: Array | None = None,
   return_all_beams: bool = False,
@@ -424,6 +408,8 @@ def generate(
     prefix: optional per-layer prefixes (see `prompt_tuning.models.t5`).
     prompt_combination: where the prompt joins the inputs (`prompt_tuning.combine.MODES`).
     prompt_lengths: optional int [B], prompt vectors used by each row.
+    adapters: the tuned vectors by site (`prompt_tuning.models.adapters`);
+      `prompt`, `prefix` and `prompt_lengths` are merged into it.
     settings: method and its hyper-parameters.
     rng: PRNG key for sampling (default: key 0).
     return_all_beams: beam search returns [B, K, L] tokens and [B, K] scores,
@@ -443,9 +429,7 @@ def generate(
   return run(
     params,
     inputs,
-    prompt,
-    prefix,
-    prompt_lengths,
+    sites.from_keywords(prompt, prefix, prompt_lengths, adapters),
     jax.random.key(0) if rng is None else rng,
     config=config,
     settings=settings,
@@ -479,8 +463,8 @@ def _pack_prefix_lm(inputs: Array, targets: Array) -> tuple[Array, Array, Array,
 
 
 @functools.partial(jax.jit, static_argnames=("config", "prompt_combination"))
-def _sequence_log_probs(params, inputs, targets, prompt, prefix, prompt_lengths, *, config, prompt_combination):
-  kwargs = dict(prompt=prompt, prefix=prefix, prompt_combination=prompt_combination, prompt_lengths=prompt_lengths)
+def _sequence_log_probs(params, inputs, targets, adapters, *, config, prompt_combination):
+  kwargs = dict(adapters=adapters, prompt_combination=prompt_combination)
   if config.decoder_only:
     decoder_inputs, targets, causal_attention, weights = _pack_prefix_lm(inputs, targets)
     logits = T5(config).apply(
@@ -505,6 +489,7 @@ def sequence_log_probs(
   prefix=None,
   prompt_combination: str = "prefix",
   prompt_lengths=None,
+  adapters: Adapters | None = None,
 ):
   """Teacher-forced log p(target | input) per row [B] (summed over real target tokens).
 
@@ -517,5 +502,10 @@ def sequence_log_probs(
   inputs = _check_inputs(config, encoder_input_tokens, decoder_prompt_tokens)
   targets = jnp.asarray(target_tokens, jnp.int32)
   return _sequence_log_probs(
-    params, inputs, targets, prompt, prefix, prompt_lengths, config=config, prompt_combination=prompt_combination
+    params,
+    inputs,
+    targets,
+    sites.from_keywords(prompt, prefix, prompt_lengths, adapters),
+    config=config,
+    prompt_combination=prompt_combination,
   )

@@ -9,7 +9,6 @@ from INITIAL_CHECKPOINT_PATH, exactly as at the start of training.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ import jax
 import numpy as np
 
 from prompt_tuning import decoding, distributed, inputs, optim, partitioning, validation
+from prompt_tuning.run import RunConfig, build_inference
 
 
 def teacher_forced(run, task_name: str, lengths: Mapping[str, int], batch_size: int, split: str, max_batches=None):
@@ -29,7 +29,7 @@ def teacher_forced(run, task_name: str, lengths: Mapping[str, int], batch_size: 
     task_name, lengths, local, decoder_only=run.tuned.config.decoder_only, split=split, max_batches=max_batches
   )
   for batch in distributed.equal_batch_counts(batches):  # Uneven shards: the shorter ones pad with empty batches.
-    metrics = jax.device_get(run.eval_step(run.state.trainable, run.frozen, partitioning.shard_batch(batch, run.mesh)))
+    metrics = jax.device_get(run.eval_step(run.trainable, run.frozen, partitioning.shard_batch(batch, run.mesh)))
     tokens = float(metrics["num_tokens"])
     for key in ("loss", "cross_entropy", "accuracy"):
       totals[key] = totals.get(key, 0.0) + float(metrics[key]) * tokens
@@ -39,26 +39,30 @@ def teacher_forced(run, task_name: str, lengths: Mapping[str, int], batch_size: 
 
 
 class Predictor:
-  """Decodes and scores with a run's trainable state and frozen backbone."""
+  """Decodes and scores with an inference build (`run.build_inference`): its folded trainable tree and frozen
+  backbone, the adapters computed once."""
 
   def __init__(self, run, settings: decoding.DecodingSettings, batch_size: int):
-    from prompt_tuning import trainer
-
     self.run, self.settings, self.batch_size = run, settings, batch_size
-    self._score = jax.jit(functools.partial(trainer.score_step, forward=run.tuned.forward, output_ids=run.output_ids))
-
-  def _params(self):
-    return optim.merge(self.run.state.trainable, self.run.frozen)
+    self._params = optim.merge(run.trainable, run.frozen)
+    self._adapters = run.tuned.adapters(self._params)
 
   def generate(self, encoder_input_tokens: np.ndarray) -> np.ndarray:
-    params = self._params()
-    kwargs = self.run.tuned.model_inputs(params)
-    out = decoding.generate(self.run.tuned.config, params["t5"], encoder_input_tokens, settings=self.settings, **kwargs)
+    tuned = self.run.tuned
+    out = decoding.generate(
+      tuned.config,
+      self._params["t5"],
+      encoder_input_tokens,
+      adapters=self._adapters,
+      prompt_combination=tuned.prompt_combination,
+      settings=self.settings,
+    )
     return np.asarray(jax.device_get(out.tokens))
 
   def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
     """log p(decoder_target_tokens | inputs) per row."""
-    return np.asarray(jax.device_get(self._score(self.run.state.trainable, self.run.frozen, batch)))
+    batch = partitioning.shard_batch(batch, self.run.mesh)
+    return np.asarray(jax.device_get(self.run.score_step(self.run.trainable, self.run.frozen, batch)))
 
   def _batches(self, dataset):
     """(indices, features) in padded batches from a seqio-enumerated dataset."""
@@ -122,21 +126,17 @@ def evaluate(
   num_examples: int | None = None,
 ) -> dict[str, float]:
   """Loss and seqio metrics of the tuned model on a split; appended to MODEL_DIR/eval_metrics.jsonl."""
-  from prompt_tuning import train
-
-  cfg = run_config if run_config is not None else train.RunConfig()
+  cfg = run_config if run_config is not None else RunConfig()
   validation.check_has_checkpoint(cfg, validation.newest_checkpoint_step(cfg.model_dir), "evaluate")
-  run = train.build(cfg)
-  try:
-    metrics = teacher_forced(run, cfg.mixture_or_task_name, cfg.task_feature_lengths, cfg.batch_size, split)
-    metrics |= seqio_metrics(
-      run, cfg.mixture_or_task_name, cfg.task_feature_lengths, split, decoding_settings, cfg.batch_size, num_examples
-    )
-  finally:
-    run.checkpoints.close()
+  run = build_inference(cfg)
+  metrics = teacher_forced(run, cfg.mixture_or_task_name, cfg.task_feature_lengths, cfg.batch_size, split)
+  metrics |= seqio_metrics(
+    run, cfg.mixture_or_task_name, cfg.task_feature_lengths, split, decoding_settings, cfg.batch_size, num_examples
+  )
   if jax.process_index() == 0:
+    Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(cfg.model_dir) / "eval_metrics.jsonl", "a") as f:
-      f.write(json.dumps({"step": int(run.state.step), "split": split, **metrics}) + "\n")
+      f.write(json.dumps({"step": run.step, "split": split, **metrics}) + "\n")
   return metrics
 
 

@@ -90,13 +90,12 @@ def infer(
     The path written (default MODEL_DIR/inference/<task>_<split>.jsonl).
   """
   from prompt_tuning import eval as evaluation
-  from prompt_tuning import train
+  from prompt_tuning.run import RunConfig, build_inference
 
   if mode not in MODES:
     raise ValueError(f"unknown infer mode {mode!r}; use one of {MODES}.")
-  cfg = run_config if run_config is not None else train.RunConfig()
-  run = train.build(cfg)
-  run.checkpoints.close()
+  cfg = run_config if run_config is not None else RunConfig()
+  run = build_inference(cfg)
   task = inputs.get_task(cfg.mixture_or_task_name)
   vocabulary = task.output_features["targets"].vocabulary
   labels = None

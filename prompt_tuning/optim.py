@@ -5,9 +5,10 @@ rate 0.3, weight decay 1e-5, second-moment decay 0.8, and parameter scaling
 off. The optimizer holds state for the trainable pytree only.
 
 A *trainable set* is a regular expression over the '/'-joined paths of the
-whole parameter tree {"t5": backbone, "prompt": ..., "prefix": ...}:
-`^(prompt|prefix)(/|$)` (the default) trains the vectors; `.*` is model tuning;
-`^t5/decoder/` would tune the decoder only.
+whole parameter tree {"t5": backbone, "prompt": ..., "prefix": ..., ...}: by
+default the subtrees of the tuning methods in use
+(`prompt_tuning.methods.base.trainable_pattern`, e.g. `^(prompt|prefix)(/|$)`);
+`.*` is model tuning; `^t5/decoder/` would tune the decoder only.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from flax import traverse_util
 
 PyTree = Any
 
-VECTORS_ONLY = r"^(prompt|prefix)(/|$)"
 EVERYTHING = r".*"
 
 # Logical axes whose second-moment statistics are never factored: prompts are
@@ -38,9 +38,7 @@ def _nest(flat: dict[str, Any]) -> PyTree:
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def partition(
-  params: PyTree, trainable_pattern: str = VECTORS_ONLY, allow_empty: bool = False
-) -> tuple[PyTree, PyTree]:
+def partition(params: PyTree, trainable_pattern: str, allow_empty: bool = False) -> tuple[PyTree, PyTree]:
   """Splits `params` into (trainable, frozen) by matching paths against a regex.
 
   `allow_empty` lets a pattern select nothing (trainable is then `{}`): evaluating or decoding the frozen model as

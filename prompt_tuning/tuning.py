@@ -1,103 +1,88 @@
-"""What is tuned: a frozen T5 plus (optionally) a soft prompt and/or per-layer prefixes.
+"""What is tuned: a frozen T5 plus the tuning methods in use (`prompt_tuning.methods`).
 
 The whole parameter tree of a run is
 
-    {"t5": backbone, "prompt": [P, D] (prompt tuning), "prefix": {...} (prefix tuning)}
+    {"t5": backbone, "prompt": [P, D], "prefix": {...}, "ia3": {...}, ...}   (one subtree per method)
 
-and `optim.partition` splits it into trainable and frozen parts by regex. The
-vectors reach the backbone as arguments (`T5.apply(..., prompt=, prefix=)`),
-never as parameters hidden inside it.
+and `optim.partition` splits it into trainable and frozen parts by regex (by
+default the methods' subtrees, `methods.trainable_pattern`). Every method turns
+its subtree into adapters by site, merged into one pytree that reaches the
+backbone as `T5.apply(..., adapters=...)`, never as parameters hidden inside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
-import gin
 import jax
-import jax.numpy as jnp
-from jax.sharding import PartitionSpec
 
+from prompt_tuning import combine
+from prompt_tuning.methods.base import Method, check_unique
+from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.configs import T5Config
 from prompt_tuning.models.t5 import T5, param_logical_axes
 
 PyTree = Any
-# (rng, embedding table [V, D], length P) -> prompt [P, D]
-PromptInitializer = Callable[[jax.Array, jax.Array, int], jax.Array]
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class TunedT5:
-  """A frozen T5 and the vectors tuned for it.
+  """A frozen T5 and the methods tuned for it.
 
   Attributes:
     config: the backbone's architecture.
-    prompt_length: soft prompt positions P (0: no prompt).
-    prompt_init: initializer of the prompt (see `prompt_tuning.prompts`).
-    prefix: prefix-tuning settings (`prompt_tuning.prefixes.PrefixSettings`) or None.
+    methods: the tuning methods in use (none: the frozen model as it is, or model tuning).
+    prompt_combination: where input-side vectors join the embedded input (`combine.MODES`).
   """
 
   config: T5Config
-  prompt_length: int = 0
-  prompt_init: PromptInitializer | None = None
-  prefix: Any = None
+  methods: tuple[Method, ...] = ()
+  prompt_combination: str = combine.DEFAULT_MODE
 
   def __post_init__(self):
-    if self.prompt_length < 0:
-      raise ValueError(f"prompt_length must be >= 0, got {self.prompt_length}.")
-    if self.prompt_length and self.prompt_init is None:
-      raise ValueError("prompt_length > 0 needs a prompt_init (e.g. prompt_tuning.prompts.sampled_vocab()).")
+    object.__setattr__(self, "methods", tuple(self.methods))
+    check_unique(self.methods)
+    combine.check_mode(self.prompt_combination)
 
   @property
   def module(self) -> T5:
     return T5(self.config)
 
-  def init_vectors(self, rng: jax.Array, backbone: PyTree) -> PyTree:
-    """Fresh prompt/prefix parameters: {"prompt": [P, D]} and/or {"prefix": ...}."""
-    vectors = {}
-    prompt_rng, prefix_rng = jax.random.split(rng)
-    if self.prompt_length:
-      embedding = backbone["token_embedder"]["embedding"]
-      prompt = self.prompt_init(prompt_rng, embedding, self.prompt_length)
-      expected = (self.prompt_length, self.config.emb_dim)
-      if prompt.shape != expected:
-        raise ValueError(
-          f"the prompt initializer gave shape {prompt.shape}; this run needs {expected} "
-          "(PROMPT_LENGTH, the backbone's embedding width). Check PROMPT_LENGTH or the prompt file."
-        )
-      vectors["prompt"] = prompt.astype(jnp.float32)
-    if self.prefix is not None:
-      from prompt_tuning import prefixes
+  @property
+  def prompt_length(self) -> int:
+    """Positions the methods add to the input (soft prompt or per-layer prompt)."""
+    return sum(getattr(m, "input_length", 0) for m in self.methods)
 
-      vectors["prefix"] = prefixes.init_prefix(prefix_rng, self.prefix, self.config)
-    return vectors
+  def method(self, name: str) -> Method | None:
+    return next((m for m in self.methods if m.name == name), None)
+
+  def init_vectors(self, rng: jax.Array, backbone: PyTree) -> PyTree:
+    """Fresh parameters of every method: {method.name: ...}."""
+    rngs = jax.random.split(rng, max(len(self.methods), 1))
+    return {m.name: m.init(r, backbone, self.config) for m, r in zip(self.methods, rngs)}
 
   def logical_axes(self, vectors_shapes: PyTree) -> PyTree:
-    """Logical axis names of the whole tree {"t5", "prompt", "prefix"} (prompt axes replicated by default)."""
+    """Logical axis names of the whole tree {"t5", method names...}."""
     axes = {"t5": param_logical_axes(self.config)}
-    if "prompt" in vectors_shapes:
-      axes["prompt"] = PartitionSpec("prompt", "prompt_embed")
-    if "prefix" in vectors_shapes:
-      axes["prefix"] = jax.tree.map(lambda x: PartitionSpec(*([None] * x.ndim)), vectors_shapes["prefix"])
+    for m in self.methods:
+      if m.name in vectors_shapes:
+        axes[m.name] = m.logical_axes(vectors_shapes[m.name])
     return axes
 
-  def model_inputs(self, params: PyTree) -> dict[str, Any]:
-    """The prompt and prefix arguments of T5.apply from the whole tree."""
-    inputs = {"prompt": params.get("prompt"), "prefix": None}
-    if "prefix" in params:
-      from prompt_tuning import prefixes
+  def adapters(self, params: PyTree) -> sites.Adapters:
+    """The merged adapters pytree of every method present in `params` (trained or folded)."""
+    return sites.merge(*(m.adapters(params[m.name], self.config) for m in self.methods if m.name in params))
 
-      inputs["prefix"] = prefixes.materialize(params["prefix"], self.prefix, self.config)
-    return inputs
+  def fold(self, params: PyTree) -> PyTree:
+    """Every method's serving form (prefix MLPs folded away); other entries unchanged."""
+    return {k: (self.method(k).fold(v, self.config) if self.method(k) else v) for k, v in params.items()}
 
   def forward(self, params: PyTree, batch: dict[str, jax.Array], enable_dropout: bool, rng: jax.Array) -> jax.Array:
     """Teacher-forced logits [B, T, vocab] for a seqio-converted batch."""
     rngs = {"dropout": rng} if enable_dropout else {}
     encoder_tokens = None if self.config.decoder_only else batch["encoder_input_tokens"]
-    kwargs = self.model_inputs(params)
+    kwargs = {}
     if self.config.decoder_only and "decoder_causal_attention" in batch:
       kwargs["decoder_causal_attention"] = batch["decoder_causal_attention"]
     return self.module.apply(
@@ -105,7 +90,9 @@ class TunedT5:
       encoder_tokens,
       batch["decoder_input_tokens"],
       batch["decoder_target_tokens"],
+      adapters=self.adapters(params),
       enable_dropout=enable_dropout,
+      prompt_combination=self.prompt_combination,
       rngs=rngs,
       **kwargs,
     )

@@ -121,8 +121,13 @@ def check_run_config(cfg: Any) -> None:
     len(tuple(cfg.mesh_shape)) != 2 or not all(_is_int(n) and n >= 1 for n in cfg.mesh_shape)
   ):
     raise SettingError(f"RunConfig.mesh_shape must be (data, model) positive integers, got {cfg.mesh_shape!r}.")
+  if cfg.trainable_pattern is None:  # the tuning methods' subtrees (run.pattern_of)
+    return
   if not isinstance(cfg.trainable_pattern, str):
-    raise SettingError(f"TRAINABLE_PATTERN must be a regular expression string, got {cfg.trainable_pattern!r}.")
+    raise SettingError(
+      f"TRAINABLE_PATTERN must be a regular expression string (or None: the tuning methods' vectors), got "
+      f"{cfg.trainable_pattern!r}."
+    )
   try:
     re.compile(cfg.trainable_pattern)
   except re.error as e:
@@ -263,13 +268,14 @@ def check_vocabulary(task: Any, embedding_rows: int) -> None:
 def check_has_checkpoint(cfg: Any, latest_step: int | None, command: str) -> None:
   """Refuses to evaluate (or infer with) freshly initialized trainable vectors as if they were trained.
 
-  Allowed without a checkpoint: nothing trainable (PROMPT_LENGTH 0 and no prefix: the frozen model itself), or a
-  prompt read from a file (`prompts.from_file`).
+  Allowed without a checkpoint: nothing trainable (PROMPT_LENGTH 0 and no other method: the frozen model itself), or
+  a prompt read from a file (`prompts.from_file`) and no other method.
   """
   if latest_step is not None:
     return
   from_file = getattr(cfg.prompt_init, "__qualname__", "").startswith("from_file")
-  if (cfg.prompt_length == 0 and cfg.prefix is None) or (from_file and cfg.prefix is None):
+  other_methods = cfg.prefix is not None or bool(getattr(cfg, "methods", ()))
+  if (cfg.prompt_length == 0 or from_file) and not other_methods:
     return
   raise SettingError(
     f"{command}: {cfg.model_dir} holds no training checkpoint, so there is no trained prompt to {command}. Train "

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import prompt_tuning as pt
-from prompt_tuning import decoding, ensembles, prefixes
+from prompt_tuning import decoding, ensembles
 from prompt_tuning.decoding import DecodingSettings
+from prompt_tuning.methods import prefix as prefixes
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ annotated with `act_*` names through `nn.with_logical_constraint`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -144,6 +144,15 @@ def _broadcast_prefix(prefix: Array, batch: int) -> Array:
   return jnp.broadcast_to(prefix, (batch,) + prefix.shape[1:])
 
 
+def _scale(x: Array, scale: Array | None) -> Array:
+  """IA3's learned rescaling: x [B, T, ..., F] times scale [F] or [B, F] (one per row), over the trailing axis/axes."""
+  if scale is None:
+    return x
+  features = x.shape[2:]
+  scale = jnp.asarray(scale).reshape((-1, 1) + features)  # [B|1, 1, ...features]
+  return x * scale.astype(x.dtype)
+
+
 def _prefix_bias(prefix_mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
   """Additive logits bias of the prefix keys, `shape` [B, H, Tq, P]: 0 for used vectors, MASK_VALUE for masked ones."""
   if prefix_mask is None:
@@ -156,10 +165,11 @@ class Attention(nn.Module):
   """T5 multi-head attention: no 1/sqrt(head_dim) scaling (it is folded into
   the query initialization) and no biases.
 
-  Keys and values may be extended on the left by a *prefix* (prefix tuning):
-  shared or per-row arrays [P, heads, head_dim] or [batch|1, P, heads, head_dim]
-  that every query sees, with no position bias (prefix vectors have no
-  position in the sequence). An optional `prefix_mask` ([P] or [batch, P])
+  Keys and values may be extended on the left by a *prefix* (prefix tuning,
+  the `adapters` leaves "prefix_key"/"prefix_value"): shared or per-row arrays
+  [P, heads, head_dim] or [batch|1, P, heads, head_dim] that every query sees,
+  with no position bias (prefix vectors have no position in the sequence).
+  An optional "prefix_mask" ([P] or [batch, P])
   hides unused prefix vectors, so rows with prefixes of different lengths, or
   none, share one batch.
 
@@ -194,9 +204,7 @@ class Attention(nn.Module):
     inputs_kv: Array | None,
     bias: Array | None,
     *,
-    prefix_key: Array | None = None,
-    prefix_value: Array | None = None,
-    prefix_mask: Array | None = None,
+    adapters: Mapping[str, Array] | None = None,
     decode: bool = False,
     cache_index: Array | None = None,
     init_cache_length: int | None = None,
@@ -211,9 +219,11 @@ class Attention(nn.Module):
       bias: additive logits bias, broadcastable to [B, heads, Tq, Tk]: the
         mask (0 or MASK_VALUE) plus the relative position bias, over the keys
         (not the prefix). In decode mode Tk is the cache length.
-      prefix_key, prefix_value: optional prefix [P, H, Dh] or [B|1, P, H, Dh].
-      prefix_mask: optional bool [P] or [B, P], which prefix vectors are used
-        (default all).
+      adapters: this attention's tuned vectors (`prompt_tuning.models.adapters`):
+        "prefix_key", "prefix_value" [P, H, Dh] or [B|1, P, H, Dh], and
+        "prefix_mask" bool [P] or [B, P], which prefix vectors are used
+        (default all); "key_scale", "value_scale" [H*Dh] or [B, H*Dh],
+        IA3's rescaling of the keys and values (of the cache too).
       decode: read (and for self-attention, update) the cache.
       cache_index: in decode mode, the cache slot of the first new position.
       init_cache_length: create the cache instead of attending: empty slots of
@@ -235,14 +245,16 @@ class Attention(nn.Module):
     else:
       key, value = self._project_kv(inputs_kv)
 
+    adapters = adapters or {}
+    key, value = _scale(key, adapters.get("key_scale")), _scale(value, adapters.get("value_scale"))
     bias = jnp.broadcast_to(bias, (batch, self.num_heads, query.shape[1], key.shape[1]))
-    if prefix_key is not None:
-      prefix_key = _broadcast_prefix(prefix_key, batch).astype(key.dtype)
-      prefix_value = _broadcast_prefix(prefix_value, batch).astype(value.dtype)
+    if "prefix_key" in adapters:
+      prefix_key = _broadcast_prefix(adapters["prefix_key"], batch).astype(key.dtype)
+      prefix_value = _broadcast_prefix(adapters["prefix_value"], batch).astype(value.dtype)
       key = jnp.concatenate([prefix_key, key], axis=1)
       value = jnp.concatenate([prefix_value, value], axis=1)
       # Prefix keys: visible unless masked, no position bias.
-      prefix_bias = _prefix_bias(prefix_mask, bias.shape[:3] + (prefix_key.shape[1],), bias.dtype)
+      prefix_bias = _prefix_bias(adapters.get("prefix_mask"), bias.shape[:3] + (prefix_key.shape[1],), bias.dtype)
       bias = jnp.concatenate([prefix_bias, bias], axis=-1)
 
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(query.dtype))
@@ -297,13 +309,15 @@ class MLP(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+  def __call__(self, x: Array, deterministic: bool = True, adapters: Mapping[str, Array] | None = None) -> Array:
+    """[B, T, embed] -> [B, T, embed]; `adapters` may hold "scale" [mlp] or [B, mlp] (IA3's l_ff)."""
     dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     hidden = None
     for i, act in enumerate(self.activations):
       name = "wi" if len(self.activations) == 1 else f"wi_{i}"
       h = _ACTIVATION_FNS[act](dense(self.mlp_dim, ("embed", "mlp"), fan_in_init(self.emb_dim), name=name)(x))
       hidden = h if hidden is None else hidden * h  # [B, T, mlp]
+    hidden = _scale(hidden, (adapters or {}).get("scale"))
     hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_length", "act_mlp"))
     hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
     return dense(self.emb_dim, ("mlp", "embed"), fan_in_init(self.mlp_dim), name="wo")(hidden)

@@ -1,9 +1,13 @@
 """The T5 model (1.0, 1.1, mT5, LM-adapted; encoder-decoder or decoder-only) in Flax linen.
 
-The frozen backbone receives the trainable vectors as *arguments*:
+The frozen backbone receives the trainable vectors as *arguments*, one pytree
+of adapters looked up by site (`prompt_tuning.models.adapters`):
 
     logits = T5(config).apply({"params": frozen}, encoder_input_tokens, decoder_input_tokens,
-                              decoder_target_tokens=None, prompt=soft_prompt, prefix=kv_prefixes)
+                              decoder_target_tokens=None, adapters=method_vectors)
+
+`prompt=`, `prompt_lengths=` and `prefix=` are shorthands for the "input"
+site and the attention prefix sites of `adapters` (they are merged into it):
 
 - `prompt`: [P, embed] (one prompt for every row) or [batch, P, embed] (one per
   row). It joins the embedded encoder input (decoder-only: the embedded
@@ -20,7 +24,7 @@ The frozen backbone receives the trainable vectors as *arguments*:
   [P] or [batch, P], the prefix vectors in use (rows with shorter prefixes or
   none in a mixed batch). Prefix keys are visible to every query and carry no
   relative position bias: they are not positions in the sequence (see
-  `prompt_tuning.prefixes` for why).
+  `prompt_tuning.methods.prefix` for why).
 
 Parameter names follow the T5X/Flaxformer tree (`encoder/layers_0/attention/
 query/kernel`, `decoder/logits_dense/kernel`, `token_embedder/embedding`, ...),
@@ -35,6 +39,7 @@ T5; the loss must weight them out.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import jax
@@ -42,6 +47,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from prompt_tuning import combine
+from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.configs import T5Config
 from prompt_tuning.models.layers import (
   MASK_VALUE,
@@ -55,10 +61,13 @@ from prompt_tuning.models.layers import (
 )
 
 Array = jax.Array
-Prefix = dict[str, dict[str, Array]]
-LayerPrefix = tuple[Array | None, Array | None, Array | None]  # (key, value, mask) of one layer
+Prefix = dict[str, dict[str, Array]]  # the `prefix=` shorthand: {site: {"key", "value", "mask"}}
+Adapters = sites.Adapters
 
-PREFIX_SITES = ("encoder", "decoder", "cross")
+PREFIX_SITES = tuple(sites.PREFIX_SITES)
+
+# Python-valued layer arguments (flags, lengths): static under remat, named here and located by signature.
+_STATIC_LAYER_ARGUMENTS = ("decode", "init_cache_length", "deterministic")
 
 
 def _dtypes(config: T5Config) -> dict[str, Any]:
@@ -68,44 +77,6 @@ def _dtypes(config: T5Config) -> dict[str, Any]:
 def _mask_bias(mask: Array) -> Array:
   """Boolean visibility [B, 1, Tq, Tk] (or broadcastable) -> additive bias."""
   return jnp.where(mask, 0.0, MASK_VALUE).astype(jnp.float32)
-
-
-def _layer_prefix(prefix: Prefix | None, site: str, layer: int) -> LayerPrefix:
-  """(key, value, mask) of one layer at one site; Nones when the site has no prefix."""
-  if not prefix or site not in prefix or prefix[site] is None:
-    return None, None, None
-  kv = prefix[site]
-  return kv["key"][layer], kv["value"][layer], kv.get("mask")
-
-
-def _check_prefix(prefix: Prefix | None, config: T5Config) -> None:
-  if not prefix:
-    return
-  sites = ("decoder",) if config.decoder_only else PREFIX_SITES
-  unknown = set(prefix) - set(sites)
-  if unknown:
-    raise ValueError(f"Unknown prefix sites {sorted(unknown)} for this model; use any of {sites}.")
-  heads, head_dim = config.num_heads, config.head_dim
-  for site, kv in prefix.items():
-    if kv is None:
-      continue
-    layers = config.num_encoder_layers if site == "encoder" else config.num_decoder_layers
-    key, value, mask = kv["key"], kv["value"], kv.get("mask")
-    if (
-      key.ndim not in (4, 5)
-      or key.shape[0] != layers
-      or key.shape[-2:] != (heads, head_dim)
-      or value.shape != key.shape
-    ):
-      raise ValueError(
-        f"prefix[{site!r}] has key {key.shape} and value {value.shape}; expected [{layers}, P, {heads}, {head_dim}] "
-        f"or [{layers}, batch, P, {heads}, {head_dim}] (layers, [batch,] prefix length, heads, head_dim) for both."
-      )
-    if mask is not None and (mask.ndim not in (1, 2) or mask.shape[-1] != key.shape[-3]):
-      raise ValueError(
-        f"prefix[{site!r}]['mask'] has shape {mask.shape}; expected [P] or [batch, P] with P = {key.shape[-3]} "
-        "(which prefix vectors each row uses)."
-      )
 
 
 class Embed(nn.Module):
@@ -143,20 +114,11 @@ class EncoderLayer(nn.Module):
     self.mlp = MLP(cfg.mlp_dim, cfg.emb_dim, cfg.mlp_activations, cfg.dropout_rate, **dt)
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
-  def __call__(self, x, bias, layer_prefix: LayerPrefix, deterministic):
-    prefix_key, prefix_value, prefix_mask = layer_prefix
+  def __call__(self, x, bias, adapters: Adapters, deterministic):
     h = self.pre_attention_layer_norm(x)
-    h = self.attention(
-      h,
-      h,
-      bias,
-      prefix_key=prefix_key,
-      prefix_value=prefix_value,
-      prefix_mask=prefix_mask,
-      deterministic=deterministic,
-    )
+    h = self.attention(h, h, bias, adapters=adapters.get("self_attention"), deterministic=deterministic)
     x = x + self.dropout(h, deterministic=deterministic)
-    h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic)
+    h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic, adapters=adapters.get("mlp"))
     x = x + self.dropout(h, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
@@ -176,17 +138,14 @@ class DecoderLayer(nn.Module):
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def __call__(
-    self, x, encoded, self_bias, cross_bias, layer_prefix, decode, cache_index, init_cache_length, deterministic
+    self, x, encoded, self_bias, cross_bias, adapters: Adapters, decode, cache_index, init_cache_length, deterministic
   ):
-    (self_key, self_value, self_mask), (cross_key, cross_value, cross_mask) = layer_prefix
     h = self.pre_self_attention_layer_norm(x)
     h = self.self_attention(
       h,
       h,
       self_bias,
-      prefix_key=self_key,
-      prefix_value=self_value,
-      prefix_mask=self_mask,
+      adapters=adapters.get("self_attention"),
       decode=decode,
       cache_index=cache_index,
       init_cache_length=init_cache_length,
@@ -199,25 +158,51 @@ class DecoderLayer(nn.Module):
         h,
         None if decode else encoded,
         cross_bias,
-        prefix_key=cross_key,
-        prefix_value=cross_value,
-        prefix_mask=cross_mask,
+        adapters=adapters.get("cross_attention"),
         decode=decode,
         init_cache_length=None if init_cache_length is None else 0,
         deterministic=deterministic,
       )
       x = x + self.dropout(h, deterministic=deterministic)
-    h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic)
+    h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic, adapters=adapters.get("mlp"))
     x = x + self.dropout(h, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
 
+def _argument_names(cls) -> list[str]:
+  return list(inspect.signature(cls.__call__).parameters)  # "self" first, as remat counts
+
+
 def _layer_class(cls, config: T5Config):
-  # Python-valued positional arguments (flags, lengths; self is 0) stay static under remat.
+  """The layer class, rematerialized when `config.remat`, its Python-valued arguments static by name."""
   if not config.remat:
     return cls
-  static = (4,) if cls is EncoderLayer else (6, 8, 9)
+  static = tuple(i for i, name in enumerate(_argument_names(cls)) if name in _STATIC_LAYER_ARGUMENTS)
   return nn.remat(cls, static_argnums=static, prevent_cse=True)
+
+
+def _positional(cls, **arguments) -> tuple:
+  """The arguments of `cls.__call__` in signature order: remat's static_argnums index positional arguments."""
+  names = _argument_names(cls)[1:]
+  if set(arguments) != set(names):
+    raise TypeError(f"{cls.__name__} takes {names}, got {sorted(arguments)}.")
+  return tuple(arguments[name] for name in names)
+
+
+def _per_layer_prompt(x: Array, hidden: Adapters | None, joined: combine.Joined | None) -> Array:
+  """The "hidden" site: {"replace": v} or {"add": v}, v [P, embed] or [B, P, embed], at the prompt positions."""
+  if not hidden:
+    return x
+  if joined is None or set(hidden) - {"replace", "add"} or len(hidden) != 1:
+    raise ValueError(
+      f"the hidden adapter site takes one of 'replace' or 'add' (got {sorted(hidden)}) and a prompt in the input "
+      "to mark the prompt positions."
+    )
+  ((how, vectors),) = hidden.items()
+  spread = combine.at_prompt_positions(vectors, joined).astype(x.dtype)  # [B, T, embed]
+  if how == "add":
+    return x + spread
+  return jnp.where(joined.is_prompt[..., None], spread, x)
 
 
 class Encoder(nn.Module):
@@ -235,13 +220,19 @@ class Encoder(nn.Module):
     self.encoder_norm = RMSNorm(cfg.layer_norm_epsilon, **dt)
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
-  def __call__(self, x: Array, mask: Array, prefix: Prefix | None, deterministic: bool) -> Array:
-    """x: [B, T, embed] embedded inputs; mask: bool [B, T]. Returns [B, T, embed]."""
+  def __call__(
+    self, x: Array, mask: Array, adapters: Adapters | None, deterministic: bool, joined: combine.Joined | None = None
+  ) -> Array:
+    """x: [B, T, embed] embedded inputs; mask: bool [B, T]; joined: where the prompt positions are (for the
+    "hidden" site: per-layer prompts replacing, or added to, the prompt positions before each layer).
+    Returns [B, T, embed]."""
     positions = jnp.arange(x.shape[1])
     bias = _mask_bias(mask[:, None, None, :]) + self.relpos_bias(positions, positions)  # [B, H, T, T]
     x = self.dropout(x, deterministic=deterministic)
     for i, layer in enumerate(self.layers):
-      x = layer(x, bias, _layer_prefix(prefix, "encoder", i), deterministic)
+      layer_adapters = sites.layer(adapters, "encoder", i)
+      x = _per_layer_prompt(x, layer_adapters.get("hidden"), joined)
+      x = layer(*_positional(EncoderLayer, x=x, bias=bias, adapters=layer_adapters, deterministic=deterministic))
     return self.dropout(self.encoder_norm(x), deterministic=deterministic)
 
 
@@ -275,7 +266,7 @@ class Decoder(nn.Module):
     encoded: Array | None,
     encoder_mask: Array | None,
     self_visible: Array | None,
-    prefix: Prefix | None,
+    adapters: Adapters | None,
     deterministic: bool,
     decode_position: Array | None = None,
     init_cache_length: int | None = None,
@@ -289,7 +280,7 @@ class Decoder(nn.Module):
       encoder_mask: bool [B, Te] real encoder positions (None when decoder-only).
       self_visible: bool [B|1, 1, T, Tk] which keys each query may see (causal,
         padding); Tk is the cache length when decoding.
-      prefix: optional per-layer prefixes.
+      adapters: optional tuned vectors (the "decoder" site is read here).
       deterministic: disable dropout.
       decode_position: when decoding, the position (cache slot) of x's first token.
       init_cache_length: create the decode cache with this many slots instead
@@ -310,10 +301,19 @@ class Decoder(nn.Module):
       self_bias = _mask_bias(self_visible) + self.relpos_bias(query_positions, jnp.arange(self_visible.shape[-1]))
     x = self.dropout(x, deterministic=deterministic)
     for i, layer in enumerate(self.layers):
-      layer_prefix = (_layer_prefix(prefix, "decoder", i), _layer_prefix(prefix, "cross", i))
-      x = layer(
-        x, encoded, self_bias, cross_bias, layer_prefix, decode, decode_position, init_cache_length, deterministic
+      arguments = _positional(
+        DecoderLayer,
+        x=x,
+        encoded=encoded,
+        self_bias=self_bias,
+        cross_bias=cross_bias,
+        adapters=sites.layer(adapters, "decoder", i),
+        decode=decode,
+        cache_index=decode_position,
+        init_cache_length=init_cache_length,
+        deterministic=deterministic,
       )
+      x = layer(*arguments)
     if output_positions is not None:
       x = jnp.take_along_axis(x, output_positions[..., None], axis=1)  # [B, K, embed]
     y = self.dropout(self.decoder_norm(x), deterministic=deterministic)
@@ -326,6 +326,8 @@ class T5(nn.Module):
   Methods: `__call__` (teacher-forced logits), `encode`, `decode`,
   `init_cache` and `prefill` (for the decoding loop in `prompt_tuning.decoding`).
 
+  The tuned vectors arrive as `adapters` (`prompt_tuning.models.adapters`);
+  `prompt=`, `prompt_lengths=` and `prefix=` are shorthands merged into it.
   Where the prompt joins the input is the `prompt_combination` argument of
   `__call__`, `encode` and `prefill` (see `prompt_tuning.combine`): a property
   of the call, not of the frozen module, so one module serves every mode.
@@ -340,41 +342,55 @@ class T5(nn.Module):
       self.encoder = Encoder(cfg)
     self.decoder = Decoder(cfg, self.token_embedder)
 
+  def _adapters(self, adapters: Adapters | None, prompt=None, prefix=None, prompt_lengths=None) -> Adapters:
+    tree = sites.from_keywords(prompt, prefix, prompt_lengths, adapters)
+    sites.check(tree, self.config)
+    return tree
+
+  def _join(self, tokens: Array, real: Array, adapters: Adapters, mode: str, **kwargs) -> combine.Joined:
+    """The embedded tokens joined with the "input" site's prompt (if any)."""
+    site = adapters.get("input", {})
+    return combine.join(
+      site.get("prompt"),
+      self.token_embedder(tokens),
+      real,
+      mode=mode,
+      tokens=tokens,
+      prompt_lengths=site.get("prompt_lengths"),
+      **kwargs,
+    )
+
   def encode(
     self,
     encoder_input_tokens: Array,
-    prompt: Array | None = None,
-    prefix: Prefix | None = None,
+    adapters: Adapters | None = None,
     enable_dropout: bool = False,
     prompt_combination: str = combine.DEFAULT_MODE,
+    *,
+    prompt: Array | None = None,
+    prefix: Prefix | None = None,
     prompt_lengths: Array | None = None,
   ) -> tuple[Array, Array]:
     """Runs the encoder once.
 
     Args:
       encoder_input_tokens: int [B, Te]; 0 is padding.
-      prompt: optional [P, embed] or [B, P, embed] soft prompt.
-      prefix: optional prefixes (only the "encoder" site is used here).
+      adapters: optional tuned vectors by site (the "input" and "encoder" sites are used here).
       enable_dropout: training mode.
       prompt_combination: where the prompt joins the input (`combine.MODES`).
-      prompt_lengths: optional int [B], prompt vectors used by each row.
+      prompt: shorthand for adapters["input"]["prompt"]: [P, embed] or [B, P, embed].
+      prefix: shorthand for the prefix sites (only "encoder" is used here).
+      prompt_lengths: shorthand for adapters["input"]["prompt_lengths"]: int [B].
 
     Returns:
       (encoded [B, P + Te, embed], encoder_mask bool [B, P + Te]).
     """
     if self.config.decoder_only:
       raise ValueError("A decoder-only model has no encoder; pass encoder_input_tokens=None.")
-    _check_prefix(prefix, self.config)
+    adapters = self._adapters(adapters, prompt, prefix, prompt_lengths)
     tokens = jnp.asarray(encoder_input_tokens)
-    joined = combine.join(
-      prompt,
-      self.token_embedder(tokens),
-      tokens > 0,
-      mode=prompt_combination,
-      tokens=tokens,
-      prompt_lengths=prompt_lengths,
-    )
-    encoded = self.encoder(joined.embedded, joined.mask, prefix, deterministic=not enable_dropout)
+    joined = self._join(tokens, tokens > 0, adapters, prompt_combination)
+    encoded = self.encoder(joined.embedded, joined.mask, adapters, not enable_dropout, joined)
     return encoded, joined.mask
 
   def decode(
@@ -383,10 +399,12 @@ class T5(nn.Module):
     encoder_mask: Array | None,
     decoder_input_tokens: Array,
     decoder_target_tokens: Array | None = None,
-    prefix: Prefix | None = None,
+    adapters: Adapters | None = None,
     decode_position: Array | None = None,
     enable_dropout: bool = False,
     decoder_key_mask: Array | None = None,
+    *,
+    prefix: Prefix | None = None,
   ) -> Array:
     """Decoder logits, teacher-forced, or one step through the cache.
 
@@ -397,17 +415,18 @@ class T5(nn.Module):
       decoder_input_tokens: int [B, Td]; when decoding, the tokens at
         positions decode_position .. decode_position + Td - 1.
       decoder_target_tokens: int [B, Td]; positions with 0 are padding.
-      prefix: optional prefixes ("decoder" and "cross" sites).
+      adapters: optional tuned vectors by site (the "decoder" site is used here).
       decode_position: int scalar; decode through the cache made by
         `init_cache` (call with `mutable=["cache"]`).
       enable_dropout: training mode.
       decoder_key_mask: when decoding, optional bool [B, cache length]: the
         cache slots that hold real keys (from `prefill`).
+      prefix: shorthand for the prefix sites ("decoder" and "cross" are used here).
 
     Returns:
       float32 logits [B, Td, vocab].
     """
-    _check_prefix(prefix, self.config)
+    adapters = self._adapters(adapters, prefix=prefix)
     tokens = jnp.asarray(decoder_input_tokens)
     length = tokens.shape[1]
     if decode_position is not None:
@@ -421,7 +440,9 @@ class T5(nn.Module):
       if decoder_target_tokens is not None:
         visible = visible & (jnp.asarray(decoder_target_tokens) > 0)[:, None, None, :]
     x = self.token_embedder(tokens)
-    return self.decoder(x, encoded, encoder_mask, visible, prefix, not enable_dropout, decode_position=decode_position)
+    return self.decoder(
+      x, encoded, encoder_mask, visible, adapters, not enable_dropout, decode_position=decode_position
+    )
 
   def _cache_length(self) -> int:
     cache = self.variables.get("cache")
@@ -446,9 +467,11 @@ class T5(nn.Module):
   def prefill(
     self,
     decoder_input_tokens: Array,
+    adapters: Adapters | None = None,
+    prompt_combination: str = combine.DEFAULT_MODE,
+    *,
     prompt: Array | None = None,
     prefix: Prefix | None = None,
-    prompt_combination: str = combine.DEFAULT_MODE,
     prompt_lengths: Array | None = None,
   ) -> tuple[Array, Array]:
     """Decoder-only: writes a prefix LM's inputs (and prompt) into the cache in one pass.
@@ -463,10 +486,9 @@ class T5(nn.Module):
     Args:
       decoder_input_tokens: int [B, Ti]: the start token 0, then the inputs,
         then padding (0); position 0 always counts as real.
-      prompt: optional [P, embed] or [B, P, embed] soft prompt.
-      prefix: optional prefixes (the "decoder" site).
+      adapters: optional tuned vectors by site ("input" and "decoder").
       prompt_combination: where the prompt joins the inputs (`combine.MODES`).
-      prompt_lengths: optional int [B], prompt vectors used by each row.
+      prompt, prefix, prompt_lengths: shorthands merged into `adapters`.
 
     Returns:
       (logits [B, vocab] of the first token to generate, decoder_key_mask
@@ -474,14 +496,11 @@ class T5(nn.Module):
     """
     if not self.config.decoder_only:
       raise ValueError("prefill() is for decoder-only models; an encoder-decoder model runs encode() instead.")
-    _check_prefix(prefix, self.config)
+    adapters = self._adapters(adapters, prompt, prefix, prompt_lengths)
     tokens = jnp.asarray(decoder_input_tokens)
     batch, length = tokens.shape
     real = (jnp.arange(length) == 0)[None, :] | (tokens > 0)  # [B, Ti]
-    joined = combine.join(
-      prompt, self.token_embedder(tokens), real, mode=prompt_combination, tokens=tokens, prompt_lengths=prompt_lengths
-    )
-    joined, _ = combine.right_justify(joined)
+    joined, _ = combine.right_justify(self._join(tokens, real, adapters, prompt_combination))
     total, cache_length = joined.mask.shape[1], self._cache_length()
     if cache_length < total:
       raise ValueError(f"The cache holds {cache_length} positions but the prompt and inputs take {total}.")
@@ -492,7 +511,7 @@ class T5(nn.Module):
     visible = (key_mask & (jnp.arange(cache_length) < total)[None, :])[:, None, None, :]  # [B, 1, 1, L]
     visible = jnp.broadcast_to(visible, (batch, 1, total, cache_length))
     logits = self.decoder(
-      joined.embedded, None, None, visible, prefix, True, decode_position=0, output_positions=next_position
+      joined.embedded, None, None, visible, adapters, True, decode_position=0, output_positions=next_position
     )
     return logits[:, 0], key_mask
 
@@ -502,12 +521,13 @@ class T5(nn.Module):
     decoder_input_tokens: Array,
     decoder_target_tokens: Array | None = None,
     *,
+    adapters: Adapters | None = None,
     prompt: Array | None = None,
     prefix: Prefix | None = None,
+    prompt_lengths: Array | None = None,
     decoder_causal_attention: Array | None = None,
     enable_dropout: bool = False,
     prompt_combination: str = combine.DEFAULT_MODE,
-    prompt_lengths: Array | None = None,
   ) -> Array:
     """Teacher-forced logits [B, Td, vocab] (float32).
 
@@ -517,52 +537,54 @@ class T5(nn.Module):
     [B, Td], 1 on the inputs part of a prefix-LM example) makes those
     positions fully visible to each other, and is where the suffix modes put
     the prompt. Logits are returned for the decoder positions only, not the
-    prompt's. `prompt_combination` (`combine.MODES`, default "prefix") says
-    where the prompt goes; `prompt_lengths` (int [B]) lets rows use fewer
-    prompt vectors than P (0: none).
+    prompt's. `adapters` carries the tuned vectors by site; `prompt`,
+    `prompt_lengths` (int [B], rows may use fewer prompt vectors than P) and
+    `prefix` are shorthands merged into it. `prompt_combination`
+    (`combine.MODES`, default "prefix") says where the prompt goes.
     """
+    adapters = self._adapters(adapters, prompt, prefix, prompt_lengths)
     if self.config.decoder_only:
       if encoder_input_tokens is not None:
         raise ValueError(
           "This T5 is decoder-only: pass encoder_input_tokens=None and the whole sequence as decoder input."
         )
-      prompt_args = (prompt, prompt_lengths, prompt_combination)
       return self._decoder_only(
-        decoder_input_tokens, decoder_target_tokens, prompt_args, prefix, decoder_causal_attention, enable_dropout
+        decoder_input_tokens,
+        decoder_target_tokens,
+        adapters,
+        prompt_combination,
+        decoder_causal_attention,
+        enable_dropout,
       )
-    encoded, encoder_mask = self.encode(
-      encoder_input_tokens, prompt, prefix, enable_dropout, prompt_combination, prompt_lengths
+    encoded, encoder_mask = self.encode(encoder_input_tokens, adapters, enable_dropout, prompt_combination)
+    return self.decode(
+      encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens, adapters, None, enable_dropout
     )
-    return self.decode(encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens, prefix, None, enable_dropout)
 
-  def _decoder_only(self, tokens, targets, prompt_args, prefix, causal_attention, enable_dropout):
-    """The prefix LM's logits at the token positions; prompt_args = (prompt, prompt_lengths, combination mode)."""
-    prompt, prompt_lengths, mode = prompt_args
-    _check_prefix(prefix, self.config)
+  def _decoder_only(self, tokens, targets, adapters, mode, causal_attention, enable_dropout):
+    """The prefix LM's logits at the token positions."""
     tokens = jnp.asarray(tokens)
     batch, length = tokens.shape
     real = jnp.ones((batch, length), bool) if targets is None else jnp.asarray(targets) > 0
     full = jnp.zeros((batch, length), bool) if causal_attention is None else jnp.asarray(causal_attention) > 0
-    if prompt is not None and mode.startswith("suffix") and causal_attention is None:
+    if "prompt" in adapters.get("input", {}) and mode.startswith("suffix") and causal_attention is None:
       raise ValueError(
         f"prompt_combination={mode!r} puts the prompt after the inputs part of a prefix LM; pass "
         "decoder_causal_attention (1 on the inputs part) to say where it ends."
       )
-    joined = combine.join(
-      prompt,
-      self.token_embedder(tokens),
-      real,
-      mode=mode,
-      tokens=tokens,
-      input_length=jnp.sum(full, axis=1),
-      prompt_lengths=prompt_lengths,
-    )
+    joined = self._join(tokens, real, adapters, mode, input_length=jnp.sum(full, axis=1))
     full = combine.spread_tokens(full, joined, True)  # [B, T']: prompt positions fully visible
     total = full.shape[1]
     causal = jnp.tril(jnp.ones((total, total), bool))[None]  # [1, T', T']
     visible = (causal | (full[:, :, None] & full[:, None, :])) & joined.mask[:, None, :]
     return self.decoder(
-      joined.embedded, None, None, visible[:, None], prefix, not enable_dropout, output_positions=joined.token_positions
+      joined.embedded,
+      None,
+      None,
+      visible[:, None],
+      adapters,
+      not enable_dropout,
+      output_positions=joined.token_positions,
     )
 
 

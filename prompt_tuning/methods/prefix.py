@@ -48,6 +48,8 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning.methods.base import Method
+from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.configs import T5Config
 from prompt_tuning.models.t5 import PREFIX_SITES, Prefix
 
@@ -55,9 +57,10 @@ Array = jax.Array
 PyTree = Any
 
 
+# Registered under its historical gin name: gin files bind prompt_tuning.prefixes.PrefixSettings.
 @gin.configurable(module="prompt_tuning.prefixes")
 @dataclasses.dataclass(frozen=True)
-class PrefixSettings:
+class PrefixSettings(Method):
   """What prefix tuning trains.
 
   Attributes:
@@ -72,6 +75,7 @@ class PrefixSettings:
   sites: tuple[str, ...] = PREFIX_SITES
   mlp_width: int = 512
   reparameterize: bool = True
+  name = "prefix"
 
   def __post_init__(self):
     object.__setattr__(self, "sites", tuple(self.sites))  # gin and JSON hand lists over
@@ -84,6 +88,17 @@ class PrefixSettings:
       raise ValueError(
         f"PrefixSettings.sites={self.sites!r}: give each of {PREFIX_SITES} at most once, and at least one."
       )
+
+  def init(self, rng: Array, backbone: PyTree, config: T5Config) -> PyTree:
+    del backbone
+    return init_prefix(rng, self, config)
+
+  def adapters(self, params: PyTree, config: T5Config) -> sites.Adapters:
+    """The attention prefix sites, from the MLP or from a folded tree."""
+    return sites.from_keywords(prefix=materialize(params, self, config))
+
+  def fold(self, params: PyTree, config: T5Config) -> PyTree:
+    return fold(params, self, config)
 
 
 def _check_sites(settings: PrefixSettings, config: T5Config) -> None:

@@ -1,0 +1,19 @@
+"""Tuning methods, one module each; see `base.Method` for what every method gives.
+
+- `prompt.Prompt`: a soft prompt joined to the input (Lester et al., 2021);
+- `prefix.PrefixSettings`: key/value prefixes at every attention layer, through an MLP folded after
+  training (Li & Liang, 2021);
+- `ia3.IA3`: learned rescaling of attention keys/values and feed-forward activations (Liu et al., 2022);
+- `per_layer_prompt.PerLayerPrompt`: a prompt at the input of every encoder layer, replacing or added to the
+  prompt positions' hidden states (deep prompt tuning).
+
+Adding a method is one module here (a `Method` subclass, gin-configurable) and one gin file in gin/prompts/.
+"""
+
+from prompt_tuning.methods.base import Method, trainable_pattern
+from prompt_tuning.methods.ia3 import IA3
+from prompt_tuning.methods.per_layer_prompt import PerLayerPrompt
+from prompt_tuning.methods.prefix import PrefixSettings
+from prompt_tuning.methods.prompt import Prompt
+
+__all__ = ["IA3", "Method", "PerLayerPrompt", "PrefixSettings", "Prompt", "trainable_pattern"]

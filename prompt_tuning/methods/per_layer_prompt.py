@@ -1,0 +1,99 @@
+"""Per-layer prompts (deep prompt tuning): a learned prompt at the input of *every* encoder layer.
+
+Prompt tuning (Lester et al., 2021) trains P vectors at the input only; their
+effect on deeper layers is whatever the frozen layers make of them. Here each
+encoder layer i gets its own P vectors at the prompt positions, as the
+reference implementation's `extended/` per-layer prompts and P-tuning v2 (Liu
+et al., 2022, deep prompt tuning) do, in one of two modes:
+
+- "replace": the hidden states of the prompt positions are replaced by
+  prompts[i] before layer i (layer 0's are the input prompt itself);
+- "add": prompts[i] is added to them before layer i >= 1 (layer 0 sees the
+  input prompt prompts[0]); the deeper prompts start at zero, so training
+  starts from plain prompt tuning.
+
+Parameters: {"prompts": [L, P, D]} float32 (L encoder layers), logical axes
+(None, "prompt", "prompt_embed"), replicated and unfactored. prompts[0]
+feeds the "input" site, so it joins the input where the prompt combination
+says and rows may use fewer vectors (`prompt_lengths`); the "hidden" site of
+the encoder follows those positions. Encoder-decoder models only (the decoder
+has no prompt positions to rewrite). Export: `per_layer_prompt.npy` [L, P, D]
+and `per_layer_prompt.safetensors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from prompt_tuning import prompts
+from prompt_tuning.methods.base import Method, PyTree
+from prompt_tuning.models import adapters as sites
+from prompt_tuning.models.configs import T5Config
+
+MODES = ("replace", "add")
+
+
+@gin.configurable(module="prompt_tuning.methods")
+@dataclasses.dataclass(frozen=True)
+class PerLayerPrompt(Method):
+  """Per-layer prompts of `length` vectors.
+
+  Attributes:
+    length: prompt positions P.
+    initializer: makes the input prompt (and, in "replace" mode, every layer's), e.g. `prompts.sampled_vocab()`.
+    mode: "replace" or "add" (see the module docstring).
+  """
+
+  length: int
+  initializer: prompts.Initializer | None = None
+  mode: str = "replace"
+  name = "per_layer_prompt"
+
+  def __post_init__(self):
+    if self.length < 1:
+      raise ValueError(f"PerLayerPrompt.length must be >= 1, got {self.length}.")
+    if self.initializer is None:
+      raise ValueError("PerLayerPrompt needs an initializer, e.g. @prompt_tuning.prompts.sampled_vocab().")
+    if self.mode not in MODES:
+      raise ValueError(f"PerLayerPrompt.mode={self.mode!r}; use one of {MODES}.")
+
+  @property
+  def input_length(self) -> int:
+    return self.length
+
+  def init(self, rng: jax.Array, backbone: PyTree, config: T5Config) -> PyTree:
+    if config.decoder_only:
+      raise ValueError(
+        "per-layer prompts rewrite the encoder's prompt positions, and a decoder-only model has no encoder; "
+        "use prompt or prefix tuning for it."
+      )
+    embedding = backbone["token_embedder"]["embedding"]
+    layers = config.num_encoder_layers
+    if self.mode == "add":
+      first = prompts.init_prompt(rng, self.initializer, embedding, self.length)
+      rest = jnp.zeros((layers - 1, self.length, config.emb_dim), jnp.float32)
+      return {"prompts": jnp.concatenate([first[None], rest], axis=0)}
+    rngs = jax.random.split(rng, layers)
+    return {"prompts": jnp.stack([prompts.init_prompt(r, self.initializer, embedding, self.length) for r in rngs])}
+
+  def logical_axes(self, shapes: PyTree) -> PyTree:
+    return {"prompts": PartitionSpec(None, *prompts.PROMPT_AXES)}
+
+  def adapters(self, params: PyTree, config: T5Config) -> sites.Adapters:
+    layer_prompts = params["prompts"]  # [L, P, D] (or [L, B, P, D] per row)
+    expected = (config.num_encoder_layers, self.length, config.emb_dim)
+    if (layer_prompts.shape[0], layer_prompts.shape[-2], layer_prompts.shape[-1]) != expected:
+      raise ValueError(
+        f"per-layer prompts of shape {tuple(layer_prompts.shape)}; this backbone and PerLayerPrompt.length need "
+        f"{expected} (encoder layers, length, embedding width)."
+      )
+    if self.mode == "add":
+      hidden = {"add": layer_prompts.at[0].set(0.0)}  # layer 0 sees the input prompt as it is
+    else:
+      hidden = {"replace": layer_prompts}
+    return {"input": {"prompt": layer_prompts[0]}, "encoder": {"hidden": hidden}}

@@ -1,0 +1,401 @@
+"""Run setup shared by train, eval and infer: the run's settings, and the inference build.
+
+- `RunConfig`: what every entry point shares (gin: `RunConfig.*`, bound by gin/runs/run_config.gin);
+- `tuning_methods`, `tuned_model`, `pattern_of`: the methods a config names, the tuned model, the trainable set;
+- `load_backbone`: the frozen backbone's config and host arrays;
+- `build_inference`: what eval and infer need and nothing more: the trainable tree only (no optimizer state),
+  in its folded serving form, and prediction and scoring jitted with explicit shardings;
+- `plan`: the model and partition plan, computed abstractly.
+
+- `build_training`: the training build (state and optimizer state, checkpoints, compiled steps), used by
+  `prompt_tuning.train` (as `train.build`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import gin
+import jax
+import numpy as np
+import optax
+
+from prompt_tuning import combine, optim, partitioning, trainer, validation
+from prompt_tuning.checkpoints.training import TrainingCheckpoints, backbone_fingerprint, check_fingerprint
+from prompt_tuning.methods.base import Method, trainable_pattern
+from prompt_tuning.methods.prompt import Prompt
+from prompt_tuning.tuning import TunedT5
+
+log = logging.getLogger(__name__)
+
+
+@gin.configurable
+@dataclasses.dataclass
+class RunConfig:
+  """What train, eval and infer share: the backbone, the task, the tuned vectors, the mesh.
+
+  Attributes:
+    model_dir: checkpoints, metrics.jsonl and TensorBoard summaries (MODEL_DIR).
+    initial_checkpoint_path: the frozen backbone, T5X or Hugging Face (INITIAL_CHECKPOINT_PATH);
+      None initializes the backbone randomly from `model_size` and `seed` (pretraining from scratch,
+      with a trainable pattern that covers the backbone).
+    mixture_or_task_name: a registered seqio task or mixture (MIXTURE_OR_TASK_NAME).
+    task_feature_lengths: {"inputs": ..., "targets": ...} (TASK_FEATURE_LENGTHS).
+    model_size: named size for T5X checkpoints, which carry no config.
+    prompt_length: soft prompt positions (0: none; Lester et al.: 100); with `prompt_init`, the `Prompt` method.
+    prompt_init: prompt initializer (`prompt_tuning.prompts`).
+    prefix: `prompt_tuning.prefixes.PrefixSettings` for prefix tuning (`prompt_tuning.methods.prefix`).
+    methods: further tuning methods (`prompt_tuning.methods`: IA3, PerLayerPrompt, ...), e.g.
+      `RunConfig.methods = [@prompt_tuning.methods.IA3()]`.
+    prompt_combination: where input-side vectors join the embedded input, in training, eval and infer
+      (`prompt_tuning.combine.MODES`: prefix, prefix_after_bos, suffix, suffix_after_eos) (PROMPT_COMBINATION).
+    trainable_pattern: regex over parameter paths; None (default): the subtrees of the methods in use
+      (`methods.base.trainable_pattern`); `.*` is model tuning.
+    batch_size: global batch size (all processes together).
+    num_microbatches: gradient accumulation slices per step.
+    optimizer: an optax transformation (default: Adafactor with the paper's settings).
+    z_loss: coefficient of T5X's z-loss.
+    class_label_softmax: normalize the decoder's softmax over the tokens of the task's class labels and EOS only,
+      in the training loss, the teacher-forced evaluation and label scoring (infer's score mode, eval's
+      accuracy): the verbalizer cross-entropy of Schick & Schuetze 2021. Off by default (T5X and Lester et al. use
+      the whole vocabulary). For small frozen models, where a prompt teaches the answer format long before the
+      answer: on the demo model, a 20-token prompt on WordNet's animal-or-plant question (Adafactor lr 0.3) still
+      answers "plant" to everything after 300-600 steps with the whole vocabulary, and reaches 70.8% in 400 with
+      the labels' (prompt_tuning/assets/demo_t5/MODEL_CARD.md). Greedy decoding is not restricted. Needs a task
+      with class labels.
+    dropout_rate: override the backbone's dropout.
+    max_encoder_length: refuse prompt + input lengths above this.
+    keep_checkpoints: checkpoints kept (the newest).
+    seed: initialization, data order and dropout.
+    shuffle: shuffle the training data.
+    num_partitions: model-parallel devices; the rest is data parallel.
+    mesh_shape: explicit (data, model) mesh.
+  """
+
+  model_dir: str = gin.REQUIRED
+  initial_checkpoint_path: str = gin.REQUIRED
+  mixture_or_task_name: str = gin.REQUIRED
+  task_feature_lengths: Mapping[str, int] = gin.REQUIRED
+  model_size: str | None = None
+  prompt_length: int = 100
+  prompt_init: Any = None
+  prefix: Any = None
+  methods: tuple[Method, ...] = ()
+  prompt_combination: str = combine.DEFAULT_MODE
+  trainable_pattern: str | None = None
+  batch_size: int = 32
+  num_microbatches: int = 1
+  optimizer: optax.GradientTransformation | None = None
+  z_loss: float = 1e-4
+  class_label_softmax: bool = False
+  dropout_rate: float | None = None
+  max_encoder_length: int | None = None
+  keep_checkpoints: int | None = 3
+  seed: int = 0
+  shuffle: bool = True
+  num_partitions: int = 1
+  mesh_shape: tuple[int, int] | None = None
+
+  def __post_init__(self):
+    for name in ("model_dir", "initial_checkpoint_path", "mixture_or_task_name", "task_feature_lengths"):
+      value = getattr(self, name)
+      if value is gin.REQUIRED or value == "" or (value is None and name != "initial_checkpoint_path"):
+        raise ValueError(f"{name} is required: set it in a gin file or with --gin.{name.upper()}=...")
+    if self.initial_checkpoint_path is None and not self.model_size:
+      raise ValueError(
+        "INITIAL_CHECKPOINT_PATH=None (random initialization) needs MODEL_SIZE: include a models/ and a "
+        "models/sizes/ gin file, or set RunConfig.model_size."
+      )
+    self.methods = tuple(self.methods)
+    combine.check_mode(self.prompt_combination)
+    validation.check_run_config(self)
+
+
+def tuning_methods(cfg: RunConfig) -> tuple[Method, ...]:
+  """The methods a run's settings name: the prompt (PROMPT_LENGTH > 0), the prefix, then `methods`."""
+  methods: list[Method] = []
+  if cfg.prompt_length:
+    methods.append(Prompt(cfg.prompt_length, cfg.prompt_init))
+  if cfg.prefix is not None:
+    methods.append(cfg.prefix)
+  return tuple(methods) + tuple(cfg.methods)
+
+
+def tuned_model(cfg: RunConfig, config) -> TunedT5:
+  return TunedT5(config, tuning_methods(cfg), cfg.prompt_combination)
+
+
+def pattern_of(cfg: RunConfig, tuned: TunedT5) -> str:
+  """The run's trainable set: TRAINABLE_PATTERN when given, else the methods' subtrees."""
+  return cfg.trainable_pattern if cfg.trainable_pattern is not None else trainable_pattern(tuned.methods)
+
+
+def load_backbone(cfg: RunConfig):
+  """The backbone's config and host arrays: from INITIAL_CHECKPOINT_PATH, or random for pretraining."""
+  from prompt_tuning.checkpoints import load_pretrained
+  from prompt_tuning.models.configs import get_config
+  from prompt_tuning.models.t5 import init_params
+
+  if cfg.initial_checkpoint_path is None:
+    config = get_config(cfg.model_size)
+    params = jax.device_get(jax.jit(init_params, static_argnums=0)(config, jax.random.key(cfg.seed)))
+  else:
+    config, params = load_pretrained(cfg.initial_checkpoint_path, config=cfg.model_size)
+  if cfg.dropout_rate is not None:
+    config = config.replace(dropout_rate=cfg.dropout_rate)
+  return config, params
+
+
+def abstract_vectors(tuned: TunedT5, backbone_shapes):
+  return jax.eval_shape(tuned.init_vectors, jax.random.key(0), backbone_shapes)
+
+
+def class_label_ids(mixture_or_task_name: str) -> tuple[int, ...]:
+  """The sorted token ids of the task's class labels, and EOS: what `class_label_softmax` normalizes over.
+
+  Raises:
+    ValueError: the task declares no class labels.
+  """
+  from prompt_tuning import inputs
+  from prompt_tuning.data import get_class_labels
+
+  labels = get_class_labels(mixture_or_task_name)
+  if not labels:
+    raise ValueError(
+      f"class_label_softmax needs class labels, and task {mixture_or_task_name!r} declares none: register it with "
+      "class_labels=[...] (prompt_tuning.data.register_local_task) or set RunConfig.class_label_softmax = False."
+    )
+  vocabulary = inputs.get_task(mixture_or_task_name).output_features["targets"].vocabulary
+  return tuple(sorted({token for label in labels for token in vocabulary.encode(label)} | {vocabulary.eos_id}))
+
+
+def plan(cfg: RunConfig, mesh=None) -> dict[str, Any]:
+  """The model and partition plan of a run, computed abstractly (nothing is allocated or read).
+
+  Needs `cfg.model_size` (the named size). Returns the T5Config, the shapes of
+  the whole parameter tree, their shardings on the mesh, and the trainable and
+  total parameter counts.
+  """
+  from prompt_tuning.models.configs import get_config
+  from prompt_tuning.models.t5 import param_shapes
+
+  if not cfg.model_size:
+    raise ValueError("plan() needs MODEL_SIZE (a models/ and a models/sizes/ gin file, or RunConfig.model_size).")
+  config = get_config(cfg.model_size)
+  if cfg.dropout_rate is not None:
+    config = config.replace(dropout_rate=cfg.dropout_rate)
+  tuned = tuned_model(cfg, config)
+  backbone = param_shapes(config)
+  shapes = {"t5": backbone, **abstract_vectors(tuned, backbone)}
+  mesh = mesh if mesh is not None else partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
+  shardings = partitioning.shardings_for(tuned.logical_axes(shapes), mesh, partitioning.logical_rules())
+  trainable, frozen = optim.partition(shapes, pattern_of(cfg, tuned), allow_empty=True)
+  return {
+    "config": config,
+    "shapes": shapes,
+    "shardings": shardings,
+    "trainable_count": optim.count(trainable),
+    "total_count": optim.count(trainable) + optim.count(frozen),
+  }
+
+
+@dataclasses.dataclass
+class Run:
+  """What the loop needs, built once at start-up."""
+
+  tuned: TunedT5
+  mesh: Any
+  frozen: Any
+  state: trainer.TrainState
+  train_step: Any
+  eval_step: Any
+  checkpoints: TrainingCheckpoints
+  start_step: int
+  data_position: int
+  fingerprint: str
+  trainable_count: int
+  total_count: int
+  output_ids: tuple[int, ...] | None = None  # the softmax's ids under class_label_softmax (trainer.restrict_logits)
+
+  @property
+  def trainable(self) -> Any:
+    return self.state.trainable
+
+
+def build_training(cfg: RunConfig) -> Run:
+  """The training build: mesh, backbone, trainable state with its optimizer state (fresh or restored), the
+  checkpoints and the compiled steps. Eval and infer use `build_inference`."""
+  mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
+  rules = partitioning.logical_rules()
+  task = validation.check_task(cfg.mixture_or_task_name)
+  config, backbone_host = load_backbone(cfg)
+  validation.check_vocabulary(task, config.vocab_size)
+  tuned = tuned_model(cfg, config)
+  pattern = pattern_of(cfg, tuned)
+  if not config.decoder_only:
+    tuned.check_lengths(cfg.task_feature_lengths["inputs"], cfg.max_encoder_length)
+
+  backbone_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), backbone_host)
+  axes = tuned.logical_axes(abstract_vectors(tuned, backbone_shapes))
+  shardings = partitioning.shardings_for(axes, mesh, rules)
+  backbone = partitioning.with_sharding(backbone_host, shardings["t5"])
+  del backbone_host
+  vector_shardings = {k: v for k, v in shardings.items() if k != "t5"}
+  vectors = jax.jit(tuned.init_vectors, out_shardings=vector_shardings)(jax.random.key(cfg.seed), backbone)
+  # Nothing trainable is allowed here (eval/infer of the frozen model as it is); train() refuses it.
+  trainable, frozen = optim.partition({"t5": backbone, **vectors}, pattern, allow_empty=True)
+  trainable_axes, _ = optim.partition(axes, pattern, allow_empty=True)
+  optimizer = cfg.optimizer or optim.adafactor(logical_axes=trainable_axes)
+  state = jax.jit(functools.partial(trainer.TrainState.create, optimizer=optimizer))(trainable)
+
+  fingerprint = backbone_fingerprint(backbone)
+  checkpoints = TrainingCheckpoints(cfg.model_dir, keep=cfg.keep_checkpoints)
+  data_position = 0
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  if (restored := checkpoints.restore_newest_intact(abstract)) is not None:
+    state, meta = restored
+    check_fingerprint(meta, fingerprint, cfg.initial_checkpoint_path)
+    data_position = int(meta["data_position"])
+    log.info("resumed from step %d of %s", int(state.step), cfg.model_dir)
+
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+  batch_sharding, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
+  output_ids = class_label_ids(cfg.mixture_or_task_name) if cfg.class_label_softmax else None
+  step_fn = functools.partial(
+    trainer.train_step,
+    forward=tuned.forward,
+    optimizer=optimizer,
+    z_loss=cfg.z_loss,
+    num_microbatches=cfg.num_microbatches,
+    output_ids=output_ids,
+  )
+  train_step = jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, frozen_shardings, batch_sharding, repl),
+    out_shardings=(state_shardings, repl),
+    donate_argnums=(0,),
+  )
+  eval_step = jax.jit(
+    functools.partial(trainer.eval_step, forward=tuned.forward, z_loss=cfg.z_loss, output_ids=output_ids),
+    in_shardings=(state_shardings.trainable, frozen_shardings, batch_sharding),
+    out_shardings=repl,
+  )
+  return Run(
+    tuned=tuned,
+    mesh=mesh,
+    frozen=frozen,
+    state=state,
+    train_step=train_step,
+    eval_step=eval_step,
+    checkpoints=checkpoints,
+    start_step=int(state.step),
+    data_position=data_position,
+    fingerprint=fingerprint,
+    trainable_count=optim.count(trainable),
+    total_count=optim.count(trainable) + optim.count(frozen),
+    output_ids=output_ids,
+  )
+
+
+@dataclasses.dataclass
+class Inference:
+  """What eval and infer need: the frozen backbone, the trainable tree (folded, no optimizer state), the steps.
+
+  Attributes:
+    tuned: the backbone's architecture and the tuning methods.
+    mesh: the device mesh.
+    frozen: the frozen tree ({"t5": backbone}, less what the trainable pattern selects).
+    trainable: the trainable tree in its serving form (the prefix MLP folded away).
+    eval_step, score_step: jitted with explicit shardings: (trainable, frozen, batch) -> metrics / scores [B].
+    output_ids: the softmax's ids under class_label_softmax.
+    step: the training step of the trainable tree (0: not trained).
+    source: where the trainable tree came from (for logs).
+  """
+
+  tuned: TunedT5
+  mesh: Any
+  frozen: Any
+  trainable: Any
+  eval_step: Any
+  score_step: Any
+  output_ids: tuple[int, ...] | None
+  step: int
+  source: str
+
+
+def _latest_export(model_dir: Path, step: int | None) -> Path | None:
+  """MODEL_DIR/numpy_checkpoints/checkpoint_<step> of the latest training checkpoint, if it was exported."""
+  if step is None:
+    return None
+  folder = model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
+  return folder if folder.is_dir() else None
+
+
+def _restore_trainable(cfg: RunConfig, tuned: TunedT5, backbone, pattern: str):
+  """(trainable tree, step, source): the methods' exports of the latest checkpoint, folded (the MLP of a prefix is
+  not read: Li & Liang, section 4.3), else fresh initialization (e.g. a prompt from a file); None when the trainable
+  set covers backbone weights (model tuning), which only the training checkpoint holds."""
+  if any(re.search(pattern, f"t5/{path}") for path in optim._flat(backbone)):
+    return None
+  checkpoints = TrainingCheckpoints(cfg.model_dir, keep=None, async_save=False)
+  step = checkpoints.latest_step()
+  checkpoints.close()
+  folder = _latest_export(Path(cfg.model_dir), step)
+  if step is not None and folder is None:
+    return None  # a checkpoint without exports (an older run): the training build restores it
+  if folder is not None:
+    try:
+      loaded = {m.name: jax.tree.map(np.asarray, m.load(folder, tuned.config)) for m in tuned.methods}
+      return loaded, step, f"the exports of step {step} in {folder}"
+    except FileNotFoundError:
+      return None
+  vectors = jax.jit(tuned.init_vectors)(jax.random.key(cfg.seed), backbone)
+  return tuned.fold(jax.device_get(vectors)), 0, "the initializers (no checkpoint in MODEL_DIR)"
+
+
+def build_inference(cfg: RunConfig) -> Inference:
+  """The inference build: backbone, the trainable tree restored without optimizer state and folded once, and the
+  jitted steps. Falls back to the training checkpoint's state where no export holds the trainable tree (model
+  tuning, runs from before exports)."""
+  mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
+  task = validation.check_task(cfg.mixture_or_task_name)
+  config, backbone_host = load_backbone(cfg)
+  validation.check_vocabulary(task, config.vocab_size)
+  tuned = tuned_model(cfg, config)
+  if not config.decoder_only:
+    tuned.check_lengths(cfg.task_feature_lengths["inputs"], cfg.max_encoder_length)
+  pattern = pattern_of(cfg, tuned)
+  output_ids = class_label_ids(cfg.mixture_or_task_name) if cfg.class_label_softmax else None
+  restored = _restore_trainable(cfg, tuned, backbone_host, pattern)
+  if restored is None:
+    run = build_training(cfg)
+    run.checkpoints.close()
+    trainable, frozen, step, source = run.state.trainable, run.frozen, int(run.state.step), "the training checkpoint"
+  else:
+    vectors, step, source = restored
+    axes = tuned.logical_axes(jax.eval_shape(lambda: {"t5": backbone_host, **vectors}))
+    params = partitioning.with_sharding(
+      {"t5": backbone_host, **vectors}, partitioning.shardings_for(axes, mesh, partitioning.logical_rules())
+    )
+    trainable, frozen = optim.partition(params, pattern, allow_empty=True)
+  log.info("trainable vectors from %s", source)
+  shardings = jax.tree.map(lambda x: x.sharding, (trainable, frozen))
+  batch_sharding, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
+  eval_step = jax.jit(
+    functools.partial(trainer.eval_step, forward=tuned.forward, z_loss=cfg.z_loss, output_ids=output_ids),
+    in_shardings=(*shardings, batch_sharding),
+    out_shardings=repl,
+  )
+  score_step = jax.jit(
+    functools.partial(trainer.score_step, forward=tuned.forward, output_ids=output_ids),
+    in_shardings=(*shardings, batch_sharding),
+    out_shardings=repl,
+  )
+  return Inference(tuned, mesh, frozen, trainable, eval_step, score_step, output_ids, step, source)

@@ -1,0 +1,116 @@
+"""Runs of every tuning method without ../shared: a tiny random T5 written by our own Hugging Face writer, and a
+tiny in-memory seqio task on the shipped demo model's SentencePiece vocabulary.
+
+Shared by tests/test_method_invariants.py and its subprocess helper tests/scripts/method_train.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import prompt_tuning as pt  # noqa: E402
+from prompt_tuning import optim, train  # noqa: E402
+from prompt_tuning.methods import IA3, PerLayerPrompt, PrefixSettings  # noqa: E402
+
+DEMO_VOCAB = Path(pt.__file__).resolve().parent / "assets" / "demo_t5" / "sentencepiece.model"
+TASK = "method_runs_odd_even"
+VOCAB_SIZE = 8192  # the demo vocabulary's 8,092 pieces, rounded up
+METHODS = ("prompt", "prefix", "per_layer_prompt", "ia3", "model")
+WORDS = ["apple", "house", "river", "green", "music", "stone", "cloud", "light", "table", "night"]
+
+
+def uniform_init(rng, embedding, length):
+  return jax.random.uniform(rng, (length, embedding.shape[1]), minval=-0.5, maxval=0.5)
+
+
+def write_backbone(folder: Path) -> Path:
+  """A random t5_1_1_tiny (vocabulary 8,192) saved as a Hugging Face checkpoint in `folder` (once)."""
+  if not (folder / "config.json").is_file():
+    config = pt.get_config("t5_1_1_tiny", vocab_size=VOCAB_SIZE)
+    pt.save_hf_pretrained(folder, config, jax.device_get(pt.init_params(config, jax.random.key(0))))
+  return folder
+
+
+def register_task() -> str:
+  """Registers TASK once: "is <word> number <i> odd?" -> yes / no."""
+  import seqio
+  import tensorflow as tf
+
+  if TASK in seqio.TaskRegistry.names():
+    return TASK
+
+  def examples(split, shuffle_files, seed=None):
+    del shuffle_files, seed
+    count, offset = {"train": 96, "validation": 16}[split], {"train": 0, "validation": 1000}[split]
+    numbers = range(offset, offset + count)
+    inputs = [f"is {WORDS[i % 10]} number {i} odd?" for i in numbers]
+    return tf.data.Dataset.from_tensor_slices(
+      {"inputs": inputs, "targets": ["yes" if i % 2 else "no" for i in numbers]}
+    )
+
+  vocab = seqio.SentencePieceVocabulary(str(DEMO_VOCAB), extra_ids=0)
+  seqio.TaskRegistry.add(
+    TASK,
+    seqio.FunctionDataSource(examples, splits=["train", "validation"]),
+    preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+    output_features={k: seqio.Feature(vocab, add_eos=True) for k in ("inputs", "targets")},
+    metric_fns=[],
+  )
+  return TASK
+
+
+def method_settings(method: str) -> dict:
+  """The RunConfig settings that select one tuning method."""
+  settings = {
+    "prompt": {"prompt_length": 3, "prompt_init": uniform_init},
+    "prefix": {"prompt_length": 0, "prefix": PrefixSettings(2, mlp_width=8)},
+    "per_layer_prompt": {"prompt_length": 0, "methods": (PerLayerPrompt(3, uniform_init),)},
+    "ia3": {"prompt_length": 0, "methods": (IA3(),)},
+    "model": {"prompt_length": 0, "trainable_pattern": ".*", "optimizer": optim.adafactor(learning_rate=1e-2)},
+  }
+  return settings[method]
+
+
+def trainable_roots(method: str) -> set[str]:
+  """The top-level keys of the trainable tree a method's run must have."""
+  return {"t5"} if method == "model" else {method}
+
+
+def run_config(model_dir: Path, backbone: Path, method: str, **overrides) -> train.RunConfig:
+  settings = dict(
+    model_dir=str(model_dir),
+    initial_checkpoint_path=str(backbone),
+    mixture_or_task_name=register_task(),
+    task_feature_lengths={"inputs": 16, "targets": 4},
+    batch_size=8,
+    dropout_rate=0.0,
+    **method_settings(method),
+  )
+  settings.update(overrides)
+  return train.RunConfig(**settings)
+
+
+def final_trainable(cfg: train.RunConfig) -> dict[str, np.ndarray]:
+  """The trainable tree of the latest checkpoint, flattened by '/' paths (host arrays)."""
+  run = train.build(cfg)
+  run.checkpoints.close()
+  flat = optim._flat(run.state.trainable)
+  return {k: np.asarray(v.addressable_data(0)) for k, v in flat.items()} | {"step": np.asarray(int(run.state.step))}
+
+
+def synthetic_batch(seed: int = 0, batch: int = 8) -> dict[str, np.ndarray]:
+  """A seqio-converted encoder-decoder batch of random tokens (no task needed)."""
+  rng = np.random.default_rng(seed)
+  targets = rng.integers(2, VOCAB_SIZE, (batch, 4)).astype(np.int32)
+  return {
+    "encoder_input_tokens": rng.integers(2, VOCAB_SIZE, (batch, 16)).astype(np.int32),
+    "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": np.ones_like(targets, np.float32),
+  }

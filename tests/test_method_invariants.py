@@ -1,0 +1,164 @@
+"""The training invariants, for every tuning method (prompt, prefix, per-layer prompt, IA3, model tuning), on a
+plain clone: a tiny T5 written by our own writer and a task on the shipped demo vocabulary (tests/method_runs.py).
+
+- a real step changes the trainable tree only, and the backbone the model computes with is the one loaded;
+- a run killed with SIGKILL and resumed ends where an uninterrupted run ends;
+- 8 simulated devices give the losses and vectors of 1;
+- the compiled prompt-tuning step computes no gradient of a frozen weight (its FLOPs against model tuning's).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("seqio")
+import method_runs  # noqa: E402
+
+import prompt_tuning as pt  # noqa: E402
+from prompt_tuning import optim, partitioning, train  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "method_train.py"
+METHODS = method_runs.METHODS
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+  return method_runs.write_backbone(tmp_path_factory.mktemp("backbone"))
+
+
+def _env(devices: int = 1) -> dict:
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def _host_flat(tree) -> dict[str, np.ndarray]:
+  return {k: np.asarray(v) for k, v in optim._flat(jax.device_get(tree)).items()}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_step_changes_only_the_trainable_tree_and_the_backbone_is_the_loaded_one(backbone, tmp_path, method):
+  run = train.build(method_runs.run_config(tmp_path / "run", backbone, method))
+  run.checkpoints.close()
+  roots = method_runs.trainable_roots(method)
+  assert set(run.state.trainable) == roots
+  before = _host_flat(optim.merge(run.state.trainable, run.frozen))
+  batch = partitioning.shard_batch(method_runs.synthetic_batch(), run.mesh)
+  state = run.state
+  for _ in range(2):
+    state, metrics = run.train_step(state, run.frozen, batch, jax.random.key(1))
+  assert np.isfinite(float(metrics["loss"]))
+  after = _host_flat(optim.merge(state.trainable, run.frozen))
+  assert set(after) == set(before)
+  changed = {k for k in after if not np.array_equal(before[k], after[k])}
+  assert {k.split("/")[0] for k in changed} == roots, sorted(changed)[:5]
+  trainable = set(optim._flat(state.trainable))
+  # Every trained vector moved (model tuning: nearly every weight; a few may get no gradient in two steps).
+  assert len(changed) >= (0.9 if method == "model" else 1.0) * len(trainable), sorted(trainable - changed)
+  _, loaded = pt.load_pretrained(backbone)
+  loaded = {f"t5/{k}": np.asarray(v) for k, v in optim._flat(loaded).items()}
+  if method == "model":
+    assert any(not np.array_equal(after[k], v) for k, v in loaded.items())
+  else:
+    for path, value in loaded.items():
+      np.testing.assert_array_equal(after[path], value, err_msg=path)
+
+
+def _kill_after_checkpoint(model_dir: Path, proc: subprocess.Popen, step: int) -> None:
+  checkpoints = model_dir / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if checkpoints.is_dir() and any(p.name.isdigit() and int(p.name) >= step for p in checkpoints.iterdir()):
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run finished before it could be killed:\n" + proc.stderr.read().decode()[-2000:]
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resume_after_kill_9_equals_an_uninterrupted_run(backbone, tmp_path, method):
+  # The killed run is set for far more steps than it gets: it is killed once a checkpoint past the first exists
+  # (before 16), and both the resumed and the uninterrupted run stop at 16 (a constant learning rate: the number
+  # of steps planned changes nothing before it).
+  steps, settings = 16, dict(dropout_rate=0.1)
+  cmd = [sys.executable, str(SCRIPT), str(tmp_path / "killed"), str(backbone), method, "1000"]
+  proc = subprocess.Popen(
+    cmd + ["--checkpoint_every", "4", "--dropout", "0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env()
+  )
+  _kill_after_checkpoint(tmp_path / "killed" / method, proc, 8)
+  killed = method_runs.run_config(tmp_path / "killed" / method, backbone, method, **settings)
+  done = sorted(int(p.name) for p in (tmp_path / "killed" / method / "checkpoints").iterdir() if p.name.isdigit())
+  assert done and 8 <= done[-1] < steps, done
+  train.train(killed, num_train_steps=steps, checkpoint_every=steps)
+  uninterrupted = method_runs.run_config(tmp_path / "uninterrupted", backbone, method, **settings)
+  train.train(uninterrupted, num_train_steps=steps, checkpoint_every=steps)
+  resumed, expected = method_runs.final_trainable(killed), method_runs.final_trainable(uninterrupted)
+  assert int(resumed["step"]) == steps and set(resumed) == set(expected)
+  for path, value in expected.items():
+    np.testing.assert_allclose(resumed[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+def test_8_devices_give_the_losses_and_vectors_of_1(backbone, tmp_path):
+  outputs = {}
+  for devices, mesh in ((1, []), (8, ["--mesh", "8,1"])):
+    out = tmp_path / f"{devices}.npz"
+    cmd = [sys.executable, str(SCRIPT), str(tmp_path / str(devices)), str(backbone), ",".join(METHODS), "3"]
+    done = subprocess.run(cmd + mesh + ["--out", str(out)], capture_output=True, text=True, env=_env(devices))
+    assert done.returncode == 0, done.stderr[-4000:]
+    outputs[devices] = dict(np.load(out))
+  one, eight = outputs[1], outputs[8]
+  assert set(one) == set(eight) and {k.split(":")[0] for k in one} == set(METHODS)
+  for key, value in one.items():
+    tolerance = dict(rtol=1e-4, atol=1e-5) if key.endswith(":loss") else dict(rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(eight[key], value, err_msg=key, **tolerance)
+
+
+def _compiled(backbone, tmp_path, method):
+  run = train.build(method_runs.run_config(tmp_path / method, backbone, method))
+  run.checkpoints.close()
+  batch = partitioning.shard_batch(method_runs.synthetic_batch(), run.mesh)
+  return run.train_step.lower(run.state, run.frozen, batch, jax.random.key(0)).compile()
+
+
+def test_the_prompt_tuning_step_computes_no_frozen_weight_gradients(backbone, tmp_path):
+  prompt, model = (_compiled(backbone, tmp_path, m) for m in ("prompt", "model"))
+  flops = {name: c.cost_analysis()["flops"] for name, c in (("prompt", prompt), ("model", model))}
+  params = pt.param_shapes(pt.get_config("t5_1_1_tiny", vocab_size=method_runs.VOCAB_SIZE))
+  logits_kernel = params["decoder"]["logits_dense"]["kernel"].shape  # the largest frozen weight: [embed, vocab]
+  # Its weight gradient alone is 2 x tokens x embed x vocab FLOPs; model tuning computes it, prompt tuning must not.
+  tokens = 8 * 4
+  weight_gradient = 2 * tokens * logits_kernel[0] * logits_kernel[1]
+  assert flops["model"] - flops["prompt"] >= weight_gradient, flops
+  temporaries = {name: c.memory_analysis().temp_size_in_bytes for name, c in (("prompt", prompt), ("model", model))}
+  assert temporaries["prompt"] < temporaries["model"], temporaries
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_inference_build_serves_what_training_left(backbone, tmp_path, method):
+  from prompt_tuning.run import build_inference
+
+  cfg = method_runs.run_config(tmp_path / "run", backbone, method)
+  train.train(cfg, num_train_steps=2, checkpoint_every=2)
+  export = tmp_path / "run" / "numpy_checkpoints" / "checkpoint_2"
+  training = train.build(cfg)
+  training.checkpoints.close()
+  served = build_inference(cfg)
+  assert served.step == 2
+  if method == "model":  # the trained backbone lives in the training checkpoint only
+    assert served.source == "the training checkpoint"
+  else:
+    assert served.source.startswith("the exports of step 2") and not hasattr(served, "state")
+    assert set(served.trainable) == {method}
+    assert (export / ("prompt.npy" if method == "prompt" else f"{method}.safetensors")).is_file()
+  if method == "prefix":  # folded (Li & Liang, section 4.3): keys and values, no MLP
+    assert set(served.trainable["prefix"]) == {"encoder", "decoder", "cross"}
+  batch = partitioning.shard_batch(method_runs.synthetic_batch(seed=3), served.mesh)
+  expected = jax.device_get(training.eval_step(training.trainable, training.frozen, batch))
+  got = jax.device_get(served.eval_step(served.trainable, served.frozen, batch))
+  np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)

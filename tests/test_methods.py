@@ -1,0 +1,158 @@
+"""The tuning-method interface: IA3 and per-layer prompts reach the backbone through their sites, in mixed
+batches, through the decode cache and under remat; every method exports and loads its folded form."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import prompt_tuning as pt
+from prompt_tuning import decoding
+from prompt_tuning.decoding import DecodingSettings
+from prompt_tuning.methods import IA3, PerLayerPrompt, PrefixSettings, Prompt
+from prompt_tuning.models import adapters as sites
+from prompt_tuning.tuning import TunedT5
+
+
+def _uniform(rng, embedding, length):
+  return jax.random.uniform(rng, (length, embedding.shape[1]), minval=-0.5, maxval=0.5)
+
+
+def _random_like(tree, key):
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+@pytest.fixture(scope="module")
+def batch():
+  rng = np.random.default_rng(0)
+  enc = rng.integers(2, 64, (3, 7))
+  enc[1, 4:] = 0
+  targets = rng.integers(2, 64, (3, 5))
+  targets[2, 3:] = 0
+  return enc, np.pad(targets[:, :-1], ((0, 0), (1, 0))), targets
+
+
+@functools.cache
+def _logits(config):
+  return jax.jit(
+    lambda params, adapters, enc, dec, targets: pt.T5(config).apply(
+      {"params": params}, enc, dec, targets, adapters=adapters
+    )
+  )
+
+
+def test_ia3_at_ones_is_the_frozen_model_and_trained_scales_change_it(tiny_decoder_model, batch):
+  config, frozen = tiny_decoder_model
+  ia3 = IA3()
+  ones = ia3.init(jax.random.key(0), frozen, config)
+  assert set(ones["decoder"]) == {"self_attention", "cross_attention", "mlp"}
+  base = _logits(config)(frozen, None, *batch)
+  np.testing.assert_allclose(_logits(config)(frozen, ia3.adapters(ones, config), *batch), base, rtol=1e-6)
+  for site in ("self_attention", "mlp"):
+    scaled = jax.tree.map(lambda x: x, ones)
+    scaled["encoder"][site] = jax.tree.map(lambda x: 2.0 * x, scaled["encoder"][site])
+    assert not np.allclose(_logits(config)(frozen, scaled, *batch), base, atol=1e-4), site
+
+
+@pytest.mark.parametrize("method", ["ia3", "per_layer_prompt"])
+def test_mixed_batch_rows_equal_rows_run_alone(tiny_decoder_model, batch, method):
+  config, frozen = tiny_decoder_model
+  m = IA3() if method == "ia3" else PerLayerPrompt(3, _uniform)
+  rows = [_random_like(m.init(jax.random.key(r), frozen, config), jax.random.key(10 + r)) for r in range(3)]
+  per_row = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *[m.adapters(p, config) for p in rows])
+  # The input prompt's batch axis comes first; the per-layer sites keep [layers] first.
+  if "input" in per_row:
+    per_row["input"]["prompt"] = jnp.moveaxis(per_row["input"]["prompt"], 1, 0)
+  mixed = _logits(config)(frozen, per_row, *batch)
+  for r in range(3):
+    alone = _logits(config)(frozen, m.adapters(rows[r], config), *(x[r : r + 1] for x in batch))
+    np.testing.assert_allclose(mixed[r], alone[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ia3", "per_layer_prompt"])
+def test_decoding_equals_teacher_forced_scoring(tiny_decoder_model, batch, method):
+  config, frozen = tiny_decoder_model
+  m = IA3() if method == "ia3" else PerLayerPrompt(3, _uniform)
+  params = _random_like(m.init(jax.random.key(1), frozen, config), jax.random.key(2))
+  adapters = m.adapters(params, config)
+  for settings in (DecodingSettings(max_decode_length=4), DecodingSettings("beam", max_decode_length=4, num_beams=2)):
+    out = decoding.generate(config, frozen, batch[0], adapters=adapters, settings=settings)
+    forced = decoding.sequence_log_probs(config, frozen, batch[0], out.tokens, adapters=adapters)
+    if settings.method == "greedy":
+      np.testing.assert_allclose(out.scores, forced, rtol=1e-4, atol=1e-4)
+    assert np.isfinite(np.asarray(forced)).all()
+
+
+def test_per_layer_prompt_add_mode_starts_as_prompt_tuning(tiny_decoder_model, batch):
+  config, frozen = tiny_decoder_model
+  deep = PerLayerPrompt(3, _uniform, mode="add")
+  params = deep.init(jax.random.key(4), frozen, config)
+  assert not np.asarray(params["prompts"][1:]).any()
+  plain = _logits(config)(frozen, {"input": {"prompt": params["prompts"][0]}}, *batch)
+  np.testing.assert_allclose(_logits(config)(frozen, deep.adapters(params, config), *batch), plain, rtol=1e-6)
+  params = {"prompts": params["prompts"].at[1].set(1.0)}
+  assert not np.allclose(_logits(config)(frozen, deep.adapters(params, config), *batch), plain, atol=1e-4)
+
+
+def test_per_layer_prompts_follow_the_prompt_in_every_combination_mode(tiny_decoder_model, batch):
+  config, frozen = tiny_decoder_model
+  m = PerLayerPrompt(3, _uniform)
+  adapters = m.adapters(m.init(jax.random.key(5), frozen, config), config)
+  for mode in ("prefix", "suffix"):
+    enc = pt.T5(config).apply({"params": frozen}, batch[0], adapters, False, mode, method=pt.T5.encode)[0]
+    without_hidden = {"input": adapters["input"]}
+    ref = pt.T5(config).apply({"params": frozen}, batch[0], without_hidden, False, mode, method=pt.T5.encode)[0]
+    assert not np.allclose(enc, ref, atol=1e-4), mode
+
+
+def test_remat_takes_the_adapter_sites(tiny_decoder_model, batch):
+  config, frozen = tiny_decoder_model
+  tree = sites.merge(
+    IA3().adapters(_random_like(IA3().init(None, frozen, config), jax.random.key(6)), config),
+    PerLayerPrompt(2, _uniform).adapters(PerLayerPrompt(2, _uniform).init(jax.random.key(7), frozen, config), config),
+  )
+  ref = _logits(config)(frozen, tree, *batch)
+  np.testing.assert_allclose(_logits(config.replace(remat=True))(frozen, tree, *batch), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_two_methods_on_one_site_are_refused(tiny_decoder_model):
+  config, frozen = tiny_decoder_model
+  tuned = TunedT5(config, (Prompt(2, _uniform), PerLayerPrompt(2, _uniform)))
+  params = {"t5": frozen, **tuned.init_vectors(jax.random.key(0), frozen)}
+  with pytest.raises(ValueError, match="two tuning methods feed the adapter site input/prompt"):
+    tuned.adapters(params)
+  with pytest.raises(ValueError, match="repeat a name"):
+    TunedT5(config, (IA3(), IA3(mlp=False)))
+  with pytest.raises(ValueError, match="a decoder-only model has no encoder"):
+    PerLayerPrompt(2, _uniform).init(jax.random.key(0), frozen, pt.get_config("decoder_only_tiny"))
+  with pytest.raises(ValueError, match="Unknown adapter site encoder/cross_attention"):
+    pt.T5(config).apply(
+      {"params": frozen},
+      np.ones((1, 2), int),
+      np.ones((1, 2), int),
+      adapters={"encoder": {"cross_attention": {"key_scale": jnp.ones((2, 16))}}},
+    )
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "per_layer_prompt", "ia3"])
+def test_export_then_load_serves_the_same_logits(tiny_decoder_model, batch, tmp_path, method):
+  config, frozen = tiny_decoder_model
+  m = {
+    "prompt": Prompt(3, _uniform),
+    "prefix": PrefixSettings(2, mlp_width=8),
+    "per_layer_prompt": PerLayerPrompt(3, _uniform),
+    "ia3": IA3(),
+  }[method]
+  params = _random_like(m.init(jax.random.key(8), frozen, config), jax.random.key(9))
+  written = m.export(params, config, tmp_path)
+  assert {p.suffix for p in written} == {".npy", ".safetensors"}
+  loaded = m.load(tmp_path, config)
+  if method == "prefix":  # folded: the MLP is gone (Li & Liang, section 4.3)
+    assert "mlp" not in loaded and set(loaded) == {"encoder", "decoder", "cross"}
+  trained = _logits(config)(frozen, m.adapters(params, config), *batch)
+  served = _logits(config)(frozen, m.adapters(jax.tree.map(jnp.asarray, loaded), config), *batch)
+  np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-5)
