@@ -25,7 +25,8 @@ def fresh_gin():
 @pytest.mark.parametrize("name", [str(p) for p in GIN_FILES + CONFIG_FILES])
 def test_gin_file_parses_and_opens_with_its_contract(name):
   path = ROOT / "gin" / name if (ROOT / "gin" / name).is_file() else ROOT / "configs" / name
-  header = path.read_text().splitlines()[:12]
+  lines = path.read_text().splitlines()
+  header = lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))]  # the contract
   assert header[0].startswith("# Provides:"), f"{name} must open with its contract"
   assert any(line.startswith("# Requires:") for line in header), name
   cli.configure_gin([name], [], [])

@@ -111,7 +111,7 @@ def test_plan_sizes_every_run_and_names_the_one_whose_config_is_wrong(reference_
   assert lines[2].split() == ["5", "257,856", "257,856", TINY_RUNS[1]]
   assert not (tmp_path / "out").exists()  # plan starts nothing and writes nothing
 
-  bad = write_sweep(tmp_path, "tiny_bad", steps=6, extra_bindings=["prompt_tuning.train.RunConfig.no_such = 1"])
+  bad = write_sweep(tmp_path, "tiny_bad", steps=6, extra_bindings=["RunConfig.no_such = 1"])
   assert cli.main(["sweep", "plan", str(bad)]) == 1
   err = capsys.readouterr().err
   assert err.startswith("error: ValueError: run size=tiny,method=prompt,prompt_length=3,seed=0: its gin config")

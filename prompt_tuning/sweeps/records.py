@@ -223,11 +223,12 @@ def format_status(statuses: Sequence[RunStatus]) -> str:
 
 
 def error_line(log_text: str) -> str | None:
-  """The line that says why a run failed: the CLI's `error: ...` line, else the last line of a traceback."""
+  """The line that says why a run failed: the CLI's `error: ...` line (without the prefix), else the last line of a
+  traceback."""
   lines = [line.strip() for line in log_text.splitlines() if line.strip()]
   for line in reversed(lines):
     if line.startswith("error:"):
-      return line
+      return line.removeprefix("error:").strip()
   for line in reversed(lines):
     if "Error" in line or "Killed" in line or "Exception" in line:
       return line[:500]
