@@ -175,7 +175,11 @@ class Engine:
       key, value, mask = np.zeros(kv_shape, np.float32), np.zeros(kv_shape, np.float32), np.zeros(kv_shape[1], bool)
       if entry is not None and entry.method == "prefix" and f"{site}/key" in entry.arrays:
         length = entry.arrays[f"{site}/key"].shape[1]
-        key[:, :length], value[:, :length], mask[:length] = entry.arrays[f"{site}/key"], entry.arrays[f"{site}/value"], True
+        key[:, :length], value[:, :length], mask[:length] = (
+          entry.arrays[f"{site}/key"],
+          entry.arrays[f"{site}/value"],
+          True,
+        )
       prefix[site] = {"key": key, "value": value, "mask": mask}
     return {"prompt": prompt, "prompt_length": np.int32(prompt_length), "prefix": prefix}
 
@@ -295,7 +299,9 @@ class Engine:
   def _step_fn(self, params, state, rng):
     prefix_axes = {s: {"key": 0, "value": 0, "mask": 0} for s in state["prefix"]}
     row = jax.vmap(self._row_logits, in_axes=(None, 0, 0, 0, 0, prefix_axes))
-    logits, cache = row(params, state["cache"], state["token"], state["position"], state["encoder_mask"], state["prefix"])
+    logits, cache = row(
+      params, state["cache"], state["token"], state["position"], state["encoder_mask"], state["prefix"]
+    )
     logits = logits.astype(jnp.float32)  # [S, vocab]
     chosen = choose_tokens(logits, state["temperature"], state["top_k"], state["top_p"], rng)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits), chosen[:, None], axis=-1)[:, 0]
@@ -324,7 +330,9 @@ class Engine:
   # Whole-batch programs: scoring and beam search.
 
   def _score_fn(self, params, tokens, targets, vectors):
-    logp = decoding.sequence_log_probs(self.config, params, tokens, targets, **self._model_kwargs(vectors, self.prefix_sites))
+    logp = decoding.sequence_log_probs(
+      self.config, params, tokens, targets, **self._model_kwargs(vectors, self.prefix_sites)
+    )
     return logp
 
   def score(self, tokens: np.ndarray, targets: np.ndarray, rows: Sequence[PyTree]) -> np.ndarray:
@@ -342,7 +350,9 @@ class Engine:
     return logp
 
   def _beam_fn(self, params, tokens, vectors, rng, *, settings):
-    out = decoding.generate(self.config, params, tokens, settings=settings, rng=rng, **self._model_kwargs(vectors, self.prefix_sites))
+    out = decoding.generate(
+      self.config, params, tokens, settings=settings, rng=rng, **self._model_kwargs(vectors, self.prefix_sites)
+    )
     return out.tokens, out.scores
 
   def beam_settings(self, num_beams: int, max_decode_length: int) -> decoding.DecodingSettings:
@@ -359,7 +369,9 @@ class Engine:
     n = len(rows)
     size = bucket(n, self.shapes.beam_buckets)
     settings = self.beam_settings(num_beams, self.shapes.max_decode_length)
-    out, scores = self._beam(self.params, _pad_to(tokens, size), self._stack(rows, size), jax.random.key(0), settings=settings)
+    out, scores = self._beam(
+      self.params, _pad_to(tokens, size), self._stack(rows, size), jax.random.key(0), settings=settings
+    )
     out, scores = jax.device_get((out, scores))
     if not np.all(np.isfinite(scores[:n])):
       raise EngineError("the model computed non-finite beam scores for this batch (a prompt with huge values?).")
