@@ -4,7 +4,8 @@
     POST   /v1/score           {"text" | "token_ids", "candidates", "prompt_ids"?, "ensemble"?}
     GET    /v1/prompts         the library's ids
     GET    /v1/prompts/{id}    one entry's method, version, shapes
-    PUT    /v1/prompts/{id}    {"method": "prompt", "arrays": {"prompt": [[...]]}} or {"source": "<name in --prompts_dir>"}
+    PUT    /v1/prompts/{id}    {"method": "prompt", "arrays": {"prompt": [[...]]}}
+                               or {"source": "<a name in --prompts_dir>"}
     DELETE /v1/prompts/{id}
     GET    /healthz, /metrics (Prometheus), /docs (OpenAPI)
 
@@ -173,7 +174,8 @@ def create_app(server: Server) -> FastAPI:
     if rows > shapes.score_buckets[-1]:
       raise HTTPException(
         413,
-        f"{len(entries)} prompts x {len(candidates)} candidates = {rows} rows; the limit is {shapes.score_buckets[-1]}.",
+        f"{len(entries)} prompts x {len(candidates)} candidates = {rows} rows; the limit is "
+        f"{shapes.score_buckets[-1]}.",
       )
     targets = np.zeros((len(candidates), shapes.max_target_length), np.int32)
     for i, c in enumerate(candidates):

@@ -37,7 +37,7 @@ from prompt_tuning.serve.store import DeviceCache, PromptEntry
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class GenerateJob:
   """One generation request: int tokens [T] (EOS included) under `entry` (None: the frozen model)."""
 
@@ -55,7 +55,7 @@ class GenerateJob:
   logp: float = 0.0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class ScoreJob:
   """log p(candidate | input, prompt) for every prompt (entries) and candidate: one input's rows."""
 
@@ -242,7 +242,8 @@ class Batcher:
   def _run_beams(self) -> None:
     width = self._beams[0].num_beams
     group = [j for j in self._beams if j.num_beams == width][: self.engine.shapes.beam_buckets[-1]]
-    self._beams = [j for j in self._beams if j not in group]
+    taken = {id(j) for j in group}
+    self._beams = [j for j in self._beams if id(j) not in taken]
     length = bucket(max(len(j.tokens) for j in group), self.engine.shapes.input_buckets)
     tokens = np.zeros((len(group), length), np.int32)
     for i, job in enumerate(group):

@@ -112,7 +112,11 @@ def _finite_floats(name: str, array: np.ndarray) -> np.ndarray:
     raise PromptError(f"array {name!r} holds {array.dtype} values; send numbers.")
   if not np.all(np.isfinite(array)):
     raise PromptError(f"array {name!r} contains NaN or infinite values; it cannot be used.")
-  return array.astype(np.float32)
+  with np.errstate(over="ignore"):
+    single = array.astype(np.float32)
+  if not np.all(np.isfinite(single)):
+    raise PromptError(f"array {name!r} holds values beyond float32's range (about 3.4e38); it cannot be used.")
+  return single
 
 
 def _validate_prompt(arrays: dict[str, np.ndarray], limits: Limits) -> None:
