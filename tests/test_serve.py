@@ -298,9 +298,11 @@ def test_prompt_replaced_and_deleted_in_flight_keeps_its_version(server, demo):
   expected_old = _alone(demo, {"prompt": old.astype(np.float32)}, body["text"], "greedy")
   expected_new = _alone(demo, {"prompt": new.astype(np.float32)}, body["text"], "greedy")
   assert expected_old != expected_new
-  started_before = [r for r in replies if r.status_code == 200]
-  assert started_before and all(r.json()["prompt_version"] == 1 for r in started_before)
-  assert all(r.json()["token_ids"] == expected_old for r in started_before)
+  answered = [r.json() for r in replies if r.status_code == 200]
+  assert {r.status_code for r in replies} <= {200, 404}  # 404: arrived after the delete
+  assert any(r["prompt_version"] == 1 for r in answered)
+  for reply in answered:  # each with the version it started with
+    assert reply["token_ids"] == {1: expected_old, 2: expected_new}[reply["prompt_version"]]
   assert max(finished) > replaced_at  # some of them were still running when the prompt changed
 
 
@@ -384,8 +386,15 @@ def test_sigterm_drains_in_flight_requests(server):
     futures = [
       pool.submit(_post, url, "/v1/generate", {"text": INPUTS[i % 3], "prompt_id": "animals"}) for i in range(6)
     ]
-    time.sleep(0.3)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # all six accepted before the signal
+      lines = httpx.get(f"{url}/metrics").text.splitlines()
+      if any(line.startswith("serve_requests_in_flight 6") for line in lines):
+        break
+      time.sleep(0.01)
     os.kill(process.pid, signal.SIGTERM)
     replies = [f.result() for f in futures]
   assert [r.status_code for r in replies] == [200] * 6
-  assert process.wait(60) == 0
+  # uvicorn re-raises the signal it handled once it has shut down, so the exit reads as SIGTERM's.
+  assert process.wait(60) in (0, -signal.SIGTERM)
+  assert "Traceback" not in server["log"].read_text()

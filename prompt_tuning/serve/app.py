@@ -106,6 +106,14 @@ def _update_library_metrics(server: Server) -> None:
   server.metrics.device_cache_bytes.set(server.cache.nbytes)
 
 
+async def _submit(server: Server, job) -> dict[str, Any]:
+  server.metrics.in_flight.inc()
+  try:
+    return await asyncio.wrap_future(server.batcher.submit(job))
+  finally:
+    server.metrics.in_flight.dec()
+
+
 def create_app(server: Server) -> FastAPI:
   @contextlib.asynccontextmanager
   async def lifespan(app: FastAPI):
@@ -148,7 +156,7 @@ def create_app(server: Server) -> FastAPI:
         )
     entry = _entry(server, body.prompt_id)
     job = GenerateJob(tokens, entry, body.method, length, body.temperature, body.top_k, body.top_p, body.num_beams)
-    result = await asyncio.wrap_future(server.batcher.submit(job))
+    result = await _submit(server, job)
     return {
       "text": _decode(server, result["token_ids"]),
       "token_ids": result["token_ids"],
@@ -180,7 +188,7 @@ def create_app(server: Server) -> FastAPI:
     targets = np.zeros((len(candidates), shapes.max_target_length), np.int32)
     for i, c in enumerate(candidates):
       targets[i, : len(c)] = c
-    result = await asyncio.wrap_future(server.batcher.submit(ScoreJob(tokens, entries, targets)))
+    result = await _submit(server, ScoreJob(tokens, entries, targets))
     log_probs = result["log_probs"]  # [K, C]
     if body.ensemble == "mean":
       combined = log_probs.mean(axis=0)

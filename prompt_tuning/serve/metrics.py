@@ -1,6 +1,7 @@
 """Prometheus metrics of the server (prometheus-client), one registry per server.
 
 - `serve_queue_depth`: requests submitted and not yet taken by the batcher;
+- `serve_requests_in_flight`: generate/score requests accepted and not yet answered;
 - `serve_batch_size{kind}`: rows per admission, decoding step, beam batch and scoring batch;
 - `serve_request_latency_seconds{kind}`: submission to result, per method;
 - `serve_generated_tokens_total`: tokens decoded (tokens/s is its rate);
@@ -21,6 +22,9 @@ class ServeMetrics:
     self.registry = prom.CollectorRegistry()
     r = self.registry
     self.queue_depth = prom.Gauge("serve_queue_depth", "requests waiting for the batcher", registry=r)
+    self.in_flight = prom.Gauge(
+      "serve_requests_in_flight", "generate/score requests accepted, not answered", registry=r
+    )
     self.batch_size = prom.Histogram("serve_batch_size", "rows per batch", ["kind"], buckets=_BATCH_BUCKETS, registry=r)
     self.latency = prom.Histogram(
       "serve_request_latency_seconds", "submission to result", ["kind"], buckets=_LATENCY_BUCKETS, registry=r
