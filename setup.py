@@ -35,6 +35,8 @@ EXTRAS_REQUIRE = {
   "interop": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
   "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6"],
   "notebooks": ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
+  # `prompt-tuning serve` (prompt_tuning/serve) and its tests (httpx is also the tests' client).
+  "serve": ["fastapi==0.165.0", "uvicorn==0.54.0", "httpx==0.28.1", "prometheus-client==0.26.0"],
 }
 
 GIN_PACKAGES = {"prompt_tuning.gin_files.gin": "gin", "prompt_tuning.gin_files.configs": "configs"}
