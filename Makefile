@@ -17,7 +17,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[interop,test,notebooks,sweeps]'
+	$(PY) -m pip install --quiet -e '.[interop,test,notebooks,sweeps,serve]'
 	touch $(STAMP)
 
 # Prompt-tunes the shipped demo T5 on the WordNet task and prints the comparison table (minutes, on a CPU).

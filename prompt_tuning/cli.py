@@ -7,6 +7,7 @@
     prompt-tuning export  PROMPT OUT [--format peft|npy]
     prompt-tuning tasks   list [PATTERN] | show NAME
     prompt-tuning sweep   plan|run|status|report SWEEP.gin (see prompt_tuning/sweeps/cli.py)
+    prompt-tuning serve  --gin_file=... [--prompts_dir DIR] [--host H] [--port N] (HTTP server, prompt_tuning.serve)
 
 t5x's flags: `--gin_file` (repeatable), `--gin.NAME=VALUE` (a binding, e.g.
 `--gin.MODEL_DIR="'/tmp/run'"` or `--gin.train.num_train_steps=100`),
@@ -402,6 +403,10 @@ def _dispatch(command: str, argv: list[str]) -> int:
     return _run_inspect(argv)
   if command == "export":
     return _run_export(argv)
+  if command == "serve":
+    from prompt_tuning.serve import cli as serve_cli
+
+    return serve_cli.main(argv)
   if command == "tasks":
     from prompt_tuning.data import cli as tasks_cli
 

@@ -1,0 +1,430 @@
+"""Every call the server makes into the model, in one place: the jitted programs and the device state they share.
+
+    engine = Engine(config, params, mesh, EngineShapes(...))
+    rows = engine.row_vectors(entry)          # one request's prompt/prefix, padded, on device
+    state = engine.admit(state, slots, tokens, [rows...])     # encode once, fill the slots' cross-attention cache
+    state, out = engine.step(state, rng)      # one decoder position for every slot
+    engine.beam(tokens, [rows...], settings)  # whole-batch beam search (decoding.generate)
+    engine.score(tokens, targets, [rows...])  # teacher-forced log p(target | input)
+
+Continuous batching for an encoder-decoder: a fixed number of slots; each
+slot holds its own cross-attention keys/values (computed once, at
+admission), its own prompt/prefix, its own decode position and sampling
+settings. `step` runs the frozen decoder on one position of every slot at
+once: `jax.vmap` over slots of a one-row `T5.decode`, so each row reads and
+writes its own cache at its own position with today's model API (a scalar
+`decode_position` per call) -- no model change. A finished slot takes the
+next request at the next step; stale self-attention keys of its previous
+request sit beyond the new request's position and are never visible (causal
+mask).
+
+Every row carries the same padded tree: a prompt [P_max, D] with its length
+(0: none) and, when the server takes prefixes, per-site keys/values
+[layers, P_prefix, heads, head_dim] with a mask (all False: none). So rows of
+different methods and prompt lengths share one batch and one program; masked
+prompt and prefix positions get exactly zero attention weight.
+
+Compiled programs (all at start-up, `warm_up`): admit for each (rows in
+`admit_buckets`, input length in `input_buckets`); one step; score for each
+(rows in `score_buckets`, input length in `input_buckets`); beam search for
+each (beam size in `beam_sizes`, rows in `beam_buckets`, input length in
+`input_buckets`). Requests are padded up to these shapes, never compiled for.
+
+This is the module to port when the model takes `adapters=` (issue #12):
+`_model_kwargs` and `_layout_prefix` are the only places that know how the
+vectors reach the backbone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning import decoding, partitioning
+from prompt_tuning.models.configs import T5Config
+from prompt_tuning.models.t5 import T5
+from prompt_tuning.serve.store import Limits, PromptEntry
+
+Array = jax.Array
+PyTree = Any
+
+
+class EngineError(RuntimeError):
+  """A batch the model could not compute (e.g. non-finite outputs); fails that batch's requests only."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineShapes:
+  """The shapes the server compiles for (requests are padded up to them).
+
+  Attributes:
+    slots: rows decoded together (continuous batching).
+    input_buckets: encoder input lengths (tokens, EOS included), ascending; the last is the maximum input.
+    max_prompt_length: width of the prompt table.
+    max_prefix_length: width of the prefix table (0: the server takes no prefixes).
+    max_decode_length: longest output (the self-attention cache length).
+    admit_buckets: rows encoded at once when requests join.
+    score_buckets: rows (input x prompt x candidate) scored at once.
+    max_target_length: longest scored candidate (tokens, EOS included).
+    beam_sizes: beam widths served.
+    beam_buckets: rows decoded at once by beam search.
+    beam_alpha: the length-penalty exponent of beam search.
+  """
+
+  slots: int = 16
+  input_buckets: tuple[int, ...] = (32, 64)
+  max_prompt_length: int = 32
+  max_prefix_length: int = 16
+  max_decode_length: int = 32
+  admit_buckets: tuple[int, ...] = (1, 4, 16)
+  score_buckets: tuple[int, ...] = (8, 32)
+  max_target_length: int = 8
+  beam_sizes: tuple[int, ...] = (4,)
+  beam_buckets: tuple[int, ...] = (1, 4)
+  beam_alpha: float = 0.6
+
+  def __post_init__(self):
+    for name in ("input_buckets", "admit_buckets", "score_buckets", "beam_sizes", "beam_buckets"):
+      value = tuple(int(v) for v in getattr(self, name))
+      object.__setattr__(self, name, value)
+      if not value or list(value) != sorted(set(value)) or value[0] < 1:
+        raise ValueError(f"EngineShapes.{name}={value}: give ascending positive sizes.")
+    if self.admit_buckets[-1] > self.slots:
+      raise ValueError(f"admit_buckets {self.admit_buckets} exceed slots {self.slots}.")
+    if self.max_prompt_length < 1 or self.max_decode_length < 1 or self.max_target_length < 1:
+      raise ValueError("max_prompt_length, max_decode_length and max_target_length must be >= 1.")
+
+  @property
+  def max_input_length(self) -> int:
+    return self.input_buckets[-1]
+
+  @property
+  def encoder_length(self) -> int:
+    return self.max_prompt_length + self.max_input_length
+
+
+def bucket(size: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= size."""
+  for b in buckets:
+    if b >= size:
+      return b
+  raise ValueError(f"{size} exceeds the largest bucket {buckets[-1]}.")
+
+
+def pad_rows(rows: np.ndarray, length: int) -> np.ndarray:
+  """int rows of any lengths (a list of arrays) -> [n, length], 0-padded."""
+  out = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    out[i, : len(row)] = row
+  return out
+
+
+class Engine:
+  """The frozen backbone on a mesh and the programs the batcher runs."""
+
+  def __init__(self, config: T5Config, params: PyTree, mesh, shapes: EngineShapes):
+    if config.decoder_only:
+      raise ValueError(
+        "prompt-tuning serve runs encoder-decoder backbones; this one is decoder-only (serve it with "
+        "prompt_tuning.decoding.generate(decoder_prompt_tokens=...) for now)."
+      )
+    self.config, self.params, self.mesh, self.shapes = config, params, mesh, shapes
+    self.model = T5(config)
+    self.replicated = partitioning.replicated(mesh)
+    self.prefix_sites = ("encoder", "decoder", "cross") if shapes.max_prefix_length else ()
+    self._empty = self._put(self._padded_row(None))
+    self._admit = jax.jit(self._admit_fn, donate_argnums=(1,))
+    self._step = jax.jit(self._step_fn, donate_argnums=(1,))
+    self._score = jax.jit(self._score_fn)
+    self._beam = jax.jit(self._beam_fn, static_argnames=("settings",))
+
+  # ---------------------------------------------------------------------------
+  # Rows: one request's vectors, padded to the tables' widths.
+
+  def limits(self) -> Limits:
+    cfg = self.config
+    layers = {"encoder": cfg.num_encoder_layers, "decoder": cfg.num_decoder_layers, "cross": cfg.num_decoder_layers}
+    return Limits(
+      emb_dim=cfg.emb_dim,
+      num_heads=cfg.num_heads,
+      head_dim=cfg.head_dim,
+      layers={s: layers[s] for s in self.prefix_sites},
+      max_prompt_length=self.shapes.max_prompt_length,
+      max_prefix_length=self.shapes.max_prefix_length,
+    )
+
+  def _put(self, tree: PyTree) -> PyTree:
+    return jax.device_put(tree, self.replicated)
+
+  def _padded_row(self, entry: PromptEntry | None) -> dict[str, Any]:
+    """Host arrays of one row: {"prompt": [P_max, D], "prompt_length": int, "prefix": {site: {...}}}."""
+    cfg, shapes = self.config, self.shapes
+    prompt = np.zeros((shapes.max_prompt_length, cfg.emb_dim), np.float32)
+    prompt_length = 0
+    if entry is not None and entry.method == "prompt":
+      vectors = entry.arrays["prompt"]
+      prompt[: vectors.shape[0]], prompt_length = vectors, vectors.shape[0]
+    prefix = {}
+    for site, layers in self.limits().layers.items():
+      kv_shape = (layers, shapes.max_prefix_length, cfg.num_heads, cfg.head_dim)
+      key, value, mask = np.zeros(kv_shape, np.float32), np.zeros(kv_shape, np.float32), np.zeros(kv_shape[1], bool)
+      if entry is not None and entry.method == "prefix" and f"{site}/key" in entry.arrays:
+        length = entry.arrays[f"{site}/key"].shape[1]
+        key[:, :length], value[:, :length], mask[:length] = (
+          entry.arrays[f"{site}/key"],
+          entry.arrays[f"{site}/value"],
+          True,
+        )
+      prefix[site] = {"key": key, "value": value, "mask": mask}
+    return {"prompt": prompt, "prompt_length": np.int32(prompt_length), "prefix": prefix}
+
+  def row_vectors(self, entry: PromptEntry | None) -> PyTree:
+    """One request's vectors on device (what the library's DeviceCache holds); None: the frozen model."""
+    return self._empty if entry is None else self._put(self._padded_row(entry))
+
+  def _stack(self, rows: Sequence[PyTree], size: int) -> PyTree:
+    """Rows (padded up to `size` with empty rows) -> batched vectors: prompt [B, P, D], prefix keys [layers, B, ...]."""
+    rows = list(rows) + [self._empty] * (size - len(rows))
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
+    return stacked
+
+  # ---------------------------------------------------------------------------
+  # How the vectors reach today's T5 API (port here for `adapters=`).
+
+  @staticmethod
+  def _layout_prefix(prefix: PyTree, sites: Sequence[str]) -> PyTree | None:
+    """Batched rows' prefix {site: key [B, layers, P, H, Dh]} -> the model's {site: key [layers, B, P, H, Dh], mask}."""
+    if not prefix:
+      return None
+    return {
+      s: {
+        "key": jnp.swapaxes(prefix[s]["key"], 0, 1),
+        "value": jnp.swapaxes(prefix[s]["value"], 0, 1),
+        "mask": prefix[s]["mask"],
+      }
+      for s in sites
+      if s in prefix
+    }
+
+  def _model_kwargs(self, vectors: PyTree, sites: Sequence[str]) -> dict[str, Any]:
+    return {
+      "prompt": vectors["prompt"],  # [B, P, D]
+      "prompt_lengths": vectors["prompt_length"],  # [B]
+      "prefix": self._layout_prefix(vectors["prefix"], sites),
+    }
+
+  # ---------------------------------------------------------------------------
+  # Continuous batching: the slot state, admission and the step.
+
+  def init_state(self) -> PyTree:
+    """Empty slots: cache, encoder mask, prefixes and per-slot decoding settings."""
+    shapes, cfg = self.shapes, self.config
+    slots = shapes.slots
+    encoded = jnp.zeros((slots, shapes.encoder_length, cfg.emb_dim), cfg.activation_dtype)
+    mask = jnp.zeros((slots, shapes.encoder_length), bool)
+    _, variables = self.model.apply(
+      {"params": self.params}, encoded, mask, slots, shapes.max_decode_length, method=T5.init_cache, mutable=["cache"]
+    )
+    empty = self._stack([], slots)
+    state = {
+      "cache": variables["cache"],
+      "encoder_mask": mask,
+      "prefix": {s: v for s, v in empty["prefix"].items() if s != "encoder"},
+      "position": jnp.zeros(slots, jnp.int32),
+      "token": jnp.zeros(slots, jnp.int32),
+      "active": jnp.zeros(slots, bool),
+      "max_length": jnp.ones(slots, jnp.int32),
+      "temperature": jnp.zeros(slots, jnp.float32),
+      "top_k": jnp.zeros(slots, jnp.int32),
+      "top_p": jnp.ones(slots, jnp.float32),
+    }
+    return jax.jit(lambda s: s, out_shardings=self.replicated)(state)
+
+  def _admit_fn(self, params, state, slot_ids, tokens, vectors, settings):
+    """Encodes new rows once and writes them into slots `slot_ids` [n] (ids >= slots are dropped: padding rows)."""
+    kwargs = self._model_kwargs(vectors, self.prefix_sites)
+    encoded, mask = self.model.apply({"params": params}, tokens, method=T5.encode, **kwargs)  # [n, P + T, D]
+    pad = self.shapes.encoder_length - encoded.shape[1]
+    encoded, mask = jnp.pad(encoded, ((0, 0), (0, pad), (0, 0))), jnp.pad(mask, ((0, 0), (0, pad)))
+    _, variables = self.model.apply(
+      {"params": params},
+      encoded,
+      mask,
+      tokens.shape[0],
+      self.shapes.max_decode_length,
+      method=T5.init_cache,
+      mutable=["cache"],
+    )
+
+    def put(old, new):
+      return old.at[slot_ids].set(new.astype(old.dtype), mode="drop")
+
+    def put_cache(path, old, new):
+      if any(getattr(k, "key", "") == "encoder_decoder_attention" for k in path):
+        return put(old, new)
+      return old  # self-attention: stale keys beyond the new position are never visible
+
+    state = dict(state)
+    state["cache"] = jax.tree_util.tree_map_with_path(put_cache, state["cache"], variables["cache"])
+    state["encoder_mask"] = put(state["encoder_mask"], mask)
+    state["prefix"] = jax.tree.map(put, state["prefix"], {s: vectors["prefix"][s] for s in state["prefix"]})
+    n = tokens.shape[0]
+    state["position"] = put(state["position"], jnp.zeros(n, jnp.int32))
+    state["token"] = put(state["token"], jnp.zeros(n, jnp.int32))
+    state["active"] = put(state["active"], jnp.ones(n, bool))
+    for name in ("max_length", "temperature", "top_k", "top_p"):
+      state[name] = put(state[name], settings[name])
+    return state
+
+  def _row_logits(self, params, cache, token, position, encoder_mask, prefix):
+    """One slot's next-token logits [vocab] and updated cache (vmapped over slots)."""
+    one = jax.tree.map(lambda x: x[None], cache)
+    logits, mutated = self.model.apply(
+      {"params": params, "cache": one},
+      None,
+      encoder_mask[None],
+      token.reshape(1, 1),
+      prefix=prefix or None,
+      decode_position=position,
+      method=T5.decode,
+      mutable=["cache"],
+    )
+    return logits[0, -1], jax.tree.map(lambda x: x[0], mutated["cache"])
+
+  def _step_fn(self, params, state, rng):
+    prefix_axes = {s: {"key": 0, "value": 0, "mask": 0} for s in state["prefix"]}
+    row = jax.vmap(self._row_logits, in_axes=(None, 0, 0, 0, 0, prefix_axes))
+    logits, cache = row(
+      params, state["cache"], state["token"], state["position"], state["encoder_mask"], state["prefix"]
+    )
+    logits = logits.astype(jnp.float32)  # [S, vocab]
+    chosen = choose_tokens(logits, state["temperature"], state["top_k"], state["top_p"], rng)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), chosen[:, None], axis=-1)[:, 0]
+    finite = jnp.all(jnp.isfinite(logits), axis=-1)
+    state = dict(state, cache=cache, token=chosen, position=state["position"] + 1)
+    done = state["active"] & ((chosen == 1) | (state["position"] >= state["max_length"]) | ~finite)
+    state["active"] = state["active"] & ~done
+    return state, {"token": chosen, "logp": logp, "done": done, "finite": finite}
+
+  def admit(self, state, slot_ids: Sequence[int], tokens: np.ndarray, rows: Sequence[PyTree], settings: dict):
+    """Encodes up to a bucket of new requests into free slots. tokens: int [n, T] (T an input bucket)."""
+    size = bucket(len(slot_ids), self.shapes.admit_buckets)
+    ids = np.full(size, self.shapes.slots, np.int32)  # out of range: dropped
+    ids[: len(slot_ids)] = slot_ids
+    padded = np.zeros((size, tokens.shape[1]), np.int32)
+    padded[: len(tokens)] = tokens
+    per_row = {k: np.resize(np.asarray(v), size) for k, v in settings.items()}
+    return self._admit(self.params, state, ids, padded, self._stack(rows, size), per_row)
+
+  def step(self, state, rng):
+    """One position for every slot: (state, host dict of token/logp/done/finite [slots])."""
+    state, out = self._step(self.params, state, rng)
+    return state, jax.device_get(out)
+
+  # ---------------------------------------------------------------------------
+  # Whole-batch programs: scoring and beam search.
+
+  def _score_fn(self, params, tokens, targets, vectors):
+    logp = decoding.sequence_log_probs(
+      self.config, params, tokens, targets, **self._model_kwargs(vectors, self.prefix_sites)
+    )
+    return logp
+
+  def score(self, tokens: np.ndarray, targets: np.ndarray, rows: Sequence[PyTree]) -> np.ndarray:
+    """log p(target | input, vectors) per row: tokens [n, T], targets [n, max_target_length] -> [n].
+
+    Raises:
+      EngineError: non-finite log-probabilities in the batch.
+    """
+    n = len(rows)
+    size = bucket(n, self.shapes.score_buckets)
+    logp = self._score(self.params, _pad_to(tokens, size), _pad_to(targets, size), self._stack(rows, size))
+    logp = np.asarray(jax.device_get(logp))[:n]
+    if not np.all(np.isfinite(logp)):
+      raise EngineError("the model computed non-finite log-probabilities for this batch (a prompt with huge values?).")
+    return logp
+
+  def _beam_fn(self, params, tokens, vectors, rng, *, settings):
+    out = decoding.generate(
+      self.config, params, tokens, settings=settings, rng=rng, **self._model_kwargs(vectors, self.prefix_sites)
+    )
+    return out.tokens, out.scores
+
+  def beam_settings(self, num_beams: int, max_decode_length: int) -> decoding.DecodingSettings:
+    return decoding.DecodingSettings(
+      method="beam", num_beams=num_beams, alpha=self.shapes.beam_alpha, max_decode_length=max_decode_length
+    )
+
+  def beam(self, tokens: np.ndarray, rows: Sequence[PyTree], num_beams: int) -> tuple[np.ndarray, np.ndarray]:
+    """Beam search over a whole batch: (tokens [n, max_decode_length], scores [n]).
+
+    Raises:
+      EngineError: non-finite scores in the batch.
+    """
+    n = len(rows)
+    size = bucket(n, self.shapes.beam_buckets)
+    settings = self.beam_settings(num_beams, self.shapes.max_decode_length)
+    out, scores = self._beam(
+      self.params, _pad_to(tokens, size), self._stack(rows, size), jax.random.key(0), settings=settings
+    )
+    out, scores = jax.device_get((out, scores))
+    if not np.all(np.isfinite(scores[:n])):
+      raise EngineError("the model computed non-finite beam scores for this batch (a prompt with huge values?).")
+    return np.asarray(out)[:n], np.asarray(scores)[:n]
+
+  def warm_up(self) -> list[str]:
+    """Compiles every program the server runs (module docstring); returns their descriptions."""
+    shapes, done = self.shapes, []
+    state = self.init_state()
+    for length in shapes.input_buckets:
+      for n in shapes.admit_buckets:
+        settings = {"max_length": [1], "temperature": [0.0], "top_k": [0], "top_p": [1.0]}
+        state = self.admit(state, [shapes.slots] * n, np.ones((n, length), np.int32), [], settings)
+        done.append(f"admit rows={n} input={length}")
+      for n in shapes.score_buckets:
+        self.score(np.ones((n, length), np.int32), np.ones((n, shapes.max_target_length), np.int32), [self._empty] * n)
+        done.append(f"score rows={n} input={length}")
+      for k in shapes.beam_sizes:
+        for n in shapes.beam_buckets:
+          self._beam(
+            self.params,
+            np.ones((n, length), np.int32),
+            self._stack([], n),
+            jax.random.key(0),
+            settings=self.beam_settings(k, shapes.max_decode_length),
+          )
+          done.append(f"beam k={k} rows={n} input={length}")
+    state, _ = self.step(state, jax.random.key(0))
+    done.append(f"step slots={shapes.slots}")
+    return done
+
+
+def _pad_to(x: np.ndarray, rows: int) -> np.ndarray:
+  out = np.zeros((rows,) + x.shape[1:], x.dtype)
+  out[: len(x)] = x
+  return out
+
+
+def choose_tokens(logits: Array, temperature: Array, top_k: Array, top_p: Array, rng: Array) -> Array:
+  """Per-row greedy (temperature 0) or sampling with per-row temperature, top-k (0: off) and top-p (1: off).
+
+  logits [S, V] float32; temperature, top_p float [S]; top_k int [S]. Returns int32 [S].
+  """
+  vocab = logits.shape[-1]
+  greedy = jnp.argmax(logits, axis=-1)
+  scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+  ordered = jnp.sort(scaled, axis=-1)[:, ::-1]  # [S, V] descending
+  kth = jnp.take_along_axis(ordered, jnp.clip(top_k - 1, 0, vocab - 1)[:, None], axis=-1)
+  scaled = jnp.where((top_k[:, None] > 0) & (scaled < kth), decoding.NEG_INF, scaled)
+  ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
+  probs = jax.nn.softmax(ordered, axis=-1)
+  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]
+  threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+  scaled = jnp.where(scaled < threshold, decoding.NEG_INF, scaled)
+  sampled = jax.random.categorical(rng, scaled, axis=-1)
+  return jnp.where(temperature <= 0.0, greedy, sampled).astype(jnp.int32)

@@ -1,0 +1,399 @@
+"""`prompt-tuning serve` against a real server process on 127.0.0.1, with the shipped demo model.
+
+The library holds a .npy prompt, a PEFT adapter folder and a folded prefix
+(written here); every response is compared with `decoding.generate` /
+`decoding.sequence_log_probs` run alone on the same input and prompt (what
+`infer` runs).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {
+  "slots": "4",
+  "input_buckets": "(32,)",
+  "admit_buckets": "(1, 4)",
+  "score_buckets": "(8,)",
+  "beam_buckets": "(1,)",
+  "beam_sizes": "(2,)",
+  "max_decode_length": "16",
+  "max_prompt_length": "8",
+  "max_prefix_length": "4",
+  "max_target_length": "8",
+}
+MAX_LIBRARY_BYTES = 3_000_000
+DEVICE_CACHE_BYTES = 40_000
+INPUTS = ["Is a cat an animal or a plant?", "oak", "The rose is a flowering shrub of the genus Rosa.", "a small dog"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _write_library(folder: Path, emb_dim: int, layers: int, heads: int, head_dim: int) -> dict[str, dict]:
+  from prompt_tuning.checkpoints import peft
+  from prompt_tuning.serve.store import save_entry
+
+  rng = np.random.default_rng(0)
+  folder.mkdir()
+  animals = rng.normal(size=(5, emb_dim)).astype(np.float32)
+  np.save(folder / "animals.npy", animals)
+  short = rng.normal(size=(2, emb_dim)).astype(np.float32)
+  peft.export_peft_adapter(short, folder / "short")
+  prefix = {
+    f"{s}/{n}": (0.5 * rng.normal(size=(layers, 3, heads, head_dim))).astype(np.float32)
+    for s in ("encoder", "decoder", "cross")
+    for n in ("key", "value")
+  }
+  save_entry(folder / "plants.safetensors", "prefix", prefix)
+  other = rng.normal(size=(4, emb_dim)).astype(np.float32)
+  np.save(folder / "spare.npy", other)
+  return {
+    "animals": {"prompt": animals},
+    "short": {"prompt": short},
+    "plants": {
+      "prefix": {s: {n: prefix[f"{s}/{n}"] for n in ("key", "value")} for s in ("encoder", "decoder", "cross")}
+    },
+    None: {},
+  }
+
+
+def start_server(library: Path, log: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+  port = _free_port()
+  shapes = [f"--gin.EngineShapes.{k}={v}" for k, v in SHAPES.items()]
+  cmd = [
+    sys.executable,
+    "-m",
+    "prompt_tuning.cli",
+    "serve",
+    "--gin_file=demo/base.gin",
+    f"--prompts_dir={library}",
+    f"--port={port}",
+    f"--max_library_bytes={MAX_LIBRARY_BYTES}",
+    f"--device_cache_bytes={DEVICE_CACHE_BYTES}",
+    *shapes,
+    *extra,
+  ]
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  with open(log, "w") as out:
+    process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+  url = f"http://127.0.0.1:{port}"
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    if process.poll() is not None:
+      raise RuntimeError(f"the server exited: {log.read_text()[-3000:]}")
+    try:
+      if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+        return process, url
+    except httpx.TransportError:
+      time.sleep(0.5)
+  process.kill()
+  raise RuntimeError("the server did not start in 240 s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+  if process.poll() is None:
+    os.kill(process.pid, signal.SIGKILL)
+  process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def demo():
+  import jax
+
+  from prompt_tuning import demo_data
+  from prompt_tuning.checkpoints import load_pretrained
+  from prompt_tuning.data import get_vocabulary
+
+  config, params = load_pretrained(str(demo_data.DEMO_MODEL_DIR))
+  return config, jax.device_put(params), get_vocabulary(str(demo_data.DEMO_VOCABULARY))
+
+
+@pytest.fixture(scope="module")
+def server(demo, tmp_path_factory):
+  config = demo[0]
+  root = tmp_path_factory.mktemp("serve")
+  folder = root / "library"
+  vectors = _write_library(folder, config.emb_dim, config.num_encoder_layers, config.num_heads, config.head_dim)
+  process, url = start_server(folder, root / "server.log")
+  yield {"url": url, "process": process, "vectors": vectors, "library": folder, "log": root / "server.log"}
+  stop_server(process)
+
+
+def _tokens(vocabulary, text: str) -> np.ndarray:
+  ids = list(vocabulary.encode(text)) + [1]
+  out = np.zeros((1, 32), np.int32)
+  out[0, : len(ids)] = ids
+  return out
+
+
+def _alone(demo, vectors: dict, text: str, method: str, max_decode_length: int = 16) -> list[int]:
+  """What infer gives: decoding.generate on this input and prompt alone (tokens up to EOS)."""
+  from prompt_tuning import decoding
+
+  config, params, vocabulary = demo
+  settings = decoding.DecodingSettings(method=method, num_beams=2, alpha=0.6, max_decode_length=max_decode_length)
+  out = decoding.generate(config, params, _tokens(vocabulary, text), settings=settings, **vectors)
+  ids = [int(t) for t in np.asarray(out.tokens[0])]
+  return ids[: ids.index(1) + 1] if 1 in ids else ids
+
+
+def _post(url: str, path: str, body: dict, timeout: float = 120) -> httpx.Response:
+  return httpx.post(f"{url}{path}", json=body, timeout=timeout)
+
+
+def test_mixed_prompts_and_methods_under_load_equal_generate_alone(server, demo):
+  url, vectors = server["url"], server["vectors"]
+  requests = []
+  for i in range(20):
+    prompt_id = ["animals", "plants", "short", None][i % 4]
+    method = "beam" if i % 5 == 4 else "greedy"
+    requests.append({"text": INPUTS[i % 3], "prompt_id": prompt_id, "method": method, "num_beams": 2})
+    if method == "greedy":
+      requests[-1]["max_decode_length"] = [16, 5, 11, 3][(i // 4) % 4]  # slots free at different steps
+  with concurrent.futures.ThreadPoolExecutor(20) as pool:
+    replies = list(pool.map(lambda body: _post(url, "/v1/generate", body), requests))
+  for body, reply in zip(requests, replies):
+    assert reply.status_code == 200, reply.text
+    # Greedy decoding to length L is the first L tokens of decoding to 16 (each step ignores the limit).
+    expected = _alone(demo, vectors[body["prompt_id"]], body["text"], body["method"])[: body.get("max_decode_length")]
+    assert reply.json()["token_ids"] == expected, body
+  metrics = httpx.get(f"{url}/metrics").text
+  steps_with_many_rows = [
+    line for line in metrics.splitlines() if line.startswith('serve_batch_size_bucket{kind="step",le="1.0"}')
+  ]
+  total_steps = [line for line in metrics.splitlines() if line.startswith('serve_batch_size_count{kind="step"}')]
+  assert float(steps_with_many_rows[0].split()[-1]) < float(total_steps[0].split()[-1])  # steps shared by several rows
+
+
+def test_score_ranks_candidates_as_sequence_log_probs_and_ensembles(server, demo):
+  from prompt_tuning import decoding
+
+  config, params, vocabulary = demo
+  url, vectors = server["url"], server["vectors"]
+  body = {"text": INPUTS[0], "candidates": ["animal", "plant"], "prompt_ids": ["animals", "plants", None]}
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    replies = list(pool.map(lambda b: _post(url, "/v1/score", b), [body, dict(body, ensemble="vote")] * 2))
+  reply = replies[0].json()
+  expected = []
+  for prompt_id in body["prompt_ids"]:
+    targets = np.zeros((2, 8), np.int32)
+    for i, label in enumerate(body["candidates"]):
+      ids = list(vocabulary.encode(label)) + [1]
+      targets[i, : len(ids)] = ids
+    tokens = np.repeat(_tokens(vocabulary, body["text"]), 2, axis=0)
+    kwargs = dict(vectors[prompt_id])
+    expected.append(np.asarray(decoding.sequence_log_probs(config, params, tokens, targets, **kwargs)))
+  expected = np.stack(expected)  # [K, C]
+  np.testing.assert_allclose([reply["per_prompt"][str(p)] for p in body["prompt_ids"]], expected, atol=2e-4)
+  mean = expected.mean(axis=0)
+  assert reply["prediction"] == body["candidates"][int(np.argmax(mean))]
+  np.testing.assert_allclose(list(reply["scores"].values()), mean, atol=2e-4)
+  votes = np.bincount(expected.argmax(axis=1), minlength=2)
+  assert replies[1].json()["scores"] == {c: float(v) for c, v in zip(body["candidates"], votes)}
+
+
+def test_prompt_library_changes_live_and_refuses_bad_uploads(server, demo):
+  config = demo[0]
+  url = server["url"]
+  prompt = np.random.default_rng(1).normal(size=(3, config.emb_dim)).tolist()
+  first = httpx.put(f"{url}/v1/prompts/user-7", json={"method": "prompt", "arrays": {"prompt": prompt}})
+  assert first.status_code == 200 and first.json()["version"] == 1
+  assert (
+    httpx.put(f"{url}/v1/prompts/user-7", json={"method": "prompt", "arrays": {"prompt": prompt}}).json()["version"]
+    == 2
+  )
+  assert httpx.get(f"{url}/v1/prompts/user-7").json()["arrays"] == {"prompt": [3, config.emb_dim]}
+  assert "user-7" in httpx.get(f"{url}/v1/prompts").json()["ids"]
+  reply = _post(url, "/v1/generate", {"text": INPUTS[1], "prompt_id": "user-7", "max_decode_length": 4})
+  assert reply.status_code == 200 and reply.json()["prompt_version"] == 2
+  from_folder = httpx.put(f"{url}/v1/prompts/copy", json={"source": "spare.npy"})
+  assert from_folder.status_code == 200 and from_folder.json()["length"] == 4
+
+  def put(prompt_id, body):
+    return httpx.put(f"{url}/v1/prompts/{prompt_id}", json=body)
+
+  wrong_width = put("w", {"method": "prompt", "arrays": {"prompt": [[0.1] * (config.emb_dim - 1)]}})
+  assert wrong_width.status_code == 400 and "width" in wrong_width.json()["detail"]
+  nan = httpx.put(
+    f"{url}/v1/prompts/n",
+    content=json.dumps({"method": "prompt", "arrays": {"prompt": [[float("nan")] * config.emb_dim]}}),
+    headers={"content-type": "application/json"},
+  )
+  assert nan.status_code == 400 and "NaN" in nan.json()["detail"]
+  lora = put("l", {"method": "lora", "arrays": {"A": [[0.0]]}})
+  assert lora.status_code == 400 and "prefix" in lora.json()["detail"] and "prompt" in lora.json()["detail"]
+  bad_prefix = put("p", {"method": "prefix", "arrays": {"decoder/key": [[[[0.0]]]], "decoder/value": [[[[0.0]]]]}})
+  assert bad_prefix.status_code == 400 and "layers" in bad_prefix.json()["detail"]
+  too_long = put("t", {"method": "prompt", "arrays": {"prompt": [[0.0] * config.emb_dim] * 9}})
+  assert too_long.status_code == 400 and "at most 8" in too_long.json()["detail"]
+  for unsafe in ("..", "a..b", ".hidden", "x" * 200):
+    assert put(unsafe, {"method": "prompt", "arrays": {"prompt": prompt}}).status_code in (400, 404, 405)
+  traversal = put("escape", {"source": "../library"})
+  assert traversal.status_code == 400 and "not allowed" in traversal.json()["detail"]
+
+  assert httpx.delete(f"{url}/v1/prompts/user-7").status_code == 200
+  gone = _post(url, "/v1/generate", {"text": INPUTS[1], "prompt_id": "user-7"})
+  assert gone.status_code == 404 and "user-7" in gone.json()["detail"]
+  assert httpx.delete(f"{url}/v1/prompts/user-7").status_code == 404
+
+
+def test_bad_requests_get_clear_statuses(server):
+  url = server["url"]
+  unknown = _post(url, "/v1/generate", {"text": "x", "prompt_id": "nope"})
+  assert unknown.status_code == 404
+  too_long = _post(url, "/v1/generate", {"token_ids": [5] * 33})
+  assert too_long.status_code == 413 and "at most 32" in too_long.json()["detail"]
+  malformed = httpx.post(f"{url}/v1/generate", content=b'{"text": ', headers={"content-type": "application/json"})
+  assert malformed.status_code == 422
+  assert _post(url, "/v1/generate", {"text": "x", "max_decode_length": 17}).status_code == 413
+  beams = _post(url, "/v1/generate", {"text": "x", "method": "beam", "num_beams": 3})
+  assert beams.status_code == 400 and "[2]" in beams.json()["detail"]
+  assert _post(url, "/v1/generate", {"text": "x", "token_ids": [5, 1]}).status_code == 400
+  labels = _post(url, "/v1/score", {"text": "x", "candidates": ["a"] * 3, "prompt_ids": ["animals"] * 3})
+  assert labels.status_code == 413 and "limit is 8" in labels.json()["detail"]
+
+
+def test_prompt_replaced_and_deleted_in_flight_keeps_its_version(server, demo):
+  config = demo[0]
+  url = server["url"]
+  rng = np.random.default_rng(2)
+  old, new = rng.normal(size=(6, config.emb_dim)), rng.normal(size=(6, config.emb_dim))
+  assert (
+    httpx.put(f"{url}/v1/prompts/live", json={"method": "prompt", "arrays": {"prompt": old.tolist()}}).status_code
+    == 200
+  )
+  body = {"text": INPUTS[2], "prompt_id": "live"}
+  finished = []
+
+  def call(_):
+    reply = _post(url, "/v1/generate", body)
+    finished.append(time.perf_counter())
+    return reply
+
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    futures = [pool.submit(call, i) for i in range(16)]
+    time.sleep(0.3)
+    httpx.put(f"{url}/v1/prompts/live", json={"method": "prompt", "arrays": {"prompt": new.tolist()}})
+    httpx.delete(f"{url}/v1/prompts/live")
+    replaced_at = time.perf_counter()
+    replies = [f.result() for f in futures]
+  expected_old = _alone(demo, {"prompt": old.astype(np.float32)}, body["text"], "greedy")
+  expected_new = _alone(demo, {"prompt": new.astype(np.float32)}, body["text"], "greedy")
+  assert expected_old != expected_new
+  answered = [r.json() for r in replies if r.status_code == 200]
+  assert {r.status_code for r in replies} <= {200, 404}  # 404: arrived after the delete
+  assert any(r["prompt_version"] == 1 for r in answered)
+  for reply in answered:  # each with the version it started with
+    assert reply["token_ids"] == {1: expected_old, 2: expected_new}[reply["prompt_version"]]
+  assert max(finished) > replaced_at  # some of them were still running when the prompt changed
+
+
+def test_failing_batch_fails_only_its_requests(server, demo):
+  config = demo[0]
+  url = server["url"]
+  # Finite float32 keys of both signs, so every head's attention logits reach +inf: the softmax gives NaN.
+  layers, shape = config.num_decoder_layers, (config.num_decoder_layers, 2, config.num_heads, config.head_dim)
+  keys = np.concatenate([np.full((layers, 1) + shape[2:], 3e38), np.full((layers, 1) + shape[2:], -3e38)], axis=1)
+  arrays = {"decoder/key": keys.tolist(), "decoder/value": np.zeros(shape).tolist()}
+  assert httpx.put(f"{url}/v1/prompts/huge", json={"method": "prefix", "arrays": arrays}).status_code == 200
+  bodies = [{"text": INPUTS[0], "prompt_id": "huge"}, {"text": INPUTS[0], "prompt_id": "animals"}] * 2
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    replies = list(pool.map(lambda b: _post(url, "/v1/generate", b), bodies))
+  assert [r.status_code for r in replies] == [500, 200, 500, 200]
+  assert "non-finite" in replies[0].json()["detail"]
+  assert replies[1].json()["token_ids"] == _alone(demo, server["vectors"]["animals"], INPUTS[0], "greedy")
+  score = {"text": INPUTS[0], "candidates": ["animal", "plant"]}
+  assert _post(url, "/v1/score", dict(score, prompt_ids=["huge"])).status_code == 500
+  assert _post(url, "/v1/score", dict(score, prompt_ids=["animals"])).status_code == 200
+  assert httpx.get(f"{url}/healthz").status_code == 200
+  out_of_range = {"method": "prompt", "arrays": {"prompt": [[1e39] * config.emb_dim]}}
+  refused = httpx.put(f"{url}/v1/prompts/big", json=out_of_range)
+  assert refused.status_code == 400 and "float32" in refused.json()["detail"]
+
+
+def test_metrics_and_openapi(server):
+  url = server["url"]
+  _post(url, "/v1/generate", {"text": INPUTS[0], "prompt_id": "animals", "max_decode_length": 2})
+  metrics = httpx.get(f"{url}/metrics").text
+  for name in (
+    "serve_queue_depth",
+    "serve_batch_size_bucket",
+    "serve_request_latency_seconds_bucket",
+    "serve_generated_tokens_total",
+    'serve_prompt_cache_total{result="hit"}',
+    "serve_library_bytes",
+  ):
+    assert name in metrics, name
+  paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+  assert {"/v1/generate", "/v1/score", "/v1/prompts/{prompt_id}", "/healthz", "/metrics"} <= set(paths)
+
+
+def _rss_kib(pid: int) -> int:
+  for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    if line.startswith("VmRSS:"):
+      return int(line.split()[1])
+  raise RuntimeError("no VmRSS")
+
+
+def test_memory_stays_bounded_with_10000_prompts(server, demo):
+  config = demo[0]
+  url, pid = server["url"], server["process"].pid
+  row = [[0.01] * config.emb_dim]
+  before = _rss_kib(pid)
+
+  def upload(i):
+    with httpx.Client(base_url=url, timeout=60) as client:
+      return [
+        client.put(f"/v1/prompts/u{j}", json={"method": "prompt", "arrays": {"prompt": row}}).status_code
+        for j in range(i, 10_000, 8)
+      ]
+
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    statuses = [s for chunk in pool.map(upload, range(8)) for s in chunk]
+  assert len(statuses) == 10_000 and set(statuses) == {200, 507}  # the cap refuses what does not fit
+  for i in range(12):  # more distinct prompts than the device cache holds
+    assert _post(url, "/v1/generate", {"text": "x", "prompt_id": f"u{i}", "max_decode_length": 1}).status_code == 200
+  library = httpx.get(f"{url}/v1/prompts").json()
+  metrics = {
+    line.split()[0]: float(line.split()[1]) for line in httpx.get(f"{url}/metrics").text.splitlines() if line[:1] != "#"
+  }
+  assert library["bytes"] <= MAX_LIBRARY_BYTES
+  assert metrics["serve_device_cache_bytes"] <= DEVICE_CACHE_BYTES
+  assert _rss_kib(pid) - before < 200_000  # KiB: bounded by the caps, not by the uploads
+
+
+def test_sigterm_drains_in_flight_requests(server):
+  url, process = server["url"], server["process"]
+  with concurrent.futures.ThreadPoolExecutor(6) as pool:
+    futures = [
+      pool.submit(_post, url, "/v1/generate", {"text": INPUTS[i % 3], "prompt_id": "animals"}) for i in range(6)
+    ]
+    deadline = time.time() + 60
+    while time.time() < deadline:  # all six accepted before the signal
+      lines = httpx.get(f"{url}/metrics").text.splitlines()
+      if any(line.startswith("serve_requests_in_flight 6") for line in lines):
+        break
+      time.sleep(0.01)
+    os.kill(process.pid, signal.SIGTERM)
+    replies = [f.result() for f in futures]
+  assert [r.status_code for r in replies] == [200] * 6
+  # uvicorn re-raises the signal it handled once it has shut down, so the exit reads as SIGTERM's.
+  assert process.wait(60) in (0, -signal.SIGTERM)
