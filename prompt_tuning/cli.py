@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
   debug = "--debug" in rest
-  if "--verbose" not in rest and command in (*GIN_COMMANDS, "inspect", "export", "tasks"):
+  if "--verbose" not in rest and command in (*GIN_COMMANDS, "inspect", "export", "tasks", "sweep", "serve"):
     quiet_start_up(touch_devices=command not in GIN_COMMANDS)
   elif command not in GIN_COMMANDS:
     rest = [a for a in rest if a != "--verbose"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow_datasets as tfds
+from sweep_files import write_sweep
 from test_data_prepare import ARCHIVES, _place_in_download_cache
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,16 @@ NOT_RUN = {
   "make demo": "the full demo (8 minutes); tests/test_demo.py runs the same entry point with --quick",
   "make test": "runs this very test suite",
 }
+# Command lines another test runs, against what they need (a server process), and which test.
+RUN_ELSEWHERE = {
+  "prompt-tuning serve ": "tests/test_serve.py::test_the_readme_serving_example_runs_as_written",
+  "curl ": "tests/test_serve.py::test_the_readme_serving_example_runs_as_written",
+}
 PROGRAMS = {"prompt-tuning", "t5x"}
+
+
+def _run_here(command: str) -> bool:
+  return command not in NOT_RUN and not command.startswith(tuple(RUN_ELSEWHERE))
 
 
 def readme_commands(text: str) -> list[str]:
@@ -42,7 +52,7 @@ def readme_commands(text: str) -> list[str]:
 def test_readme_commands_are_found():
   commands = readme_commands(README.read_text())
   assert set(NOT_RUN) <= set(commands), "NOT_RUN lists a command README.md no longer has"
-  programs = {shlex.split(c)[0] for c in commands if c not in NOT_RUN}
+  programs = {shlex.split(c)[0] for c in commands if _run_here(c)}
   assert programs <= PROGRAMS, f"README runs programs this test does not know: {programs - PROGRAMS}"
   assert any(c.startswith("prompt-tuning train ") for c in commands)
 
@@ -56,7 +66,11 @@ def stand_ins(reference_dir, tmp_path_factory):
   _place_in_download_cache(builder, downloads, ARCHIVES["super_glue/boolq"])
   builder.download_and_prepare(download_dir=str(downloads))
   checkpoint = str(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3")
+  # The demo sweep's stand-in: four tiny runs of 2 steps (tests/sweep_files.py).
+  sweep_file = write_sweep(tmp / "sweep", "readme_sweep", steps=2)
   pairs = {
+    "configs/sweeps/demo_scale.gin": str(sweep_file),
+    "/runs/demo_scale": str(tmp / "demo_scale"),
     "/ckpts/t5_1_1_lm100k_xxl/checkpoint_1100000": checkpoint,
     "/ckpts/t5_spm_32000.model": str(reference_dir / "t5_spm_32000.model"),
     "/runs/boolq_xxl": str(tmp / "boolq"),
@@ -79,8 +93,14 @@ def _substitute(command: str, stand_ins: dict[str, str]) -> list[str]:
   return out
 
 
+def test_commands_run_elsewhere_name_tests_that_exist():
+  for test in set(RUN_ELSEWHERE.values()):
+    path, name = test.split("::")
+    assert f"def {name}(" in (ROOT / path).read_text(), test
+
+
 def test_every_readme_command_runs(stand_ins):
-  commands = [c for c in readme_commands(README.read_text()) if c not in NOT_RUN]
+  commands = [c for c in readme_commands(README.read_text()) if _run_here(c)]
   env = dict(os.environ)
   env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command line must quiet TensorFlow itself
   for command in commands:  # in README's order: train before eval, infer, inspect and export

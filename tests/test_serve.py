@@ -397,3 +397,65 @@ def test_sigterm_drains_in_flight_requests(server):
   assert [r.status_code for r in replies] == [200] * 6
   # uvicorn re-raises the signal it handled once it has shut down, so the exit reads as SIGTERM's.
   assert process.wait(60) in (0, -signal.SIGTERM)
+
+
+def _readme_serving_section() -> tuple[list[str], str]:
+  """README.md's serving example: the command lines of its bash block and its Python client."""
+  import re
+  import shlex
+
+  text = (ROOT / "README.md").read_text()
+  section = text[text.index("## Serve many prompts") :]
+  section = section[: section.index("\n## ", 1)]
+  bash = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
+  commands = [line for line in bash.replace("\\\n", " ").splitlines() if shlex.split(line, comments=True)]
+  return commands, re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def test_the_readme_serving_example_runs_as_written(demo, tmp_path):
+  """README's serve command (stand-ins: the library folder, the port, and small compiled shapes), its two curl
+  commands and its Python client, against the real server."""
+  import shlex
+
+  commands, client = _readme_serving_section()
+  assert commands[0].startswith("prompt-tuning serve ") and all(c.startswith("curl ") for c in commands[1:])
+  library = tmp_path / "library"
+  library.mkdir()
+  prompt = np.random.default_rng(1).normal(size=(5, demo[0].emb_dim)).astype(np.float32)
+  np.save(library / "animal_or_plant.npy", prompt)
+  port = _free_port()
+  stand_ins = {"/srv/library": str(library), "localhost:8000": f"127.0.0.1:{port}", "--port=8000": f"--port={port}"}
+
+  def substitute(text: str) -> str:
+    for readme_text, stand_in in stand_ins.items():
+      text = text.replace(readme_text, stand_in)
+    return text
+
+  shapes = [f"--gin.EngineShapes.{k}={v}" for k, v in SHAPES.items()]
+  cmd = [sys.executable, "-m", "prompt_tuning.cli", *shlex.split(substitute(commands[0]))[1:], *shapes]
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  log = tmp_path / "server.log"
+  with open(log, "w") as out:
+    process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+  try:
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+      try:
+        if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+          break
+      except httpx.TransportError:
+        time.sleep(0.5)
+    assert process.poll() is None, log.read_text()[-3000:]
+    generated, scored = (
+      json.loads(subprocess.run(shlex.split(substitute(c)), capture_output=True, text=True, check=True).stdout)
+      for c in commands[1:]
+    )
+    assert isinstance(generated["text"], str) and generated["prompt_id"] == "animal_or_plant", generated
+    assert scored["prediction"] in ("<extra_id_0> animal", "<extra_id_0> plant"), scored
+    printed = subprocess.run(
+      [sys.executable, "-c", substitute(client)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    assert httpx.get(f"{url}/v1/prompts/user-42").status_code == 200  # the client's upload is in the library
+  finally:
+    stop_server(process)
