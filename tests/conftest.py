@@ -53,3 +53,17 @@ def tiny_decoder_model():
   params = pt.init_params(config, jax.random.key(3))
   params["decoder"]["logits_dense"]["kernel"] = params["decoder"]["logits_dense"]["kernel"].at[:, 0].set(0.0)
   return config, params
+
+
+@pytest.fixture(scope="module")
+def batch():
+  """(encoder tokens [3, 7], decoder inputs [3, 5], targets [3, 5]) over a 64-token vocabulary, with padding in
+  rows 1 (encoder) and 2 (targets). Modules that need another batch define their own."""
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  enc = rng.integers(2, 64, (3, 7))
+  enc[1, 4:] = 0
+  targets = rng.integers(2, 64, (3, 5))
+  targets[2, 3:] = 0
+  return enc, np.pad(targets[:, :-1], ((0, 0), (1, 0))), targets

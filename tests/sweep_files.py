@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from local_task_files import write_task
+
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-WORDS = ["apple", "house", "river", "green", "music", "stone", "cloud", "light"]
 
 # Axes: size (one), method (prompt, model; model drops prompt_length), prompt_length (2, 3), seed (0, 1). Grids:
 # figure1 = size x method, figure3a = size x prompt_length, seeds = seed: four runs, in this order.
@@ -41,19 +41,6 @@ TINY_RUNS = [
   "size=tiny,method=prompt,prompt_length=2,seed=0",
   "size=tiny,method=prompt,prompt_length=3,seed=1",
 ]
-
-
-def write_task(folder: Path) -> tuple[Path, Path]:
-  """A yes/no task's train and validation JSONL files."""
-  folder.mkdir(parents=True, exist_ok=True)
-  paths = []
-  for split, count in (("train", 48), ("validation", 8)):
-    path = folder / f"{split}.jsonl"
-    with open(path, "w") as f:
-      for i in range(count):
-        f.write(json.dumps({"question": f"is {WORDS[i % 8]} {i} odd?", "answer": "yes" if i % 2 else "no"}) + "\n")
-    paths.append(path)
-  return paths[0], paths[1]
 
 
 def write_sweep(folder: Path, name: str, steps: int, axes: str = TINY_AXES, extra_bindings: Sequence[str] = ()) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_task_files import cli_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,24 +30,7 @@ def _cli(*args, check=True, timeout=600):
 
 @pytest.fixture(scope="module")
 def local_task(reference_dir, tmp_path_factory):
-  folder = tmp_path_factory.mktemp("data")
-  words = ["apple", "house", "river", "green", "music", "stone", "cloud", "light"]
-  for split, count in (("train", 48), ("validation", 8)):
-    with open(folder / f"{split}.jsonl", "w") as f:
-      for i in range(count):
-        f.write(json.dumps({"question": f"is {words[i % 8]} {i} odd?", "answer": "yes" if i % 2 else "no"}) + "\n")
-  return [
-    "--gin_file=test/prompt_tiny.gin",
-    "--gin_file=tasks/local_files.gin",
-    f"--gin.INITIAL_CHECKPOINT_PATH='{reference_dir / 't5x_t5_1_1_tiny' / 'checkpoint_3'}'",
-    f"--gin.VOCABULARY_PATH='{reference_dir / 't5_spm_32000.model'}'",
-    "--gin.LOCAL_TASK_NAME='cli_yes_no'",
-    f"--gin.TRAIN_FILE='{folder / 'train.jsonl'}'",
-    f"--gin.VALIDATION_FILE='{folder / 'validation.jsonl'}'",
-    "--gin.INPUT_TEMPLATE='question: {question}'",
-    "--gin.TARGET_COLUMN='answer'",
-    "--gin.CLASS_LABELS=['no', 'yes']",
-  ]
+  return cli_flags(reference_dir, tmp_path_factory.mktemp("data"), "cli_yes_no")
 
 
 def test_train_eval_infer_inspect_export(local_task, reference_dir, tmp_path):

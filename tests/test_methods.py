@@ -26,16 +26,6 @@ def _random_like(tree, key):
   return jax.tree.unflatten(treedef, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
-@pytest.fixture(scope="module")
-def batch():
-  rng = np.random.default_rng(0)
-  enc = rng.integers(2, 64, (3, 7))
-  enc[1, 4:] = 0
-  targets = rng.integers(2, 64, (3, 5))
-  targets[2, 3:] = 0
-  return enc, np.pad(targets[:, :-1], ((0, 0), (1, 0))), targets
-
-
 @functools.cache
 def _logits(config):
   return jax.jit(

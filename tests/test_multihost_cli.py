@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from local_task_files import cli_flags
 
 from prompt_tuning import distributed
 
@@ -27,22 +28,8 @@ def _free_port() -> int:
 def flags(reference_dir, tmp_path_factory) -> list[str]:
   """A tiny run on a local task whose validation split (9 examples) splits unevenly over 2 processes."""
   folder = tmp_path_factory.mktemp("data")
-  words = ["apple", "house", "river", "green", "music", "stone", "cloud", "light"]
-  for split, count in (("train", 48), ("validation", 9)):
-    with open(folder / f"{split}.jsonl", "w") as f:
-      for i in range(count):
-        f.write(json.dumps({"question": f"is {words[i % 8]} {i} odd?", "answer": "yes" if i % 2 else "no"}) + "\n")
   return [
-    "--gin_file=test/prompt_tiny.gin",
-    "--gin_file=tasks/local_files.gin",
-    f"--gin.INITIAL_CHECKPOINT_PATH='{reference_dir / 't5x_t5_1_1_tiny' / 'checkpoint_3'}'",
-    f"--gin.VOCABULARY_PATH='{reference_dir / 't5_spm_32000.model'}'",
-    "--gin.LOCAL_TASK_NAME='multihost_yes_no'",
-    f"--gin.TRAIN_FILE='{folder / 'train.jsonl'}'",
-    f"--gin.VALIDATION_FILE='{folder / 'validation.jsonl'}'",
-    "--gin.INPUT_TEMPLATE='question: {question}'",
-    "--gin.TARGET_COLUMN='answer'",
-    "--gin.CLASS_LABELS=['no', 'yes']",
+    *cli_flags(reference_dir, folder, "multihost_yes_no", validation=9),
     # Unshuffled: 2 processes read examples 0,2,4,6 and 1,3,5,7, one process 0..7: the same global batch.
     "--gin.RunConfig.shuffle=False",
     "--gin.EVAL_EVERY=4",

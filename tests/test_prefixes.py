@@ -15,16 +15,6 @@ from prompt_tuning.methods.prefix import PrefixSettings
 SETTINGS = PrefixSettings(length=3, mlp_width=16)
 
 
-@pytest.fixture(scope="module")
-def batch():
-  rng = np.random.default_rng(0)
-  enc = rng.integers(2, 64, (3, 7))
-  enc[1, 4:] = 0
-  targets = rng.integers(2, 64, (3, 5))
-  targets[2, 3:] = 0
-  return enc, np.pad(targets[:, :-1], ((0, 0), (1, 0))), targets
-
-
 @functools.cache
 def _apply(config):
   def apply(params, enc, dec, targets, prefix, prompt=None):

@@ -32,6 +32,14 @@ RUN_ELSEWHERE = {
   "curl ": "tests/test_serve.py::test_the_readme_serving_example_runs_as_written",
 }
 PROGRAMS = {"prompt-tuning", "t5x"}
+README_SWEEP_AXES = """
+sweep.axes = {'size': @size/axis(), 'method': @method/axis(), 'seed': @seed/axis()}
+sweep.grids = {'figure1': ['size', 'method']}
+size/axis.values = {'tiny': []}
+method/axis.values = {'prompt': [], 'model': ['PROMPT_LENGTH = 0', "TRAINABLE_PATTERN = '.*'"]}
+seed/axis.binding = 'RunConfig.seed'
+seed/axis.values = [0]
+"""
 
 
 def _run_here(command: str) -> bool:
@@ -66,8 +74,8 @@ def stand_ins(reference_dir, tmp_path_factory):
   _place_in_download_cache(builder, downloads, ARCHIVES["super_glue/boolq"])
   builder.download_and_prepare(download_dir=str(downloads))
   checkpoint = str(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3")
-  # The demo sweep's stand-in: four tiny runs of 2 steps (tests/sweep_files.py).
-  sweep_file = write_sweep(tmp / "sweep", "readme_sweep", steps=2)
+  # The demo sweep's stand-in: two tiny runs of 2 steps, prompt and model tuning (tests/sweep_files.py).
+  sweep_file = write_sweep(tmp / "sweep", "readme_sweep", steps=2, axes=README_SWEEP_AXES)
   pairs = {
     "configs/sweeps/demo_scale.gin": str(sweep_file),
     "/runs/demo_scale": str(tmp / "demo_scale"),

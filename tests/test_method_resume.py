@@ -1,0 +1,65 @@
+"""A run killed with SIGKILL mid-training and resumed ends where an uninterrupted run ends, for every tuning method
+(prompt, prefix, per-layer prompt, IA3, model tuning), on a plain clone (tests/method_runs.py). Apart from
+test_method_invariants.py so that the two long files run on different test workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("seqio")
+import method_runs  # noqa: E402
+
+from prompt_tuning import train  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "method_train.py"
+METHODS = method_runs.METHODS
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+  return method_runs.write_backbone(tmp_path_factory.mktemp("backbone"))
+
+
+def _env(devices: int = 1) -> dict:
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def _kill_after_checkpoint(model_dir: Path, proc: subprocess.Popen, step: int) -> None:
+  checkpoints = model_dir / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if checkpoints.is_dir() and any(p.name.isdigit() and int(p.name) >= step for p in checkpoints.iterdir()):
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, "the run finished before it could be killed:\n" + proc.stderr.read().decode()[-2000:]
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resume_after_kill_9_equals_an_uninterrupted_run(backbone, tmp_path, method):
+  # The killed run is set for far more steps than it gets: it is killed once a checkpoint past the first exists
+  # (before 16), and both the resumed and the uninterrupted run stop at 16 (a constant learning rate: the number
+  # of steps planned changes nothing before it).
+  steps, settings = 16, dict(dropout_rate=0.1)
+  cmd = [sys.executable, str(SCRIPT), str(tmp_path / "killed"), str(backbone), method, "1000"]
+  proc = subprocess.Popen(
+    cmd + ["--checkpoint_every", "4", "--dropout", "0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env()
+  )
+  _kill_after_checkpoint(tmp_path / "killed" / method, proc, 8)
+  killed = method_runs.run_config(tmp_path / "killed" / method, backbone, method, **settings)
+  done = sorted(int(p.name) for p in (tmp_path / "killed" / method / "checkpoints").iterdir() if p.name.isdigit())
+  assert done and 8 <= done[-1] < steps, done
+  train.train(killed, num_train_steps=steps, checkpoint_every=steps)
+  uninterrupted = method_runs.run_config(tmp_path / "uninterrupted", backbone, method, **settings)
+  train.train(uninterrupted, num_train_steps=steps, checkpoint_every=steps)
+  resumed, expected = method_runs.final_trainable(killed), method_runs.final_trainable(uninterrupted)
+  assert int(resumed["step"]) == steps and set(resumed) == set(expected)
+  for path, value in expected.items():
+    np.testing.assert_allclose(resumed[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
