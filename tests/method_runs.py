@@ -22,6 +22,14 @@ DEMO_VOCAB = Path(pt.__file__).resolve().parent / "assets" / "demo_t5" / "senten
 TASK = "method_runs_odd_even"
 VOCAB_SIZE = 8192  # the demo vocabulary's 8,092 pieces, rounded up
 METHODS = ("prompt", "prefix", "per_layer_prompt", "ia3", "model")
+# The subprocess that trains the methods (kill -9, 8 simulated devices), and its environment.
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "scripts" / "method_train.py"
+
+
+def subprocess_env(devices: int = 1) -> dict:
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
 WORDS = ["apple", "house", "river", "green", "music", "stone", "cloud", "light", "table", "night"]
 
 

@@ -7,7 +7,6 @@ plain clone: a tiny T5 written by our own writer and a task on the shipped demo 
 - the compiled prompt-tuning step computes no gradient of a frozen weight (its FLOPs against model tuning's).
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +21,13 @@ import method_runs  # noqa: E402
 import prompt_tuning as pt  # noqa: E402
 from prompt_tuning import optim, partitioning, train  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "method_train.py"
+SCRIPT = method_runs.TRAIN_SCRIPT
 METHODS = method_runs.METHODS
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> Path:
   return method_runs.write_backbone(tmp_path_factory.mktemp("backbone"))
-
-
-def _env(devices: int = 1) -> dict:
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def _host_flat(tree) -> dict[str, np.ndarray]:
@@ -72,7 +67,9 @@ def test_8_devices_give_the_losses_and_vectors_of_1(backbone, tmp_path):
   for devices, mesh in ((1, []), (8, ["--mesh", "8,1"])):
     out = tmp_path / f"{devices}.npz"
     cmd = [sys.executable, str(SCRIPT), str(tmp_path / str(devices)), str(backbone), ",".join(METHODS), "3"]
-    done = subprocess.run(cmd + mesh + ["--out", str(out)], capture_output=True, text=True, env=_env(devices))
+    done = subprocess.run(
+      cmd + mesh + ["--out", str(out)], capture_output=True, text=True, env=method_runs.subprocess_env(devices)
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     outputs[devices] = dict(np.load(out))
   one, eight = outputs[1], outputs[8]

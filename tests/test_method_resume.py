@@ -17,17 +17,13 @@ import method_runs  # noqa: E402
 
 from prompt_tuning import train  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "method_train.py"
+SCRIPT = method_runs.TRAIN_SCRIPT
 METHODS = method_runs.METHODS
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> Path:
   return method_runs.write_backbone(tmp_path_factory.mktemp("backbone"))
-
-
-def _env(devices: int = 1) -> dict:
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def _kill_after_checkpoint(model_dir: Path, proc: subprocess.Popen, step: int) -> None:
@@ -50,7 +46,10 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(backbone, tmp_path, met
   steps, settings = 16, dict(dropout_rate=0.1)
   cmd = [sys.executable, str(SCRIPT), str(tmp_path / "killed"), str(backbone), method, "1000"]
   proc = subprocess.Popen(
-    cmd + ["--checkpoint_every", "4", "--dropout", "0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env()
+    cmd + ["--checkpoint_every", "4", "--dropout", "0.1"],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    env=method_runs.subprocess_env(),
   )
   _kill_after_checkpoint(tmp_path / "killed" / method, proc, 8)
   killed = method_runs.run_config(tmp_path / "killed" / method, backbone, method, **settings)
