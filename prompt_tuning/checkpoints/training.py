@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -280,24 +281,35 @@ def _describe(error: Exception) -> str:
 
 @contextlib.contextmanager
 def _quiet_failed_reads():
-  """Collects a failed tensorstore read's leftovers here, without their "Event loop is closed" tracebacks.
+  """Keeps a failed tensorstore read's leftovers from printing "Event loop is closed" tracebacks.
 
-  The asyncio futures of a failed read are freed at the next garbage collection, and each one's callback then
-  reports a RuntimeError on a loop orbax already closed: harmless, but printed as a traceback flood. Only that
-  error is silenced, and only while the leftovers are collected.
+  When a read fails, tensorstore's threads still finish the other reads of that call and hand each result to an
+  asyncio loop that orbax has already closed: every hand-over raises RuntimeError('Event loop is closed') in a
+  background thread, reported through sys.unraisablehook -- harmless, but a traceback flood, and it can happen
+  any time after the failure. So the filter stays installed from the first read onward (once per hook chain), and
+  drops only that error raised by asyncio's thread-safe scheduling; everything else goes to the previous hook.
   """
-  previous = sys.unraisablehook
+  if not getattr(sys.unraisablehook, "_drops_closed_loop_callbacks", False):
+    previous = sys.unraisablehook
 
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
-      previous(unraisable)
+    def hook(unraisable):
+      if not _is_closed_loop_callback(unraisable):
+        previous(unraisable)
 
-  sys.unraisablehook = hook
+    hook._drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
   try:
     yield
   finally:
     gc.collect()
-    sys.unraisablehook = previous
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+  """Whether an unraisable error is a late result handed to a closed asyncio loop (see _quiet_failed_reads)."""
+  if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+    return False
+  frames = [frame.name for frame in traceback.extract_tb(unraisable.exc_traceback)]
+  return "call_soon_threadsafe" in frames
 
 
 def _key_names(path) -> tuple[str, ...]:
