@@ -109,7 +109,7 @@ def final_trainable(cfg: train.RunConfig) -> dict[str, np.ndarray]:
   run = train.build(cfg)
   run.checkpoints.close()
   flat = optim._flat(run.state.trainable)
-  return {k: np.asarray(v.addressable_data(0)) for k, v in flat.items()} | {"step": np.asarray(int(run.state.step))}
+  return {k: np.asarray(jax.device_get(v)) for k, v in flat.items()} | {"step": np.asarray(int(run.state.step))}
 
 
 def synthetic_batch(seed: int = 0, batch: int = 8) -> dict[str, np.ndarray]:

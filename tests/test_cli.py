@@ -1,31 +1,29 @@
-"""End to end through the command line, on a tiny config and a task read from local files."""
+"""End to end through the command line's entry point (cli.main, in this process: tests/cli_runs.py), on a tiny
+config and a task read from local files. The console scripts themselves (`prompt-tuning`, `t5x`) run as subprocesses
+in test_help_lists_the_commands and, for every README command line, in tests/test_readme.py."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import run_cli
 from local_task_files import cli_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args, check=True, timeout=600):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  out = subprocess.run(
-    [sys.executable, "-m", "prompt_tuning.cli", *args],
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    cwd=ROOT,
-    env=env,
-  )
-  if check:
-    assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-4000:]}"
-  return out
+@pytest.fixture
+def _cli(capfd):
+  def run(*args, check=True):
+    out = run_cli(capfd, *args)
+    if check:
+      assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-4000:]}"
+    return out
+
+  return run
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +31,7 @@ def local_task(reference_dir, tmp_path_factory):
   return cli_flags(reference_dir, tmp_path_factory.mktemp("data"), "cli_yes_no")
 
 
-def test_train_eval_infer_inspect_export(local_task, reference_dir, tmp_path):
+def test_train_eval_infer_inspect_export(local_task, reference_dir, tmp_path, _cli):
   model_dir = tmp_path / "run"
   flags = [*local_task, f"--gin.MODEL_DIR='{model_dir}'"]
   train = _cli("train", *flags)
@@ -43,10 +41,8 @@ def test_train_eval_infer_inspect_export(local_task, reference_dir, tmp_path):
   prompt_file = model_dir / "numpy_checkpoints" / "checkpoint_4" / "prompt.npy"
   assert np.load(prompt_file).shape == (3, 4)
 
-  # The `t5x` alias, resuming the finished run: restored at step 4 of 4, nothing to do.
-  t5x = Path(sys.executable).parent / "t5x"
-  again = subprocess.run([str(t5x), "train", *flags], capture_output=True, text=True, timeout=600, cwd=ROOT)
-  assert again.returncode == 0, again.stderr[-3000:]
+  # Resuming the finished run: restored at step 4 of 4, nothing to do.
+  again = _cli("train", *flags)
   assert "4/4" in again.stderr
   assert len([x for x in (model_dir / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]) == 4
 
@@ -88,7 +84,7 @@ def test_train_eval_infer_inspect_export(local_task, reference_dir, tmp_path):
   assert (peft_dir / "adapter_config.json").is_file() and (peft_dir / "adapter_model.safetensors").is_file()
 
 
-def test_bad_input_gives_one_line_not_a_traceback(local_task, tmp_path):
+def test_bad_input_gives_one_line_not_a_traceback(local_task, tmp_path, _cli):
   missing_dir = _cli("train", *local_task, check=False)
   assert missing_dir.returncode != 0
   assert "MODEL_DIR" in missing_dir.stderr and "Traceback" not in missing_dir.stderr
@@ -114,7 +110,7 @@ def test_bad_input_gives_one_line_not_a_traceback(local_task, tmp_path):
   assert "7" in bad_file.stderr and "4" in bad_file.stderr
 
 
-def test_frozen_model_without_prompt_evaluates_but_does_not_train(local_task, tmp_path):
+def test_frozen_model_without_prompt_evaluates_but_does_not_train(local_task, tmp_path, _cli):
   # PROMPT_LENGTH = 0 with the default pattern ('^(prompt|prefix)') selects nothing: the frozen model as it is.
   flags = [*local_task, f"--gin.MODEL_DIR='{tmp_path / 'frozen'}'", "--gin.PROMPT_LENGTH=0"]
   out_file = tmp_path / "score.jsonl"
@@ -131,7 +127,11 @@ def test_frozen_model_without_prompt_evaluates_but_does_not_train(local_task, tm
   assert not list((tmp_path / "frozen").glob("checkpoints/*"))
 
 
-def test_help_lists_the_commands():
-  out = _cli("--help")
-  for command in ("train", "eval", "infer", "inspect", "export", "tasks"):
+@pytest.mark.parametrize("script", ["prompt-tuning", "t5x"])
+def test_help_lists_the_commands(script):
+  # The console scripts setup.py installs; `t5x` is the alias a reference user's commands start with.
+  path = Path(sys.executable).parent / script
+  out = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-2000:]
+  for command in ("train", "eval", "infer", "inspect", "export", "tasks", "sweep", "serve"):
     assert command in out.stdout

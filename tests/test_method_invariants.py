@@ -3,7 +3,7 @@ plain clone: a tiny T5 written by our own writer and a task on the shipped demo 
 
 - a real step changes the trainable tree only, and the backbone the model computes with is the one loaded;
 - (test_method_resume.py: a run killed with SIGKILL and resumed ends where an uninterrupted run ends;)
-- 8 simulated devices give the losses and vectors of 1;
+- 8 simulated devices on a 4 x 2 (data x model) mesh give the losses and vectors of 1;
 - the compiled prompt-tuning step computes no gradient of a frozen weight (its FLOPs against model tuning's).
 """
 
@@ -62,9 +62,9 @@ def test_a_step_changes_only_the_trainable_tree_and_the_backbone_is_the_loaded_o
       np.testing.assert_array_equal(after[path], value, err_msg=path)
 
 
-def test_8_devices_give_the_losses_and_vectors_of_1(backbone, tmp_path):
+def test_8_devices_data_and_model_parallel_give_the_losses_and_vectors_of_1(backbone, tmp_path):
   outputs = {}
-  for devices, mesh in ((1, []), (8, ["--mesh", "8,1"])):
+  for devices, mesh in ((1, []), (8, ["--mesh", "4,2"])):
     out = tmp_path / f"{devices}.npz"
     cmd = [sys.executable, str(SCRIPT), str(tmp_path / str(devices)), str(backbone), ",".join(METHODS), "3"]
     done = subprocess.run(
@@ -75,7 +75,9 @@ def test_8_devices_give_the_losses_and_vectors_of_1(backbone, tmp_path):
   one, eight = outputs[1], outputs[8]
   assert set(one) == set(eight) and {k.split(":")[0] for k in one} == set(METHODS)
   for key, value in one.items():
-    tolerance = dict(rtol=1e-4, atol=1e-5) if key.endswith(":loss") else dict(rtol=1e-3, atol=1e-4)
+    # Vectors: three steps of Adafactor at the paper's learning rate turn the model-parallel reductions' float32
+    # rounding into up to ~7e-4 (measured on the prompt); the losses agree to 1e-4.
+    tolerance = dict(rtol=1e-4, atol=1e-5) if key.endswith(":loss") else dict(rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(eight[key], value, err_msg=key, **tolerance)
 
 

@@ -3,17 +3,14 @@ and MODEL_DIRs written by its numpy checkpointer (`numpy_checkpoints/checkpoint_
 raw .npy content without the extension)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runs import run_cli
 
 from prompt_tuning.checkpoints import prompt_files
 
-ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PROMPT = "encoder.prompt.prompt.prompt"
 
 
@@ -41,16 +38,17 @@ def test_reference_prompt_file_and_model_dir_are_read(tmp_path, reference_dir):
     prompt_files.load_prompt_file(not_npy)
 
 
-def _cli(*args, extra_path=None):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  if extra_path:
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), env.get("PYTHONPATH")]))
-  out = subprocess.run(
-    [sys.executable, "-m", "prompt_tuning.cli", *args], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env
-  )
-  assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-4000:]}"
-  assert "ERROR" not in out.stderr and "ERROR" not in out.stdout, out.stderr[-3000:]
-  return out
+@pytest.fixture
+def _cli(capfd):
+  """The command line's entry point in this process (tests/cli_runs.py); the user's module folder on the path."""
+
+  def run(*args, extra_path=None):
+    out = run_cli(capfd, *args, extra_path=extra_path)
+    assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-4000:]}"
+    assert "ERROR" not in out.stderr and "ERROR" not in out.stdout, out.stderr[-3000:]
+    return out
+
+  return run
 
 
 USER_TASK_MODULE = '''"""A user's own seqio task, as a reference user registers it (no class labels declared)."""
@@ -79,7 +77,7 @@ seqio.TaskRegistry.add(
 '''
 
 
-def test_reference_style_command_trains_evaluates_and_infers(tmp_path, reference_dir):
+def test_reference_style_command_trains_evaluates_and_infers(tmp_path, reference_dir, _cli):
   """models, prompts, sizes, runs order; the user's task module; CLASS_LABELS; then the trained prompt written the
   reference's way, as PROMPT_FILE (the reference's runs/prompt_eval.gin and prompt_infer.gin read prompts/from_file)."""
   modules = tmp_path / "modules"
