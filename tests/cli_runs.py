@@ -25,7 +25,8 @@ def run_cli(capfd, *args, extra_path=None) -> Result:
   """Runs `prompt-tuning *args` and returns its exit status and what it printed (capfd: pytest's fixture).
 
   Args:
-    extra_path: a folder put first on sys.path for the command (a user's task module), removed afterwards.
+    extra_path: a folder put first on sys.path for the command (a user's task module), removed afterwards. Modules
+      imported from it stay imported (their tasks stay registered), so give them names no other test uses.
   """
   import gin
 
