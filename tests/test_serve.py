@@ -513,3 +513,22 @@ def test_the_readme_serving_example_runs_as_written(demo, tmp_path):
     assert httpx.get(f"{url}/v1/prompts/user-42").status_code == 200  # the client's upload is in the library
   finally:
     stop_server(process)
+
+
+def test_choose_tokens_samples_only_the_rows_that_ask():
+  """Per-slot decoding settings in one step: greedy rows take the argmax beside sampling rows; top-k 1 is greedy;
+  top-k 3 and top-p keep to their candidates."""
+  import jax
+
+  from prompt_tuning.serve.engine import choose_tokens
+
+  logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 4, np.float32))
+  rows = {"temperature": [0.0, 1.0, 1.0, 1.0], "top_k": [0, 1, 3, 0], "top_p": [1.0, 1.0, 1.0, 0.6]}
+  args = [np.asarray(rows[k], np.float32 if k != "top_k" else np.int32) for k in ("temperature", "top_k", "top_p")]
+  choose = jax.jit(choose_tokens)
+  draws = np.stack([np.asarray(choose(logits, *args, jax.random.key(i))) for i in range(64)])  # [64, 4]
+  assert (draws[:, :2] == 0).all()  # greedy, and top-k 1
+  assert set(draws[:, 2]) == {0, 1, 2}  # top-k 3 samples all three, never the fourth
+  assert set(draws[:, 3]) == {0, 1}  # top-p 0.6: the smallest set reaching 0.6 is {0, 1}
+  greedy_only = np.zeros(4, np.float32), np.zeros(4, np.int32), np.ones(4, np.float32)
+  assert (np.asarray(choose(logits, *greedy_only, jax.random.key(0))) == 0).all()

@@ -468,15 +468,20 @@ def choose_tokens(logits: Array, temperature: Array, top_k: Array, top_p: Array,
   logits [S, V] float32; temperature, top_p float [S]; top_k int [S]. Returns int32 [S].
   """
   vocab = logits.shape[-1]
-  greedy = jnp.argmax(logits, axis=-1)
-  scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
-  ordered = jnp.sort(scaled, axis=-1)[:, ::-1]  # [S, V] descending
-  kth = jnp.take_along_axis(ordered, jnp.clip(top_k - 1, 0, vocab - 1)[:, None], axis=-1)
-  scaled = jnp.where((top_k[:, None] > 0) & (scaled < kth), decoding.NEG_INF, scaled)
-  ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
-  probs = jax.nn.softmax(ordered, axis=-1)
-  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]
-  threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-  scaled = jnp.where(scaled < threshold, decoding.NEG_INF, scaled)
-  sampled = jax.random.categorical(rng, scaled, axis=-1)
-  return jnp.where(temperature <= 0.0, greedy, sampled).astype(jnp.int32)
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  def sample() -> Array:
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+    ordered = jnp.sort(scaled, axis=-1)[:, ::-1]  # [S, V] descending
+    kth = jnp.take_along_axis(ordered, jnp.clip(top_k - 1, 0, vocab - 1)[:, None], axis=-1)
+    scaled = jnp.where((top_k[:, None] > 0) & (scaled < kth), decoding.NEG_INF, scaled)
+    ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]
+    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+    scaled = jnp.where(scaled < threshold, decoding.NEG_INF, scaled)
+    sampled = jax.random.categorical(rng, scaled, axis=-1)
+    return jnp.where(temperature <= 0.0, greedy, sampled).astype(jnp.int32)
+
+  # The two sorts over [S, V] cost several times a decoder step on CPU: only when some slot samples.
+  return jax.lax.cond(jnp.any(temperature > 0.0), sample, lambda: greedy)
