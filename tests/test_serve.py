@@ -532,3 +532,20 @@ def test_choose_tokens_samples_only_the_rows_that_ask():
   assert set(draws[:, 3]) == {0, 1}  # top-p 0.6: the smallest set reaching 0.6 is {0, 1}
   greedy_only = np.zeros(4, np.float32), np.zeros(4, np.int32), np.ones(4, np.float32)
   assert (np.asarray(choose(logits, *greedy_only, jax.random.key(0))) == 0).all()
+
+
+def test_library_refuses_a_method_this_server_cannot_take():
+  """A server started without a prefix table (max_prefix_length 0) refuses prefixes with a 400 naming the method
+  and the setting to change; its other methods still load."""
+  from prompt_tuning.serve.store import Limits, PromptError, PromptLibrary
+
+  limits = Limits(
+    emb_dim=4, num_heads=1, head_dim=2, layers={}, max_prompt_length=2, max_prefix_length=0, encoder_layers=1,
+    decoder_layers=1, mlp_dim=3,
+  )  # fmt: skip
+  library = PromptLibrary(limits, max_library_bytes=1 << 20)
+  with pytest.raises(PromptError, match="method 'prefix'.*max_prefix_length") as refused:
+    library.put("p", "prefix", {"decoder/key": np.zeros((1, 1, 1, 2)), "decoder/value": np.zeros((1, 1, 1, 2))})
+  assert refused.value.status == 400
+  assert library.put("s", "ia3", {"decoder/cross_attention/value_scale": np.ones((1, 2))}).length == 0
+  assert library.put("d", "per_layer_prompt", {"add": np.ones((1, 2, 4))}).length == 2
