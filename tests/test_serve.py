@@ -38,7 +38,7 @@ SHAPES = {
   "max_target_length": "8",
 }
 MAX_LIBRARY_BYTES = 3_000_000
-DEVICE_CACHE_BYTES = 40_000
+DEVICE_CACHE_BYTES = 1_000_000  # a few padded rows of the test server (about 175 kB each)
 INPUTS = ["Is a cat an animal or a plant?", "oak", "The rose is a flowering shrub of the genus Rosa.", "a small dog"]
 
 
@@ -535,16 +535,16 @@ def test_choose_tokens_samples_only_the_rows_that_ask():
 
 
 def test_library_refuses_a_method_this_server_cannot_take():
-  """A server started without a prefix table (max_prefix_length 0) refuses prefixes with a 400 naming the method
-  and the setting to change; its other methods still load."""
+  """A server not serving prefixes (EngineShapes.methods) refuses them with a 400 naming the method and the setting
+  to change; its other methods still load."""
   from prompt_tuning.serve.store import Limits, PromptError, PromptLibrary
 
   limits = Limits(
     emb_dim=4, num_heads=1, head_dim=2, layers={}, max_prompt_length=2, max_prefix_length=0, encoder_layers=1,
-    decoder_layers=1, mlp_dim=3,
+    decoder_layers=1, mlp_dim=3, methods=("prompt", "ia3", "per_layer_prompt"),
   )  # fmt: skip
   library = PromptLibrary(limits, max_library_bytes=1 << 20)
-  with pytest.raises(PromptError, match="method 'prefix'.*max_prefix_length") as refused:
+  with pytest.raises(PromptError, match="method 'prefix' is not served.*EngineShapes.methods") as refused:
     library.put("p", "prefix", {"decoder/key": np.zeros((1, 1, 1, 2)), "decoder/value": np.zeros((1, 1, 1, 2))})
   assert refused.value.status == 400
   assert library.put("s", "ia3", {"decoder/cross_attention/value_scale": np.ones((1, 2))}).length == 0

@@ -58,7 +58,13 @@ Array = jax.Array
 PyTree = Any
 
 
+SERVABLE_METHODS = ("prompt", "prefix", "ia3", "per_layer_prompt")
 EXCLUDED_LOGIT = -1e9  # an id outside a row's softmax (prompt_tuning.trainer's value: exp(-1e9 - max) is 0)
+
+
+ATTENTION_SITES = {"encoder": ("self_attention",), "decoder": ("self_attention", "cross_attention")}
+PREFIX_SITE = {("encoder", "self_attention"): "encoder", ("decoder", "self_attention"): "decoder"}
+PREFIX_SITE[("decoder", "cross_attention")] = "cross"
 
 
 class EngineError(RuntimeError):
@@ -81,6 +87,9 @@ class EngineShapes:
     beam_sizes: beam widths served.
     beam_buckets: rows decoded at once by beam search.
     beam_alpha: the length-penalty exponent of beam search.
+    methods: the tuning methods served ("prompt", "prefix", "ia3", "per_layer_prompt"); each adds its leaves
+      to every row and program (per-layer prompts: [encoder layers, max_prompt_length, D] per row, twice), so
+      serve only those the library needs. Uploads of other methods get a 400 naming the setting.
   """
 
   slots: int = 16
@@ -94,6 +103,7 @@ class EngineShapes:
   beam_sizes: tuple[int, ...] = (4,)
   beam_buckets: tuple[int, ...] = (1, 4)
   beam_alpha: float = 0.6
+  methods: tuple[str, ...] = ("prompt", "prefix", "ia3", "per_layer_prompt")
 
   def __post_init__(self):
     for name in ("input_buckets", "admit_buckets", "score_buckets", "beam_sizes", "beam_buckets"):
@@ -105,6 +115,15 @@ class EngineShapes:
       raise ValueError(f"admit_buckets {self.admit_buckets} exceed slots {self.slots}.")
     if self.max_prompt_length < 1 or self.max_decode_length < 1 or self.max_target_length < 1:
       raise ValueError("max_prompt_length, max_decode_length and max_target_length must be >= 1.")
+    object.__setattr__(self, "methods", tuple(self.methods))
+    unknown = set(self.methods) - set(SERVABLE_METHODS)
+    if unknown:
+      raise ValueError(f"EngineShapes.methods has {sorted(unknown)}; the server takes any of {SERVABLE_METHODS}.")
+    if ("prefix" in self.methods) != (self.max_prefix_length > 0):
+      raise ValueError(
+        f"EngineShapes.methods={self.methods} and max_prefix_length={self.max_prefix_length}: serving prefixes "
+        "needs a prefix table (max_prefix_length >= 1) and a prefix table needs 'prefix' in methods."
+      )
 
   @property
   def max_input_length(self) -> int:
@@ -143,7 +162,7 @@ class Engine:
     self.config, self.params, self.mesh, self.shapes = config, params, mesh, shapes
     self.model = T5(config)
     self.replicated = partitioning.replicated(mesh)
-    self.prefix_sites = ("encoder", "decoder", "cross") if shapes.max_prefix_length else ()
+    self.prefix_sites = ("encoder", "decoder", "cross") if "prefix" in shapes.methods else ()
     self._empty = self._put(self._padded_row(None))
     self._admit = jax.jit(self._admit_fn, donate_argnums=(1,))
     self._step = jax.jit(self._step_fn, donate_argnums=(1,))
@@ -166,6 +185,7 @@ class Engine:
       encoder_layers=cfg.num_encoder_layers,
       decoder_layers=cfg.num_decoder_layers,
       mlp_dim=cfg.mlp_dim,
+      methods=self.shapes.methods,
     )
 
   def _put(self, tree: PyTree) -> PyTree:
@@ -174,62 +194,75 @@ class Engine:
   def _padded_row(self, entry: PromptEntry | None) -> Adapters:
     """Host arrays of one row in the adapters layout (`prompt_tuning.models.adapters`), no batch axis.
 
-    Every row has every leaf the server takes, so rows of any method stack into one batch: the input prompt
-    [P_max, D] with its length (0: none); per attention site of each stack the prefix keys/values
-    [L, P_prefix, H, Dh] with their mask [L, P_prefix] (when the server takes prefixes) and IA3's key/value
-    scales [L, H*Dh]; IA3's MLP scale [L, mlp]; the encoder's per-layer prompts "replace" and "add"
-    [L_enc, P_max, D] with "replace_mask" [L_enc, P_max]. Unused leaves are the identity (zeros, False, ones).
+    Every row has every leaf of the served methods, so rows of any method stack into one batch: the input
+    prompt [P_max, D] with its length (0: none); per attention site IA3's key/value scales [L, H*Dh] and the
+    prefix keys/values [L, P_prefix, H, Dh] with their mask [L, P_prefix]; IA3's MLP scale [L, mlp]; the
+    encoder's per-layer prompts "replace" and "add" [L_enc, P_max, D] with "replace_mask" [L_enc, P_max].
+    Unused leaves are the identity (zeros, False, ones).
     """
-    cfg, shapes = self.config, self.shapes
+    cfg, methods = self.config, self.shapes.methods
     method, arrays = (entry.method, entry.arrays) if entry is not None else (None, {})
-    prompt_length = shapes.max_prompt_length
-    layers = {"encoder": cfg.num_encoder_layers, "decoder": cfg.num_decoder_layers}
-    kv = cfg.num_heads * cfg.head_dim
-    row: Adapters = {"input": {"prompt": np.zeros((prompt_length, cfg.emb_dim), np.float32)}}
+    prompt = np.zeros((self.shapes.max_prompt_length, cfg.emb_dim), np.float32)
+    row: Adapters = {"input": {"prompt": prompt}, "encoder": {}, "decoder": {}}
     used = 0
     if method == "prompt":
       used = arrays["prompt"].shape[0]
-      row["input"]["prompt"][:used] = arrays["prompt"]
-    row["encoder"] = {"hidden": {}}
-    for mode in ("replace", "add"):
-      row["encoder"]["hidden"][mode] = np.zeros((layers["encoder"], prompt_length, cfg.emb_dim), np.float32)
-    row["encoder"]["hidden"]["replace_mask"] = np.zeros((layers["encoder"], prompt_length), bool)
+      prompt[:used] = arrays["prompt"]
+    if "per_layer_prompt" in methods:
+      row["encoder"]["hidden"] = self._hidden_leaves(arrays if method == "per_layer_prompt" else {})
     if method == "per_layer_prompt":
-      ((mode, layer_prompts),) = arrays.items()  # [L_enc, P, D]
+      layer_prompts = next(iter(arrays.values()))  # [L_enc, P, D]
       used = layer_prompts.shape[1]
-      row["input"]["prompt"][:used] = layer_prompts[0]
-      row["encoder"]["hidden"][mode][:, :used] = layer_prompts
-      if mode == "add":
-        row["encoder"]["hidden"]["add"][0] = 0.0  # layer 0 sees the input prompt as it is (PerLayerPrompt.adapters)
-      else:
-        row["encoder"]["hidden"]["replace_mask"][:, :used] = True
+      prompt[:used] = layer_prompts[0]
     row["input"]["prompt_lengths"] = np.int32(used)
-    attentions = {"encoder": ("self_attention",), "decoder": ("self_attention", "cross_attention")}
-    prefix_site = {("encoder", "self_attention"): "encoder", ("decoder", "self_attention"): "decoder"}
-    prefix_site[("decoder", "cross_attention")] = "cross"
-    for stack, names in attentions.items():
-      for attention in names:
+    for stack, attentions in ATTENTION_SITES.items():
+      layers = cfg.num_encoder_layers if stack == "encoder" else cfg.num_decoder_layers
+      for attention in attentions:
         leaves = {}
-        for name in ("key_scale", "value_scale"):
-          leaves[name] = np.ones((layers[stack], kv), np.float32)
-          if method == "ia3" and f"{stack}/{attention}/{name}" in arrays:
-            leaves[name][:] = arrays[f"{stack}/{attention}/{name}"]
-        site = prefix_site[(stack, attention)]
+        if "ia3" in methods:
+          for name in ("key_scale", "value_scale"):
+            leaves[name] = self._scale(arrays if method == "ia3" else {}, f"{stack}/{attention}/{name}", layers)
+        site = PREFIX_SITE[(stack, attention)]
         if site in self.prefix_sites:
-          kv_shape = (layers[stack], shapes.max_prefix_length, cfg.num_heads, cfg.head_dim)
-          leaves["prefix_key"], leaves["prefix_value"] = np.zeros(kv_shape, np.float32), np.zeros(kv_shape, np.float32)
-          leaves["prefix_mask"] = np.zeros(kv_shape[:2], bool)
-          if method == "prefix" and f"{site}/key" in arrays:
-            length = arrays[f"{site}/key"].shape[1]
-            leaves["prefix_key"][:, :length] = arrays[f"{site}/key"]
-            leaves["prefix_value"][:, :length] = arrays[f"{site}/value"]
-            leaves["prefix_mask"][:, :length] = True
-        row.setdefault(stack, {})[attention] = leaves
-      scale = np.ones((layers[stack], cfg.mlp_dim), np.float32)
-      if method == "ia3" and f"{stack}/mlp/scale" in arrays:
-        scale[:] = arrays[f"{stack}/mlp/scale"]
-      row[stack]["mlp"] = {"scale": scale}
-    return row
+          leaves.update(self._prefix_leaves(arrays if method == "prefix" else {}, site, layers))
+        if leaves:
+          row[stack][attention] = leaves
+      if "ia3" in methods:
+        row[stack]["mlp"] = {"scale": self._scale(arrays if method == "ia3" else {}, f"{stack}/mlp/scale", layers)}
+    return {k: v for k, v in row.items() if v}
+
+  def _scale(self, arrays, name: str, layers: int) -> np.ndarray:
+    """IA3's scale `name` [L, features] of an entry, ones where it has none."""
+    width = self.config.mlp_dim if name.endswith("mlp/scale") else self.config.num_heads * self.config.head_dim
+    return np.array(arrays[name], np.float32) if name in arrays else np.ones((layers, width), np.float32)
+
+  def _prefix_leaves(self, arrays, site: str, layers: int) -> dict[str, np.ndarray]:
+    """A prefix site's padded keys/values [L, P_prefix, H, Dh] and mask [L, P_prefix] (all False: none)."""
+    cfg = self.config
+    kv_shape = (layers, self.shapes.max_prefix_length, cfg.num_heads, cfg.head_dim)
+    leaves = {"prefix_key": np.zeros(kv_shape, np.float32), "prefix_value": np.zeros(kv_shape, np.float32)}
+    leaves["prefix_mask"] = np.zeros(kv_shape[:2], bool)
+    if f"{site}/key" in arrays:
+      length = arrays[f"{site}/key"].shape[1]
+      leaves["prefix_key"][:, :length] = arrays[f"{site}/key"]
+      leaves["prefix_value"][:, :length] = arrays[f"{site}/value"]
+      leaves["prefix_mask"][:, :length] = True
+    return leaves
+
+  def _hidden_leaves(self, arrays) -> dict[str, np.ndarray]:
+    """The encoder's per-layer prompt leaves of an entry ({"replace" | "add": [L_enc, P, D]}), padded to P_max."""
+    cfg = self.config
+    shape = (cfg.num_encoder_layers, self.shapes.max_prompt_length, cfg.emb_dim)
+    hidden = {"replace": np.zeros(shape, np.float32), "add": np.zeros(shape, np.float32)}
+    hidden["replace_mask"] = np.zeros(shape[:2], bool)
+    for mode, layer_prompts in arrays.items():
+      used = layer_prompts.shape[1]
+      hidden[mode][:, :used] = layer_prompts
+      if mode == "add":
+        hidden["add"][0] = 0.0  # layer 0 sees the input prompt as it is (PerLayerPrompt.adapters)
+      else:
+        hidden["replace_mask"][:, :used] = True
+    return hidden
 
   def row_vectors(self, entry: PromptEntry | None) -> PyTree:
     """One request's vectors on device (what the library's DeviceCache holds); None: the frozen model."""
@@ -271,7 +304,7 @@ class Engine:
     state = {
       "cache": variables["cache"],
       "encoder_mask": mask,
-      "decoder": empty["decoder"],  # each slot's decoder adapters, slot axis first
+      "decoder": empty.get("decoder", {}),  # each slot's decoder adapters, slot axis first
       "position": jnp.zeros(slots, jnp.int32),
       "token": jnp.zeros(slots, jnp.int32),
       "active": jnp.zeros(slots, bool),
@@ -309,7 +342,7 @@ class Engine:
     state = dict(state)
     state["cache"] = jax.tree_util.tree_map_with_path(put_cache, state["cache"], variables["cache"])
     state["encoder_mask"] = put(state["encoder_mask"], mask)
-    state["decoder"] = jax.tree.map(put, state["decoder"], vectors["decoder"])
+    state["decoder"] = jax.tree.map(put, state["decoder"], vectors.get("decoder", {}))
     n = tokens.shape[0]
     state["position"] = put(state["position"], jnp.zeros(n, jnp.int32))
     state["token"] = put(state["token"], jnp.zeros(n, jnp.int32))

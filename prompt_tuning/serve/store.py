@@ -81,6 +81,7 @@ class Limits:
     max_prompt_length: longest prompt (the prompt table's width).
     max_prefix_length: longest prefix (the prefix table's width).
     encoder_layers, decoder_layers, mlp_dim: the backbone's depth and feed-forward width (IA3, per-layer prompts).
+    methods: the methods this server serves (`EngineShapes.methods`).
   """
 
   emb_dim: int
@@ -92,6 +93,7 @@ class Limits:
   encoder_layers: int
   decoder_layers: int
   mlp_dim: int
+  methods: tuple[str, ...] = ("prompt", "prefix", "ia3", "per_layer_prompt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +154,7 @@ def _validate_prompt(arrays: dict[str, np.ndarray], limits: Limits) -> None:
   if shape[0] > limits.max_prompt_length:
     raise PromptError(
       f"'prompt' has {shape[0]} vectors; this server takes at most {limits.max_prompt_length} "
-      "(restart it with a larger --max_prompt_length)."
+      "(restart it with a larger --gin.EngineShapes.max_prompt_length)."
     )
 
 
@@ -183,7 +185,7 @@ def _validate_prefix(arrays: dict[str, np.ndarray], limits: Limits) -> None:
   if not 1 <= length <= limits.max_prefix_length:
     raise PromptError(
       f"the prefix has {length} vectors; this server takes 1 to {limits.max_prefix_length} "
-      "(restart it with a larger --max_prefix_length)."
+      "(restart it with a larger --gin.EngineShapes.max_prefix_length)."
     )
 
 
@@ -223,7 +225,7 @@ def _validate_per_layer_prompt(arrays: dict[str, np.ndarray], limits: Limits) ->
   if shape[1] > limits.max_prompt_length:
     raise PromptError(
       f"the per-layer prompt has {shape[1]} vectors; this server takes at most {limits.max_prompt_length} "
-      "(restart it with a larger --max_prompt_length)."
+      "(restart it with a larger --gin.EngineShapes.max_prompt_length)."
     )
 
 
@@ -261,10 +263,11 @@ def make_entry(prompt_id: str, method: str, arrays: Mapping[str, Any], limits: L
   check_id(prompt_id)
   if method not in METHODS:
     raise PromptError(f"unknown method {method!r}; this server takes {sorted(METHODS)}.")
-  if method == "prefix" and not limits.layers:
+  if method not in limits.methods:
+    table = " and --gin.EngineShapes.max_prefix_length=N" if method == "prefix" else ""
     raise PromptError(
-      "method 'prefix' cannot be served here: this server was started with max_prefix_length 0 (no prefix table); "
-      "restart it with --gin.EngineShapes.max_prefix_length=N."
+      f"method {method!r} is not served here: this server was started with EngineShapes.methods={limits.methods}; "
+      f"restart it with {method!r} in --gin.EngineShapes.methods{table}."
     )
   checked = {str(name): _finite_floats(str(name), np.asarray(a)) for name, a in arrays.items()}
   METHODS[method].validate(checked, limits)
@@ -397,8 +400,16 @@ class PromptLibrary:
     return loaded
 
 
+def device_bytes(tree: Any) -> int:
+  """Bytes of a tree of arrays (a device row is padded to the server's tables: more than the entry's arrays)."""
+  import jax
+
+  return int(sum(leaf.nbytes for leaf in jax.tree.leaves(tree)))
+
+
 class DeviceCache:
-  """Device copies of entries, keyed by (id, version), least recently used evicted beyond `max_bytes`."""
+  """Device copies of entries (padded rows), keyed by (id, version), least recently used evicted beyond
+  `max_bytes` (counted on the device copies)."""
 
   def __init__(self, max_bytes: int, to_device: Callable[[PromptEntry], Any]):
     self.max_bytes, self._to_device = max_bytes, to_device
@@ -423,9 +434,10 @@ class DeviceCache:
         return self._items[key][0]
       self.misses += 1
     value = self._to_device(entry)
+    size = device_bytes(value)
     with self._lock:
-      self._items[key] = (value, entry.nbytes)
-      self._bytes += entry.nbytes
+      self._items[key] = (value, size)
+      self._bytes += size
       while self._bytes > self.max_bytes and len(self._items) > 1:
         _, (_, size) = self._items.popitem(last=False)
         self._bytes -= size
