@@ -1,15 +1,29 @@
 """Load generator and benchmark of `prompt-tuning serve`: real HTTP against a server it starts (the demo model).
 
-    PYTHONPATH=. python benchmarks/serve.py [--requests 64] [--concurrency 1,8,32,128] [--prompts 1,16,256]
-                                            [--repeats 3] [--whole_batch_too]
+    PYTHONPATH=. nice -n 19 python benchmarks/serve.py [--requests 16] [--concurrency 1,8,32,128]
+        [--prompts 1,16,256] [--repeats 3] [--whole_batch_too] [--hf_too] [--output results.json]
 
-For every (distinct prompts, concurrency) it sends `--requests` greedy
-generations with mixed output lengths (max_decode_length drawn from 4..32)
-and reports requests/s, generated tokens/s and p50/p99 latency, then the
-ratios: mixed prompts vs one shared prompt (at the highest concurrency),
-concurrency 32 vs 1 (batching gain), and continuous vs whole-batch dynamic
-batching (`--whole_batch_too` starts a second server with --whole_batch).
-Each cell is the median of `--repeats` runs; the spread (min..max) is shown.
+For every (distinct prompts, concurrency) it sends max(--requests, 2 x
+concurrency) greedy generations with mixed output lengths (max_decode_length
+drawn from 4..32) and reports requests/s, generated tokens/s and p50/p99
+latency. Ratios, all from this one run:
+
+- mixed vs shared: the most distinct prompts vs one shared prompt, at each
+  concurrency (goal >= 0.95x);
+- batched vs one at a time: concurrency 32 vs 1, one prompt (goal >= 5x);
+- continuous vs whole-batch dynamic batching (`--whole_batch_too` starts a
+  second server with --whole_batch: a new batch only once every slot of the
+  last one is free), tokens/s on the same mixed-length requests, one prompt,
+  at concurrency 32 and 128;
+- ours vs Hugging Face generate + PEFT prompt tuning (`--hf_too`): the same
+  requests and prompts (PEFT adapter folders written by
+  `prompt_tuning.checkpoints.peft`) through `PeftModel.generate` on the same
+  demo model (its HF folder), one prompt at a time: requests grouped by
+  prompt, each group generated in batches of up to 32 (the server's slots)
+  with the group's longest max_decode_length; our server at concurrency 32.
+
+Each cell is the median of `--repeats` runs (different request draws); the
+spread (min..max) is shown.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -37,18 +52,33 @@ SHAPES = {
   "max_decode_length": "32",
   "max_prompt_length": "20",
   "max_prefix_length": "0",
+  "methods": "('prompt',)",  # what the benchmark's library holds: no other method's leaves in the programs
 }
 TEXTS = ["Is a cat an animal or a plant?", "oak: a tree of the genus Quercus", "a small dog", "the rose"]
+PROMPT_LENGTH = 20
+HF_BATCH = 32  # the server's slots
 
 
-async def _load(url: str, prompt_ids: list[str], requests: int, concurrency: int, seed: int) -> dict[str, float]:
-  import httpx
-
+def _bodies(prompt_ids: list[str], requests: int, seed: int) -> list[dict]:
   rng = np.random.default_rng(seed)
-  bodies = [
+  return [
     {"text": TEXTS[i % len(TEXTS)], "prompt_id": prompt_ids[i % len(prompt_ids)], "max_decode_length": int(n)}
     for i, n in enumerate(rng.integers(4, 33, size=requests))
   ]
+
+
+def _summary(requests: int, tokens: int, elapsed: float, latencies: list[float]) -> dict[str, float]:
+  return {
+    "requests_per_s": requests / elapsed,
+    "tokens_per_s": tokens / elapsed,
+    "p50_s": float(np.percentile(latencies, 50)),
+    "p99_s": float(np.percentile(latencies, 99)),
+  }
+
+
+async def _load(url: str, bodies: list[dict], concurrency: int) -> dict[str, float]:
+  import httpx
+
   latencies, tokens = [], 0
   queue: asyncio.Queue = asyncio.Queue()
   for body in bodies:
@@ -69,88 +99,174 @@ async def _load(url: str, prompt_ids: list[str], requests: int, concurrency: int
     start = time.perf_counter()
     await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
-  return {
-    "requests_per_s": requests / elapsed,
-    "tokens_per_s": tokens / elapsed,
-    "p50_s": float(np.percentile(latencies, 50)),
-    "p99_s": float(np.percentile(latencies, 99)),
-  }
+  return _summary(len(bodies), tokens, elapsed, latencies)
 
 
-def _upload(url: str, count: int, emb_dim: int) -> list[str]:
+def _upload(url: str, prompts: np.ndarray) -> list[str]:
   import httpx
 
-  rng = np.random.default_rng(0)
-  ids = [f"p{i}" for i in range(count)]
+  ids = [f"p{i}" for i in range(len(prompts))]
   with httpx.Client(base_url=url, timeout=60) as client:
-    for prompt_id in ids:
-      prompt = rng.normal(size=(20, emb_dim)).tolist()
-      client.put(f"/v1/prompts/{prompt_id}", json={"method": "prompt", "arrays": {"prompt": prompt}}).raise_for_status()
+    for prompt_id, prompt in zip(ids, prompts):
+      body = {"method": "prompt", "arrays": {"prompt": prompt.tolist()}}
+      client.put(f"/v1/prompts/{prompt_id}", json=body).raise_for_status()
   return ids
 
 
 def _median_cell(runs: list[dict[str, float]]) -> dict[str, float]:
   cell = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-  cell["rps_min"], cell["rps_max"] = min(r["requests_per_s"] for r in runs), max(r["requests_per_s"] for r in runs)
+  for key in ("requests_per_s", "tokens_per_s"):
+    cell[f"{key}_min"], cell[f"{key}_max"] = min(r[key] for r in runs), max(r[key] for r in runs)
   return cell
 
 
-def bench(url: str, args) -> dict[tuple[int, int], dict[str, float]]:
-  ids = _upload(url, max(args.prompts), 256)
+def _requests(args, concurrency: int) -> int:
+  return max(args.requests, 2 * concurrency)
+
+
+def bench(url: str, ids: list[str], args, prompts: list[int], concurrency: list[int]) -> dict[tuple[int, int], dict]:
   table = {}
-  for distinct in args.prompts:
-    for concurrency in args.concurrency:
-      runs = [asyncio.run(_load(url, ids[:distinct], args.requests, concurrency, seed)) for seed in range(args.repeats)]
-      table[(distinct, concurrency)] = _median_cell(runs)
-      print(distinct, concurrency, table[(distinct, concurrency)], flush=True)
+  for distinct in prompts:
+    for c in concurrency:
+      runs = [
+        asyncio.run(_load(url, _bodies(ids[:distinct], _requests(args, c), seed), c)) for seed in range(args.repeats)
+      ]
+      table[(distinct, c)] = _median_cell(runs)
+      print(distinct, c, {k: round(v, 3) for k, v in table[(distinct, c)].items()}, flush=True)
   return table
+
+
+def bench_hf(prompts: np.ndarray, ids: list[str], args, distinct: int, concurrency: int, folder: Path) -> dict:
+  """The same requests through HF generate + PEFT prompt tuning, one prompt at a time (module docstring)."""
+  import peft
+  import torch
+  import transformers
+
+  from prompt_tuning import demo_data
+  from prompt_tuning.checkpoints.peft import export_peft_adapter
+  from prompt_tuning.data import get_vocabulary
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  vocabulary = get_vocabulary(str(demo_data.DEMO_VOCABULARY))
+  base = transformers.T5ForConditionalGeneration.from_pretrained(str(demo_data.DEMO_MODEL_DIR)).eval()
+  model = None
+  for prompt_id, prompt in zip(ids[:distinct], prompts):
+    path = export_peft_adapter(prompt, folder / f"peft_{prompt_id}")
+    if model is None:
+      model = peft.PeftModel.from_pretrained(base, str(path), adapter_name=prompt_id)
+    else:
+      model.load_adapter(str(path), adapter_name=prompt_id)
+  model.eval()
+  runs = []
+  for seed in range(args.repeats):
+    bodies = _bodies(ids[:distinct], _requests(args, concurrency), seed)
+    groups: dict[str, list[dict]] = {}
+    for body in bodies:
+      groups.setdefault(body["prompt_id"], []).append(body)
+    latencies, tokens = [], 0
+    start = time.perf_counter()
+    for prompt_id, group in groups.items():
+      model.set_adapter(prompt_id)
+      for first in range(0, len(group), HF_BATCH):
+        chunk = group[first : first + HF_BATCH]
+        rows = [list(vocabulary.encode(b["text"])) + [1] for b in chunk]
+        x = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
+        for i, row in enumerate(rows):
+          x[i, : len(row)] = torch.tensor(row)
+        with torch.no_grad():
+          out = model.generate(
+            input_ids=x,
+            attention_mask=(x > 0).long(),
+            max_new_tokens=max(b["max_decode_length"] for b in chunk),
+            do_sample=False,
+            num_beams=1,
+          )
+        done = time.perf_counter() - start
+        for body, row in zip(chunk, out[:, 1:].tolist()):  # drop the start token
+          row = row[: body["max_decode_length"]]
+          tokens += row.index(1) + 1 if 1 in row else len(row)
+          latencies.append(done)
+    runs.append(_summary(len(bodies), tokens, time.perf_counter() - start, latencies))
+    print("hf", distinct, {k: round(v, 3) for k, v in runs[-1].items()}, flush=True)
+  return _median_cell(runs)
+
+
+def _cell_row(label: str, cell: dict) -> str:
+  return (
+    f"| {label} | {cell['requests_per_s']:.2f} ({cell['requests_per_s_min']:.2f}..{cell['requests_per_s_max']:.2f}) | "
+    f"{cell['tokens_per_s']:.1f} ({cell['tokens_per_s_min']:.1f}..{cell['tokens_per_s_max']:.1f}) | "
+    f"{cell['p50_s']:.3f} | {cell['p99_s']:.3f} |"
+  )
+
+
+def _ratio(a: dict, b: dict, key: str = "requests_per_s") -> str:
+  low, high = a[key + "_min"] / b[key + "_max"], a[key + "_max"] / b[key + "_min"]
+  return f"{a[key] / b[key]:.2f}x (worst..best pairing of the spreads {low:.2f}..{high:.2f})"
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--requests", type=int, default=64)
+  parser.add_argument("--requests", type=int, default=16, help="requests per run (at least 2 x concurrency)")
   parser.add_argument("--concurrency", default="1,8,32,128")
   parser.add_argument("--prompts", default="1,16,256")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--whole_batch_too", action="store_true")
+  parser.add_argument("--hf_too", action="store_true")
   parser.add_argument("--output", default=None, help="write the tables as JSON here")
   args = parser.parse_args(argv)
-  args.concurrency = [int(c) for c in args.concurrency.split(",")]
-  args.prompts = [int(p) for p in args.prompts.split(",")]
+  concurrency = [int(c) for c in args.concurrency.split(",")]
+  distinct = [int(p) for p in args.prompts.split(",")]
   sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
   import test_serve  # the server start/stop the tests use
 
   test_serve.SHAPES.clear()
   test_serve.SHAPES.update(SHAPES)
-  results = {}
-  modes = [("continuous", ())] + ([("whole_batch", ("--whole_batch",))] if args.whole_batch_too else [])
+  test_serve.MAX_LIBRARY_BYTES, test_serve.DEVICE_CACHE_BYTES = 1 << 30, 1 << 30  # the server's defaults' order
+  prompts = np.random.default_rng(0).normal(size=(max(distinct), PROMPT_LENGTH, 256)).astype(np.float32)
+  results: dict[str, dict] = {}
   with tempfile.TemporaryDirectory() as tmp:
     library = Path(tmp) / "library"
     library.mkdir()
-    for name, extra in modes:
-      process, url = test_serve.start_server(library, Path(tmp) / f"{name}.log", extra)
+    process, url = test_serve.start_server(library, Path(tmp) / "continuous.log")
+    try:
+      ids = _upload(url, prompts)
+      results["continuous"] = bench(url, ids, args, distinct, concurrency)
+    finally:
+      test_serve.stop_server(process)
+    if args.whole_batch_too:
+      process, url = test_serve.start_server(library, Path(tmp) / "whole_batch.log", ("--whole_batch",))
       try:
-        results[name] = bench(url, args)
+        _upload(url, prompts[:1])
+        results["whole_batch"] = bench(url, ids, args, [1], [c for c in concurrency if c >= 32])
       finally:
         test_serve.stop_server(process)
+    if args.hf_too:
+      results["hf_peft"] = {
+        (p, 32): bench_hf(prompts, ids, args, p, 32, Path(tmp)) for p in distinct if 32 in concurrency
+      }
   cont = results["continuous"]
-  top, many = max(args.concurrency), max(args.prompts)
-  print("\n| prompts | concurrency | req/s (min..max) | tokens/s | p50 s | p99 s |\n|---|---|---|---|---|---|")
-  for (p, c), cell in cont.items():
-    print(
-      f"| {p} | {c} | {cell['requests_per_s']:.2f} ({cell['rps_min']:.2f}..{cell['rps_max']:.2f}) | "
-      f"{cell['tokens_per_s']:.1f} | {cell['p50_s']:.3f} | {cell['p99_s']:.3f} |"
-    )
-  ratios = {"mixed_vs_shared": cont[(many, top)]["requests_per_s"] / cont[(1, top)]["requests_per_s"]}
-  if 32 in args.concurrency and 1 in args.concurrency:
-    ratios["c32_vs_c1"] = cont[(1, 32)]["requests_per_s"] / cont[(1, 1)]["requests_per_s"]
-  if "whole_batch" in results:
-    ratios["continuous_vs_whole_batch"] = (
-      cont[(1, top)]["tokens_per_s"] / results["whole_batch"][(1, top)]["tokens_per_s"]
-    )
-  print("\nratios:", json.dumps({k: round(v, 3) for k, v in ratios.items()}))
+  print("\n| distinct prompts, concurrency | req/s median (min..max) | generated tokens/s (min..max) | p50 s | p99 s |")
+  print("|---|---|---|---|---|")
+  for name, table in results.items():
+    for (p, c), cell in table.items():
+      print(_cell_row(f"{name}: {p}, {c}", cell))
+  ratios = {}
+  many = max(distinct)
+  for c in concurrency:
+    if many > 1:
+      ratios[f"mixed ({many} prompts) vs shared, concurrency {c}, req/s"] = _ratio(cont[(many, c)], cont[(1, c)])
+  if 32 in concurrency and 1 in concurrency:
+    ratios["concurrency 32 vs 1 (one prompt), req/s"] = _ratio(cont[(1, 32)], cont[(1, 1)])
+  for (p, c), cell in results.get("whole_batch", {}).items():
+    ratios[f"continuous vs whole-batch, concurrency {c}, tokens/s"] = _ratio(cont[(p, c)], cell, "tokens_per_s")
+  for (p, c), cell in results.get("hf_peft", {}).items():
+    ratios[f"ours (concurrency {c}) vs HF generate + PEFT, {p} prompts, req/s"] = _ratio(cont[(p, c)], cell)
+  print()
+  for name, value in ratios.items():
+    print(f"- {name}: {value}")
   if args.output:
-    Path(args.output).write_text(json.dumps({"ratios": ratios, "continuous": {str(k): v for k, v in cont.items()}}))
+    tables = {name: {str(k): v for k, v in table.items()} for name, table in results.items()}
+    Path(args.output).write_text(json.dumps({"ratios": ratios, "tables": tables}, indent=1))
   return 0
 
 

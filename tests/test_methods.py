@@ -63,6 +63,31 @@ def test_mixed_batch_rows_equal_rows_run_alone(tiny_decoder_model, batch, method
     np.testing.assert_allclose(mixed[r], alone[0], rtol=1e-5, atol=1e-5)
 
 
+def test_per_layer_modes_and_plain_prompts_share_a_batch(tiny_decoder_model, batch):
+  """A replacing row (its replace_mask on), an adding row and a plain prompt row (mask off, zeros) in one batch,
+  as the server stacks them, each equal to the row alone."""
+  config, frozen = tiny_decoder_model
+  replace, add = PerLayerPrompt(3, _uniform), PerLayerPrompt(3, _uniform, mode="add")
+  params = [
+    _random_like(m.init(jax.random.key(r), frozen, config), jax.random.key(20 + r))
+    for r, m in enumerate((replace, add))
+  ]
+  plain = _uniform(jax.random.key(7), frozen["token_embedder"]["embedding"], 3)
+  alone = [replace.adapters(params[0], config), add.adapters(params[1], config), {"input": {"prompt": plain}}]
+  zeros = jnp.zeros_like(params[0]["prompts"])  # [L, P, D]
+  on, off = jnp.ones(zeros.shape[:2], bool), jnp.zeros(zeros.shape[:2], bool)
+  hidden = {  # per row: [L, B, ...]
+    "replace": jnp.stack([params[0]["prompts"], zeros, zeros], axis=1),
+    "replace_mask": jnp.stack([on, off, off], axis=1),
+    "add": jnp.stack([zeros, alone[1]["encoder"]["hidden"]["add"], zeros], axis=1),
+  }
+  prompt = jnp.stack([params[0]["prompts"][0], params[1]["prompts"][0], plain])  # [B, P, D]
+  mixed = _logits(config)(frozen, {"input": {"prompt": prompt}, "encoder": {"hidden": hidden}}, *batch)
+  for r in range(3):
+    one = _logits(config)(frozen, alone[r], *(x[r : r + 1] for x in batch))
+    np.testing.assert_allclose(mixed[r], one[0], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["ia3", "per_layer_prompt"])
 def test_decoding_equals_teacher_forced_scoring(tiny_decoder_model, batch, method):
   config, frozen = tiny_decoder_model

@@ -1,7 +1,8 @@
 """`prompt-tuning serve` against a real server process on 127.0.0.1, with the shipped demo model.
 
-The library holds a .npy prompt, a PEFT adapter folder and a folded prefix
-(written here); every response is compared with `decoding.generate` /
+The library holds a .npy prompt, a PEFT adapter folder, a folded prefix, and
+an IA3 and a per-layer prompt export folder as training writes them (written
+here); every response is compared with `decoding.generate` /
 `decoding.sequence_log_probs` run alone on the same input and prompt (what
 `infer` runs).
 """
@@ -29,7 +30,7 @@ SHAPES = {
   "input_buckets": "(32,)",
   "admit_buckets": "(1, 4)",
   "score_buckets": "(8,)",
-  "beam_buckets": "(1,)",
+  "beam_buckets": "(2,)",  # one program; a lone beam request pads to two rows
   "beam_sizes": "(2,)",
   "max_decode_length": "16",
   "max_prompt_length": "8",
@@ -37,7 +38,7 @@ SHAPES = {
   "max_target_length": "8",
 }
 MAX_LIBRARY_BYTES = 3_000_000
-DEVICE_CACHE_BYTES = 40_000
+DEVICE_CACHE_BYTES = 1_000_000  # a few padded rows of the test server (about 175 kB each)
 INPUTS = ["Is a cat an animal or a plant?", "oak", "The rose is a flowering shrub of the genus Rosa.", "a small dog"]
 
 
@@ -47,9 +48,14 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _write_library(folder: Path, emb_dim: int, layers: int, heads: int, head_dim: int) -> dict[str, dict]:
+def _write_library(folder: Path, config) -> dict[str, dict]:
+  import jax.numpy as jnp
+
   from prompt_tuning.checkpoints import peft
+  from prompt_tuning.methods import IA3, PerLayerPrompt
   from prompt_tuning.serve.store import save_entry
+
+  emb_dim, layers, heads, head_dim = config.emb_dim, config.num_encoder_layers, config.num_heads, config.head_dim
 
   rng = np.random.default_rng(0)
   folder.mkdir()
@@ -65,7 +71,21 @@ def _write_library(folder: Path, emb_dim: int, layers: int, heads: int, head_dim
   save_entry(folder / "plants.safetensors", "prefix", prefix)
   other = rng.normal(size=(4, emb_dim)).astype(np.float32)
   np.save(folder / "spare.npy", other)
+  ia3 = IA3()
+  scales = {
+    stack: {
+      site: {n: 1 + 0.5 * rng.normal(size=x.shape).astype(np.float32) for n, x in leaves.items()}
+      for site, leaves in sites.items()
+    }
+    for stack, sites in ia3.init(None, None, config).items()
+  }
+  ia3.export(scales, config, folder / "scaled")  # a training export folder: ia3.safetensors
+  deep = PerLayerPrompt(3, lambda *_: None, mode="add")
+  layer_prompts = {"prompts": jnp.asarray(rng.normal(size=(layers, 3, emb_dim)), jnp.float32)}
+  deep.export(layer_prompts, config, folder / "deep")  # per_layer_prompt.safetensors, its mode in the metadata
   return {
+    "scaled": {"adapters": ia3.adapters(scales, config)},
+    "deep": {"adapters": deep.adapters(layer_prompts, config)},
     "animals": {"prompt": animals},
     "short": {"prompt": short},
     "plants": {
@@ -131,7 +151,7 @@ def server(demo, tmp_path_factory):
   config = demo[0]
   root = tmp_path_factory.mktemp("serve")
   folder = root / "library"
-  vectors = _write_library(folder, config.emb_dim, config.num_encoder_layers, config.num_heads, config.head_dim)
+  vectors = _write_library(folder, config)
   process, url = start_server(folder, root / "server.log")
   yield {"url": url, "process": process, "vectors": vectors, "library": folder, "log": root / "server.log"}
   stop_server(process)
@@ -162,19 +182,21 @@ def _post(url: str, path: str, body: dict, timeout: float = 120) -> httpx.Respon
 def test_mixed_prompts_and_methods_under_load_equal_generate_alone(server, demo):
   url, vectors = server["url"], server["vectors"]
   requests = []
-  for i in range(20):
-    prompt_id = ["animals", "plants", "short", None][i % 4]
+  for i in range(24):  # every method of the library in one batch: prompt, prefix, IA3, per-layer prompt, none
+    prompt_id = ["animals", "plants", "short", "scaled", "deep", None][i % 6]
     method = "beam" if i % 5 == 4 else "greedy"
     requests.append({"text": INPUTS[i % 3], "prompt_id": prompt_id, "method": method, "num_beams": 2})
     if method == "greedy":
-      requests[-1]["max_decode_length"] = [16, 5, 11, 3][(i // 4) % 4]  # slots free at different steps
-  with concurrent.futures.ThreadPoolExecutor(20) as pool:
+      requests[-1]["max_decode_length"] = [16, 5, 11, 3][(i // 6) % 4]  # slots free at different steps
+  with concurrent.futures.ThreadPoolExecutor(24) as pool:
     replies = list(pool.map(lambda body: _post(url, "/v1/generate", body), requests))
   for body, reply in zip(requests, replies):
     assert reply.status_code == 200, reply.text
     # Greedy decoding to length L is the first L tokens of decoding to 16 (each step ignores the limit).
     expected = _alone(demo, vectors[body["prompt_id"]], body["text"], body["method"])[: body.get("max_decode_length")]
     assert reply.json()["token_ids"] == expected, body
+  frozen = _alone(demo, vectors[None], INPUTS[0], "greedy")
+  assert all(_alone(demo, vectors[p], INPUTS[0], "greedy") != frozen for p in ("scaled", "deep"))  # vectors matter
   metrics = httpx.get(f"{url}/metrics").text
   steps_with_many_rows = [
     line for line in metrics.splitlines() if line.startswith('serve_batch_size_bucket{kind="step",le="1.0"}')
@@ -209,6 +231,23 @@ def test_score_ranks_candidates_as_sequence_log_probs_and_ensembles(server, demo
   votes = np.bincount(expected.argmax(axis=1), minlength=2)
   assert replies[1].json()["scores"] == {c: float(v) for c, v in zip(body["candidates"], votes)}
 
+  # class_label_softmax: each softmax over the labels' tokens and EOS, as infer's score mode (trainer.score_step).
+  import jax
+
+  from prompt_tuning import trainer
+  from prompt_tuning.models.t5 import T5
+
+  restricted = _post(url, "/v1/score", dict(body, prompt_ids=["animals"], class_label_softmax=True)).json()
+  output_ids = tuple(sorted({t for label in body["candidates"] for t in vocabulary.encode(label)} | {1}))
+  logits = jax.jit(T5(config).apply)(
+    {"params": params}, tokens, np.pad(targets[:, :-1], ((0, 0), (1, 0))), targets, **vectors["animals"]
+  )
+  cross_entropy, _ = trainer.token_losses(logits, targets, 0.0, output_ids)
+  expected = -np.sum(np.asarray(cross_entropy) * (targets > 0), axis=-1)  # [C]
+  np.testing.assert_allclose(restricted["per_prompt"]["animals"], expected, atol=2e-4)
+  assert restricted["prediction"] == body["candidates"][int(np.argmax(expected))]
+  assert not np.allclose(expected, reply["per_prompt"]["animals"], atol=1e-2)  # the restriction changed the scores
+
 
 def test_prompt_library_changes_live_and_refuses_bad_uploads(server, demo):
   config = demo[0]
@@ -242,6 +281,13 @@ def test_prompt_library_changes_live_and_refuses_bad_uploads(server, demo):
   assert lora.status_code == 400 and "prefix" in lora.json()["detail"] and "prompt" in lora.json()["detail"]
   bad_prefix = put("p", {"method": "prefix", "arrays": {"decoder/key": [[[[0.0]]]], "decoder/value": [[[[0.0]]]]}})
   assert bad_prefix.status_code == 400 and "layers" in bad_prefix.json()["detail"]
+  layers = config.num_encoder_layers
+  bad_ia3 = put("i", {"method": "ia3", "arrays": {"encoder/cross_attention/key_scale": [[1.0]] * layers}})
+  assert bad_ia3.status_code == 400 and "encoder/self_attention/key_scale" in bad_ia3.json()["detail"]
+  no_mode = put("d", {"method": "per_layer_prompt", "arrays": {"prompts": [[[0.0] * config.emb_dim]] * layers}})
+  assert no_mode.status_code == 400 and "'replace' or 'add'" in no_mode.json()["detail"]
+  shallow = put("d", {"method": "per_layer_prompt", "arrays": {"add": [[[0.0] * config.emb_dim]] * (layers + 1)}})
+  assert shallow.status_code == 400 and f"[{layers}, P, {config.emb_dim}]" in shallow.json()["detail"]
   too_long = put("t", {"method": "prompt", "arrays": {"prompt": [[0.0] * config.emb_dim] * 9}})
   assert too_long.status_code == 400 and "at most 8" in too_long.json()["detail"]
   for unsafe in ("..", "a..b", ".hidden", "x" * 200):
@@ -288,9 +334,11 @@ def test_prompt_replaced_and_deleted_in_flight_keeps_its_version(server, demo):
     finished.append(time.perf_counter())
     return reply
 
-  with concurrent.futures.ThreadPoolExecutor(16) as pool:
-    futures = [pool.submit(call, i) for i in range(16)]
-    time.sleep(0.3)
+  with concurrent.futures.ThreadPoolExecutor(48) as pool:  # 12 rounds of the 4 slots
+    futures = [pool.submit(call, i) for i in range(48)]
+    deadline = time.time() + 60
+    while not finished and time.time() < deadline:  # the first answers are in; most requests still run
+      time.sleep(0.005)
     httpx.put(f"{url}/v1/prompts/live", json={"method": "prompt", "arrays": {"prompt": new.tolist()}})
     httpx.delete(f"{url}/v1/prompts/live")
     replaced_at = time.perf_counter()
@@ -318,11 +366,19 @@ def test_failing_batch_fails_only_its_requests(server, demo):
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     replies = list(pool.map(lambda b: _post(url, "/v1/generate", b), bodies))
   assert [r.status_code for r in replies] == [500, 200, 500, 200]
-  assert "non-finite" in replies[0].json()["detail"]
+  assert "non-finite" in replies[0].json()["detail"] and "'huge'" in replies[0].json()["detail"]
   assert replies[1].json()["token_ids"] == _alone(demo, server["vectors"]["animals"], INPUTS[0], "greedy")
+  # Beam search and scoring: the NaN request fails naming its prompt; the others in its batch answer.
+  beams = [{"text": INPUTS[0], "prompt_id": p, "method": "beam", "num_beams": 2} for p in ("huge", "animals")]
   score = {"text": INPUTS[0], "candidates": ["animal", "plant"]}
-  assert _post(url, "/v1/score", dict(score, prompt_ids=["huge"])).status_code == 500
-  assert _post(url, "/v1/score", dict(score, prompt_ids=["animals"])).status_code == 200
+  scores = [dict(score, prompt_ids=["animals", "huge"]), dict(score, prompt_ids=["animals"])]
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    beam_replies = list(pool.map(lambda b: _post(url, "/v1/generate", b), beams * 2))
+    score_replies = list(pool.map(lambda b: _post(url, "/v1/score", b), scores * 2))
+  assert [r.status_code for r in beam_replies + score_replies] == [500, 200] * 4
+  for reply in (beam_replies[0], score_replies[0]):
+    assert "non-finite" in reply.json()["detail"] and "'huge' (version 1)" in reply.json()["detail"]
+  assert beam_replies[1].json()["token_ids"] == _alone(demo, server["vectors"]["animals"], INPUTS[0], "beam")
   assert httpx.get(f"{url}/healthz").status_code == 200
   out_of_range = {"method": "prompt", "arrays": {"prompt": [[1e39] * config.emb_dim]}}
   refused = httpx.put(f"{url}/v1/prompts/big", json=out_of_range)
@@ -331,7 +387,8 @@ def test_failing_batch_fails_only_its_requests(server, demo):
 
 def test_metrics_and_openapi(server):
   url = server["url"]
-  _post(url, "/v1/generate", {"text": INPUTS[0], "prompt_id": "animals", "max_decode_length": 2})
+  for _ in range(2):  # the second use of the prompt is a device-cache hit, whatever ran before
+    _post(url, "/v1/generate", {"text": INPUTS[0], "prompt_id": "animals", "max_decode_length": 2})
   metrics = httpx.get(f"{url}/metrics").text
   for name in (
     "serve_queue_depth",
@@ -380,21 +437,28 @@ def test_memory_stays_bounded_with_10000_prompts(server, demo):
   assert _rss_kib(pid) - before < 200_000  # KiB: bounded by the caps, not by the uploads
 
 
+def _metric(url: str, name: str) -> float:
+  lines = httpx.get(f"{url}/metrics").text.splitlines()
+  return sum(float(line.split()[-1]) for line in lines if line.startswith(name + " "))
+
+
 def test_sigterm_drains_in_flight_requests(server):
-  url, process = server["url"], server["process"]
-  with concurrent.futures.ThreadPoolExecutor(6) as pool:
+  url, process, count = server["url"], server["process"], 32  # 8 rounds of the 4 slots: the signal finds work
+  finished = 'serve_request_latency_seconds_count{kind="greedy"}'
+  before = _metric(url, finished)
+  with concurrent.futures.ThreadPoolExecutor(count) as pool:
     futures = [
-      pool.submit(_post, url, "/v1/generate", {"text": INPUTS[i % 3], "prompt_id": "animals"}) for i in range(6)
+      pool.submit(_post, url, "/v1/generate", {"text": INPUTS[i % 3], "prompt_id": "animals"}) for i in range(count)
     ]
-    deadline = time.time() + 60
-    while time.time() < deadline:  # all six accepted before the signal
-      lines = httpx.get(f"{url}/metrics").text.splitlines()
-      if any(line.startswith("serve_requests_in_flight 6") for line in lines):
+    deadline, in_flight = time.time() + 60, 0
+    while time.time() < deadline:  # every request accepted (finished or in flight) before the signal
+      in_flight = _metric(url, "serve_requests_in_flight")
+      if _metric(url, finished) - before + in_flight >= count:
         break
-      time.sleep(0.01)
     os.kill(process.pid, signal.SIGTERM)
     replies = [f.result() for f in futures]
-  assert [r.status_code for r in replies] == [200] * 6
+  assert in_flight >= 1  # requests were running when the signal came
+  assert [r.status_code for r in replies] == [200] * count
   # uvicorn re-raises the signal it handled once it has shut down, so the exit reads as SIGTERM's.
   assert process.wait(60) in (0, -signal.SIGTERM)
 
@@ -459,3 +523,39 @@ def test_the_readme_serving_example_runs_as_written(demo, tmp_path):
     assert httpx.get(f"{url}/v1/prompts/user-42").status_code == 200  # the client's upload is in the library
   finally:
     stop_server(process)
+
+
+def test_choose_tokens_samples_only_the_rows_that_ask():
+  """Per-slot decoding settings in one step: greedy rows take the argmax beside sampling rows; top-k 1 is greedy;
+  top-k 3 and top-p keep to their candidates."""
+  import jax
+
+  from prompt_tuning.serve.engine import choose_tokens
+
+  logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 4, np.float32))
+  rows = {"temperature": [0.0, 1.0, 1.0, 1.0], "top_k": [0, 1, 3, 0], "top_p": [1.0, 1.0, 1.0, 0.6]}
+  args = [np.asarray(rows[k], np.float32 if k != "top_k" else np.int32) for k in ("temperature", "top_k", "top_p")]
+  choose = jax.jit(choose_tokens)
+  draws = np.stack([np.asarray(choose(logits, *args, jax.random.key(i))) for i in range(64)])  # [64, 4]
+  assert (draws[:, :2] == 0).all()  # greedy, and top-k 1
+  assert set(draws[:, 2]) == {0, 1, 2}  # top-k 3 samples all three, never the fourth
+  assert set(draws[:, 3]) == {0, 1}  # top-p 0.6: the smallest set reaching 0.6 is {0, 1}
+  greedy_only = np.zeros(4, np.float32), np.zeros(4, np.int32), np.ones(4, np.float32)
+  assert (np.asarray(choose(logits, *greedy_only, jax.random.key(0))) == 0).all()
+
+
+def test_library_refuses_a_method_this_server_cannot_take():
+  """A server not serving prefixes (EngineShapes.methods) refuses them with a 400 naming the method and the setting
+  to change; its other methods still load."""
+  from prompt_tuning.serve.store import Limits, PromptError, PromptLibrary
+
+  limits = Limits(
+    emb_dim=4, num_heads=1, head_dim=2, layers={}, max_prompt_length=2, max_prefix_length=0, encoder_layers=1,
+    decoder_layers=1, mlp_dim=3, methods=("prompt", "ia3", "per_layer_prompt"),
+  )  # fmt: skip
+  library = PromptLibrary(limits, max_library_bytes=1 << 20)
+  with pytest.raises(PromptError, match="method 'prefix' is not served.*EngineShapes.methods") as refused:
+    library.put("p", "prefix", {"decoder/key": np.zeros((1, 1, 1, 2)), "decoder/value": np.zeros((1, 1, 1, 2))})
+  assert refused.value.status == 400
+  assert library.put("s", "ia3", {"decoder/cross_attention/value_scale": np.ones((1, 2))}).length == 0
+  assert library.put("d", "per_layer_prompt", {"add": np.ones((1, 2, 4))}).length == 2

@@ -78,10 +78,11 @@ def _flat(tree: PyTree, prefix: str = "") -> dict[str, np.ndarray]:
   return out
 
 
-def write_tree(tree: PyTree, name: str, folder: str | Path) -> list[Path]:
+def write_tree(tree: PyTree, name: str, folder: str | Path, metadata: dict[str, str] | None = None) -> list[Path]:
   """Writes a tree of arrays as `<name>.safetensors` (keys joined by '.') and `<name>.npy` files.
 
-  A single array becomes `<name>.npy`; a tree becomes `<name>.<path>.npy` per leaf.
+  A single array becomes `<name>.npy`; a tree becomes `<name>.<path>.npy` per leaf. `metadata` (strings) goes
+  into the safetensors header (e.g. a setting a reader needs, such as the per-layer prompt's mode).
   """
   from safetensors.numpy import save_file
 
@@ -94,7 +95,7 @@ def write_tree(tree: PyTree, name: str, folder: str | Path) -> list[Path]:
     np.save(path, array)
     written.append(path)
   safetensors_path = folder / f"{name}.safetensors"
-  save_file({key or name: array for key, array in flat.items()}, str(safetensors_path))
+  save_file({key or name: array for key, array in flat.items()}, str(safetensors_path), metadata)
   return written + [safetensors_path]
 
 

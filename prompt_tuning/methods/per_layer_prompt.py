@@ -17,13 +17,14 @@ Parameters: {"prompts": [L, P, D]} float32 (L encoder layers), logical axes
 feeds the "input" site, so it joins the input where the prompt combination
 says and rows may use fewer vectors (`prompt_lengths`); the "hidden" site of
 the encoder follows those positions. Encoder-decoder models only (the decoder
-has no prompt positions to rewrite). Export: `per_layer_prompt.npy` [L, P, D]
-and `per_layer_prompt.safetensors`.
+has no prompt positions to rewrite). Export: `per_layer_prompt.prompts.npy` [L, P, D]
+and `per_layer_prompt.safetensors` (tensor "prompts", the mode in its metadata, which the server reads).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import gin
 import jax
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from prompt_tuning import prompts
-from prompt_tuning.methods.base import Method, PyTree
+from prompt_tuning.methods.base import Method, PyTree, write_tree
 from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.configs import T5Config
 
@@ -83,6 +84,9 @@ class PerLayerPrompt(Method):
 
   def logical_axes(self, shapes: PyTree) -> PyTree:
     return {"prompts": PartitionSpec(None, *prompts.PROMPT_AXES)}
+
+  def export(self, params: PyTree, config: T5Config, folder: str | Path) -> list[Path]:
+    return write_tree(self.fold(params, config), self.name, folder, metadata={"mode": self.mode})
 
   def adapters(self, params: PyTree, config: T5Config) -> sites.Adapters:
     layer_prompts = params["prompts"]  # [L, P, D] (or [L, B, P, D] per row)

@@ -10,7 +10,8 @@ Every tuning method (`prompt_tuning.methods`) turns its trainable tree into an
         "self_attention": {"prefix_key": [L, P, H, Dh], "prefix_value": [L, P, H, Dh], "prefix_mask": bool [L, P],
                            "key_scale": [L, H*Dh], "value_scale": [L, H*Dh]},
         "mlp": {"scale": [L, mlp]},
-        "hidden": {"replace": [L, P, D]} or {"add": [L, P, D]},   # at the prompt positions, before layer i
+        "hidden": {"replace": [L, P, D], "replace_mask": bool [L, P],   # at the prompt positions, before layer i
+                   "add": [L, P, D]},                                  # (either or both; see T5's _per_layer_prompt)
       },
       "decoder": {"self_attention": {...}, "cross_attention": {...}, "mlp": {...}},
     }
@@ -42,7 +43,7 @@ LEAF_RANKS = {
   "self_attention": _ATTENTION,
   "cross_attention": _ATTENTION,
   "mlp": {"scale": 2},
-  "hidden": {"replace": 3, "add": 3},
+  "hidden": {"replace": 3, "replace_mask": 2, "add": 3},
 }
 STACK_SITES = {"encoder": ("self_attention", "mlp", "hidden"), "decoder": ("self_attention", "cross_attention", "mlp")}
 INPUT_RANKS = {"prompt": 2, "prompt_lengths": 0}

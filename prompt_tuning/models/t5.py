@@ -190,19 +190,28 @@ def _positional(cls, **arguments) -> tuple:
 
 
 def _per_layer_prompt(x: Array, hidden: Adapters | None, joined: combine.Joined | None) -> Array:
-  """The "hidden" site: {"replace": v} or {"add": v}, v [P, embed] or [B, P, embed], at the prompt positions."""
+  """The "hidden" site at the prompt positions: {"replace": v} and/or {"add": v}, v [P, embed] or [B, P, embed].
+
+  "replace_mask" (bool [P] or [B, P]) limits "replace" to the prompt vectors it marks, so rows that replace and
+  rows that do not (other methods, "add" mode) share one batch; "add" applies after "replace".
+  """
   if not hidden:
     return x
-  if joined is None or set(hidden) - {"replace", "add"} or len(hidden) != 1:
+  if joined is None or set(hidden) - {"replace", "replace_mask", "add"} or not {"replace", "add"} & set(hidden):
     raise ValueError(
-      f"the hidden adapter site takes one of 'replace' or 'add' (got {sorted(hidden)}) and a prompt in the input "
-      "to mark the prompt positions."
+      f"the hidden adapter site takes 'replace' (with an optional 'replace_mask') and/or 'add' (got {sorted(hidden)}) "
+      "and a prompt in the input to mark the prompt positions."
     )
-  ((how, vectors),) = hidden.items()
-  spread = combine.at_prompt_positions(vectors, joined).astype(x.dtype)  # [B, T, embed]
-  if how == "add":
-    return x + spread
-  return jnp.where(joined.is_prompt[..., None], spread, x)
+  if "replace" in hidden:
+    where = joined.is_prompt  # [B, T]
+    if "replace_mask" in hidden:
+      marked = combine.at_prompt_positions(jnp.asarray(hidden["replace_mask"], jnp.float32)[..., None], joined)
+      where = where & (marked[..., 0] > 0.5)
+    spread = combine.at_prompt_positions(hidden["replace"], joined).astype(x.dtype)  # [B, T, embed]
+    x = jnp.where(where[..., None], spread, x)
+  if "add" in hidden:
+    x = x + combine.at_prompt_positions(hidden["add"], joined).astype(x.dtype)
+  return x
 
 
 class Encoder(nn.Module):

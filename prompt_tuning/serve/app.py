@@ -1,7 +1,8 @@
 """The HTTP API (FastAPI): generation, scoring, the prompt library, health and metrics.
 
     POST   /v1/generate        {"text" | "token_ids", "prompt_id"?, "method"?, "max_decode_length"?, ...}
-    POST   /v1/score           {"text" | "token_ids", "candidates", "prompt_ids"?, "ensemble"?}
+    POST   /v1/score           {"text" | "token_ids", "candidates", "prompt_ids"?, "ensemble"?,
+                                "class_label_softmax"?}
     GET    /v1/prompts         the library's ids
     GET    /v1/prompts/{id}    one entry's method, version, shapes
     PUT    /v1/prompts/{id}    {"method": "prompt", "arrays": {"prompt": [[...]]}}
@@ -12,7 +13,9 @@
 Errors: unknown prompt 404; a prompt of the wrong width, with NaN, or of a
 method the backbone cannot take 400 (the message says which); an input longer
 than the server's maximum 413 (with the limit); malformed JSON 422; a library
-over its byte cap 507; a batch the model could not compute 500.
+over its byte cap 507; a request the model could not compute (non-finite
+outputs under its prompt, named in the message) 500, the others in its batch
+unaffected.
 """
 
 from __future__ import annotations
@@ -56,10 +59,17 @@ class ScoreBody(BaseModel):
   candidates: list[str] = Field(..., min_length=1, description="the answers to rank, e.g. the class labels")
   prompt_ids: list[str | None] = Field(default_factory=lambda: [None], description="one entry, or an ensemble")
   ensemble: Literal["mean", "vote"] = Field("mean", description="mean log-probability, or majority vote")
+  class_label_softmax: bool = Field(
+    False,
+    description="normalize each softmax over the candidates' tokens and EOS only, as `infer` score mode does "
+    "with RunConfig.class_label_softmax (the candidates being the task's class labels)",
+  )
 
 
 class PromptBody(BaseModel):
-  method: str | None = Field(None, description="'prompt' or 'prefix' (with arrays)")
+  method: str | None = Field(
+    None, description="'prompt', 'prefix', 'ia3' or 'per_layer_prompt' (with arrays; prompt_tuning.serve.store)"
+  )
   arrays: dict[str, Any] | None = Field(None, description="named nested lists, e.g. {'prompt': [[...], ...]}")
   source: str | None = Field(None, description="a file or folder name inside --prompts_dir, read by the server")
 
@@ -188,7 +198,8 @@ def create_app(server: Server) -> FastAPI:
     targets = np.zeros((len(candidates), shapes.max_target_length), np.int32)
     for i, c in enumerate(candidates):
       targets[i, : len(c)] = c
-    result = await _submit(server, ScoreJob(tokens, entries, targets))
+    output_ids = tuple(sorted({t for c in candidates for t in c})) if body.class_label_softmax else None
+    result = await _submit(server, ScoreJob(tokens, entries, targets, output_ids))
     log_probs = result["log_probs"]  # [K, C]
     if body.ensemble == "mean":
       combined = log_probs.mean(axis=0)

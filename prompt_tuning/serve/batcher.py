@@ -8,10 +8,11 @@ once, written into the free slots) before the next step. `whole_batch=True`
 is the baseline the benchmark compares with (dynamic batching): a new batch
 is admitted only once every slot of the previous one has finished.
 
-Beam search and scoring run whole batches between decoding steps. A failure
-inside a batch (an exception, or non-finite outputs) fails that batch's
-requests only -- for a decoding step, the rows whose outputs are not finite
--- and the loop goes on.
+Beam search and scoring run whole batches between decoding steps. An
+exception inside a batch fails that batch's requests only, and the loop goes
+on; non-finite outputs (NaN arising in one row's computation, e.g. from a
+prompt of huge values) fail only the requests of the rows they appear in, with
+an error naming the prompt.
 
 Requests hold the library entry they were submitted with, so a prompt
 deleted or replaced while they run does not change them.
@@ -62,6 +63,7 @@ class ScoreJob:
   tokens: np.ndarray
   entries: list[PromptEntry | None]
   candidates: np.ndarray  # int [C, max_target_length]
+  output_ids: tuple[int, ...] | None = None  # class_label_softmax: the ids the softmax normalizes over
   future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
   submitted: float = dataclasses.field(default_factory=time.perf_counter)
 
@@ -158,6 +160,15 @@ class Batcher:
     return vectors
 
   @staticmethod
+  def _non_finite(what: str, entries) -> EngineError:
+    """The error of a request whose outputs came back NaN or infinite, naming its prompts."""
+    names = [f"{e.prompt_id!r} (version {e.version})" if e else "none (the frozen model)" for e in entries]
+    return EngineError(
+      f"the model computed non-finite {what} for this request under prompt {', '.join(names)}: its vectors drive "
+      "the computation out of float range (huge values?); replace the prompt. The other requests were not affected."
+    )
+
+  @staticmethod
   def _fail(jobs, error: Exception) -> None:
     for job in jobs:
       if not job.future.done():
@@ -224,9 +235,7 @@ class Batcher:
       if job is None:
         continue
       if not out["finite"][i]:
-        self._fail(
-          [job], EngineError("the model computed non-finite logits for this request (a prompt with huge values?).")
-        )
+        self._fail([job], self._non_finite("logits", [job.entry]))
         self._slots[i] = None
         continue
       token = int(out["token"][i])
@@ -255,6 +264,9 @@ class Batcher:
       raise
     self.metrics.batch_size.labels("beam").observe(len(group))
     for job, row, score in zip(group, out, scores):
+      if not np.isfinite(score):
+        self._fail([job], self._non_finite("beam scores", [job.entry]))
+        continue
       ids = [int(t) for t in row]
       ids = ids[: ids.index(1) + 1] if 1 in ids else [t for t in ids if t]
       self.metrics.generated_tokens.inc(len(ids))
@@ -268,16 +280,23 @@ class Batcher:
       batch.append(job)
       rows += job.rows
     length = bucket(max(len(j.tokens) for j in batch), self.engine.shapes.input_buckets)
-    tokens, targets, vectors = [], [], []
+    tokens, targets, vectors, allowed = [], [], [], []
+    vocab = self.engine.config.vocab_size
     try:
       for job in batch:
+        ids = np.ones(vocab, bool)
+        if job.output_ids is not None:
+          ids = np.zeros(vocab, bool)
+          ids[list(job.output_ids)] = True
         for entry in job.entries:
           row = self._vectors(entry)
           for candidate in job.candidates:
             tokens.append(np.pad(job.tokens, (0, length - len(job.tokens))))
             targets.append(candidate)
             vectors.append(row)
-      logp = self.engine.score(np.stack(tokens).astype(np.int32), np.stack(targets).astype(np.int32), vectors)
+            allowed.append(ids)
+      tokens, targets = np.stack(tokens).astype(np.int32), np.stack(targets).astype(np.int32)
+      logp = self.engine.score(tokens, targets, vectors, np.stack(allowed))
     except Exception as e:  # noqa: BLE001
       self._fail(batch, e)
       raise
@@ -285,5 +304,10 @@ class Batcher:
     start = 0
     for job in batch:
       n = job.rows
-      self._finish(job, {"log_probs": logp[start : start + n].reshape(len(job.entries), len(job.candidates))}, "score")
+      log_probs = logp[start : start + n].reshape(len(job.entries), len(job.candidates))  # [K, C]
       start += n
+      bad = [e for e, row in zip(job.entries, log_probs) if not np.all(np.isfinite(row))]
+      if bad:
+        self._fail([job], self._non_finite("log-probabilities", bad))
+      else:
+        self._finish(job, {"log_probs": log_probs}, "score")

@@ -1,7 +1,7 @@
 """Every call the server makes into the model, in one place: the jitted programs and the device state they share.
 
     engine = Engine(config, params, mesh, EngineShapes(...))
-    rows = engine.row_vectors(entry)          # one request's prompt/prefix, padded, on device
+    rows = engine.row_vectors(entry)          # one request's vectors (any method), padded, on device
     state = engine.admit(state, slots, tokens, [rows...])     # encode once, fill the slots' cross-attention cache
     state, out = engine.step(state, rng)      # one decoder position for every slot
     engine.beam(tokens, [rows...], settings)  # whole-batch beam search (decoding.generate)
@@ -9,7 +9,7 @@
 
 Continuous batching for an encoder-decoder: a fixed number of slots; each
 slot holds its own cross-attention keys/values (computed once, at
-admission), its own prompt/prefix, its own decode position and sampling
+admission), its own tuned vectors, its own decode position and sampling
 settings. `step` runs the frozen decoder on one position of every slot at
 once: `jax.vmap` over slots of a one-row `T5.decode`, so each row reads and
 writes its own cache at its own position with today's model API (a scalar
@@ -18,11 +18,14 @@ next request at the next step; stale self-attention keys of its previous
 request sit beyond the new request's position and are never visible (causal
 mask).
 
-Every row carries the same padded tree: a prompt [P_max, D] with its length
-(0: none) and, when the server takes prefixes, per-site keys/values
-[layers, P_prefix, heads, head_dim] with a mask (all False: none). So rows of
-different methods and prompt lengths share one batch and one program; masked
-prompt and prefix positions get exactly zero attention weight.
+Every row carries the same padded adapters tree (`_padded_row`,
+`prompt_tuning.models.adapters`): an input prompt [P_max, D] with its length
+(0: none), per-layer prompts with a replace mask, IA3 scales (ones: none)
+and, when the server takes prefixes, per-site keys/values with a mask (all
+False: none). So rows of every method (prompt, prefix, IA3, per-layer
+prompt) and prompt length share one batch and one program: the model takes
+each leaf per row ([L, B, ...]), masked positions get exactly zero attention
+weight, and a scale of one or an addition of zero changes no number.
 
 Compiled programs (all at start-up, `warm_up`): admit for each (rows in
 `admit_buckets`, input length in `input_buckets`); one step; score for each
@@ -30,9 +33,9 @@ Compiled programs (all at start-up, `warm_up`): admit for each (rows in
 each (beam size in `beam_sizes`, rows in `beam_buckets`, input length in
 `input_buckets`). Requests are padded up to these shapes, never compiled for.
 
-This is the module to port when the model takes `adapters=` (issue #12):
-`_model_kwargs` and `_layout_prefix` are the only places that know how the
-vectors reach the backbone.
+`_padded_row` and `_model_adapters` are the only places that know how a
+library entry's arrays reach the backbone; a new method adds its leaves there
+and its validator in `prompt_tuning.serve.store`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import decoding, partitioning
+from prompt_tuning.models.adapters import Adapters
 from prompt_tuning.models.configs import T5Config
 from prompt_tuning.models.t5 import T5
 from prompt_tuning.serve.store import Limits, PromptEntry
@@ -54,8 +58,17 @@ Array = jax.Array
 PyTree = Any
 
 
+SERVABLE_METHODS = ("prompt", "prefix", "ia3", "per_layer_prompt")
+EXCLUDED_LOGIT = -1e9  # an id outside a row's softmax (prompt_tuning.trainer's value: exp(-1e9 - max) is 0)
+
+
+ATTENTION_SITES = {"encoder": ("self_attention",), "decoder": ("self_attention", "cross_attention")}
+PREFIX_SITE = {("encoder", "self_attention"): "encoder", ("decoder", "self_attention"): "decoder"}
+PREFIX_SITE[("decoder", "cross_attention")] = "cross"
+
+
 class EngineError(RuntimeError):
-  """A batch the model could not compute (e.g. non-finite outputs); fails that batch's requests only."""
+  """A request the model could not compute (e.g. non-finite outputs); fails that request (or batch) only."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +87,9 @@ class EngineShapes:
     beam_sizes: beam widths served.
     beam_buckets: rows decoded at once by beam search.
     beam_alpha: the length-penalty exponent of beam search.
+    methods: the tuning methods served ("prompt", "prefix", "ia3", "per_layer_prompt"); each adds its leaves
+      to every row and program (per-layer prompts: [encoder layers, max_prompt_length, D] per row, twice), so
+      serve only those the library needs. Uploads of other methods get a 400 naming the setting.
   """
 
   slots: int = 16
@@ -87,6 +103,7 @@ class EngineShapes:
   beam_sizes: tuple[int, ...] = (4,)
   beam_buckets: tuple[int, ...] = (1, 4)
   beam_alpha: float = 0.6
+  methods: tuple[str, ...] = ("prompt", "prefix", "ia3", "per_layer_prompt")
 
   def __post_init__(self):
     for name in ("input_buckets", "admit_buckets", "score_buckets", "beam_sizes", "beam_buckets"):
@@ -98,6 +115,15 @@ class EngineShapes:
       raise ValueError(f"admit_buckets {self.admit_buckets} exceed slots {self.slots}.")
     if self.max_prompt_length < 1 or self.max_decode_length < 1 or self.max_target_length < 1:
       raise ValueError("max_prompt_length, max_decode_length and max_target_length must be >= 1.")
+    object.__setattr__(self, "methods", tuple(self.methods))
+    unknown = set(self.methods) - set(SERVABLE_METHODS)
+    if unknown:
+      raise ValueError(f"EngineShapes.methods has {sorted(unknown)}; the server takes any of {SERVABLE_METHODS}.")
+    if ("prefix" in self.methods) != (self.max_prefix_length > 0):
+      raise ValueError(
+        f"EngineShapes.methods={self.methods} and max_prefix_length={self.max_prefix_length}: serving prefixes "
+        "needs a prefix table (max_prefix_length >= 1) and a prefix table needs 'prefix' in methods."
+      )
 
   @property
   def max_input_length(self) -> int:
@@ -136,7 +162,7 @@ class Engine:
     self.config, self.params, self.mesh, self.shapes = config, params, mesh, shapes
     self.model = T5(config)
     self.replicated = partitioning.replicated(mesh)
-    self.prefix_sites = ("encoder", "decoder", "cross") if shapes.max_prefix_length else ()
+    self.prefix_sites = ("encoder", "decoder", "cross") if "prefix" in shapes.methods else ()
     self._empty = self._put(self._padded_row(None))
     self._admit = jax.jit(self._admit_fn, donate_argnums=(1,))
     self._step = jax.jit(self._step_fn, donate_argnums=(1,))
@@ -156,67 +182,111 @@ class Engine:
       layers={s: layers[s] for s in self.prefix_sites},
       max_prompt_length=self.shapes.max_prompt_length,
       max_prefix_length=self.shapes.max_prefix_length,
+      encoder_layers=cfg.num_encoder_layers,
+      decoder_layers=cfg.num_decoder_layers,
+      mlp_dim=cfg.mlp_dim,
+      methods=self.shapes.methods,
     )
 
   def _put(self, tree: PyTree) -> PyTree:
     return jax.device_put(tree, self.replicated)
 
-  def _padded_row(self, entry: PromptEntry | None) -> dict[str, Any]:
-    """Host arrays of one row: {"prompt": [P_max, D], "prompt_length": int, "prefix": {site: {...}}}."""
-    cfg, shapes = self.config, self.shapes
-    prompt = np.zeros((shapes.max_prompt_length, cfg.emb_dim), np.float32)
-    prompt_length = 0
-    if entry is not None and entry.method == "prompt":
-      vectors = entry.arrays["prompt"]
-      prompt[: vectors.shape[0]], prompt_length = vectors, vectors.shape[0]
-    prefix = {}
-    for site, layers in self.limits().layers.items():
-      kv_shape = (layers, shapes.max_prefix_length, cfg.num_heads, cfg.head_dim)
-      key, value, mask = np.zeros(kv_shape, np.float32), np.zeros(kv_shape, np.float32), np.zeros(kv_shape[1], bool)
-      if entry is not None and entry.method == "prefix" and f"{site}/key" in entry.arrays:
-        length = entry.arrays[f"{site}/key"].shape[1]
-        key[:, :length], value[:, :length], mask[:length] = (
-          entry.arrays[f"{site}/key"],
-          entry.arrays[f"{site}/value"],
-          True,
-        )
-      prefix[site] = {"key": key, "value": value, "mask": mask}
-    return {"prompt": prompt, "prompt_length": np.int32(prompt_length), "prefix": prefix}
+  def _padded_row(self, entry: PromptEntry | None) -> Adapters:
+    """Host arrays of one row in the adapters layout (`prompt_tuning.models.adapters`), no batch axis.
+
+    Every row has every leaf of the served methods, so rows of any method stack into one batch: the input
+    prompt [P_max, D] with its length (0: none); per attention site IA3's key/value scales [L, H*Dh] and the
+    prefix keys/values [L, P_prefix, H, Dh] with their mask [L, P_prefix]; IA3's MLP scale [L, mlp]; the
+    encoder's per-layer prompts "replace" and "add" [L_enc, P_max, D] with "replace_mask" [L_enc, P_max].
+    Unused leaves are the identity (zeros, False, ones).
+    """
+    cfg, methods = self.config, self.shapes.methods
+    method, arrays = (entry.method, entry.arrays) if entry is not None else (None, {})
+    prompt = np.zeros((self.shapes.max_prompt_length, cfg.emb_dim), np.float32)
+    row: Adapters = {"input": {"prompt": prompt}, "encoder": {}, "decoder": {}}
+    used = 0
+    if method == "prompt":
+      used = arrays["prompt"].shape[0]
+      prompt[:used] = arrays["prompt"]
+    if "per_layer_prompt" in methods:
+      row["encoder"]["hidden"] = self._hidden_leaves(arrays if method == "per_layer_prompt" else {})
+    if method == "per_layer_prompt":
+      layer_prompts = next(iter(arrays.values()))  # [L_enc, P, D]
+      used = layer_prompts.shape[1]
+      prompt[:used] = layer_prompts[0]
+    row["input"]["prompt_lengths"] = np.int32(used)
+    for stack, attentions in ATTENTION_SITES.items():
+      layers = cfg.num_encoder_layers if stack == "encoder" else cfg.num_decoder_layers
+      for attention in attentions:
+        leaves = {}
+        if "ia3" in methods:
+          for name in ("key_scale", "value_scale"):
+            leaves[name] = self._scale(arrays if method == "ia3" else {}, f"{stack}/{attention}/{name}", layers)
+        site = PREFIX_SITE[(stack, attention)]
+        if site in self.prefix_sites:
+          leaves.update(self._prefix_leaves(arrays if method == "prefix" else {}, site, layers))
+        if leaves:
+          row[stack][attention] = leaves
+      if "ia3" in methods:
+        row[stack]["mlp"] = {"scale": self._scale(arrays if method == "ia3" else {}, f"{stack}/mlp/scale", layers)}
+    return {k: v for k, v in row.items() if v}
+
+  def _scale(self, arrays, name: str, layers: int) -> np.ndarray:
+    """IA3's scale `name` [L, features] of an entry, ones where it has none."""
+    width = self.config.mlp_dim if name.endswith("mlp/scale") else self.config.num_heads * self.config.head_dim
+    return np.array(arrays[name], np.float32) if name in arrays else np.ones((layers, width), np.float32)
+
+  def _prefix_leaves(self, arrays, site: str, layers: int) -> dict[str, np.ndarray]:
+    """A prefix site's padded keys/values [L, P_prefix, H, Dh] and mask [L, P_prefix] (all False: none)."""
+    cfg = self.config
+    kv_shape = (layers, self.shapes.max_prefix_length, cfg.num_heads, cfg.head_dim)
+    leaves = {"prefix_key": np.zeros(kv_shape, np.float32), "prefix_value": np.zeros(kv_shape, np.float32)}
+    leaves["prefix_mask"] = np.zeros(kv_shape[:2], bool)
+    if f"{site}/key" in arrays:
+      length = arrays[f"{site}/key"].shape[1]
+      leaves["prefix_key"][:, :length] = arrays[f"{site}/key"]
+      leaves["prefix_value"][:, :length] = arrays[f"{site}/value"]
+      leaves["prefix_mask"][:, :length] = True
+    return leaves
+
+  def _hidden_leaves(self, arrays) -> dict[str, np.ndarray]:
+    """The encoder's per-layer prompt leaves of an entry ({"replace" | "add": [L_enc, P, D]}), padded to P_max."""
+    cfg = self.config
+    shape = (cfg.num_encoder_layers, self.shapes.max_prompt_length, cfg.emb_dim)
+    hidden = {"replace": np.zeros(shape, np.float32), "add": np.zeros(shape, np.float32)}
+    hidden["replace_mask"] = np.zeros(shape[:2], bool)
+    for mode, layer_prompts in arrays.items():
+      used = layer_prompts.shape[1]
+      hidden[mode][:, :used] = layer_prompts
+      if mode == "add":
+        hidden["add"][0] = 0.0  # layer 0 sees the input prompt as it is (PerLayerPrompt.adapters)
+      else:
+        hidden["replace_mask"][:, :used] = True
+    return hidden
 
   def row_vectors(self, entry: PromptEntry | None) -> PyTree:
     """One request's vectors on device (what the library's DeviceCache holds); None: the frozen model."""
     return self._empty if entry is None else self._put(self._padded_row(entry))
 
   def _stack(self, rows: Sequence[PyTree], size: int) -> PyTree:
-    """Rows (padded up to `size` with empty rows) -> batched vectors: prompt [B, P, D], prefix keys [layers, B, ...]."""
+    """Rows (padded up to `size` with empty rows) -> every leaf with a leading row axis [B, ...]."""
     rows = list(rows) + [self._empty] * (size - len(rows))
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
-    return stacked
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
 
   # ---------------------------------------------------------------------------
-  # How the vectors reach today's T5 API (port here for `adapters=`).
+  # How the vectors reach the backbone: its `adapters=` pytree, one set of vectors per row.
 
   @staticmethod
-  def _layout_prefix(prefix: PyTree, sites: Sequence[str]) -> PyTree | None:
-    """Batched rows' prefix {site: key [B, layers, P, H, Dh]} -> the model's {site: key [layers, B, P, H, Dh], mask}."""
-    if not prefix:
-      return None
-    return {
-      s: {
-        "key": jnp.swapaxes(prefix[s]["key"], 0, 1),
-        "value": jnp.swapaxes(prefix[s]["value"], 0, 1),
-        "mask": prefix[s]["mask"],
-      }
-      for s in sites
-      if s in prefix
-    }
+  def _model_adapters(stacked: PyTree) -> Adapters:
+    """Row-first leaves -> the model's per-row layout: input [B, ...]; per-layer sites [L, B, ...]."""
+    out = {"input": stacked["input"]}
+    for stack in ("encoder", "decoder"):
+      if stack in stacked:
+        out[stack] = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), stacked[stack])
+    return out
 
-  def _model_kwargs(self, vectors: PyTree, sites: Sequence[str]) -> dict[str, Any]:
-    return {
-      "prompt": vectors["prompt"],  # [B, P, D]
-      "prompt_lengths": vectors["prompt_length"],  # [B]
-      "prefix": self._layout_prefix(vectors["prefix"], sites),
-    }
+  def _model_kwargs(self, vectors: PyTree) -> dict[str, Any]:
+    return {"adapters": self._model_adapters(vectors)}
 
   # ---------------------------------------------------------------------------
   # Continuous batching: the slot state, admission and the step.
@@ -234,7 +304,7 @@ class Engine:
     state = {
       "cache": variables["cache"],
       "encoder_mask": mask,
-      "prefix": {s: v for s, v in empty["prefix"].items() if s != "encoder"},
+      "decoder": empty.get("decoder", {}),  # each slot's decoder adapters, slot axis first
       "position": jnp.zeros(slots, jnp.int32),
       "token": jnp.zeros(slots, jnp.int32),
       "active": jnp.zeros(slots, bool),
@@ -247,7 +317,7 @@ class Engine:
 
   def _admit_fn(self, params, state, slot_ids, tokens, vectors, settings):
     """Encodes new rows once and writes them into slots `slot_ids` [n] (ids >= slots are dropped: padding rows)."""
-    kwargs = self._model_kwargs(vectors, self.prefix_sites)
+    kwargs = self._model_kwargs(vectors)
     encoded, mask = self.model.apply({"params": params}, tokens, method=T5.encode, **kwargs)  # [n, P + T, D]
     pad = self.shapes.encoder_length - encoded.shape[1]
     encoded, mask = jnp.pad(encoded, ((0, 0), (0, pad), (0, 0))), jnp.pad(mask, ((0, 0), (0, pad)))
@@ -272,7 +342,7 @@ class Engine:
     state = dict(state)
     state["cache"] = jax.tree_util.tree_map_with_path(put_cache, state["cache"], variables["cache"])
     state["encoder_mask"] = put(state["encoder_mask"], mask)
-    state["prefix"] = jax.tree.map(put, state["prefix"], {s: vectors["prefix"][s] for s in state["prefix"]})
+    state["decoder"] = jax.tree.map(put, state["decoder"], vectors.get("decoder", {}))
     n = tokens.shape[0]
     state["position"] = put(state["position"], jnp.zeros(n, jnp.int32))
     state["token"] = put(state["token"], jnp.zeros(n, jnp.int32))
@@ -281,15 +351,15 @@ class Engine:
       state[name] = put(state[name], settings[name])
     return state
 
-  def _row_logits(self, params, cache, token, position, encoder_mask, prefix):
-    """One slot's next-token logits [vocab] and updated cache (vmapped over slots)."""
+  def _row_logits(self, params, cache, token, position, encoder_mask, decoder):
+    """One slot's next-token logits [vocab] and updated cache (vmapped over slots; its adapters shared by its row)."""
     one = jax.tree.map(lambda x: x[None], cache)
     logits, mutated = self.model.apply(
       {"params": params, "cache": one},
       None,
       encoder_mask[None],
       token.reshape(1, 1),
-      prefix=prefix or None,
+      adapters={"decoder": decoder},
       decode_position=position,
       method=T5.decode,
       mutable=["cache"],
@@ -297,10 +367,9 @@ class Engine:
     return logits[0, -1], jax.tree.map(lambda x: x[0], mutated["cache"])
 
   def _step_fn(self, params, state, rng):
-    prefix_axes = {s: {"key": 0, "value": 0, "mask": 0} for s in state["prefix"]}
-    row = jax.vmap(self._row_logits, in_axes=(None, 0, 0, 0, 0, prefix_axes))
+    row = jax.vmap(self._row_logits, in_axes=(None, 0, 0, 0, 0, 0))
     logits, cache = row(
-      params, state["cache"], state["token"], state["position"], state["encoder_mask"], state["prefix"]
+      params, state["cache"], state["token"], state["position"], state["encoder_mask"], state["decoder"]
     )
     logits = logits.astype(jnp.float32)  # [S, vocab]
     chosen = choose_tokens(logits, state["temperature"], state["top_k"], state["top_p"], rng)
@@ -329,31 +398,48 @@ class Engine:
   # ---------------------------------------------------------------------------
   # Whole-batch programs: scoring and beam search.
 
-  def _score_fn(self, params, tokens, targets, vectors):
-    logp = decoding.sequence_log_probs(
-      self.config, params, tokens, targets, **self._model_kwargs(vectors, self.prefix_sites)
-    )
-    return logp
+  def _teacher_forced(self, params, tokens, targets, vectors, allowed):
+    """(log p(target | input) [n], finite [n]): each row's softmax over the ids `allowed` [n, vocab] marks;
+    finite says whether every logit at the row's target positions is (NaN arising anywhere in its computation
+    reaches them)."""
+    decoder_inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shift right, start token 0
+    logits = self.model.apply({"params": params}, tokens, decoder_inputs, targets, **self._model_kwargs(vectors))
+    logits = logits.astype(jnp.float32)  # [n, L, vocab]
+    real = targets > 0
+    finite = jnp.all(jnp.isfinite(logits).all(axis=-1) | ~real, axis=-1)
+    logits = jnp.where(allowed[:, None, :], logits, EXCLUDED_LOGIT)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(real, logp, 0.0), axis=-1), finite
 
-  def score(self, tokens: np.ndarray, targets: np.ndarray, rows: Sequence[PyTree]) -> np.ndarray:
+  def _score_fn(self, params, tokens, targets, vectors, allowed):
+    logp, finite = self._teacher_forced(params, tokens, targets, vectors, allowed)
+    return jnp.where(finite, logp, jnp.nan)
+
+  def score(
+    self, tokens: np.ndarray, targets: np.ndarray, rows: Sequence[PyTree], allowed: np.ndarray | None = None
+  ) -> np.ndarray:
     """log p(target | input, vectors) per row: tokens [n, T], targets [n, max_target_length] -> [n].
 
-    Raises:
-      EngineError: non-finite log-probabilities in the batch.
+    allowed: bool [n, vocab], the ids each row's softmax normalizes over (class_label_softmax: the labels' tokens
+    and EOS, as `prompt_tuning.trainer.restrict_logits`); None: the whole vocabulary. Rows the model could not
+    compute come back non-finite (the caller fails their requests only).
     """
     n = len(rows)
     size = bucket(n, self.shapes.score_buckets)
-    logp = self._score(self.params, _pad_to(tokens, size), _pad_to(targets, size), self._stack(rows, size))
-    logp = np.asarray(jax.device_get(logp))[:n]
-    if not np.all(np.isfinite(logp)):
-      raise EngineError("the model computed non-finite log-probabilities for this batch (a prompt with huge values?).")
-    return logp
+    mask = np.ones((size, self.config.vocab_size), bool)
+    if allowed is not None:
+      mask[:n] = allowed
+    logp = self._score(self.params, _pad_to(tokens, size), _pad_to(targets, size), self._stack(rows, size), mask)
+    return np.asarray(jax.device_get(logp))[:n]
 
   def _beam_fn(self, params, tokens, vectors, rng, *, settings):
-    out = decoding.generate(
-      self.config, params, tokens, settings=settings, rng=rng, **self._model_kwargs(vectors, self.prefix_sites)
-    )
-    return out.tokens, out.scores
+    """Beam search, then one teacher-forced pass over each row's best sequence: beam search routes NaN scores
+    to its "impossible" value and returns tokens anyway, so the pass is what tells a row's computation went
+    non-finite on the path it returned (rows whose scores come back NaN)."""
+    out = decoding.generate(self.config, params, tokens, settings=settings, rng=rng, **self._model_kwargs(vectors))
+    allowed = jnp.ones((tokens.shape[0], self.config.vocab_size), bool)
+    _, finite = self._teacher_forced(params, tokens, out.tokens, vectors, allowed)
+    return out.tokens, jnp.where(finite & jnp.isfinite(out.scores), out.scores, jnp.nan)
 
   def beam_settings(self, num_beams: int, max_decode_length: int) -> decoding.DecodingSettings:
     return decoding.DecodingSettings(
@@ -363,8 +449,8 @@ class Engine:
   def beam(self, tokens: np.ndarray, rows: Sequence[PyTree], num_beams: int) -> tuple[np.ndarray, np.ndarray]:
     """Beam search over a whole batch: (tokens [n, max_decode_length], scores [n]).
 
-    Raises:
-      EngineError: non-finite scores in the batch.
+    Rows are independent: a row whose computation went non-finite (NaN arising from its vectors) comes back
+    with a NaN score, and the caller fails that request only.
     """
     n = len(rows)
     size = bucket(n, self.shapes.beam_buckets)
@@ -373,8 +459,6 @@ class Engine:
       self.params, _pad_to(tokens, size), self._stack(rows, size), jax.random.key(0), settings=settings
     )
     out, scores = jax.device_get((out, scores))
-    if not np.all(np.isfinite(scores[:n])):
-      raise EngineError("the model computed non-finite beam scores for this batch (a prompt with huge values?).")
     return np.asarray(out)[:n], np.asarray(scores)[:n]
 
   def warm_up(self) -> list[str]:
@@ -387,7 +471,8 @@ class Engine:
         state = self.admit(state, [shapes.slots] * n, np.ones((n, length), np.int32), [], settings)
         done.append(f"admit rows={n} input={length}")
       for n in shapes.score_buckets:
-        self.score(np.ones((n, length), np.int32), np.ones((n, shapes.max_target_length), np.int32), [self._empty] * n)
+        targets = np.ones((n, shapes.max_target_length), np.int32)
+        self.score(np.ones((n, length), np.int32), targets, [self._empty] * n)
         done.append(f"score rows={n} input={length}")
       for k in shapes.beam_sizes:
         for n in shapes.beam_buckets:
@@ -416,15 +501,20 @@ def choose_tokens(logits: Array, temperature: Array, top_k: Array, top_p: Array,
   logits [S, V] float32; temperature, top_p float [S]; top_k int [S]. Returns int32 [S].
   """
   vocab = logits.shape[-1]
-  greedy = jnp.argmax(logits, axis=-1)
-  scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
-  ordered = jnp.sort(scaled, axis=-1)[:, ::-1]  # [S, V] descending
-  kth = jnp.take_along_axis(ordered, jnp.clip(top_k - 1, 0, vocab - 1)[:, None], axis=-1)
-  scaled = jnp.where((top_k[:, None] > 0) & (scaled < kth), decoding.NEG_INF, scaled)
-  ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
-  probs = jax.nn.softmax(ordered, axis=-1)
-  keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]
-  threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-  scaled = jnp.where(scaled < threshold, decoding.NEG_INF, scaled)
-  sampled = jax.random.categorical(rng, scaled, axis=-1)
-  return jnp.where(temperature <= 0.0, greedy, sampled).astype(jnp.int32)
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  def sample() -> Array:
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+    ordered = jnp.sort(scaled, axis=-1)[:, ::-1]  # [S, V] descending
+    kth = jnp.take_along_axis(ordered, jnp.clip(top_k - 1, 0, vocab - 1)[:, None], axis=-1)
+    scaled = jnp.where((top_k[:, None] > 0) & (scaled < kth), decoding.NEG_INF, scaled)
+    ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p[:, None]
+    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+    scaled = jnp.where(scaled < threshold, decoding.NEG_INF, scaled)
+    sampled = jax.random.categorical(rng, scaled, axis=-1)
+    return jnp.where(temperature <= 0.0, greedy, sampled).astype(jnp.int32)
+
+  # The two sorts over [S, V] cost several times a decoder step on CPU: only when some slot samples.
+  return jax.lax.cond(jnp.any(temperature > 0.0), sample, lambda: greedy)

@@ -6,7 +6,15 @@ method's export slots in without changing the server:
 - "prompt" (prompt tuning, Lester et al.): {"prompt": [P, D]};
 - "prefix" (folded prefix tuning, Li & Liang): {"<site>/key", "<site>/value":
   [layers, P, heads, head_dim]} for any of the sites "encoder", "decoder",
-  "cross".
+  "cross";
+- "ia3" (Liu et al. 2022): {"<stack>/<attention>/key_scale",
+  "<stack>/<attention>/value_scale": [layers, heads * head_dim],
+  "<stack>/mlp/scale": [layers, mlp_dim]} for the stacks "encoder" and
+  "decoder" (attention "self_attention", and "cross_attention" in the
+  decoder); any subset (a missing scale is ones);
+- "per_layer_prompt" (deep prompt tuning): {"replace": [encoder layers, P, D]}
+  or {"add": [encoder layers, P, D]}, the array's name being the mode it was
+  trained in (`prompt_tuning.methods.per_layer_prompt`).
 
 A method is a `Method`: its name, a `validate(arrays, limits)` that says what
 is wrong with an upload, and a length (what the batcher pads to). Adding one
@@ -19,8 +27,11 @@ name without extension):
 - `ID.npy`, `ID.safetensors` (one tensor, or `prompt`), a PEFT prompt-tuning
   adapter folder, a training step folder or a MODEL_DIR: a prompt
   (`prompt_tuning.checkpoints.prompt_files`);
-- `ID.safetensors` whose metadata says {"method": "prefix"} and whose tensors
-  are named "<site>/key", "<site>/value": a folded prefix (`save_entry` writes it).
+- `ID.safetensors` whose metadata says {"method": M} and whose tensors are
+  named as above: method M's entry (`save_entry` writes it);
+- a folder holding one method export that training writes
+  (MODEL_DIR/numpy_checkpoints/checkpoint_N: `prefix.safetensors`,
+  `ia3.safetensors` or `per_layer_prompt.safetensors`).
 
 Entries are immutable: replacing an id makes a new entry with the next
 version; a request holds the entry it started with, so deleting or replacing
@@ -46,6 +57,9 @@ from prompt_tuning.checkpoints.prompt_files import load_prompt_file
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
 PREFIX_SITES = ("encoder", "decoder", "cross")
+IA3_ATTENTIONS = {"encoder": ("self_attention",), "decoder": ("self_attention", "cross_attention")}
+PER_LAYER_MODES = ("replace", "add")
+EXPORTED_METHODS = ("prefix", "ia3", "per_layer_prompt")  # `<name>.safetensors` in a training export folder
 
 
 class PromptError(ValueError):
@@ -66,6 +80,8 @@ class Limits:
     layers: {site: layer count} of the backbone.
     max_prompt_length: longest prompt (the prompt table's width).
     max_prefix_length: longest prefix (the prefix table's width).
+    encoder_layers, decoder_layers, mlp_dim: the backbone's depth and feed-forward width (IA3, per-layer prompts).
+    methods: the methods this server serves (`EngineShapes.methods`).
   """
 
   emb_dim: int
@@ -74,6 +90,10 @@ class Limits:
   layers: Mapping[str, int]
   max_prompt_length: int
   max_prefix_length: int
+  encoder_layers: int
+  decoder_layers: int
+  mlp_dim: int
+  methods: tuple[str, ...] = ("prompt", "prefix", "ia3", "per_layer_prompt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +112,9 @@ class PromptEntry:
 
   @property
   def length(self) -> int:
-    """Vectors per row (prompt length, or prefix length)."""
-    return int(next(iter(self.arrays.values())).shape[-3 if self.method == "prefix" else 0])
+    """Vectors per row: prompt, prefix or per-layer prompt length; 0 for IA3 (it adds no positions)."""
+    axis = {"prefix": 1, "prompt": 0, "per_layer_prompt": 1}.get(self.method)
+    return 0 if axis is None else int(next(iter(self.arrays.values())).shape[axis])
 
   def describe(self) -> dict[str, Any]:
     return {
@@ -133,7 +154,7 @@ def _validate_prompt(arrays: dict[str, np.ndarray], limits: Limits) -> None:
   if shape[0] > limits.max_prompt_length:
     raise PromptError(
       f"'prompt' has {shape[0]} vectors; this server takes at most {limits.max_prompt_length} "
-      "(restart it with a larger --max_prompt_length)."
+      "(restart it with a larger --gin.EngineShapes.max_prompt_length)."
     )
 
 
@@ -164,7 +185,47 @@ def _validate_prefix(arrays: dict[str, np.ndarray], limits: Limits) -> None:
   if not 1 <= length <= limits.max_prefix_length:
     raise PromptError(
       f"the prefix has {length} vectors; this server takes 1 to {limits.max_prefix_length} "
-      "(restart it with a larger --max_prefix_length)."
+      "(restart it with a larger --gin.EngineShapes.max_prefix_length)."
+    )
+
+
+def _validate_ia3(arrays: dict[str, np.ndarray], limits: Limits) -> None:
+  layers = {"encoder": limits.encoder_layers, "decoder": limits.decoder_layers}
+  kv = limits.num_heads * limits.head_dim
+  expected = {}
+  for stack, attentions in IA3_ATTENTIONS.items():
+    for attention in attentions:
+      for name in ("key_scale", "value_scale"):
+        expected[f"{stack}/{attention}/{name}"] = (layers[stack], kv)
+    expected[f"{stack}/mlp/scale"] = (layers[stack], limits.mlp_dim)
+  unknown = sorted(set(arrays) - set(expected))
+  if unknown or not arrays:
+    raise PromptError(f"method 'ia3' takes arrays named any of {sorted(expected)}; got {unknown or 'none'}.")
+  for name, array in arrays.items():
+    if array.shape != expected[name]:
+      raise PromptError(
+        f"{name!r} has shape {list(array.shape)}; this backbone needs {list(expected[name])} (layers, "
+        f"{'mlp_dim' if name.endswith('mlp/scale') else 'heads x head_dim'})."
+      )
+
+
+def _validate_per_layer_prompt(arrays: dict[str, np.ndarray], limits: Limits) -> None:
+  if len(arrays) != 1 or next(iter(arrays)) not in PER_LAYER_MODES:
+    raise PromptError(
+      f"method 'per_layer_prompt' takes one array named by its mode, 'replace' or 'add', [layers, P, "
+      f"{limits.emb_dim}]; got {sorted(arrays)}."
+    )
+  ((name, array),) = arrays.items()
+  shape = array.shape
+  if len(shape) != 3 or shape[0] != limits.encoder_layers or shape[2] != limits.emb_dim or shape[1] < 1:
+    raise PromptError(
+      f"{name!r} has shape {list(shape)}; this backbone needs [{limits.encoder_layers}, P, {limits.emb_dim}] "
+      "(encoder layers, prompt length, embedding width)."
+    )
+  if shape[1] > limits.max_prompt_length:
+    raise PromptError(
+      f"the per-layer prompt has {shape[1]} vectors; this server takes at most {limits.max_prompt_length} "
+      "(restart it with a larger --gin.EngineShapes.max_prompt_length)."
     )
 
 
@@ -174,7 +235,15 @@ class Method:
   validate: Callable[[dict[str, np.ndarray], Limits], None]
 
 
-METHODS = {m.name: m for m in (Method("prompt", _validate_prompt), Method("prefix", _validate_prefix))}
+METHODS = {
+  m.name: m
+  for m in (
+    Method("prompt", _validate_prompt),
+    Method("prefix", _validate_prefix),
+    Method("ia3", _validate_ia3),
+    Method("per_layer_prompt", _validate_per_layer_prompt),
+  )
+}
 
 
 def check_id(prompt_id: str) -> str:
@@ -194,8 +263,12 @@ def make_entry(prompt_id: str, method: str, arrays: Mapping[str, Any], limits: L
   check_id(prompt_id)
   if method not in METHODS:
     raise PromptError(f"unknown method {method!r}; this server takes {sorted(METHODS)}.")
-  if method == "prefix" and not limits.layers:
-    raise PromptError("this backbone takes no prefix.")
+  if method not in limits.methods:
+    table = " and --gin.EngineShapes.max_prefix_length=N" if method == "prefix" else ""
+    raise PromptError(
+      f"method {method!r} is not served here: this server was started with EngineShapes.methods={limits.methods}; "
+      f"restart it with {method!r} in --gin.EngineShapes.methods{table}."
+    )
   checked = {str(name): _finite_floats(str(name), np.asarray(a)) for name, a in arrays.items()}
   METHODS[method].validate(checked, limits)
   for a in checked.values():
@@ -203,8 +276,36 @@ def make_entry(prompt_id: str, method: str, arrays: Mapping[str, Any], limits: L
   return PromptEntry(prompt_id, method, checked, version, source)
 
 
+def _read_export(folder: Path) -> tuple[str, dict[str, np.ndarray]] | None:
+  """(method, arrays) of a training export folder holding one method's `<name>.safetensors`; None if it holds none."""
+  from safetensors import safe_open
+
+  found = [name for name in EXPORTED_METHODS if (folder / f"{name}.safetensors").is_file()]
+  if not found:
+    return None
+  if len(found) > 1:
+    raise PromptError(f"{folder} holds the exports of {found}; a library entry is one method: copy one out.")
+  method = found[0]
+  with safe_open(str(folder / f"{method}.safetensors"), "np") as f:
+    metadata = f.metadata() or {}
+    arrays = {name.replace(".", "/"): f.get_tensor(name) for name in f.keys()}
+  if method == "per_layer_prompt":
+    mode = metadata.get("mode")
+    if mode not in PER_LAYER_MODES:
+      raise PromptError(
+        f"{folder}/per_layer_prompt.safetensors does not record its mode (exports before the server read it); "
+        "upload it with PUT {'method': 'per_layer_prompt', 'arrays': {'replace' or 'add': [...]}}."
+      )
+    arrays = {mode: arrays["prompts"]}
+  return method, arrays
+
+
 def read_entry_file(path: Path) -> tuple[str, dict[str, np.ndarray]]:
   """(method, arrays) of one library file or folder (formats in the module docstring)."""
+  if path.is_dir():
+    exported = _read_export(path)
+    if exported is not None:
+      return exported
   if path.suffix == ".safetensors":
     from safetensors import safe_open
 
@@ -299,8 +400,16 @@ class PromptLibrary:
     return loaded
 
 
+def device_bytes(tree: Any) -> int:
+  """Bytes of a tree of arrays (a device row is padded to the server's tables: more than the entry's arrays)."""
+  import jax
+
+  return int(sum(leaf.nbytes for leaf in jax.tree.leaves(tree)))
+
+
 class DeviceCache:
-  """Device copies of entries, keyed by (id, version), least recently used evicted beyond `max_bytes`."""
+  """Device copies of entries (padded rows), keyed by (id, version), least recently used evicted beyond
+  `max_bytes` (counted on the device copies)."""
 
   def __init__(self, max_bytes: int, to_device: Callable[[PromptEntry], Any]):
     self.max_bytes, self._to_device = max_bytes, to_device
@@ -325,9 +434,10 @@ class DeviceCache:
         return self._items[key][0]
       self.misses += 1
     value = self._to_device(entry)
+    size = device_bytes(value)
     with self._lock:
-      self._items[key] = (value, entry.nbytes)
-      self._bytes += entry.nbytes
+      self._items[key] = (value, size)
+      self._bytes += size
       while self._bytes > self.max_bytes and len(self._items) > 1:
         _, (_, size) = self._items.popitem(last=False)
         self._bytes -= size
