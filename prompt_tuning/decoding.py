@@ -462,8 +462,10 @@ def _pack_prefix_lm(inputs: Array, targets: Array) -> tuple[Array, Array, Array,
   return decoder_inputs, sequence, (i <= n).astype(jnp.int32), from_targets & (sequence > 0)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "prompt_combination"))
-def _sequence_log_probs(params, inputs, targets, adapters, *, config, prompt_combination):
+@functools.partial(jax.jit, static_argnames=("config", "prompt_combination", "output_ids"))
+def _sequence_log_probs(params, inputs, targets, adapters, *, config, prompt_combination, output_ids=None):
+  from prompt_tuning.trainer import restrict_logits
+
   kwargs = dict(adapters=adapters, prompt_combination=prompt_combination)
   if config.decoder_only:
     decoder_inputs, targets, causal_attention, weights = _pack_prefix_lm(inputs, targets)
@@ -474,6 +476,7 @@ def _sequence_log_probs(params, inputs, targets, adapters, *, config, prompt_com
     decoder_inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shift right, start token 0
     logits = T5(config).apply({"params": params}, inputs, decoder_inputs, targets, **kwargs)
     weights = targets > 0
+  logits = restrict_logits(logits, output_ids)  # [B, L, vocab] float32; unchanged when output_ids is None
   logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
   return jnp.sum(jnp.where(weights, logp, 0.0), axis=-1)
 
@@ -490,8 +493,12 @@ def sequence_log_probs(
   prompt_combination: str = "prefix",
   prompt_lengths=None,
   adapters: Adapters | None = None,
+  output_ids: tuple[int, ...] | None = None,
 ):
   """Teacher-forced log p(target | input) per row [B] (summed over real target tokens).
+
+  `output_ids`: the ids the softmax normalizes over (RunConfig.class_label_softmax: the class labels' tokens and
+  EOS, `run.class_label_ids`); None, the default: the whole vocabulary.
 
   For a decoder-only model pass `encoder_input_tokens=None` and the inputs as
   `decoder_prompt_tokens` (as for `generate`); inputs and targets are packed
@@ -508,4 +515,5 @@ def sequence_log_probs(
     sites.from_keywords(prompt, prefix, prompt_lengths, adapters),
     config=config,
     prompt_combination=prompt_combination,
+    output_ids=None if output_ids is None else tuple(int(i) for i in output_ids),
   )

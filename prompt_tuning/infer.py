@@ -6,12 +6,31 @@
 `mode="predict"` decodes each input; `mode="score"` scores every class label
 of the task (`prompt_tuning.data.get_class_labels`) and predicts the most
 likely one, which never produces an invalid label.
+
+Several prompts through the one frozen backbone (`infer.prompt_files`, any
+format `prompt_tuning.checkpoints.prompt_files` reads: .npy, .safetensors, a
+reference run's extensionless `encoder.prompt.prompt.prompt`, a MODEL_DIR):
+
+- a list plus `infer.ensemble`: prompt ensembling (Lester et al. 2021, section
+  7): each input under each of the K prompts in one batch (row b * K + k),
+  combined by majority vote over the K outputs (`'vote'`, either mode; ties go
+  to the lowest-numbered prompt) or, in score mode, by the mean over prompts of
+  each class label's log-probability (`'mean'`). Each line also carries every
+  prompt's own prediction.
+- a dict {name: file} plus `infer.input_file`: mixed-task inference, a JSONL
+  file whose lines name their prompt (`{"inputs": "...", "prompt": "name"}`,
+  optional "targets"); every row decodes with its own prompt, rows of different
+  prompts in one batch, each as it would alone.
+
+The prompts take the place of the run's own trained vectors, so the config's
+other methods (prefix, IA3, per-layer prompts) are refused with them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import gin
@@ -20,7 +39,10 @@ import numpy as np
 
 from prompt_tuning import decoding, inputs
 
+log = logging.getLogger(__name__)
+
 MODES = ("predict", "score")
+ENSEMBLES = ("vote", "mean")
 
 
 def _examples(task_name: str, lengths, split: str, num_examples: int | None) -> Iterator[dict]:
@@ -83,8 +105,14 @@ def infer(
   mode: str = "predict",
   decoding_settings: decoding.DecodingSettings = decoding.DecodingSettings(),
   num_examples: int | None = None,
+  prompt_files: Sequence[str] | Mapping[str, str] | None = None,
+  ensemble: str | None = None,
+  input_file: str | None = None,
 ) -> Path:
   """Writes one JSON line per example: inputs, targets, prediction (and label scores in score mode).
+
+  Args:
+    prompt_files, ensemble, input_file: several prompts at once (see the module docstring).
 
   Returns:
     The path written (default MODEL_DIR/inference/<task>_<split>.jsonl).
@@ -94,11 +122,14 @@ def infer(
 
   if mode not in MODES:
     raise ValueError(f"unknown infer mode {mode!r}; use one of {MODES}.")
+  _check_prompt_settings(prompt_files, ensemble, input_file, mode)
   cfg = run_config if run_config is not None else RunConfig()
+  if prompt_files is not None:
+    cfg = _backbone_only(cfg)
   run = build_inference(cfg)
   task = inputs.get_task(cfg.mixture_or_task_name)
   vocabulary = task.output_features["targets"].vocabulary
-  labels = None
+  labels = label_targets = None
   if mode == "score":
     from prompt_tuning.data import get_class_labels
 
@@ -106,35 +137,276 @@ def infer(
     if not labels:
       raise ValueError(f"task {cfg.mixture_or_task_name!r} declares no class labels; use mode='predict'.")
     label_targets = _label_targets(labels, vocabulary, cfg.task_feature_lengths["targets"])
-  predictor = evaluation.Predictor(run, decoding_settings, cfg.batch_size)
-  path = Path(output_file) if output_file else Path(cfg.model_dir) / "inference" / f"{task.name}_{split}.jsonl"
+  name = task.name if input_file is None else Path(input_file).stem
+  path = Path(output_file) if output_file else Path(cfg.model_dir) / "inference" / f"{name}_{split}.jsonl"
   path.parent.mkdir(parents=True, exist_ok=True)
-  examples = list(_examples(cfg.mixture_or_task_name, cfg.task_feature_lengths, split, num_examples))
-  lines = []
-  for chunk in _chunks(examples, cfg.batch_size):
-    encoder = inputs.pad_rows(
-      {"x": _pad([ex["inputs"] for ex in chunk], cfg.task_feature_lengths["inputs"])}, cfg.batch_size
-    )["x"]
-    if mode == "score":
-      scores = _score_labels(predictor, encoder, label_targets)[: len(chunk)]
-      predictions = [labels[i] for i in scores.argmax(axis=1)]
+  if prompt_files is None:
+    predictor = evaluation.Predictor(run, decoding_settings, cfg.batch_size)
+    examples = list(_examples(cfg.mixture_or_task_name, cfg.task_feature_lengths, split, num_examples))
+    lines = _single_prompt_lines(predictor, examples, cfg, vocabulary, labels, label_targets)
+  else:
+    rows = RowPrompts(run, decoding_settings, _load_prompts(prompt_files, run.tuned.config.emb_dim))
+    if input_file is None:
+      examples = list(_examples(cfg.mixture_or_task_name, cfg.task_feature_lengths, split, num_examples))
+      lines = _ensemble_lines(rows, examples, cfg, vocabulary, labels, label_targets, ensemble)
     else:
-      tokens = predictor.generate(encoder)[: len(chunk)]
-      predictions = [vocabulary.decode([int(t) for t in row if t > 0 and t != vocabulary.eos_id]) for row in tokens]
-    for i, ex in enumerate(chunk):
-      line = {
-        "inputs": _text(ex.get("inputs_pretokenized", "")),
-        "targets": _text(ex.get("targets_pretokenized", "")),
-        "prediction": predictions[i],
-      }
-      if mode == "score":
-        line["scores"] = {label: float(s) for label, s in zip(labels, scores[i])}
-      lines.append(line)
+      examples = _file_examples(input_file, vocabulary, cfg.task_feature_lengths, list(rows.names), num_examples)
+      lines = _mixed_lines(rows, examples, cfg, vocabulary, labels, label_targets)
   if jax.process_index() == 0:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
     tmp.replace(path)
   return path
+
+
+def _decode_text(vocabulary, tokens) -> str:
+  return vocabulary.decode([int(t) for t in tokens if t > 0 and t != vocabulary.eos_id])
+
+
+def _encoder_batch(chunk: list[dict], cfg) -> np.ndarray:
+  """The chunk's input tokens, padded to the feature length and to a full batch [batch_size, T]."""
+  rows = _pad([ex["inputs"] for ex in chunk], cfg.task_feature_lengths["inputs"])
+  return inputs.pad_rows({"x": rows}, cfg.batch_size)["x"]
+
+
+def _line(ex: dict, prediction: str) -> dict:
+  return {
+    "inputs": _text(ex.get("inputs_pretokenized", "")),
+    "targets": _text(ex.get("targets_pretokenized", "")),
+    "prediction": prediction,
+  }
+
+
+def _single_prompt_lines(predictor, examples, cfg, vocabulary, labels, label_targets) -> list[dict]:
+  lines = []
+  for chunk in _chunks(examples, cfg.batch_size):
+    encoder = _encoder_batch(chunk, cfg)
+    if labels is not None:
+      scores = _score_labels(predictor, encoder, label_targets)[: len(chunk)]
+      predictions = [labels[i] for i in scores.argmax(axis=1)]
+    else:
+      tokens = predictor.generate(encoder)[: len(chunk)]
+      predictions = [_decode_text(vocabulary, row) for row in tokens]
+    for i, ex in enumerate(chunk):
+      line = _line(ex, predictions[i])
+      if labels is not None:
+        line["scores"] = {label: float(s) for label, s in zip(labels, scores[i])}
+      lines.append(line)
+  return lines
+
+
+# ---------------------------------------------------------------------------
+# Several prompts: ensembles and mixed rows.
+
+
+def _check_prompt_settings(prompt_files, ensemble, input_file, mode: str) -> None:
+  """One clear error for each combination of infer.prompt_files / ensemble / input_file that means nothing."""
+  if prompt_files is None:
+    for name, value in (("ensemble", ensemble), ("input_file", input_file)):
+      if value is not None:
+        raise ValueError(f"infer.{name} is set but infer.prompt_files is not: give the prompts it applies to.")
+    return
+  if isinstance(prompt_files, str) or not prompt_files:
+    raise ValueError(
+      f"infer.prompt_files = {prompt_files!r}: give a list of prompt files (an ensemble) or a dict {{name: file}} "
+      "(rows of infer.input_file choose their prompt by name)."
+    )
+  if isinstance(prompt_files, Mapping):
+    if input_file is None:
+      raise ValueError(
+        "infer.prompt_files is a dict {name: file}: set infer.input_file, a JSONL file whose lines "
+        'name their prompt ({"inputs": ..., "prompt": NAME}); for an ensemble give a list instead.'
+      )
+    if ensemble is not None:
+      raise ValueError(
+        "infer.ensemble combines a list of prompts over the same inputs; with a dict and "
+        "infer.input_file every row has one prompt: unset infer.ensemble."
+      )
+    return
+  if input_file is not None:
+    raise ValueError(
+      "infer.input_file needs infer.prompt_files as a dict {name: file} (rows choose a prompt by "
+      "name); with a list of prompts, inputs come from the task."
+    )
+  if ensemble not in ENSEMBLES:
+    raise ValueError(f"infer.prompt_files is a list: set infer.ensemble to one of {ENSEMBLES} (got {ensemble!r}).")
+  if ensemble == "mean" and mode != "score":
+    raise ValueError(
+      "infer.ensemble = 'mean' averages class-label log-probabilities: use infer.mode = 'score', or "
+      "infer.ensemble = 'vote' to vote over decoded outputs."
+    )
+
+
+def _backbone_only(cfg):
+  """The run config without its own tuned vectors: the prompt files take their place.
+
+  Raises:
+    ValueError: the config tunes more than a prompt (prefix, IA3, per-layer prompts).
+  """
+  import dataclasses
+
+  others = [type(m).__name__ for m in cfg.methods] + (["prefix"] if cfg.prefix is not None else [])
+  if others or cfg.trainable_pattern == ".*":
+    what = ", ".join(others) if others else "model tuning (TRAINABLE_PATTERN = '.*')"
+    raise ValueError(
+      f"infer.prompt_files replaces the run's soft prompt, but this config also uses {what}: infer with a prompt "
+      "config (e.g. runs/prompt_infer.gin with a prompt_*.gin), or serve mixed methods with `prompt-tuning serve`."
+    )
+  log.info("infer.prompt_files replace the run's own prompt (PROMPT_LENGTH=%d)", cfg.prompt_length)
+  return dataclasses.replace(cfg, prompt_length=0, prompt_init=None)
+
+
+def _load_prompts(prompt_files, embed_dim: int) -> dict[str, np.ndarray]:
+  """{name: prompt [P, D]} in the given order (a list: names '0', '1', ...), each checked against the backbone."""
+  from prompt_tuning.checkpoints import prompt_files as files
+
+  named = dict(prompt_files) if isinstance(prompt_files, Mapping) else {str(i): f for i, f in enumerate(prompt_files)}
+  prompts = {}
+  for name, file in named.items():
+    try:
+      prompts[str(name)] = files.load_prompt_file(file, embed_dim=embed_dim)
+    except (OSError, ValueError) as e:
+      raise type(e)(f"infer.prompt_files[{name!r}]: {e}") from e
+  return prompts
+
+
+class RowPrompts:
+  """Decodes and scores rows that each carry their own soft prompt, through the inference build's frozen backbone.
+
+  Prompts of different lengths share a batch: each row attends to its own prompt's length only
+  (`ensembles.stack_prompts`), so every row computes what it computes alone.
+  """
+
+  def __init__(self, run, settings: decoding.DecodingSettings, prompts: dict[str, np.ndarray]):
+    from prompt_tuning import optim
+
+    self.run, self.settings, self.names = run, settings, tuple(prompts)
+    self._prompts = [prompts[n] for n in self.names]
+    self._backbone = optim.merge(run.trainable, run.frozen)["t5"]
+
+  def _adapters(self, which: Sequence[int]) -> dict:
+    from prompt_tuning import ensembles
+
+    stacked, lengths = ensembles.stack_prompts([self._prompts[i] for i in which])  # [n, P_max, D], [n]
+    return {"input": {"prompt": stacked, "prompt_lengths": lengths}}
+
+  def generate(self, tokens: np.ndarray, which: Sequence[int]) -> np.ndarray:
+    """Decoded tokens [n, L] of tokens [n, T], row i under prompt `which[i]`."""
+    tuned = self.run.tuned
+    out = decoding.generate(
+      tuned.config,
+      self._backbone,
+      tokens,
+      adapters=self._adapters(which),
+      prompt_combination=tuned.prompt_combination,
+      settings=self.settings,
+    )
+    return np.asarray(jax.device_get(out.tokens))
+
+  def score(self, tokens: np.ndarray, label_targets: np.ndarray, which: Sequence[int]) -> np.ndarray:
+    """log p(label | input, prompt) [n, num_labels] (the run's class_label_softmax applies, as in single-prompt
+    scoring)."""
+    n, num_labels = tokens.shape[0], label_targets.shape[0]
+    logp = decoding.sequence_log_probs(
+      self.run.tuned.config,
+      self._backbone,
+      np.repeat(tokens, num_labels, axis=0),
+      np.tile(label_targets, (n, 1)),
+      adapters=self._adapters(np.repeat(np.asarray(which), num_labels)),
+      prompt_combination=self.run.tuned.prompt_combination,
+      output_ids=self.run.output_ids,
+    )
+    return np.asarray(jax.device_get(logp)).reshape(n, num_labels)
+
+
+def _ensemble_lines(rows: RowPrompts, examples, cfg, vocabulary, labels, label_targets, ensemble) -> list[dict]:
+  """Every example under each of the K prompts (rows b * K + k of one batch), combined by `ensemble`."""
+  from prompt_tuning import ensembles
+
+  k = len(rows.names)
+  lines = []
+  for chunk in _chunks(examples, cfg.batch_size):
+    encoder = np.repeat(_encoder_batch(chunk, cfg), k, axis=0)  # [batch * K, T]
+    which = np.tile(np.arange(k), cfg.batch_size)
+    if labels is not None:
+      logp = rows.score(encoder, label_targets, which).reshape(cfg.batch_size, k, -1)[: len(chunk)]  # [b, K, C]
+      each = logp.argmax(axis=-1)  # [b, K]
+      if ensemble == "mean":
+        choice, mean = (np.asarray(x) for x in ensembles.mean_log_prob_choice(logp))
+      else:
+        winner, _ = ensembles.majority_vote(each[..., None])
+        choice = np.asarray(winner)[:, 0]
+      for i, ex in enumerate(chunk):
+        line = _line(ex, labels[int(choice[i])])
+        line["prompt_predictions"] = {name: labels[int(c)] for name, c in zip(rows.names, each[i])}
+        if ensemble == "mean":
+          line["scores"] = {label: float(s) for label, s in zip(labels, mean[i])}
+        lines.append(line)
+    else:
+      tokens = rows.generate(encoder, which).reshape(cfg.batch_size, k, -1)[: len(chunk)]  # [b, K, L]
+      tokens = np.where(np.cumsum(tokens == vocabulary.eos_id, axis=-1) > 0, 0, tokens)  # what follows EOS is noise
+      winner, votes = (np.asarray(x) for x in ensembles.majority_vote(tokens))
+      for i, ex in enumerate(chunk):
+        line = _line(ex, _decode_text(vocabulary, winner[i]))
+        line["votes"] = int(votes[i])
+        line["prompt_predictions"] = {name: _decode_text(vocabulary, t) for name, t in zip(rows.names, tokens[i])}
+        lines.append(line)
+  return lines
+
+
+def _file_examples(input_file: str, vocabulary, lengths, names: list[str], num_examples: int | None) -> list[dict]:
+  """The JSONL input file's rows, tokenized as the task's inputs are (with EOS), each with its prompt's index.
+
+  Raises:
+    FileNotFoundError / ValueError: a missing file, a line without "inputs", or a prompt name not in prompt_files.
+  """
+  path = Path(input_file)
+  if not path.is_file():
+    raise FileNotFoundError(f"infer.input_file {path} does not exist.")
+  examples = []
+  for number, text in enumerate(path.read_text().splitlines(), 1):
+    if not text.strip():
+      continue
+    row = json.loads(text)
+    if not isinstance(row, dict) or "inputs" not in row or "prompt" not in row:
+      raise ValueError(f'{path}:{number}: each line needs "inputs" and "prompt" ({{"inputs": ..., "prompt": NAME}}).')
+    if str(row["prompt"]) not in names:
+      raise ValueError(f"{path}:{number}: prompt {row['prompt']!r} is not in infer.prompt_files ({names}).")
+    tokens = vocabulary.encode(str(row["inputs"])) + [vocabulary.eos_id]
+    if len(tokens) > lengths["inputs"]:
+      raise ValueError(
+        f"{path}:{number}: {len(tokens)} input tokens exceed TASK_FEATURE_LENGTHS['inputs'] = {lengths['inputs']}."
+      )
+    examples.append(
+      {
+        "inputs": np.asarray(tokens, np.int32),
+        "inputs_pretokenized": str(row["inputs"]),
+        "targets_pretokenized": str(row.get("targets", "")),
+        "prompt_index": names.index(str(row["prompt"])),
+      }
+    )
+    if num_examples is not None and len(examples) == num_examples:
+      break
+  return examples
+
+
+def _mixed_lines(rows: RowPrompts, examples, cfg, vocabulary, labels, label_targets) -> list[dict]:
+  """Each row with its own prompt, rows of different prompts in one batch."""
+  lines = []
+  for chunk in _chunks(examples, cfg.batch_size):
+    encoder = _encoder_batch(chunk, cfg)
+    which = [ex["prompt_index"] for ex in chunk] + [0] * (cfg.batch_size - len(chunk))
+    if labels is not None:
+      scores = rows.score(encoder, label_targets, which)[: len(chunk)]
+      predictions = [labels[i] for i in scores.argmax(axis=1)]
+    else:
+      predictions = [_decode_text(vocabulary, t) for t in rows.generate(encoder, which)[: len(chunk)]]
+    for i, ex in enumerate(chunk):
+      line = _line(ex, predictions[i]) | {"prompt": rows.names[ex["prompt_index"]]}
+      if labels is not None:
+        line["scores"] = {label: float(s) for label, s in zip(labels, scores[i])}
+      lines.append(line)
+  return lines
 
 
 if __name__ == "__main__":  # python -m prompt_tuning.infer --gin_file=... (same as `prompt-tuning infer`)

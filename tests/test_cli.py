@@ -3,6 +3,7 @@ config and a task read from local files. The console scripts themselves (`prompt
 in test_help_lists_the_commands and, for every README command line, in tests/test_readme.py."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,7 @@ def test_train_eval_infer_inspect_export(local_task, reference_dir, tmp_path, _c
   assert "cli_yes_no/accuracy" in evaluation.stdout and "loss" in evaluation.stdout
   assert (model_dir / "eval_metrics.jsonl").is_file()
 
+  single = {}
   for mode in ("predict", "score"):
     out_file = tmp_path / f"{mode}.jsonl"
     _cli(
@@ -59,11 +61,12 @@ def test_train_eval_infer_inspect_export(local_task, reference_dir, tmp_path, _c
       f"--gin.INFER_MODE='{mode}'",
       f"--gin.INFER_OUTPUT='{out_file}'",
     )
-    lines = [json.loads(x) for x in out_file.read_text().splitlines()]
+    lines = single[mode] = [json.loads(x) for x in out_file.read_text().splitlines()]
     assert len(lines) == 8 and lines[0]["inputs"].startswith("question: is apple 0 odd?")
     assert lines[0]["targets"] == "no"
     if mode == "score":
       assert set(lines[0]["scores"]) == {"no", "yes"} and all(x["prediction"] in ("no", "yes") for x in lines)
+  _infer_with_several_prompts(_cli, local_task, prompt_file, single, tmp_path)
 
   inspect = _cli(
     "inspect",
@@ -82,6 +85,82 @@ def test_train_eval_infer_inspect_export(local_task, reference_dir, tmp_path, _c
   peft_dir = tmp_path / "peft"
   _cli("export", str(prompt_file), str(peft_dir), "--format", "peft")
   assert (peft_dir / "adapter_config.json").is_file() and (peft_dir / "adapter_model.safetensors").is_file()
+
+
+def _infer_with_several_prompts(_cli, local_task, trained_file, single, tmp_path):
+  """infer.prompt_files: an ensemble (mean log-probability, majority vote) and mixed rows equal each prompt alone."""
+  other_file = tmp_path / "other.npy"
+  np.save(other_file, np.load(trained_file)[::-1] * 3.0)  # another prompt: reversed and scaled
+  other_out = tmp_path / "other_score.jsonl"
+  alone = [*local_task, f"--gin.MODEL_DIR='{tmp_path / 'other'}'", "--gin_file=prompts/from_file.gin"]
+  _cli(
+    "infer",
+    "--gin_file=runs/prompt_infer.gin",
+    *alone,
+    f"--gin.PROMPT_FILE='{other_file}'",
+    "--gin.INFER_MODE='score'",
+    f"--gin.INFER_OUTPUT='{other_out}'",
+  )
+  other = [json.loads(x) for x in other_out.read_text().splitlines()]
+  flags = [*local_task, f"--gin.MODEL_DIR='{tmp_path / 'several'}'", "--gin_file=runs/prompt_infer.gin"]
+
+  def infer(*bindings) -> list[dict]:
+    out = tmp_path / f"several_{len(list(tmp_path.glob('several_*')))}.jsonl"
+    _cli("infer", *flags, *bindings, f"--gin.INFER_OUTPUT='{out}'")
+    return [json.loads(x) for x in out.read_text().splitlines()]
+
+  # Mean log-probability over the two prompts, in one batch of rows b * 2 + k.
+  mean = infer(
+    f"--gin.infer.prompt_files=['{trained_file}', '{other_file}']",
+    "--gin.infer.ensemble='mean'",
+    "--gin.INFER_MODE='score'",
+  )
+  assert len(mean) == 8
+  for got, a, b in zip(mean, single["score"], other):
+    for label in ("no", "yes"):
+      assert got["scores"][label] == pytest.approx((a["scores"][label] + b["scores"][label]) / 2, abs=1e-4)
+    assert got["prompt_predictions"] == {"0": a["prediction"], "1": b["prediction"]}
+    assert got["prediction"] == max(got["scores"], key=got["scores"].get)
+  # Majority vote of decoded outputs: two copies of the trained prompt outvote the other one.
+  vote = infer(
+    f"--gin.infer.prompt_files=['{other_file}', '{trained_file}', '{trained_file}']",
+    "--gin.infer.ensemble='vote'",
+    "--gin.INFER_MODE='predict'",
+  )
+  assert [x["prediction"] for x in vote] == [x["prediction"] for x in single["predict"]]
+  assert all(x["votes"] >= 2 for x in vote)
+  # Mixed rows: each line names its prompt; rows of both prompts share batches and score as each alone.
+  rows = tmp_path / "rows.jsonl"
+  texts = [x["inputs"] for x in single["score"]]
+  rows.write_text("".join(json.dumps({"inputs": t, "prompt": "ab"[i % 2]}) + "\n" for i, t in enumerate(texts)))
+  mixed = infer(
+    f"--gin.infer.prompt_files={{'a': '{trained_file}', 'b': '{other_file}'}}",
+    f"--gin.infer.input_file='{rows}'",
+    "--gin.INFER_MODE='score'",
+  )
+  assert [x["prompt"] for x in mixed] == ["a", "b"] * 4
+  for i, got in enumerate(mixed):
+    expected = (single["score"] if i % 2 == 0 else other)[i]["scores"]
+    assert got["scores"] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+  ("settings", "message"),
+  [
+    (dict(ensemble="vote"), "infer.prompt_files is not"),
+    (dict(prompt_files="a.npy", ensemble="vote"), "give a list of prompt files"),
+    (dict(prompt_files=["a.npy", "b.npy"]), "set infer.ensemble"),
+    (dict(prompt_files=["a.npy", "b.npy"], ensemble="mean"), "infer.mode = 'score'"),
+    (dict(prompt_files={"a": "a.npy"}), "set infer.input_file"),
+    (dict(prompt_files={"a": "a.npy"}, input_file="x.jsonl", ensemble="vote"), "unset infer.ensemble"),
+    (dict(prompt_files=["a.npy"], input_file="x.jsonl", ensemble="vote"), "as a dict"),
+  ],
+)
+def test_infer_prompt_settings_that_mean_nothing_are_refused(settings, message):
+  from prompt_tuning import infer
+
+  with pytest.raises(ValueError, match=re.escape(message)):
+    infer.infer(**settings)
 
 
 def test_bad_input_gives_one_line_not_a_traceback(local_task, tmp_path, _cli):

@@ -82,7 +82,9 @@ def test_reference_style_command_trains_evaluates_and_infers(tmp_path, reference
   reference's way, as PROMPT_FILE (the reference's runs/prompt_eval.gin and prompt_infer.gin read prompts/from_file)."""
   modules = tmp_path / "modules"
   modules.mkdir()
-  (modules / "reference_user_tasks.py").write_text(USER_TASK_MODULE.format(vocab=str(reference_dir / "t5_spm_32000.model")))
+  (modules / "reference_user_tasks.py").write_text(
+    USER_TASK_MODULE.format(vocab=str(reference_dir / "t5_spm_32000.model"))
+  )
   common = [
     f"--gin.INITIAL_CHECKPOINT_PATH='{reference_dir / 't5x_t5_1_1_tiny' / 'checkpoint_3'}'",
     "--gin.MIXTURE_OR_TASK_MODULE='reference_user_tasks'",
