@@ -454,3 +454,13 @@ def test_dropout_masks_do_not_depend_on_the_mesh():
     [sys.executable, "-c", _MASKS.format(root=str(ROOT))], capture_output=True, text=True, env=env, timeout=300
   )
   assert done.returncode == 0 and done.stdout.strip() == "equal", done.stderr[-3000:]
+
+
+def test_a_float64_prompt_beyond_float32s_range_is_refused_not_turned_into_inf(tmp_path):
+  # A reference run's prompts are float64 .npy files; 1e39 is finite there and inf once cast to float32.
+  path = tmp_path / "encoder.prompt.prompt.prompt"
+  with open(path, "wb") as f:
+    np.save(f, np.array([[0.5, 1e39], [0.1, -0.2]], np.float64))
+  with pytest.raises(ValueError, match=r"values up to 1e\+39, beyond float32's range") as error:
+    prompts.load_prompt_file(path)
+  assert str(path) in str(error.value)

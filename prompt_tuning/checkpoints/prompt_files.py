@@ -169,6 +169,12 @@ def check_prompt_array(prompt: np.ndarray, embed_dim: int | None = None, source:
     )
   if not np.all(np.isfinite(prompt)):
     raise ValueError(f"{source} contains NaN or infinite values; it cannot be used.")
+  largest = float(np.max(np.abs(prompt)))
+  if largest > np.finfo(np.float32).max:  # finite float64 that float32 cannot hold: it would become inf
+    raise ValueError(
+      f"{source} holds values up to {largest:.3g}, beyond float32's range ({np.finfo(np.float32).max:.3g}); "
+      "prompts are used in float32: it cannot be used."
+    )
   return prompt.astype(np.float32)
 
 
