@@ -115,6 +115,8 @@ def infer(
     encoder = inputs.pad_rows(
       {"x": _pad([ex["inputs"] for ex in chunk], cfg.task_feature_lengths["inputs"])}, cfg.batch_size
     )["x"]
+    if predictor.bucket_lengths:  # A bounded set of compiled shapes, the same results (Predictor's docstring).
+      encoder = inputs.trim_to_buckets({"encoder_input_tokens": encoder})["encoder_input_tokens"]
     if mode == "score":
       scores = _score_labels(predictor, encoder, label_targets)[: len(chunk)]
       predictions = [labels[i] for i in scores.argmax(axis=1)]
