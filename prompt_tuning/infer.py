@@ -181,6 +181,8 @@ def _single_prompt_lines(predictor, examples, cfg, vocabulary, labels, label_tar
   lines = []
   for chunk in _chunks(examples, cfg.batch_size):
     encoder = _encoder_batch(chunk, cfg)
+    if predictor.bucket_lengths:  # A bounded set of compiled shapes, the same results (Predictor's docstring).
+      encoder = inputs.trim_to_buckets({"encoder_input_tokens": encoder})["encoder_input_tokens"]
     if labels is not None:
       scores = _score_labels(predictor, encoder, label_targets)[: len(chunk)]
       predictions = [labels[i] for i in scores.argmax(axis=1)]

@@ -120,3 +120,48 @@ def pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
   if have == rows:
     return batch
   return {k: np.concatenate([v, np.zeros((rows - have,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+
+
+SMALLEST_BUCKET = 8
+
+
+def bucket_length(used: int, full: int, smallest: int = SMALLEST_BUCKET) -> int:
+  """The compiled length for `used` real positions: the smallest power of two >= used (at least `smallest`),
+  capped at the feature length `full`. So one feature compiles at most log2(full / smallest) + 2 shapes."""
+  length = smallest
+  while length < used:
+    length *= 2
+  return min(length, full)
+
+
+def used_length(values: np.ndarray) -> int:
+  """Positions up to and including the last non-zero one in any row of an int/float [rows, length] array."""
+  columns = np.flatnonzero(np.any(values != 0, axis=0))
+  return int(columns[-1]) + 1 if columns.size else 0
+
+
+def trim_to_buckets(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Cuts the trailing padding of a batch down to its bucket length, per side: the encoder_* features share one
+  length and the decoder_* features another (zeros past a row's end are padding, masked and weighing nothing, so
+  every result is the same as with the full length)."""
+  lengths = {}
+  for name, values in batch.items():
+    side = name.split("_", 1)[0]
+    lengths[side] = max(lengths.get(side, 0), used_length(values))
+  return {
+    name: values[:, : bucket_length(lengths[name.split("_", 1)[0]], values.shape[1])] for name, values in batch.items()
+  }
+
+
+def by_length_batches(
+  examples: list[tuple[int, dict[str, np.ndarray]]], batch_size: int
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], int]]:
+  """(indices, features, real rows) of `examples` ((index, features of one example)) in batches of similar
+  length: sorted by their real (non-padding) token count, padded with empty rows to `batch_size` and trimmed to a
+  bucket length (`trim_to_buckets`)."""
+  order = sorted(examples, key=lambda item: sum(used_length(v[None]) for v in item[1].values()))
+  for start in range(0, len(order), batch_size):
+    chunk = order[start : start + batch_size]
+    indices = np.array([index for index, _ in chunk])
+    features = {name: np.stack([f[name] for _, f in chunk]) for name in chunk[0][1]}
+    yield indices, trim_to_buckets(pad_rows(features, batch_size)), len(chunk)

@@ -281,3 +281,61 @@ def test_class_labels_longer_than_the_targets_are_refused(reference_dir):
   assert targets.shape == (2, 4) and (targets[:, -1] == 0).all()
   with pytest.raises(ValueError, match=r"raise it to at least"):
     infer._label_targets(["not entailment at all", "yes"], vocab, 3)
+
+
+def test_bucket_lengths_are_bounded_powers_of_two_and_trim_only_padding():
+  from prompt_tuning import inputs
+
+  assert [inputs.bucket_length(n, 40) for n in (0, 1, 8, 9, 17, 33, 40)] == [8, 8, 8, 16, 32, 40, 40]
+  batch = {
+    "encoder_input_tokens": np.pad(np.ones((2, 11), np.int32), ((0, 0), (0, 29))),
+    "decoder_target_tokens": np.pad(np.ones((2, 3), np.int32), ((0, 0), (0, 5))),
+    "decoder_loss_weights": np.pad(np.ones((2, 2), np.float32), ((0, 0), (0, 6))),
+  }
+  trimmed = inputs.trim_to_buckets(batch)
+  # Each side keeps one length (the loss weights follow the longer targets); nothing non-zero is cut.
+  assert {k: v.shape[1] for k, v in trimmed.items()} == {
+    "encoder_input_tokens": 16,
+    "decoder_target_tokens": 8,
+    "decoder_loss_weights": 8,
+  }
+  assert all(trimmed[k].sum() == batch[k].sum() for k in batch)
+
+
+def test_length_bucketed_scoring_and_decoding_equal_full_length(task, tmp_path):
+  """Sorted, power-of-two-trimmed batches give each example the prediction and score of full-length batches, with
+  the prompt placed after each input's own EOS (a combination that moves with the input's length)."""
+  import tensorflow as tf
+
+  from prompt_tuning import decoding
+  from prompt_tuning import eval as evaluation
+  from prompt_tuning.run import build_inference
+
+  run = build_inference(
+    _config(tmp_path, task_feature_lengths={"inputs": 40, "targets": 4}, prompt_combination="suffix_after_eos")
+  )
+  rng = np.random.default_rng(1)
+  lengths = [3, 38, 9, 17, 5, 30, 12, 2, 25, 7]  # buckets 8, 16, 32 and the full 40
+  encoder = np.zeros((len(lengths), 40), np.int32)
+  for row, used in enumerate(lengths):
+    encoder[row, :used] = np.append(rng.integers(2, 32000, used - 1), 1)  # ... EOS
+  targets = np.zeros((len(lengths), 4), np.int32)
+  targets[:, :2] = np.stack([rng.integers(2, 32000, len(lengths)), np.ones(len(lengths), np.int32)], axis=1)
+  features = {
+    "encoder_input_tokens": encoder,
+    "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    "decoder_target_tokens": targets,
+    "decoder_loss_weights": (targets > 0).astype(np.int32),
+  }
+  dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(lengths)), features))
+  settings = decoding.DecodingSettings(max_decode_length=3)
+  results = {}
+  for bucketed in (False, True):
+    predictor = evaluation.Predictor(run, settings, 4, bucket_lengths=bucketed)
+    results[bucketed] = (dict(predictor.score_fn(dataset)), dict(predictor.predict_fn(dataset)))
+  (full_scores, full_tokens), (scores, tokens) = results[False], results[True]
+  assert tokens == full_tokens
+  np.testing.assert_allclose([scores[i] for i in range(10)], [full_scores[i] for i in range(10)], rtol=1e-5, atol=1e-5)
+  # Batches of similar length (sorted: 2-7 | 9-25 | 30, 38): the shortest four share the smallest bucket.
+  shapes = [f["encoder_input_tokens"].shape[1] for _, f, _ in evaluation.Predictor(run, settings, 4)._batches(dataset)]
+  assert shapes == [8, 32, 40]
