@@ -99,6 +99,13 @@ def check_run_config(cfg: Any) -> None:
   """
   if not isinstance(cfg.model_dir, (str, os.PathLike)):
     raise SettingError(f"MODEL_DIR must be a folder path (a string), got {cfg.model_dir!r}.")
+  if "://" in str(cfg.model_dir):
+    # Path("gs://b/run") is the local folder "gs:/b/run": without this check a run would write there silently.
+    raise SettingError(
+      f"MODEL_DIR {cfg.model_dir} is a remote URL; training writes its checkpoints, exports, metrics and lock to a "
+      "local (or mounted, e.g. gcsfuse) folder: set MODEL_DIR to one and copy it to the bucket afterwards. "
+      "INITIAL_CHECKPOINT_PATH may be gs:// or a Hugging Face hub id."
+    )
   if not isinstance(cfg.mixture_or_task_name, str):
     raise SettingError(f"MIXTURE_OR_TASK_NAME must be a task name (a string), got {cfg.mixture_or_task_name!r}.")
   _check_feature_lengths(cfg.task_feature_lengths)
