@@ -140,6 +140,23 @@ def test_command_line_wins_over_every_file():
   assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"inputs": 8, "targets": 2}
 
 
+@pytest.mark.parametrize("command", ["runs/prompt_finetune.gin", "runs/prompt_eval.gin", "runs/prompt_infer.gin"])
+def test_prompt_combination_reaches_train_eval_and_infer(command):
+  """PROMPT_COMBINATION from the command line is the mode the tuned model joins the prompt with, in every entry
+  point's run config; an unknown mode is refused naming the known ones."""
+  from prompt_tuning import run, validation
+
+  bindings = [*REQUIRED, "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 2}", "PROMPT_COMBINATION = 'suffix'"]
+  cli.configure_gin(["test/prompt_tiny.gin", command], bindings, [], check_unread=True)
+  cfg = run.RunConfig()
+  assert cfg.prompt_combination == "suffix"
+  assert run.tuned_model(cfg, train.plan(cfg)["config"]).prompt_combination == "suffix"
+  gin.clear_config()
+  cli.configure_gin(["test/prompt_tiny.gin", command], [*bindings[:-1], "PROMPT_COMBINATION = 'infix'"], [])
+  with pytest.raises((ValueError, validation.SettingError), match="Unknown prompt combination 'infix'; use one of"):
+    run.RunConfig()
+
+
 @pytest.mark.parametrize(
   ("flag", "message"),
   [
