@@ -20,6 +20,11 @@ match of greedily decoded text, over the whole vocabulary: 0% for every row of a
 labels' tokens learn to choose among them, not to put them above the rest of the vocabulary. All five rows run live
 (about 8 minutes on 2 CPU cores); a full run's results are kept as a reference in
 prompt_tuning/assets/demo_t5/demo_results.json (`--record` rewrites it).
+
+The two trained vector rows are left in a serving library (`--library`, default `demo_library/`): the prompt as
+`animal_or_plant.npy` and the folded prefix as `animal_or_plant_prefix.safetensors`, which
+`prompt-tuning serve --gin_file=demo/base.gin --prompts_dir=demo_library` serves. The copy from the recorded run
+ships in prompt_tuning/assets/demo_library.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ RECORDED_RESULTS = Path(__file__).resolve().parent / "assets" / "demo_t5" / "dem
 QUICK_STEPS = 5
 QUICK_EXAMPLES = 64
 GREEDY_DECODE_LENGTH = 4
+DEFAULT_LIBRARY = Path("demo_library")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +56,14 @@ class Row:
   name: str
   config: str
   trains: bool
+  library_id: str | None = None  # the id its trained vectors get in the serving library
 
 
 ROWS = (
   Row("frozen, no prompt", "demo/no_prompt.gin", trains=False),
   Row("frozen, random prompt", "demo/random_prompt.gin", trains=False),
-  Row("prompt tuning", "demo/prompt.gin", trains=True),
-  Row("prefix tuning", "demo/prefix.gin", trains=True),
+  Row("prompt tuning", "demo/prompt.gin", trains=True, library_id="animal_or_plant"),
+  Row("prefix tuning", "demo/prefix.gin", trains=True, library_id="animal_or_plant_prefix"),
   Row("model tuning", "demo/model.gin", trains=True),
 )
 
@@ -83,6 +90,12 @@ def _parse(argv):
   parser.add_argument("--greedy", action="store_true", help="also decode greedily (exact match, whole vocabulary)")
   parser.add_argument("--work-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
   parser.add_argument("--record", action="store_true", help=f"write the results to {RECORDED_RESULTS.name}")
+  parser.add_argument(
+    "--library",
+    type=Path,
+    default=DEFAULT_LIBRARY,
+    help="write the trained prompt and folded prefix here, a folder `prompt-tuning serve --prompts_dir` serves",
+  )
   args = parser.parse_args(argv)
   if args.quick:
     args.steps = args.steps or QUICK_STEPS
@@ -136,7 +149,27 @@ def _score(model_dir: Path, examples: int | None, greedy: bool) -> tuple[float, 
   return accuracy, exact, len(ranked)
 
 
-def run_row(row: Row, work_dir: Path, steps: int | None, examples: int | None, greedy: bool) -> Result:
+def add_to_library(model_dir: Path, library: Path, library_id: str) -> Path:
+  """Copies the vectors of a run's last export into the serving library as `library_id`: a prompt as `.npy`, any
+  other method (the folded prefix) as `.safetensors` with its method recorded (`prompt_tuning.serve.store`)."""
+  from prompt_tuning.serve import store
+
+  exports = sorted((model_dir / "numpy_checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
+  if not exports:
+    raise FileNotFoundError(f"{model_dir}/numpy_checkpoints holds no export to add to the library")
+  export = exports[-1]
+  library.mkdir(parents=True, exist_ok=True)
+  if (export / "prompt.npy").is_file():
+    target = library / f"{library_id}.npy"
+    shutil.copyfile(export / "prompt.npy", target)
+    return target
+  method, arrays = store.read_entry_file(export)
+  return store.save_entry(library / f"{library_id}.safetensors", method, arrays)
+
+
+def run_row(
+  row: Row, work_dir: Path, steps: int | None, examples: int | None, greedy: bool, library: Path | None = None
+) -> Result:
   """Trains (if the row trains) and scores one row; returns its result."""
   import gin
 
@@ -153,6 +186,8 @@ def run_row(row: Row, work_dir: Path, steps: int | None, examples: int | None, g
     train.train()
     seconds = time.perf_counter() - start
     done = _steps_done(model_dir)
+    if library is not None and row.library_id:
+      print(f"library: {add_to_library(model_dir, library, row.library_id)}", file=sys.stderr, flush=True)
   accuracy, exact, count = _score(model_dir, examples, greedy)
   gin.clear_config()
   return Result(
@@ -257,7 +292,7 @@ def main(argv=None) -> int:
   print(table_head(names), flush=True)
   try:
     for row in ROWS:
-      results.append(run_row(row, work_dir, args.steps, args.examples, args.greedy))
+      results.append(run_row(row, work_dir, args.steps, args.examples, args.greedy, args.library))
       print(table_row(results[-1], names), flush=True)
   finally:
     if args.work_dir is None:
@@ -266,6 +301,10 @@ def main(argv=None) -> int:
   if not args.quick:
     print("\nchance: 50.0% (balanced labels)")
   print(f"total time: {total:.0f}s")
+  print(
+    f"trained vectors: {args.library}/ (serve them: prompt-tuning serve --gin_file=demo/base.gin "
+    f"--prompts_dir={args.library})"
+  )
   if args.record:
     _write_record(results, total)
   return 0

@@ -477,25 +477,24 @@ def _readme_serving_section() -> tuple[list[str], str]:
 
 
 def test_the_readme_serving_example_runs_as_written(demo, tmp_path):
-  """README's serve command (stand-ins: the library folder, the port, and small compiled shapes), its two curl
-  commands and its Python client, against the real server."""
+  """README's serve command over the shipped demo library (stand-ins: the port, and small compiled shapes that still
+  hold the demo's 20-token prompt and 10-vector prefix), its two curl commands and its Python client, against the
+  real server: the trained prompt and prefix call an oak a plant, a cachalot an animal."""
   import shlex
 
   commands, client = _readme_serving_section()
   assert commands[0].startswith("prompt-tuning serve ") and all(c.startswith("curl ") for c in commands[1:])
-  library = tmp_path / "library"
-  library.mkdir()
-  prompt = np.random.default_rng(1).normal(size=(5, demo[0].emb_dim)).astype(np.float32)
-  np.save(library / "animal_or_plant.npy", prompt)
+  assert "--prompts_dir=prompt_tuning/assets/demo_library" in commands[0]
   port = _free_port()
-  stand_ins = {"/srv/library": str(library), "localhost:8000": f"127.0.0.1:{port}", "--port=8000": f"--port={port}"}
+  stand_ins = {"localhost:8000": f"127.0.0.1:{port}", "--port=8000": f"--port={port}"}
 
   def substitute(text: str) -> str:
     for readme_text, stand_in in stand_ins.items():
       text = text.replace(readme_text, stand_in)
     return text
 
-  shapes = [f"--gin.EngineShapes.{k}={v}" for k, v in SHAPES.items()]
+  shapes = dict(SHAPES, max_prompt_length="32", max_prefix_length="16")
+  shapes = [f"--gin.EngineShapes.{k}={v}" for k, v in shapes.items()]
   cmd = [sys.executable, "-m", "prompt_tuning.cli", *shlex.split(substitute(commands[0]))[1:], *shapes]
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
   log = tmp_path / "server.log"
@@ -515,9 +514,19 @@ def test_the_readme_serving_example_runs_as_written(demo, tmp_path):
       for c in commands[1:]
     )
     assert isinstance(generated["text"], str) and generated["prompt_id"] == "animal_or_plant", generated
-    assert scored["prediction"] in ("<extra_id_0> animal", "<extra_id_0> plant"), scored
+    assert set(scored["per_prompt"]) == {"animal_or_plant", "animal_or_plant_prefix"}, scored
+    assert scored["prediction"] == "<extra_id_0> plant", scored
+    cachalot = "cachalot: large whale with a large cavity in the head. Is a cachalot an animal or a plant?"
+    for prompt_id in ("animal_or_plant", "animal_or_plant_prefix"):
+      body = {
+        "text": cachalot,
+        "candidates": ["<extra_id_0> animal", "<extra_id_0> plant"],
+        "prompt_ids": [prompt_id],
+        "class_label_softmax": True,
+      }
+      assert _post(url, "/v1/score", body).json()["prediction"] == "<extra_id_0> animal", prompt_id
     printed = subprocess.run(
-      [sys.executable, "-c", substitute(client)], capture_output=True, text=True, timeout=120, env=env
+      [sys.executable, "-c", substitute(client)], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
     )
     assert printed.returncode == 0, printed.stderr[-3000:]
     assert httpx.get(f"{url}/v1/prompts/user-42").status_code == 200  # the client's upload is in the library

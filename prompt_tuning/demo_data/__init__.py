@@ -25,6 +25,8 @@ WORDNET_TASK_NAME = "wordnet_hypernymy"
 WORDNET_CATEGORY_TASK_DIR = ASSETS / "wordnet_categories"
 WORDNET_CATEGORY_TASK_NAME = "wordnet_animal_or_plant"
 DEMO_MODEL_SIZE = "t5_1_1_demo"
+# The recorded demo run's trained prompt and folded prefix, a library `prompt-tuning serve --prompts_dir` serves.
+DEMO_LIBRARY_DIR = ASSETS / "demo_library"
 
 
 @gin.configurable(module="prompt_tuning.demo_data")
@@ -56,6 +58,7 @@ def register_wordnet_category_task(*args, **kwargs) -> str:
 
 __all__ = [
   "ASSETS",
+  "DEMO_LIBRARY_DIR",
   "DEMO_MODEL_DIR",
   "DEMO_MODEL_SIZE",
   "DEMO_VOCABULARY",
