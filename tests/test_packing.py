@@ -231,6 +231,40 @@ def test_mixed_per_row_prompts_of_different_lengths(model, mode="suffix"):
   np.testing.assert_allclose(packed_grad, grad, rtol=1e-4, atol=2e-7)
 
 
+@pytest.mark.parametrize("mode", combine.MODES)
+def test_join_packed_lays_out_each_segment_as_join_lays_out_its_example_alone(mode):
+  """Token values stand for embeddings: each segment's real positions hold what `join` puts in a row of that example
+  alone, and the map back to packed positions is a permutation."""
+  prompt = np.array([[-1.0], [-2.0]])  # P = 2, D = 1
+  examples = [[5, 6, 7, 1], [8, 1], [4, 9]]
+  for used in (2, 1, 0):
+    tokens = [t for e in examples for t in e + [combine.PROMPT_SLOT] * 2] + [0, 0]
+    segments = [k + 1 for k, e in enumerate(examples) for _ in range(len(e) + 2)] + [0, 0]
+    tokens, segments = jnp.array([tokens]), jnp.array([segments])
+    embedded = jnp.asarray(jnp.maximum(tokens, 0), jnp.float32)[..., None]
+    joined = combine.join_packed(prompt, embedded, tokens, segments, mode=mode, prompt_lengths=jnp.array([used]))
+    alone = []
+    for e in examples:
+      row = jnp.array([e])
+      one = combine.join(
+        prompt,
+        jnp.asarray(row, jnp.float32)[..., None],
+        row > 0,
+        mode=mode,
+        tokens=row,
+        prompt_lengths=jnp.array([used]),
+      )
+      alone.append((np.asarray(one.embedded[0, :, 0]), np.asarray(one.mask[0])))
+    values = np.concatenate([v for v, _ in alone] + [np.zeros(2)])
+    mask = np.concatenate([m for _, m in alone] + [np.zeros(2, bool)])
+    np.testing.assert_array_equal(joined.mask[0], mask)
+    np.testing.assert_array_equal(np.asarray(joined.embedded[0, :, 0])[mask], values[mask])
+    np.testing.assert_array_equal(np.sort(joined.token_positions[0]), np.arange(tokens.shape[1]))
+    is_token, source = np.asarray(joined.is_token[0]), np.asarray(joined.token_source[0])
+    for position, target in enumerate(np.asarray(joined.token_positions[0])):
+      assert not is_token[target] or source[target] == position
+
+
 def test_decoder_only_packing_is_refused_with_the_setting_to_change():
   config = pt.get_config("decoder_only_tiny")
   params = pt.init_params(config, jax.random.key(0))
