@@ -27,3 +27,24 @@ def hf_t5(size: str, threads: int):
   # The same architecture, through the mapping our Hugging Face writer uses.
   config = transformers.T5Config(**hf_config_from(pt.get_config(size, dropout_rate=0.0), "float32"))
   return transformers.T5ForConditionalGeneration(config)
+
+
+def matmul_roof(size: int = 2048, dtype: str = "float32", repeats: int = 10) -> tuple[float, float]:
+  """(best, median) FLOP/s of a jitted [size, size] @ [size, size] matmul on JAX's default device: the roof a
+  train step's FLOP/s is read against (XLA CPU's own matmul, not the chip's datasheet peak)."""
+  import statistics
+
+  import jax
+  import jax.numpy as jnp
+
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32).astype(dtype)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    times.append(time.perf_counter() - start)
+  flops = 2.0 * size**3
+  return flops / min(times), flops / statistics.median(times)

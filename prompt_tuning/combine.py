@@ -32,6 +32,18 @@ positions only, so where a row's sequence starts does not matter).
 `join` returns the joined embeddings, the key mask, and the index maps the
 model needs to spread per-token flags onto the joined layout (`spread_tokens`)
 and to keep only the token positions of its outputs (`gather_tokens`).
+
+Packed rows (seqio's packing: several examples per row, `segment_ids` 1, 2, ...
+and 0 for padding) take the prompt once per *segment*, with `join_packed`.
+Each example keeps room for its prompt: its inputs end with P `PROMPT_SLOT`
+tokens, appended before packing (`prompt_tuning.inputs`), so the packer counts
+the prompt in every example's length and the joined row is exactly as long as
+the packed one. Within each segment the prompt goes where the mode says, as
+`join` would put it in a row holding that example alone:
+`[tok[:s], prompt[:p], tok[s:n], prompt[p:P]]`, the unused vectors (rows using
+fewer, `prompt_lengths`) at the segment's end and masked. The joined layout
+only moves positions inside their segment, so the segments stay contiguous
+runs with their segment ids unchanged.
 """
 
 from __future__ import annotations
@@ -46,6 +58,8 @@ Array = jax.Array
 MODES = ("prefix", "prefix_after_bos", "suffix", "suffix_after_eos")
 DEFAULT_MODE = "prefix"
 EOS_ID = 1  # T5's SentencePiece end-of-sequence id.
+# The token id of the positions a packed example keeps for its prompt (never a vocabulary id: those are >= 0).
+PROMPT_SLOT = -1
 _STATIC_STARTS = {"prefix": 0, "prefix_after_bos": 1}  # modes whose prompt starts at the same index in every row
 
 
@@ -196,6 +210,95 @@ def join(
   token_index = jnp.arange(length)[None, :]
   token_positions = token_index + jnp.where(token_index >= start[:, None], used[:, None], 0)  # [B, T]
   return Joined(joined, joined_mask, is_prompt, is_token, token_source, token_positions, prompt_source)
+
+
+def _segment_totals(values: Array, segment_ids: Array) -> Array:
+  """Per position, the sum of `values` [B, T] over the position's segment (segment ids [B, T], 0 included)."""
+  batch, length = segment_ids.shape
+  flat = (segment_ids + (length + 1) * jnp.arange(batch)[:, None]).reshape(-1)  # [B*T] ids unique across rows
+  totals = jax.ops.segment_sum(values.reshape(-1), flat, num_segments=batch * (length + 1))
+  return totals[flat].reshape(batch, length)
+
+
+def join_packed(
+  prompt: Array | None,
+  embedded: Array,
+  tokens: Array,
+  segment_ids: Array,
+  *,
+  mode: str = DEFAULT_MODE,
+  prompt_lengths: Array | None = None,
+  eos_id: int = EOS_ID,
+) -> Joined:
+  """Joins `prompt` to every segment of packed rows, in the segments' `PROMPT_SLOT` positions (module docstring).
+
+  A row's segments share the row's prompt: [P, D] for every row or [B, P, D] one per row, and row b's segments
+  use its first `prompt_lengths[b]` vectors. Per-segment prompts (examples of different tasks in one packed row)
+  are not supported: pack each task's examples apart, or leave mixed batches unpacked.
+
+  Args:
+    prompt: [P, D] or [B, P, D], or None (no prompt, and no slots).
+    embedded: [B, T, D] the embedded packed tokens (a slot's embedding is never used).
+    tokens: int [B, T] the packed tokens: each segment's real tokens, then its P PROMPT_SLOT tokens.
+    segment_ids: int [B, T] seqio's segment ids (1, 2, ... per example; 0: padding).
+    mode: one of MODES.
+    prompt_lengths: optional int [B]: the prompt vectors row b's segments use (0 = none); default all P.
+    eos_id: the EOS id ("suffix").
+
+  Returns:
+    The Joined sequence, of length T; `token_source` and `token_positions` map packed positions (slots included)
+    to joined ones and back.
+
+  Raises:
+    ValueError: unknown mode, or a prompt of the wrong shape.
+  """
+  check_mode(mode)
+  batch, length, emb_dim = embedded.shape
+  tokens, segment_ids = jnp.asarray(tokens, jnp.int32), jnp.asarray(segment_ids, jnp.int32)
+  in_segment = segment_ids > 0
+  real = in_segment & (tokens > 0)
+  i = jnp.broadcast_to(jnp.arange(length)[None, :], (batch, length))
+  if prompt is None:
+    no_prompt = jnp.zeros((batch, length), bool)
+    return Joined(embedded, real, no_prompt, ~no_prompt, i, i, jnp.zeros((batch, length), jnp.int32))
+  prompt = _as_batched_prompt(jnp.asarray(prompt), batch, emb_dim, embedded.dtype)  # [B, P, D]
+  prompt_length = prompt.shape[1]
+  used = jnp.full((batch, 1), prompt_length, jnp.int32)
+  if prompt_lengths is not None:
+    used = jnp.clip(jnp.broadcast_to(jnp.asarray(prompt_lengths, jnp.int32), (batch,)), 0, prompt_length)[:, None]
+  # Per position, its segment's first index, real token count n and insertion point s (segment-local indices).
+  first = jnp.concatenate([jnp.ones((batch, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  start = jax.lax.cummax(jnp.where(first, i, 0), axis=1)  # [B, T]
+  n = _segment_totals(real.astype(jnp.int32), segment_ids)  # [B, T]
+  last_token = jnp.take_along_axis(tokens, jnp.clip(start + n - 1, 0, length - 1), axis=1)
+  s = {
+    "prefix": jnp.zeros_like(n),
+    "prefix_after_bos": jnp.minimum(n, 1),
+    "suffix": n - ((n > 0) & (last_token == eos_id)).astype(jnp.int32),
+    "suffix_after_eos": n,
+  }[mode]
+  local = i - start
+  # The segment-local layout [tok[:s], prompt[:p], tok[s:n], prompt[p:]], as combine._layout lays out a row.
+  is_prompt = in_segment & (local >= s) & (local < s + used)
+  is_token = ~in_segment | (local < s) | ((local >= s + used) & (local < n + used))
+  token_source = jnp.where(in_segment, start + jnp.where(local < s, local, local - used), i)
+  token_source = jnp.clip(token_source, 0, length - 1)
+  prompt_source = jnp.clip(jnp.where(is_prompt, local - s, local - n), 0, prompt_length - 1)
+  joined = jnp.where(is_token[..., None], _take_rows(embedded, token_source), _take_rows(prompt, prompt_source))
+  mask = jnp.where(is_token, _take_rows(real, token_source), is_prompt)
+  # The inverse map, for every packed position: a real token moves past the prompt when it follows it; slot j
+  # lands where prompt vector j went (used) or at the segment's end (unused).
+  slot = local - n
+  token_positions = jnp.where(
+    ~in_segment,
+    i,
+    jnp.where(
+      local < n,
+      i + jnp.where(local >= s, used, 0),
+      start + jnp.where(slot < used, s + slot, n + slot),
+    ),
+  )
+  return Joined(joined, mask, is_prompt, is_token, token_source, token_positions, prompt_source)
 
 
 def at_prompt_positions(vectors: Array, joined: Joined) -> Array:

@@ -21,12 +21,22 @@ from prompt_tuning import decoding, distributed, inputs, optim, partitioning, va
 from prompt_tuning.run import RunConfig, build_inference
 
 
-def teacher_forced(run, task_name: str, lengths: Mapping[str, int], batch_size: int, split: str, max_batches=None):
-  """Token-weighted mean loss and token accuracy over a split."""
+def teacher_forced(
+  run, task_name: str, lengths: Mapping[str, int], batch_size: int, split: str, max_batches=None, pack: bool = False
+):
+  """Token-weighted mean loss and token accuracy over a split; on packed batches when `pack` (the same numbers, up
+  to float rounding, in fewer rows)."""
   local = partitioning.local_batch_size(batch_size, run.mesh)
   totals: dict[str, float] = {}
   batches = inputs.eval_batches(
-    task_name, lengths, local, decoder_only=run.tuned.config.decoder_only, split=split, max_batches=max_batches
+    task_name,
+    lengths,
+    local,
+    decoder_only=run.tuned.config.decoder_only,
+    split=split,
+    max_batches=max_batches,
+    pack=pack,
+    prompt_slots=run.tuned.prompt_length,
   )
   bucketed = jax.process_count() == 1  # Processes must agree on shapes; one process may trim its own.
   for batch in distributed.equal_batch_counts(batches):  # Uneven shards: the shorter ones pad with empty batches.
@@ -141,7 +151,9 @@ def evaluate(
   cfg = run_config if run_config is not None else RunConfig()
   validation.check_has_checkpoint(cfg, validation.newest_checkpoint_step(cfg.model_dir), "evaluate")
   run = build_inference(cfg)
-  metrics = teacher_forced(run, cfg.mixture_or_task_name, cfg.task_feature_lengths, cfg.batch_size, split)
+  metrics = teacher_forced(
+    run, cfg.mixture_or_task_name, cfg.task_feature_lengths, cfg.batch_size, split, pack=cfg.pack
+  )
   metrics |= seqio_metrics(
     run, cfg.mixture_or_task_name, cfg.task_feature_lengths, split, decoding_settings, cfg.batch_size, num_examples
   )

@@ -1,4 +1,13 @@
-"""seqio datasets -> model batches: feature conversion, per-process sharding, batching, resume position."""
+"""seqio datasets -> model batches: feature conversion, per-process sharding, batching, resume position.
+
+Packing (`pack=True`, gin PACK; encoder-decoder models): seqio's EncDecFeatureConverter(pack=True) puts several
+examples in one row (`encoder_segment_ids`, `encoder_positions`, `decoder_segment_ids`, `decoder_positions`, as
+T5X trains). A prompt joins every example (`prompt_tuning.combine.join_packed`), so each example first gets room
+for it: `prompt_slots` (the prompt length P) `combine.PROMPT_SLOT` tokens after its inputs, trimmed to the inputs
+length L as unpacked, and rows are packed to L + P encoder positions, the encoder length of an unpacked row with
+its prompt. An example as long as L fills a row alone, as it would unpacked; shorter ones share rows. Decoding and
+scoring (eval's seqio metrics, infer) always run unpacked.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ MODEL_FEATURES_ENC_DEC = (
   "decoder_target_tokens",
   "decoder_loss_weights",
 )
+PACKED_FEATURES = ("encoder_segment_ids", "encoder_positions", "decoder_segment_ids", "decoder_positions")
 MODEL_FEATURES_PREFIX_LM = (
   "decoder_input_tokens",
   "decoder_target_tokens",
@@ -30,15 +40,60 @@ MODEL_FEATURES_PREFIX_LM = (
 )
 
 
-def feature_converter(decoder_only: bool) -> seqio.FeatureConverter:
-  """T5X's converters, unpacked: encoder-decoder, or prefix LM for decoder-only models."""
+class PromptPackingConverter(seqio.EncDecFeatureConverter):
+  """seqio's packing encoder-decoder converter, each example's inputs followed by room for its prompt.
+
+  Every example's inputs are trimmed to the inputs length L, then get `prompt_slots` PROMPT_SLOT tokens, and rows
+  are packed to L + prompt_slots encoder positions (see the module docstring).
+  """
+
+  def __init__(self, prompt_slots: int = 0, **kwargs):
+    super().__init__(pack=True, **kwargs)
+    self.prompt_slots = int(prompt_slots)
+
+  def _with_slots(self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
+    return {**task_feature_lengths, "inputs": task_feature_lengths["inputs"] + self.prompt_slots}
+
+  def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    from prompt_tuning.combine import PROMPT_SLOT
+
+    length, slots = task_feature_lengths["inputs"], self.prompt_slots
+    if slots:
+
+      def reserve(example):
+        inputs = example["inputs"][:length]
+        return {**example, "inputs": tf.concat([inputs, tf.fill([slots], tf.cast(PROMPT_SLOT, inputs.dtype))], 0)}
+
+      ds = ds.map(reserve, num_parallel_calls=tf.data.AUTOTUNE)
+    return super()._convert_features(ds, self._with_slots(task_feature_lengths))
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    return super().get_model_feature_lengths(self._with_slots(task_feature_lengths))
+
+
+def feature_converter(decoder_only: bool, pack: bool = False, prompt_slots: int = 0) -> seqio.FeatureConverter:
+  """T5X's converters: encoder-decoder (packed with room for a `prompt_slots`-vector prompt per example when
+  `pack`), or prefix LM for decoder-only models (never packed).
+
+  Raises:
+    ValueError: `pack` for a decoder-only model.
+  """
   if decoder_only:
+    if pack:
+      raise ValueError(
+        "PACK = True packs encoder-decoder examples; this backbone is decoder-only (a prefix LM), which trains on "
+        "unpacked rows: set PACK = False."
+      )
     return seqio.PrefixLMFeatureConverter(pack=False)
+  if pack:
+    return PromptPackingConverter(prompt_slots)
   return seqio.EncDecFeatureConverter(pack=False)
 
 
-def _model_features(decoder_only: bool) -> tuple[str, ...]:
-  return MODEL_FEATURES_PREFIX_LM if decoder_only else MODEL_FEATURES_ENC_DEC
+def _model_features(decoder_only: bool, pack: bool = False) -> tuple[str, ...]:
+  if decoder_only:
+    return MODEL_FEATURES_PREFIX_LM
+  return MODEL_FEATURES_ENC_DEC + (PACKED_FEATURES if pack else ())
 
 
 def get_task(name: str) -> seqio.Task | seqio.Mixture:
@@ -48,9 +103,11 @@ def get_task(name: str) -> seqio.Task | seqio.Mixture:
   return data.get_task_or_mixture(name)
 
 
-def _converted(task_name, feature_lengths, decoder_only: bool, split: str, **options):
-  """This process's shard of a split, converted to the model's features (and only those); from seqio's offline
-  cache under USE_CACHED_TASKS."""
+def _converted(
+  task_name, feature_lengths, decoder_only: bool, split: str, pack: bool = False, prompt_slots: int = 0, **options
+):
+  """This process's shard of a split, converted to the model's features (and only those), packed when `pack`;
+  from seqio's offline cache under USE_CACHED_TASKS."""
   from prompt_tuning.data import sources
 
   task = get_task(task_name)
@@ -60,14 +117,14 @@ def _converted(task_name, feature_lengths, decoder_only: bool, split: str, **opt
   ds = seqio.get_dataset(
     task,
     dict(feature_lengths),
-    feature_converter(decoder_only),
+    feature_converter(decoder_only, pack, prompt_slots),
     dataset_split=split,
     shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()),
     verbose=False,
     use_cached=use_cached,
     **options,
   )
-  keys = _model_features(decoder_only)
+  keys = _model_features(decoder_only, pack)
   return ds.map(lambda ex: {k: ex[k] for k in keys})
 
 
@@ -81,14 +138,19 @@ def train_batches(
   start_batch: int = 0,
   shuffle: bool = True,
   split: str = "train",
+  pack: bool = False,
+  prompt_slots: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless batches of this process's shard of the training data.
+  """Endless batches of this process's shard of the training data; packed rows when `pack` (each example with
+  `prompt_slots` positions for its prompt; see the module docstring).
 
   The order is a pure function of `seed` and the number of processes, so a
   resumed run that skips `start_batch` batches sees exactly what an
   uninterrupted run would have seen next.
   """
-  ds = _converted(task_name, feature_lengths, decoder_only, split, shuffle=shuffle, num_epochs=None, seed=seed)
+  ds = _converted(
+    task_name, feature_lengths, decoder_only, split, pack, prompt_slots, shuffle=shuffle, num_epochs=None, seed=seed
+  )
   ds = ds.batch(local_batch_size, drop_remainder=True)
   if start_batch:
     ds = ds.skip(start_batch)
@@ -103,9 +165,12 @@ def eval_batches(
   decoder_only: bool = False,
   split: str = "validation",
   max_batches: int | None = None,
+  pack: bool = False,
+  prompt_slots: int = 0,
 ) -> list[dict[str, np.ndarray]]:
-  """One pass over an evaluation split, the last batch padded with empty rows (zero loss weight)."""
-  ds = _converted(task_name, feature_lengths, decoder_only, split, shuffle=False, num_epochs=1)
+  """One pass over an evaluation split, the last batch padded with empty rows (zero loss weight); packed rows when
+  `pack` (as `train_batches`)."""
+  ds = _converted(task_name, feature_lengths, decoder_only, split, pack, prompt_slots, shuffle=False, num_epochs=1)
   batches = []
   for batch in ds.batch(local_batch_size).as_numpy_iterator():
     batches.append(pad_rows(batch, local_batch_size))

@@ -76,6 +76,11 @@ class RunConfig:
     shuffle: shuffle the training data.
     num_partitions: model-parallel devices; the rest is data parallel.
     mesh_shape: explicit (data, model) mesh.
+    pack: pack several examples into each row of the training and teacher-forced evaluation batches (PACK; t5x's
+      `train/utils.DatasetConfig.pack` and `train_eval/...pack`): seqio's packing, every example with its own
+      prompt (`prompt_tuning.inputs`, `prompt_tuning.combine.join_packed`) and attention kept within it, so each
+      example gets the loss and gradients it gets unpacked. BATCH_SIZE counts rows, as in T5X, so a packed step
+      sees more examples. Encoder-decoder models only; decoding and scoring (eval's metrics, infer) never pack.
   """
 
   model_dir: str = gin.REQUIRED
@@ -101,6 +106,7 @@ class RunConfig:
   shuffle: bool = True
   num_partitions: int = 1
   mesh_shape: tuple[int, int] | None = None
+  pack: bool = False
 
   def __post_init__(self):
     for name in ("model_dir", "initial_checkpoint_path", "mixture_or_task_name", "task_feature_lengths"):
@@ -235,6 +241,7 @@ def build_training(cfg: RunConfig) -> Run:
   rules = partitioning.logical_rules()
   task = validation.check_task(cfg.mixture_or_task_name)
   config, backbone_host = load_backbone(cfg)
+  validation.check_packing(cfg.pack, config.decoder_only)
   validation.check_vocabulary(task, config.vocab_size)
   tuned = tuned_model(cfg, config)
   pattern = pattern_of(cfg, tuned)
@@ -367,6 +374,7 @@ def build_inference(cfg: RunConfig) -> Inference:
   mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
   task = validation.check_task(cfg.mixture_or_task_name)
   config, backbone_host = load_backbone(cfg)
+  validation.check_packing(cfg.pack, config.decoder_only)
   validation.check_vocabulary(task, config.vocab_size)
   tuned = tuned_model(cfg, config)
   if not config.decoder_only:

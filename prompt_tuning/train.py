@@ -130,6 +130,8 @@ def _train(cfg: RunConfig, schedule: dict[str, Any]) -> dict[str, Any]:
     seed=cfg.seed,
     start_batch=run.data_position,
     shuffle=cfg.shuffle,
+    pack=cfg.pack,
+    prompt_slots=run.tuned.prompt_length,
   )
   try:
     return _loop(run, cfg, schedule, batches, reporter)
@@ -182,6 +184,7 @@ def _evaluate(run: Run, cfg: RunConfig, schedule: dict[str, Any], reporter, step
     cfg.batch_size,
     schedule["eval_split"],
     schedule["eval_max_batches"],
+    pack=cfg.pack,
   )
   reporter.scalars(step, metrics, prefix="eval/")
   return {f"eval/{k}": v for k, v in metrics.items()}

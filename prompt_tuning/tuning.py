@@ -24,6 +24,8 @@ from prompt_tuning.models.configs import T5Config
 from prompt_tuning.models.t5 import T5, param_logical_axes
 
 PyTree = Any
+# The packed rows' features the model reads (seqio's *_positions are not needed: T5 sees only distances).
+PACKED_FEATURES = ("encoder_segment_ids", "decoder_segment_ids")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +81,11 @@ class TunedT5:
     return {k: (self.method(k).fold(v, self.config) if self.method(k) else v) for k, v in params.items()}
 
   def forward(self, params: PyTree, batch: dict[str, jax.Array], enable_dropout: bool, rng: jax.Array) -> jax.Array:
-    """Teacher-forced logits [B, T, vocab] for a seqio-converted batch."""
+    """Teacher-forced logits [B, T, vocab] for a seqio-converted batch, packed (with seqio's segment ids; see
+    `prompt_tuning.inputs`) or not."""
     rngs = {"dropout": rng} if enable_dropout else {}
     encoder_tokens = None if self.config.decoder_only else batch["encoder_input_tokens"]
-    kwargs = {}
+    kwargs = {name: batch[name] for name in PACKED_FEATURES if name in batch}
     if self.config.decoder_only and "decoder_causal_attention" in batch:
       kwargs["decoder_causal_attention"] = batch["decoder_causal_attention"]
     return self.module.apply(

@@ -4,6 +4,7 @@ Every function here is pure (it reads, never changes, what it is given) and rais
 `ValueError`) naming the gin macro or binding to fix:
 
 - `check_run_config(cfg)`: the shared settings of train, eval and infer (types, ranges, consistency);
+- `check_packing(pack, decoder_only)`: PACK against the backbone (known once its config is read);
 - `check_schedule(...)`: train's steps, checkpoint, evaluation and logging periods;
 - `check_resume(...)`: a MODEL_DIR's newest checkpoint against TRAIN_STEPS;
 - `check_task(name)`: the task or mixture exists and its SentencePiece model is readable;
@@ -124,6 +125,8 @@ def check_run_config(cfg: Any) -> None:
   require_int(cfg.keep_checkpoints, "RunConfig.keep_checkpoints", minimum=1, optional=True)
   require_int(cfg.seed, "SEED")
   require_int(cfg.num_partitions, "NUM_PARTITIONS", minimum=1)
+  if not isinstance(cfg.pack, bool):
+    raise SettingError(f"PACK must be True or False, got {cfg.pack!r}.")
   if cfg.mesh_shape is not None and (
     len(tuple(cfg.mesh_shape)) != 2 or not all(_is_int(n) and n >= 1 for n in cfg.mesh_shape)
   ):
@@ -139,6 +142,15 @@ def check_run_config(cfg: Any) -> None:
     re.compile(cfg.trainable_pattern)
   except re.error as e:
     raise SettingError(f"TRAINABLE_PATTERN {cfg.trainable_pattern!r} is not a valid regular expression: {e}.") from e
+
+
+def check_packing(pack: bool, decoder_only: bool) -> None:
+  """Refuses PACK = True for a decoder-only backbone (packing is for encoder-decoder examples)."""
+  if pack and decoder_only:
+    raise SettingError(
+      "PACK = True packs encoder-decoder examples; this backbone is decoder-only (a prefix LM), which trains on "
+      "unpacked rows: set PACK = False."
+    )
 
 
 def check_schedule(

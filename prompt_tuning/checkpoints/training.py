@@ -53,6 +53,7 @@ DATA_SETTINGS = {
   "batch_size": "BATCH_SIZE",
   "seed": "SEED",
   "shuffle": "RunConfig.shuffle",
+  "pack": "PACK",
 }
 
 

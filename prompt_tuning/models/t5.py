@@ -34,6 +34,19 @@ Padding: encoder positions with token 0 are masked as keys; decoder positions
 are real where `decoder_target_tokens > 0` (all real when it is not given).
 Padded query positions still produce (meaningless) outputs, as in Hugging Face
 T5; the loss must weight them out.
+
+Packing (encoder-decoder only): with `encoder_segment_ids` and
+`decoder_segment_ids` (seqio's packed features: several examples per row,
+segment ids 1, 2, ..., 0 for padding) every attention stays within its
+segment: encoder self-attention, causal decoder self-attention, and
+cross-attention from decoder segment s to encoder segment s (its prompt
+included). The prompt joins every segment (`combine.join_packed`): each
+segment's inputs end with P `combine.PROMPT_SLOT` tokens that the prompt takes.
+Prefix keys and values are seen by every query, so by every segment. The
+relative position bias is computed once from the row's indices: segments are
+contiguous runs, so within a segment index distances are the per-segment
+position distances (seqio's `*_positions`, which therefore are not read), and
+pairs across segments are masked; T5X computes it the same way.
 """
 
 from __future__ import annotations
@@ -214,6 +227,11 @@ def _per_layer_prompt(x: Array, hidden: Adapters | None, joined: combine.Joined 
   return x
 
 
+def _same_segment(query_segments: Array, key_segments: Array) -> Array:
+  """bool [B, Tq, Tk]: the query and key positions belong to one segment (packing; 0 is padding)."""
+  return (query_segments[:, :, None] == key_segments[:, None, :]) & (key_segments[:, None, :] > 0)
+
+
 class Encoder(nn.Module):
   """The bidirectional stack over embedded (and prompt-joined) inputs."""
 
@@ -230,13 +248,22 @@ class Encoder(nn.Module):
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def __call__(
-    self, x: Array, mask: Array, adapters: Adapters | None, deterministic: bool, joined: combine.Joined | None = None
+    self,
+    x: Array,
+    mask: Array,
+    adapters: Adapters | None,
+    deterministic: bool,
+    joined: combine.Joined | None = None,
+    segment_ids: Array | None = None,
   ) -> Array:
     """x: [B, T, embed] embedded inputs; mask: bool [B, T]; joined: where the prompt positions are (for the
-    "hidden" site: per-layer prompts replacing, or added to, the prompt positions before each layer).
-    Returns [B, T, embed]."""
+    "hidden" site: per-layer prompts replacing, or added to, the prompt positions before each layer);
+    segment_ids: int [B, T] of packed rows, attention kept within segments. Returns [B, T, embed]."""
     positions = jnp.arange(x.shape[1])
-    bias = _mask_bias(mask[:, None, None, :]) + self.relpos_bias(positions, positions)  # [B, H, T, T]
+    visible = mask[:, None, :]  # [B, 1, T]: every query sees the real keys
+    if segment_ids is not None:
+      visible = visible & _same_segment(segment_ids, segment_ids)  # [B, T, T]
+    bias = _mask_bias(visible[:, None]) + self.relpos_bias(positions, positions)  # [B, H, T, T]
     x = self.dropout(x, deterministic=deterministic)
     for i, layer in enumerate(self.layers):
       layer_adapters = sites.layer(adapters, "encoder", i)
@@ -286,7 +313,8 @@ class Decoder(nn.Module):
     Args:
       x: [B, T, embed] embedded decoder inputs.
       encoded: [B, Te, embed] encoder outputs (None when decoder-only, or when decoding).
-      encoder_mask: bool [B, Te] real encoder positions (None when decoder-only).
+      encoder_mask: bool [B, Te] real encoder positions, or [B, T, Te] the encoder positions each decoder
+        position sees (packed rows); None when decoder-only.
       self_visible: bool [B|1, 1, T, Tk] which keys each query may see (causal,
         padding); Tk is the cache length when decoding.
       adapters: optional tuned vectors (the "decoder" site is read here).
@@ -301,7 +329,10 @@ class Decoder(nn.Module):
       float32 logits [B, T, vocab] ([B, K, vocab] with `output_positions`).
     """
     decode = decode_position is not None
-    cross_bias = None if encoder_mask is None else _mask_bias(encoder_mask[:, None, None, :])
+    cross_bias = None
+    if encoder_mask is not None:
+      cross_visible = encoder_mask[:, None, None, :] if encoder_mask.ndim == 2 else encoder_mask[:, None]
+      cross_bias = _mask_bias(cross_visible)  # [B, 1, 1|T, Te]
     if init_cache_length is not None:
       self_bias = None
     else:
@@ -356,9 +387,20 @@ class T5(nn.Module):
     sites.check(tree, self.config)
     return tree
 
-  def _join(self, tokens: Array, real: Array, adapters: Adapters, mode: str, **kwargs) -> combine.Joined:
-    """The embedded tokens joined with the "input" site's prompt (if any)."""
+  def _join(
+    self, tokens: Array, real: Array, adapters: Adapters, mode: str, segment_ids: Array | None = None, **kwargs
+  ) -> combine.Joined:
+    """The embedded tokens joined with the "input" site's prompt (if any); once per segment of packed rows."""
     site = adapters.get("input", {})
+    if segment_ids is not None:
+      return combine.join_packed(
+        site.get("prompt"),
+        self.token_embedder(jnp.maximum(tokens, 0)),  # slots (negative ids) look up id 0; the prompt replaces them
+        tokens,
+        segment_ids,
+        mode=mode,
+        prompt_lengths=site.get("prompt_lengths"),
+      )
     return combine.join(
       site.get("prompt"),
       self.token_embedder(tokens),
@@ -379,27 +421,31 @@ class T5(nn.Module):
     prompt: Array | None = None,
     prefix: Prefix | None = None,
     prompt_lengths: Array | None = None,
+    encoder_segment_ids: Array | None = None,
   ) -> tuple[Array, Array]:
     """Runs the encoder once.
 
     Args:
-      encoder_input_tokens: int [B, Te]; 0 is padding.
+      encoder_input_tokens: int [B, Te]; 0 is padding. Packed rows (with `encoder_segment_ids`): each segment's
+        tokens, then P `combine.PROMPT_SLOT` tokens for its prompt (P: the prompt's length; none without one).
       adapters: optional tuned vectors by site (the "input" and "encoder" sites are used here).
       enable_dropout: training mode.
       prompt_combination: where the prompt joins the input (`combine.MODES`).
       prompt: shorthand for adapters["input"]["prompt"]: [P, embed] or [B, P, embed].
       prefix: shorthand for the prefix sites (only "encoder" is used here).
       prompt_lengths: shorthand for adapters["input"]["prompt_lengths"]: int [B].
+      encoder_segment_ids: int [B, Te] for packed rows (seqio's, 0: padding); attention stays in each segment.
 
     Returns:
-      (encoded [B, P + Te, embed], encoder_mask bool [B, P + Te]).
+      (encoded [B, P + Te, embed], encoder_mask bool [B, P + Te]); packed: [B, Te, embed] and [B, Te], each
+      position in its segment (the segment ids of the inputs are those of the joined positions).
     """
     if self.config.decoder_only:
       raise ValueError("A decoder-only model has no encoder; pass encoder_input_tokens=None.")
     adapters = self._adapters(adapters, prompt, prefix, prompt_lengths)
     tokens = jnp.asarray(encoder_input_tokens)
-    joined = self._join(tokens, tokens > 0, adapters, prompt_combination)
-    encoded = self.encoder(joined.embedded, joined.mask, adapters, not enable_dropout, joined)
+    joined = self._join(tokens, tokens > 0, adapters, prompt_combination, encoder_segment_ids)
+    encoded = self.encoder(joined.embedded, joined.mask, adapters, not enable_dropout, joined, encoder_segment_ids)
     return encoded, joined.mask
 
   def decode(
@@ -414,6 +460,8 @@ class T5(nn.Module):
     decoder_key_mask: Array | None = None,
     *,
     prefix: Prefix | None = None,
+    encoder_segment_ids: Array | None = None,
+    decoder_segment_ids: Array | None = None,
   ) -> Array:
     """Decoder logits, teacher-forced, or one step through the cache.
 
@@ -431,10 +479,22 @@ class T5(nn.Module):
       decoder_key_mask: when decoding, optional bool [B, cache length]: the
         cache slots that hold real keys (from `prefill`).
       prefix: shorthand for the prefix sites ("decoder" and "cross" are used here).
+      encoder_segment_ids, decoder_segment_ids: int [B, Te] and [B, Td] of packed rows (teacher forcing only):
+        decoder segment s sees its own earlier positions and encoder segment s.
 
     Returns:
       float32 logits [B, Td, vocab].
+
+    Raises:
+      ValueError: one of the segment ids without the other, or with `decode_position`.
     """
+    if (encoder_segment_ids is None) != (decoder_segment_ids is None) or (
+      decoder_segment_ids is not None and decode_position is not None
+    ):
+      raise ValueError(
+        "packed rows need both encoder_segment_ids and decoder_segment_ids, and only in teacher forcing "
+        "(decoding and scoring run on unpacked rows)."
+      )
     adapters = self._adapters(adapters, prefix=prefix)
     tokens = jnp.asarray(decoder_input_tokens)
     length = tokens.shape[1]
@@ -448,6 +508,11 @@ class T5(nn.Module):
       visible = jnp.tril(jnp.ones((length, length), bool))[None, None]  # [1, 1, Td, Td]
       if decoder_target_tokens is not None:
         visible = visible & (jnp.asarray(decoder_target_tokens) > 0)[:, None, None, :]
+      if decoder_segment_ids is not None:
+        decoder_segment_ids = jnp.asarray(decoder_segment_ids, jnp.int32)
+        visible = visible & _same_segment(decoder_segment_ids, decoder_segment_ids)[:, None]  # [B, 1, Td, Td]
+        encoder_segment_ids = jnp.asarray(encoder_segment_ids, jnp.int32)
+        encoder_mask = encoder_mask[:, None, :] & _same_segment(decoder_segment_ids, encoder_segment_ids)
     x = self.token_embedder(tokens)
     return self.decoder(
       x, encoded, encoder_mask, visible, adapters, not enable_dropout, decode_position=decode_position
@@ -537,6 +602,8 @@ class T5(nn.Module):
     decoder_causal_attention: Array | None = None,
     enable_dropout: bool = False,
     prompt_combination: str = combine.DEFAULT_MODE,
+    encoder_segment_ids: Array | None = None,
+    decoder_segment_ids: Array | None = None,
   ) -> Array:
     """Teacher-forced logits [B, Td, vocab] (float32).
 
@@ -550,9 +617,16 @@ class T5(nn.Module):
     `prompt_lengths` (int [B], rows may use fewer prompt vectors than P) and
     `prefix` are shorthands merged into it. `prompt_combination`
     (`combine.MODES`, default "prefix") says where the prompt goes.
+    `encoder_segment_ids` and `decoder_segment_ids` (int [B, Te], [B, Td])
+    mark packed rows (see the module docstring); encoder-decoder models only.
     """
     adapters = self._adapters(adapters, prompt, prefix, prompt_lengths)
     if self.config.decoder_only:
+      if encoder_segment_ids is not None or decoder_segment_ids is not None:
+        raise ValueError(
+          "packed rows (segment ids) are for encoder-decoder models; this T5 is decoder-only (a prefix LM): "
+          "pass unpacked rows (PACK = False)."
+        )
       if encoder_input_tokens is not None:
         raise ValueError(
           "This T5 is decoder-only: pass encoder_input_tokens=None and the whole sequence as decoder input."
@@ -565,9 +639,19 @@ class T5(nn.Module):
         decoder_causal_attention,
         enable_dropout,
       )
-    encoded, encoder_mask = self.encode(encoder_input_tokens, adapters, enable_dropout, prompt_combination)
+    encoded, encoder_mask = self.encode(
+      encoder_input_tokens, adapters, enable_dropout, prompt_combination, encoder_segment_ids=encoder_segment_ids
+    )
     return self.decode(
-      encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens, adapters, None, enable_dropout
+      encoded,
+      encoder_mask,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      adapters,
+      None,
+      enable_dropout,
+      encoder_segment_ids=encoder_segment_ids,
+      decoder_segment_ids=decoder_segment_ids,
     )
 
   def _decoder_only(self, tokens, targets, adapters, mode, causal_attention, enable_dropout):
