@@ -8,6 +8,7 @@
     prompt-tuning tasks   list [PATTERN] | show NAME
     prompt-tuning sweep   plan|run|status|report SWEEP.gin (see prompt_tuning/sweeps/cli.py)
     prompt-tuning serve  --gin_file=... [--prompts_dir DIR] [--host H] [--port N] (HTTP server, prompt_tuning.serve)
+    prompt-tuning plan   --gin_file=... [--mesh=DxM] [--device=h100] [--search] (memory and FLOPs per device)
 
 t5x's flags: `--gin_file` (repeatable), `--gin.NAME=VALUE` (a binding, e.g.
 `--gin.MODEL_DIR="'/tmp/run'"` or `--gin.train.num_train_steps=100`),
@@ -396,6 +397,22 @@ def _run_export(argv: list[str]) -> int:
   return 0
 
 
+def _run_plan(argv: list[str]) -> int:
+  """`prompt-tuning plan`: the planner compiles a model-parallel step on as many CPU devices as its model axis, so
+  they are asked for before JAX starts (they cost nothing until used)."""
+  import jax
+
+  from prompt_tuning import compilation_cache, plan
+
+  meshes = [b for a, b in zip(["", *argv], argv) if a == "--mesh"] + [a[7:] for a in argv if a.startswith("--mesh=")]
+  model = max((int(m.group(1)) for x in meshes if (m := re.fullmatch(r"\s*\d+\s*[x,]\s*(\d+)\s*", x))), default=1)
+  jax.config.update("jax_num_cpu_devices", max(plan.HOST_DEVICES, model))
+  with native_stderr_hidden():
+    _start_devices()
+  compilation_cache.enable()
+  return plan.main(argv)
+
+
 def _dispatch(command: str, argv: list[str]) -> int:
   if command in GIN_COMMANDS:
     return _run_gin_command(command, argv)
@@ -415,6 +432,8 @@ def _dispatch(command: str, argv: list[str]) -> int:
     from prompt_tuning.sweeps import cli as sweeps_cli
 
     return sweeps_cli.main(argv)
+  if command == "plan":
+    return _run_plan(argv)
   print(f"error: unknown command {command!r}.\n{USAGE}", file=sys.stderr)
   return 2
 
@@ -426,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
   debug = "--debug" in rest
-  if "--verbose" not in rest and command in (*GIN_COMMANDS, "inspect", "export", "tasks", "sweep", "serve"):
-    quiet_start_up(touch_devices=command not in GIN_COMMANDS)
+  if "--verbose" not in rest and command in (*GIN_COMMANDS, "inspect", "export", "tasks", "sweep", "serve", "plan"):
+    quiet_start_up(touch_devices=command not in (*GIN_COMMANDS, "plan"))
   elif command not in GIN_COMMANDS:
     rest = [a for a in rest if a != "--verbose"]
   try:

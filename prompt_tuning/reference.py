@@ -40,7 +40,6 @@ REFERENCE_NAMES: dict[str, str] = {
     ),
     _SIZE,
   ),
-  "ACTIVATION_DTYPE": "nothing: activations are bfloat16 where the backbone's config says so (T5Config.dtype)",
   "VOCABULARY": "VOCABULARY_PATH (the SentencePiece model's path; $PROMPT_TUNING_VOCAB also works)",
   "PROMPT": "a prompts/ file (random, sampled_vocab, class_labels, text, from_file, prefix)",
   "PROMPT_REGEX": "TRAINABLE_PATTERN (one regex over our parameter paths, e.g. '^prompt(/|$)')",

@@ -27,7 +27,12 @@ import numpy as np
 import optax
 
 from prompt_tuning import combine, optim, partitioning, trainer, validation
-from prompt_tuning.checkpoints.training import TrainingCheckpoints, backbone_fingerprint, check_fingerprint
+from prompt_tuning.checkpoints.training import (
+  TrainingCheckpoints,
+  backbone_fingerprint,
+  check_fingerprint,
+  dtype_names,
+)
 from prompt_tuning.methods.base import Method, trainable_pattern
 from prompt_tuning.methods.prompt import Prompt
 from prompt_tuning.tuning import TunedT5
@@ -70,6 +75,13 @@ class RunConfig:
       the labels' (prompt_tuning/assets/demo_t5/MODEL_CARD.md). Greedy decoding is not restricted. Needs a task
       with class labels.
     dropout_rate: override the backbone's dropout.
+    activation_dtype: the backbone's activations, 'float32' or 'bfloat16' (ACTIVATION_DTYPE, T5Config.dtype);
+      attention logits and softmax, layer norm statistics, the loss and the logits stay float32.
+    frozen_dtype: None (the dtype the loader returns: float32) or 'bfloat16' (or 'float32'): the frozen backbone
+      is cast to it as it is read (FROZEN_DTYPE). A frozen model needs no float32 master weights; trainable
+      backbone weights do, so a trainable pattern that selects any is refused with it.
+    remat_policy: 'none', 'full' or 'dots_saveable': what each layer recomputes in the backward pass
+      (REMAT_POLICY, T5Config.remat).
     max_encoder_length: refuse prompt + input lengths above this.
     keep_checkpoints: checkpoints kept (the newest).
     seed: initialization, data order and dropout.
@@ -100,6 +112,9 @@ class RunConfig:
   z_loss: float = 1e-4
   class_label_softmax: bool = False
   dropout_rate: float | None = None
+  activation_dtype: str = "float32"
+  frozen_dtype: str | None = None
+  remat_policy: str = "none"
   max_encoder_length: int | None = None
   keep_checkpoints: int | None = 3
   seed: int = 0
@@ -142,19 +157,57 @@ def pattern_of(cfg: RunConfig, tuned: TunedT5) -> str:
   return cfg.trainable_pattern if cfg.trainable_pattern is not None else trainable_pattern(tuned.methods)
 
 
+def with_run_settings(cfg: RunConfig, config):
+  """`config` with the run's DROPOUT_RATE, ACTIVATION_DTYPE, FROZEN_DTYPE (its param_dtype) and REMAT_POLICY."""
+  changes = {"dtype": cfg.activation_dtype, "remat": cfg.remat_policy}
+  if cfg.frozen_dtype is not None:
+    changes["param_dtype"] = cfg.frozen_dtype
+  if cfg.dropout_rate is not None:
+    changes["dropout_rate"] = cfg.dropout_rate
+  return config.replace(**changes)
+
+
+def check_frozen_dtype(cfg: RunConfig, config) -> None:
+  """Refuses FROZEN_DTYPE with a trainable set that takes backbone weights (model tuning needs float32 masters).
+
+  Raises:
+    validation.SettingError: naming FROZEN_DTYPE, TRAINABLE_PATTERN and a trainable weight.
+  """
+  from prompt_tuning.models.t5 import param_shapes
+
+  if cfg.frozen_dtype in (None, "float32"):
+    return
+  pattern = pattern_of(cfg, tuned_model(cfg, config))
+  trained = [path for path in optim._flat(param_shapes(config)) if re.search(pattern, f"t5/{path}")]
+  if trained:
+    raise validation.SettingError(
+      f"FROZEN_DTYPE={cfg.frozen_dtype!r} casts the frozen backbone, but TRAINABLE_PATTERN {pattern!r} trains "
+      f"{len(trained)} backbone weights (t5/{trained[0]}, ...), which need float32 master weights: set "
+      "FROZEN_DTYPE = None for model tuning, or train only the tuning methods' vectors."
+    )
+
+
 def load_backbone(cfg: RunConfig):
-  """The backbone's config and host arrays: from INITIAL_CHECKPOINT_PATH, or random for pretraining."""
+  """The backbone's config (with the run's settings) and host arrays, in FROZEN_DTYPE: from
+  INITIAL_CHECKPOINT_PATH, or random for pretraining.
+
+  Raises:
+    validation.SettingError: FROZEN_DTYPE with a trainable backbone (`check_frozen_dtype`); with MODEL_SIZE known,
+      before anything is read.
+  """
   from prompt_tuning.checkpoints import load_pretrained
   from prompt_tuning.models.configs import get_config
   from prompt_tuning.models.t5 import init_params
 
+  if cfg.model_size:
+    check_frozen_dtype(cfg, with_run_settings(cfg, get_config(cfg.model_size)))
   if cfg.initial_checkpoint_path is None:
-    config = get_config(cfg.model_size)
+    config = with_run_settings(cfg, get_config(cfg.model_size))
     params = jax.device_get(jax.jit(init_params, static_argnums=0)(config, jax.random.key(cfg.seed)))
   else:
-    config, params = load_pretrained(cfg.initial_checkpoint_path, config=cfg.model_size)
-  if cfg.dropout_rate is not None:
-    config = config.replace(dropout_rate=cfg.dropout_rate)
+    config, params = load_pretrained(cfg.initial_checkpoint_path, config=cfg.model_size, dtype=cfg.frozen_dtype)
+    config = with_run_settings(cfg, config)
+  check_frozen_dtype(cfg, config)
   return config, params
 
 
@@ -181,21 +234,41 @@ def class_label_ids(mixture_or_task_name: str) -> tuple[int, ...]:
   return tuple(sorted({token for label in labels for token in vocabulary.encode(label)} | {vocabulary.eos_id}))
 
 
-def plan(cfg: RunConfig, mesh=None) -> dict[str, Any]:
-  """The model and partition plan of a run, computed abstractly (nothing is allocated or read).
+def planned_config(cfg: RunConfig):
+  """The backbone's architecture without reading any array: MODEL_SIZE, else the metadata of
+  INITIAL_CHECKPOINT_PATH (a Hugging Face config.json, a T5X checkpoint's shapes) when it exists.
 
-  Needs `cfg.model_size` (the named size). Returns the T5Config, the shapes of
-  the whole parameter tree, their shardings on the mesh, and the trainable and
-  total parameter counts.
+  Raises:
+    ValueError: neither is available, saying what to set.
   """
+  import os
+
   from prompt_tuning.models.configs import get_config
+
+  if cfg.model_size:
+    return get_config(cfg.model_size)
+  path = cfg.initial_checkpoint_path
+  if isinstance(path, str) and (os.path.exists(os.path.expanduser(path)) or path.startswith("gs://")):
+    from prompt_tuning.checkpoints import pretrained_config
+
+    return pretrained_config(path)
+  raise ValueError(
+    "planning needs MODEL_SIZE (a models/ and a models/sizes/ gin file, or RunConfig.model_size), or an "
+    "INITIAL_CHECKPOINT_PATH that exists here (only its metadata is read)."
+  )
+
+
+def plan(cfg: RunConfig, mesh=None) -> dict[str, Any]:
+  """The model and partition plan of a run, computed abstractly (no array is allocated or read).
+
+  Needs MODEL_SIZE, or an INITIAL_CHECKPOINT_PATH whose metadata says the architecture (`planned_config`). `mesh`
+  may be a `jax.sharding.AbstractMesh` (a mesh of devices this machine lacks). Returns the T5Config (with the run's
+  precision and remat settings), the shapes of the whole parameter tree, their shardings on the mesh, and the
+  trainable and total parameter counts.
+  """
   from prompt_tuning.models.t5 import param_shapes
 
-  if not cfg.model_size:
-    raise ValueError("plan() needs MODEL_SIZE (a models/ and a models/sizes/ gin file, or RunConfig.model_size).")
-  config = get_config(cfg.model_size)
-  if cfg.dropout_rate is not None:
-    config = config.replace(dropout_rate=cfg.dropout_rate)
+  config = with_run_settings(cfg, planned_config(cfg))
   tuned = tuned_model(cfg, config)
   backbone = param_shapes(config)
   shapes = {"t5": backbone, **abstract_vectors(tuned, backbone)}
@@ -209,6 +282,31 @@ def plan(cfg: RunConfig, mesh=None) -> dict[str, Any]:
     "trainable_count": optim.count(trainable),
     "total_count": optim.count(trainable) + optim.count(frozen),
   }
+
+
+def make_optimizer(cfg: RunConfig, trainable_axes) -> optax.GradientTransformation:
+  """RunConfig.optimizer, or Adafactor with the paper's settings (factoring by the trainable tree's logical axes)."""
+  return cfg.optimizer or optim.adafactor(logical_axes=trainable_axes)
+
+
+def jit_train_step(cfg: RunConfig, tuned: TunedT5, optimizer, state_shardings, frozen_shardings, mesh, output_ids):
+  """The jitted train step, (state, frozen, batch, rng) -> (state, metrics), with explicit shardings; the state is
+  donated. What training runs, and what `prompt_tuning.plan` compiles over abstract inputs."""
+  step_fn = functools.partial(
+    trainer.train_step,
+    forward=tuned.forward,
+    optimizer=optimizer,
+    z_loss=cfg.z_loss,
+    num_microbatches=cfg.num_microbatches,
+    output_ids=output_ids,
+  )
+  batch_sharding, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, frozen_shardings, batch_sharding, repl),
+    out_shardings=(state_shardings, repl),
+    donate_argnums=(0,),
+  )
 
 
 @dataclasses.dataclass
@@ -227,6 +325,8 @@ class Run:
   fingerprint: str
   trainable_count: int
   total_count: int
+  backbone_dtype: str = "float32"  # the backbone's dtypes (checkpoints.training.dtype_names), recorded in the meta
+  resumed_backbone_dtype: str | None = None  # what the resumed checkpoint was trained against (its meta)
   output_ids: tuple[int, ...] | None = None  # the softmax's ids under class_label_softmax (trainer.restrict_logits)
 
   @property
@@ -258,37 +358,24 @@ def build_training(cfg: RunConfig) -> Run:
   # Nothing trainable is allowed here (eval/infer of the frozen model as it is); train() refuses it.
   trainable, frozen = optim.partition({"t5": backbone, **vectors}, pattern, allow_empty=True)
   trainable_axes, _ = optim.partition(axes, pattern, allow_empty=True)
-  optimizer = cfg.optimizer or optim.adafactor(logical_axes=trainable_axes)
+  optimizer = make_optimizer(cfg, trainable_axes)
   state = jax.jit(functools.partial(trainer.TrainState.create, optimizer=optimizer))(trainable)
 
   fingerprint = backbone_fingerprint(backbone)
   checkpoints = TrainingCheckpoints(cfg.model_dir, keep=cfg.keep_checkpoints)
-  data_position = 0
+  data_position, resumed_backbone_dtype = 0, None
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   if (restored := checkpoints.restore_newest_intact(abstract)) is not None:
     state, meta = restored
-    check_fingerprint(meta, fingerprint, cfg.initial_checkpoint_path)
-    data_position = int(meta["data_position"])
+    check_fingerprint(meta, backbone, cfg.initial_checkpoint_path)
+    data_position, resumed_backbone_dtype = int(meta["data_position"]), meta.get("frozen_dtype")
     log.info("resumed from step %d of %s", int(state.step), cfg.model_dir)
 
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
   batch_sharding, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
   output_ids = class_label_ids(cfg.mixture_or_task_name) if cfg.class_label_softmax else None
-  step_fn = functools.partial(
-    trainer.train_step,
-    forward=tuned.forward,
-    optimizer=optimizer,
-    z_loss=cfg.z_loss,
-    num_microbatches=cfg.num_microbatches,
-    output_ids=output_ids,
-  )
-  train_step = jax.jit(
-    step_fn,
-    in_shardings=(state_shardings, frozen_shardings, batch_sharding, repl),
-    out_shardings=(state_shardings, repl),
-    donate_argnums=(0,),
-  )
+  train_step = jit_train_step(cfg, tuned, optimizer, state_shardings, frozen_shardings, mesh, output_ids)
   eval_step = jax.jit(
     functools.partial(trainer.eval_step, forward=tuned.forward, z_loss=cfg.z_loss, output_ids=output_ids),
     in_shardings=(state_shardings.trainable, frozen_shardings, batch_sharding),
@@ -308,6 +395,8 @@ def build_training(cfg: RunConfig) -> Run:
     trainable_count=optim.count(trainable),
     total_count=optim.count(trainable) + optim.count(frozen),
     output_ids=output_ids,
+    backbone_dtype=dtype_names(backbone),
+    resumed_backbone_dtype=resumed_backbone_dtype,
   )
 
 

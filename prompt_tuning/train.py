@@ -38,6 +38,8 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int) -> None:
   meta = {
     "data_position": data_position,
     "backbone_fingerprint": run.fingerprint,
+    "backbone_fingerprint_version": training_checkpoints.FINGERPRINT_VERSION,
+    "frozen_dtype": run.backbone_dtype,
     "backbone_path": str(cfg.initial_checkpoint_path),
     "trainable_pattern": pattern_of(cfg, run.tuned),
     "prompt_length": cfg.prompt_length,
@@ -122,6 +124,16 @@ def _train(cfg: RunConfig, schedule: dict[str, Any]) -> dict[str, Any]:
     f"trainable parameters: {run.trainable_count:,} of {run.total_count:,} "
     f"({100.0 * run.trainable_count / run.total_count:.4f}%)"
   )
+  config = run.tuned.config
+  reporter.text(
+    f"precision: activations {config.dtype}, frozen backbone {run.backbone_dtype}, trainable float32; "
+    f"remat {config.remat}"
+  )
+  if run.resumed_backbone_dtype not in (None, run.backbone_dtype):
+    reporter.text(
+      f"resumed a run trained against the frozen backbone in {run.resumed_backbone_dtype}, now in "
+      f"{run.backbone_dtype} (FROZEN_DTYPE): the same weights at another precision"
+    )
   batches = inputs.train_batches(
     cfg.mixture_or_task_name,
     cfg.task_feature_lengths,

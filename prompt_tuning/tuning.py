@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from prompt_tuning import combine
 from prompt_tuning.methods.base import Method, check_unique
@@ -26,6 +27,10 @@ from prompt_tuning.models.t5 import T5, param_logical_axes
 PyTree = Any
 # The packed rows' features the model reads (seqio's *_positions are not needed: T5 sees only distances).
 PACKED_FEATURES = ("encoder_segment_ids", "decoder_segment_ids")
+
+
+def _float32(x):
+  return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +65,11 @@ class TunedT5:
     return next((m for m in self.methods if m.name == name), None)
 
   def init_vectors(self, rng: jax.Array, backbone: PyTree) -> PyTree:
-    """Fresh parameters of every method: {method.name: ...}."""
+    """Fresh parameters of every method: {method.name: ...}, float32 whatever the backbone's dtype (a prompt
+    initialized from a bfloat16 embedding is trained, and its optimizer state kept, in float32)."""
     rngs = jax.random.split(rng, max(len(self.methods), 1))
-    return {m.name: m.init(r, backbone, self.config) for m, r in zip(self.methods, rngs)}
+    vectors = {m.name: m.init(r, backbone, self.config) for m, r in zip(self.methods, rngs)}
+    return jax.tree.map(_float32, vectors)
 
   def logical_axes(self, vectors_shapes: PyTree) -> PyTree:
     """Logical axis names of the whole tree {"t5", method names...}."""

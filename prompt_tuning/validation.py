@@ -92,6 +92,42 @@ def _check_encoder_length(prompt_length: int, lengths: Mapping[str, int], max_en
     )
 
 
+ACTIVATION_DTYPES = ("float32", "bfloat16")
+FROZEN_DTYPES = (None, "float32", "bfloat16")
+_DTYPE_ALIASES = {"bf16": "bfloat16", "fp32": "float32", "f32": "float32", "jnp.bfloat16": "bfloat16"}
+
+
+def _check_dtype(value: Any, setting: str, allowed: tuple) -> None:
+  if value in allowed:
+    return
+  named = ", ".join(repr(v) if v is not None else "None" for v in allowed)
+  if value in ("float16", "fp16", "half"):
+    why = "T5 overflows float16 (its activations outgrow 65,504 in the MLP); use 'bfloat16'"
+  elif isinstance(value, str) and value.lower() in _DTYPE_ALIASES:
+    why = f"set {setting} = {_DTYPE_ALIASES[value.lower()]!r}"
+  else:
+    why = f"set {setting} to one of them"
+  raise SettingError(f"{setting} must be one of {named}, got {value!r}: {why}.")
+
+
+def check_precision(activation_dtype: Any, frozen_dtype: Any, remat_policy: Any) -> None:
+  """Checks ACTIVATION_DTYPE, FROZEN_DTYPE and REMAT_POLICY.
+
+  Raises:
+    SettingError: naming the macro and the values it takes.
+  """
+  from prompt_tuning.models.configs import REMAT_POLICIES
+
+  _check_dtype(activation_dtype, "ACTIVATION_DTYPE", ACTIVATION_DTYPES)
+  _check_dtype(frozen_dtype, "FROZEN_DTYPE", FROZEN_DTYPES)
+  if remat_policy not in REMAT_POLICIES:
+    hint = " (t5x's nn.remat over every layer is 'full')" if remat_policy in (True, "True", "true") else ""
+    raise SettingError(
+      f"REMAT_POLICY must be one of {', '.join(map(repr, REMAT_POLICIES))}, got {remat_policy!r}{hint}: 'full' "
+      "keeps the least activation memory, 'dots_saveable' recomputes only elementwise work."
+    )
+
+
 def check_run_config(cfg: Any) -> None:
   """Checks the shared run settings (`train.RunConfig`): types, ranges and consistency.
 
@@ -120,6 +156,7 @@ def check_run_config(cfg: Any) -> None:
   require_int(cfg.max_encoder_length, "MAX_ENCODER_LENGTH", minimum=1, optional=True)
   _check_encoder_length(cfg.prompt_length, cfg.task_feature_lengths, cfg.max_encoder_length)
   _require_rate(cfg.dropout_rate, "DROPOUT_RATE")
+  check_precision(cfg.activation_dtype, cfg.frozen_dtype, cfg.remat_policy)
   if not _is_number(cfg.z_loss) or cfg.z_loss < 0:
     raise SettingError(f"Z_LOSS must be a number >= 0, got {cfg.z_loss!r} (T5X uses 1e-4).")
   require_int(cfg.keep_checkpoints, "RunConfig.keep_checkpoints", minimum=1, optional=True)

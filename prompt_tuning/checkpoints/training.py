@@ -61,21 +61,46 @@ class DamagedCheckpointError(CheckpointError):
   """A checkpoint whose files are missing, truncated or unreadable (not one written for other settings)."""
 
 
-def backbone_fingerprint(params: PyTree) -> str:
-  """A fingerprint of the frozen backbone: paths, shapes, dtypes and per-array moments.
+# Version 2: the fingerprint of the backbone's values rounded to bfloat16, without their dtype, so that a run may
+# resume with another FROZEN_DTYPE (the same checkpoint, float32 or cast to bfloat16, has one fingerprint).
+# Version 1 (meta without "backbone_fingerprint_version") included the dtype and the float32 values.
+FINGERPRINT_VERSION = 2
 
-  Cheap (one reduction per array, on device) yet sensitive to any change of
-  values that matters: a different checkpoint, size or dtype.
-  """
+
+def _fingerprint(params: PyTree, rounded: bool) -> str:
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  stats = jax.jit(lambda xs: [(jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.abs(x.astype(jnp.float32)))) for x in xs])(
-    [x for _, x in leaves]
-  )
+
+  def values(x):
+    return x.astype(jnp.bfloat16).astype(jnp.float32) if rounded else x.astype(jnp.float32)
+
+  stats = jax.jit(lambda xs: [(jnp.sum(values(x)), jnp.sum(jnp.abs(values(x)))) for x in xs])([x for _, x in leaves])
   digest = hashlib.sha256()
   for (path, x), (total, absolute) in zip(leaves, stats):
     name = jax.tree_util.keystr(path)
-    digest.update(f"{name}|{x.shape}|{x.dtype}|{float(total):.6e}|{float(absolute):.6e};".encode())
+    dtype = "" if rounded else f"|{x.dtype}"
+    digest.update(f"{name}|{x.shape}{dtype}|{float(total):.6e}|{float(absolute):.6e};".encode())
   return digest.hexdigest()[:32]
+
+
+def dtype_names(params: PyTree) -> str:
+  """The dtypes of a tree's arrays, '/'-joined ('float32', 'bfloat16'): what the meta records as frozen_dtype."""
+  return "/".join(sorted({str(x.dtype) for x in jax.tree.leaves(params)}))
+
+
+def backbone_fingerprint(params: PyTree) -> str:
+  """A fingerprint of the frozen backbone: paths, shapes and per-array moments of its values rounded to bfloat16.
+
+  Cheap (one reduction per array, on device) yet sensitive to any change of values that matters: a different
+  checkpoint or size. Not to its precision: the backbone read in float32 or cast to bfloat16 (FROZEN_DTYPE) has
+  one fingerprint, so a run trained with one may resume with the other.
+  """
+  return _fingerprint(params, rounded=True)
+
+
+def legacy_backbone_fingerprint(params: PyTree) -> str:
+  """Version 1 of the fingerprint (checkpoints written before FINGERPRINT_VERSION was recorded): dtypes and float32
+  moments."""
+  return _fingerprint(params, rounded=False)
 
 
 class TrainingCheckpoints:
@@ -351,12 +376,31 @@ def check_data_settings(meta: dict[str, Any] | None, settings: dict[str, Any], m
       )
 
 
-def check_fingerprint(meta: dict[str, Any], fingerprint: str, backbone_path: str | None) -> None:
-  """Refuses to resume a run against a backbone other than the one it was trained with."""
+def check_fingerprint(meta: dict[str, Any], backbone: PyTree, backbone_path: str | None) -> None:
+  """Refuses to resume a run against a backbone other than the one it was trained with.
+
+  Another precision of the same backbone (FROZEN_DTYPE) is allowed (train reports it). A checkpoint of fingerprint
+  version 1 (dtype included) is compared with version 1 of `backbone`'s fingerprint.
+
+  Raises:
+    CheckpointError: naming both fingerprints and what to do.
+  """
   saved = meta.get("backbone_fingerprint")
-  if saved is not None and saved != fingerprint:
+  if saved is None:
+    return
+  legacy = meta.get("backbone_fingerprint_version") is None
+  fingerprint = legacy_backbone_fingerprint(backbone) if legacy else backbone_fingerprint(backbone)
+  dtypes = dtype_names(backbone)
+  if saved != fingerprint:
+    hint = ""
+    if legacy and dtypes != "float32":
+      hint = (
+        " The checkpoint predates precision-independent fingerprints, so a backbone cast to "
+        f"{dtypes} cannot match it: resume once with FROZEN_DTYPE = None (its next checkpoint records the "
+        "new fingerprint), then with FROZEN_DTYPE as you like."
+      )
     raise CheckpointError(
       f"this run's checkpoints were trained against another frozen backbone (fingerprint {saved}, "
       f"path {meta.get('backbone_path')!r}); INITIAL_CHECKPOINT_PATH={backbone_path!r} has fingerprint "
-      f"{fingerprint}. Point INITIAL_CHECKPOINT_PATH at the original backbone, or use a fresh MODEL_DIR."
+      f"{fingerprint}. Point INITIAL_CHECKPOINT_PATH at the original backbone, or use a fresh MODEL_DIR.{hint}"
     )

@@ -19,6 +19,11 @@ T5_VOCAB_SIZE = 32128
 MT5_VOCAB_SIZE = 250112
 
 _ACTIVATIONS = {"relu": ("relu",), "gated-gelu": ("gelu", "linear"), "gated-relu": ("relu", "linear")}
+# Rematerialization of each layer in the backward pass (`prompt_tuning.models.t5._layer_class` maps them to
+# jax.checkpoint policies): "none" keeps every activation the backward pass needs; "full" keeps only each layer's
+# inputs and recomputes the rest (jax.checkpoint with no policy); "dots_saveable" keeps the matmul outputs and
+# recomputes the elementwise work between them (jax.checkpoint_policies.dots_saveable).
+REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +48,11 @@ class T5Config:
     dropout_rate: dropout on embeddings, attention weights and block outputs.
     layer_norm_epsilon: epsilon of the RMS layer norm.
     decoder_only: a single causal stack without cross-attention (prefix LM).
-    dtype: activation dtype (e.g. "bfloat16"); logits are always float32.
-    param_dtype: dtype parameters are created in.
-    remat: recompute each block's activations in the backward pass.
+    dtype: activation dtype (e.g. "bfloat16"); attention logits and softmax, layer norm statistics, the relative
+      position bias and the output logits are float32 whatever it is.
+    param_dtype: dtype parameters are created in (and the frozen backbone is cast to: FROZEN_DTYPE).
+    remat: rematerialization policy of every layer, one of `REMAT_POLICIES` ("none", "full", "dots_saveable");
+      True and False mean "full" and "none".
   """
 
   vocab_size: int = T5_VOCAB_SIZE
@@ -64,7 +71,7 @@ class T5Config:
   decoder_only: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
-  remat: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
     for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_decoder_layers"):
@@ -77,6 +84,13 @@ class T5Config:
     for act in self.mlp_activations:
       if act not in ("relu", "gelu", "linear", "silu", "gelu_exact"):
         raise ValueError(f"Unknown MLP activation {act!r}; use relu, gelu, gelu_exact, silu or linear.")
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(
+        f"T5Config.remat={self.remat!r} is not a rematerialization policy: use one of {', '.join(REMAT_POLICIES)} "
+        "(REMAT_POLICY)."
+      )
     for name in ("dtype", "param_dtype"):
       try:
         jnp.dtype(getattr(self, name))

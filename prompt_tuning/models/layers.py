@@ -32,13 +32,17 @@ def fan_in_init(fan_in: int, scale: float = 1.0) -> Initializer:
 
 
 class Dense(nn.Module):
-  """A kernel-only linear layer (T5 has no biases): x @ kernel[in, out]."""
+  """A kernel-only linear layer (T5 has no biases): x @ kernel[in, out], computed in `dtype`.
+
+  `float32_output` accumulates and returns float32 (the output logits), whatever `dtype` is.
+  """
 
   features: int
   axes: tuple[str, str]
   kernel_init: Initializer
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  float32_output: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -48,7 +52,10 @@ class Dense(nn.Module):
       (x.shape[-1], self.features),
       self.param_dtype,
     )
-    return jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype))
+    output_dtype = jnp.float32 if self.float32_output else None
+    return jnp.einsum(
+      "...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=output_dtype
+    )
 
 
 class RMSNorm(nn.Module):
@@ -106,18 +113,20 @@ def relative_position_bucket(
 
 
 class RelativePositionBias(nn.Module):
-  """One learned scalar per (head, bucket), shared by all layers of a stack."""
+  """One learned scalar per (head, bucket), shared by all layers of a stack.
+
+  Always float32: it joins the float32 attention logits, and bfloat16 would round a bias of 10 to steps of 0.06.
+  """
 
   num_heads: int
   num_buckets: int
   max_distance: int
   bidirectional: bool
-  dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, query_positions: Array, key_positions: Array) -> Array:
-    """Returns the bias [1, heads, q_len, k_len] for int positions [q_len], [k_len]."""
+    """Returns the float32 bias [1, heads, q_len, k_len] for int positions [q_len], [k_len]."""
     rel_embedding = self.param(
       "rel_embedding",
       nn.with_logical_partitioning(normal_init(1.0), ("heads", "relpos_buckets")),
@@ -128,8 +137,8 @@ class RelativePositionBias(nn.Module):
     buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
     # A one-hot contraction instead of a gather: cheap at these sizes and it
     # shards cleanly along heads.
-    one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=self.dtype)  # [q, k, buckets]
-    bias = jnp.einsum("hb,qkb->hqk", rel_embedding.astype(self.dtype), one_hot)
+    one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)  # [q, k, buckets]
+    bias = jnp.einsum("hb,qkb->hqk", rel_embedding.astype(jnp.float32), one_hot)
     return bias[None]  # [1, heads, q_len, k_len]
 
 
@@ -257,8 +266,9 @@ class Attention(nn.Module):
       prefix_bias = _prefix_bias(adapters.get("prefix_mask"), bias.shape[:3] + (prefix_key.shape[1],), bias.dtype)
       bias = jnp.concatenate([prefix_bias, bias], axis=-1)
 
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(query.dtype))
-    logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
+    # float32 logits (T5X's float32_attention_logits), from `dtype` queries and keys: the softmax's input.
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(query.dtype), preferred_element_type=jnp.float32)
+    logits = logits + bias.astype(jnp.float32)  # [B, H, Tq, Tk]
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [B, H, Tq, Tk]
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))

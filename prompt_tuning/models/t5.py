@@ -112,8 +112,9 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
-    """Logits against the embedding table: [..., embed] -> [..., vocab]."""
-    return jnp.einsum("...d,vd->...v", x, self.embedding.astype(self.dtype))
+    """float32 logits against the embedding table: [..., embed] -> [..., vocab] (accumulated in float32)."""
+    embedding = self.embedding.astype(self.dtype)
+    return jnp.einsum("...d,vd->...v", x.astype(self.dtype), embedding, preferred_element_type=jnp.float32)
 
 
 class EncoderLayer(nn.Module):
@@ -186,12 +187,17 @@ def _argument_names(cls) -> list[str]:
   return list(inspect.signature(cls.__call__).parameters)  # "self" first, as remat counts
 
 
+# REMAT_POLICIES (models/configs.py) -> what jax.checkpoint saves: "full" saves nothing (only the layer's inputs
+# stay), "dots_saveable" saves every matmul's output.
+_CHECKPOINT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
+
+
 def _layer_class(cls, config: T5Config):
-  """The layer class, rematerialized when `config.remat`, its Python-valued arguments static by name."""
-  if not config.remat:
+  """The layer class, rematerialized under `config.remat`'s policy, its Python-valued arguments static by name."""
+  if config.remat == "none":
     return cls
   static = tuple(i for i, name in enumerate(_argument_names(cls)) if name in _STATIC_LAYER_ARGUMENTS)
-  return nn.remat(cls, static_argnums=static, prevent_cse=True)
+  return nn.remat(cls, static_argnums=static, prevent_cse=True, policy=_CHECKPOINT_POLICIES[config.remat])
 
 
 def _positional(cls, **arguments) -> tuple:
@@ -240,7 +246,11 @@ class Encoder(nn.Module):
   def setup(self):
     cfg, dt = self.config, _dtypes(self.config)
     self.relpos_bias = RelativePositionBias(
-      cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, True, **dt
+      cfg.num_heads,
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+      True,
+      param_dtype=cfg.parameter_dtype,
     )
     layer = _layer_class(EncoderLayer, cfg)
     self.layers = [layer(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
@@ -281,14 +291,18 @@ class Decoder(nn.Module):
   def setup(self):
     cfg, dt = self.config, _dtypes(self.config)
     self.relpos_bias = RelativePositionBias(
-      cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, False, **dt
+      cfg.num_heads,
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+      False,
+      param_dtype=cfg.parameter_dtype,
     )
     layer = _layer_class(DecoderLayer, cfg)
     self.layers = [layer(cfg, name=f"layers_{i}") for i in range(cfg.num_decoder_layers)]
     self.decoder_norm = RMSNorm(cfg.layer_norm_epsilon, **dt)
     self.dropout = nn.Dropout(cfg.dropout_rate)
     if not cfg.logits_via_embedding:
-      self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), fan_in_init(cfg.emb_dim), **dt)
+      self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), fan_in_init(cfg.emb_dim), **dt, float32_output=True)
 
   def _logits(self, y: Array) -> Array:
     if self.config.logits_via_embedding:
