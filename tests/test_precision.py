@@ -283,6 +283,56 @@ def test_the_fingerprint_is_the_backbones_whatever_its_precision(small):
     training_checkpoints.check_fingerprint(legacy, bf16, "/ckpt")
 
 
+# Computes the fingerprint of a checkpoint pinned to one core, or sharded over 8 simulated devices.
+FINGERPRINT_ELSEWHERE = """
+import os, sys
+mode, path = sys.argv[1], sys.argv[2]
+if mode == "one_core":
+  os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+else:
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+from prompt_tuning.checkpoints import load_pretrained
+from prompt_tuning.checkpoints.training import backbone_fingerprint
+_, params = load_pretrained(path, config="t5_1_1_tiny")
+if mode == "eight_devices":
+  mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+  def place(x):
+    axes = [i for i, size in enumerate(x.shape) if size % 8 == 0][:1]
+    spec = ["x" if i in axes else None for i in range(x.ndim)]
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
+  params = jax.tree.map(place, params)
+print(backbone_fingerprint(params))
+"""
+
+
+def test_the_fingerprint_does_not_depend_on_cores_or_devices(reference_dir):
+  """A sweep resumed with --parallel pins each run to one core; float moments summed in another order had another
+  last digit, and the run was refused against its own backbone. The fingerprint must be one number wherever it is
+  computed: all cores, one core, or sharded over 8 devices."""
+  import subprocess
+  import sys
+
+  from prompt_tuning.checkpoints import load_pretrained
+
+  path = str(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3")
+  _, params = load_pretrained(path, config="t5_1_1_tiny")
+  here = training_checkpoints.backbone_fingerprint(params)
+  for mode in ("one_core", "eight_devices"):
+    done = subprocess.run(
+      [sys.executable, "-c", FINGERPRINT_ELSEWHERE, mode, path], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == here, mode
+  # Moved values count too: a kernel with two rows swapped is another backbone.
+  swapped = jax.tree.map(lambda x: x, params)
+  kernel = np.asarray(swapped["encoder"]["layers_0"]["mlp"]["wo"]["kernel"]).copy()
+  kernel[[0, 1]] = kernel[[1, 0]]
+  swapped["encoder"]["layers_0"]["mlp"]["wo"]["kernel"] = kernel
+  assert training_checkpoints.backbone_fingerprint(swapped) != here
+
+
 @pytest.fixture(scope="module")
 def local_task(reference_dir, tmp_path_factory):
   return cli_flags(reference_dir, tmp_path_factory.mktemp("data"), "precision_yes_no")

@@ -61,25 +61,30 @@ class DamagedCheckpointError(CheckpointError):
   """A checkpoint whose files are missing, truncated or unreadable (not one written for other settings)."""
 
 
-# Version 2: the fingerprint of the backbone's values rounded to bfloat16, without their dtype, so that a run may
-# resume with another FROZEN_DTYPE (the same checkpoint, float32 or cast to bfloat16, has one fingerprint).
-# Version 1 (meta without "backbone_fingerprint_version") included the dtype and the float32 values.
+# Version 2: an exact integer hash of the backbone's values rounded to bfloat16, without their dtype, so that a run
+# may resume with another FROZEN_DTYPE (the same checkpoint, float32 or cast to bfloat16, has one fingerprint), and
+# on another number of cores or devices: wrapping integer sums do not depend on the order XLA reduces in, where
+# float moments did (a run resumed pinned to one core was refused against its own backbone).
+# Version 1 (meta without "backbone_fingerprint_version") included the dtype and the float32 moments.
 FINGERPRINT_VERSION = 2
+_GOLDEN = 2654435761  # Knuth's multiplicative hash constant: spreads element positions over uint32
 
 
-def _fingerprint(params: PyTree, rounded: bool) -> str:
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+def _bit_sums(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Two uint32 sums (mod 2**32) over the bfloat16 bit patterns of `x`: plain, and weighted by a hash of each
+  element's position, so that moved values (a transposed kernel) change it too. Built from iotas, not a reshape,
+  so a sharded array is reduced where it lies."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.bfloat16), jnp.uint16).astype(jnp.uint32)
+  position = jnp.zeros(x.shape, jnp.uint32)
+  for axis, size in enumerate(x.shape):
+    position = position * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis)
+  weights = position * jnp.uint32(_GOLDEN) + jnp.uint32(1)
+  return jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)
 
-  def values(x):
-    return x.astype(jnp.bfloat16).astype(jnp.float32) if rounded else x.astype(jnp.float32)
 
-  stats = jax.jit(lambda xs: [(jnp.sum(values(x)), jnp.sum(jnp.abs(values(x)))) for x in xs])([x for _, x in leaves])
-  digest = hashlib.sha256()
-  for (path, x), (total, absolute) in zip(leaves, stats):
-    name = jax.tree_util.keystr(path)
-    dtype = "" if rounded else f"|{x.dtype}"
-    digest.update(f"{name}|{x.shape}{dtype}|{float(total):.6e}|{float(absolute):.6e};".encode())
-  return digest.hexdigest()[:32]
+def _float_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  values = x.astype(jnp.float32)
+  return jnp.sum(values), jnp.sum(jnp.abs(values))
 
 
 def dtype_names(params: PyTree) -> str:
@@ -88,19 +93,32 @@ def dtype_names(params: PyTree) -> str:
 
 
 def backbone_fingerprint(params: PyTree) -> str:
-  """A fingerprint of the frozen backbone: paths, shapes and per-array moments of its values rounded to bfloat16.
+  """A fingerprint of the frozen backbone: paths, shapes and an exact hash of its values rounded to bfloat16.
 
-  Cheap (one reduction per array, on device) yet sensitive to any change of values that matters: a different
-  checkpoint or size. Not to its precision: the backbone read in float32 or cast to bfloat16 (FROZEN_DTYPE) has
-  one fingerprint, so a run trained with one may resume with the other.
+  Cheap (two integer reductions per array, on device, where the array lies) yet sensitive to any change of values
+  that matters: a different checkpoint or size. Not to its precision: the backbone read in float32 or cast to
+  bfloat16 (FROZEN_DTYPE) has one fingerprint, so a run trained with one may resume with the other; nor to the
+  number of cores or devices it is computed on.
   """
-  return _fingerprint(params, rounded=True)
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  sums = jax.jit(lambda xs: [_bit_sums(x) for x in xs])([x for _, x in leaves])
+  digest = hashlib.sha256()
+  for (path, x), (plain, weighted) in zip(leaves, sums):
+    digest.update(f"{jax.tree_util.keystr(path)}|{x.shape}|{int(plain)}|{int(weighted)};".encode())
+  return digest.hexdigest()[:32]
 
 
 def legacy_backbone_fingerprint(params: PyTree) -> str:
   """Version 1 of the fingerprint (checkpoints written before FINGERPRINT_VERSION was recorded): dtypes and float32
-  moments."""
-  return _fingerprint(params, rounded=False)
+  moments, as they were computed then (their last digit can depend on the reduction order, so on the cores)."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  stats = jax.jit(lambda xs: [_float_moments(x) for x in xs])([x for _, x in leaves])
+  digest = hashlib.sha256()
+  for (path, x), (total, absolute) in zip(leaves, stats):
+    digest.update(
+      f"{jax.tree_util.keystr(path)}|{x.shape}|{x.dtype}|{float(total):.6e}|{float(absolute):.6e};".encode()
+    )
+  return digest.hexdigest()[:32]
 
 
 class TrainingCheckpoints:
