@@ -27,7 +27,8 @@ Length distributions:
   (Lester et al.), t5_1_1_small with random weights.
 - "wordnet": the demo task's real training rows (prompt_tuning/assets/wordnet_categories, tokenized by its seqio
   task with the demo vocabulary), prompt length 20 and the demo model's architecture (t5_1_1_demo), random weights;
-  unpacked at the demo's lengths (64 + 4), packed into longer rows (256 + 16, as a T5X user packs).
+  unpacked at the demo's lengths (64 + 4) in 32 rows, packed into 16 longer rows of 148 + 12 (as a T5X user
+  packs: fewer, longer rows; --wordnet_packed_* change them).
 
     PYTHONPATH=. python benchmarks/packing.py [--repeats 3] [--only boolq,wordnet] [--skip_peft]
 """
