@@ -281,6 +281,9 @@ def test_the_fingerprint_is_the_backbones_whatever_its_precision(small):
   # ... and a bfloat16 cast cannot match it: the error says to resume once with FROZEN_DTYPE = None.
   with pytest.raises(CheckpointError, match="resume once with FROZEN_DTYPE = None"):
     training_checkpoints.check_fingerprint(legacy, bf16, "/ckpt")
+  # ... and a float32 mismatch may be the old moments' reduction order: the error says where to resume.
+  with pytest.raises(CheckpointError, match="resume once on the cores and devices it was trained on"):
+    training_checkpoints.check_fingerprint(legacy, other, "/ckpt")
 
 
 # Computes the fingerprint of a checkpoint pinned to one core, or sharded over 8 simulated devices.

@@ -87,6 +87,16 @@ def _float_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.sum(values), jnp.sum(jnp.abs(values))
 
 
+def _digest(params: PyTree, per_array, describe) -> str:
+  """sha256 over each array's path and `describe(array, *per_array(array))`, the reductions jitted together."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  stats = jax.jit(lambda xs: [per_array(x) for x in xs])([x for _, x in leaves])
+  digest = hashlib.sha256()
+  for (path, x), values in zip(leaves, stats):
+    digest.update(f"{jax.tree_util.keystr(path)}|{describe(x, *values)};".encode())
+  return digest.hexdigest()[:32]
+
+
 def dtype_names(params: PyTree) -> str:
   """The dtypes of a tree's arrays, '/'-joined ('float32', 'bfloat16'): what the meta records as frozen_dtype."""
   return "/".join(sorted({str(x.dtype) for x in jax.tree.leaves(params)}))
@@ -100,25 +110,15 @@ def backbone_fingerprint(params: PyTree) -> str:
   bfloat16 (FROZEN_DTYPE) has one fingerprint, so a run trained with one may resume with the other; nor to the
   number of cores or devices it is computed on.
   """
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  sums = jax.jit(lambda xs: [_bit_sums(x) for x in xs])([x for _, x in leaves])
-  digest = hashlib.sha256()
-  for (path, x), (plain, weighted) in zip(leaves, sums):
-    digest.update(f"{jax.tree_util.keystr(path)}|{x.shape}|{int(plain)}|{int(weighted)};".encode())
-  return digest.hexdigest()[:32]
+  return _digest(params, _bit_sums, lambda x, plain, weighted: f"{x.shape}|{int(plain)}|{int(weighted)}")
 
 
 def legacy_backbone_fingerprint(params: PyTree) -> str:
   """Version 1 of the fingerprint (checkpoints written before FINGERPRINT_VERSION was recorded): dtypes and float32
   moments, as they were computed then (their last digit can depend on the reduction order, so on the cores)."""
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  stats = jax.jit(lambda xs: [_float_moments(x) for x in xs])([x for _, x in leaves])
-  digest = hashlib.sha256()
-  for (path, x), (total, absolute) in zip(leaves, stats):
-    digest.update(
-      f"{jax.tree_util.keystr(path)}|{x.shape}|{x.dtype}|{float(total):.6e}|{float(absolute):.6e};".encode()
-    )
-  return digest.hexdigest()[:32]
+  return _digest(
+    params, _float_moments, lambda x, total, absolute: f"{x.shape}|{x.dtype}|{float(total):.6e}|{float(absolute):.6e}"
+  )
 
 
 class TrainingCheckpoints:
@@ -416,6 +416,12 @@ def check_fingerprint(meta: dict[str, Any], backbone: PyTree, backbone_path: str
         " The checkpoint predates precision-independent fingerprints, so a backbone cast to "
         f"{dtypes} cannot match it: resume once with FROZEN_DTYPE = None (its next checkpoint records the "
         "new fingerprint), then with FROZEN_DTYPE as you like."
+      )
+    elif legacy:
+      hint = (
+        " The checkpoint predates exact fingerprints: its float moments can differ in the last digit on another "
+        "number of cores or devices. If INITIAL_CHECKPOINT_PATH is the original backbone, resume once on the cores "
+        "and devices it was trained on (a sweep: without --parallel); its next checkpoint records the exact one."
       )
     raise CheckpointError(
       f"this run's checkpoints were trained against another frozen backbone (fingerprint {saved}, "
