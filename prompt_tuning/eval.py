@@ -24,8 +24,9 @@ from prompt_tuning.run import RunConfig, build_inference
 def teacher_forced(
   run, task_name: str, lengths: Mapping[str, int], batch_size: int, split: str, max_batches=None, pack: bool = False
 ):
-  """Token-weighted mean loss and token accuracy over a split; on packed batches when `pack` (the same numbers, up
-  to float rounding, in fewer rows)."""
+  """Token-weighted mean loss and token accuracy, and the fraction of target sequences right in every token
+  (`sequence_accuracy`), over a split; on packed batches when `pack` (the same numbers, up to float rounding, in
+  fewer rows)."""
   local = partitioning.local_batch_size(batch_size, run.mesh)
   totals: dict[str, float] = {}
   batches = inputs.eval_batches(
@@ -42,12 +43,20 @@ def teacher_forced(
   for batch in distributed.equal_batch_counts(batches):  # Uneven shards: the shorter ones pad with empty batches.
     batch = inputs.trim_to_buckets(batch) if bucketed else batch
     metrics = jax.device_get(run.eval_step(run.trainable, run.frozen, partitioning.shard_batch(batch, run.mesh)))
-    tokens = float(metrics["num_tokens"])
+    tokens, sequences = float(metrics["num_tokens"]), float(metrics["num_sequences"])
     for key in ("loss", "cross_entropy", "accuracy"):
       totals[key] = totals.get(key, 0.0) + float(metrics[key]) * tokens
+    totals["sequences_correct"] = totals.get("sequences_correct", 0.0) + float(metrics["sequence_accuracy"]) * sequences
     totals["num_tokens"] = totals.get("num_tokens", 0.0) + tokens
+    totals["num_sequences"] = totals.get("num_sequences", 0.0) + sequences
   count = max(totals.pop("num_tokens", 0.0), 1.0)
-  return {k: v / count for k, v in totals.items()} | {"num_tokens": count}
+  sequences = totals.pop("num_sequences", 0.0)
+  right = totals.pop("sequences_correct", 0.0)
+  return {k: v / count for k, v in totals.items()} | {
+    "sequence_accuracy": right / max(sequences, 1.0),
+    "num_tokens": count,
+    "num_sequences": sequences,
+  }
 
 
 class Predictor:

@@ -81,6 +81,26 @@ def loss_weights(batch: Batch) -> jax.Array:
   return (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
 
 
+SUMS = ("cross_entropy", "z_loss", "correct", "sequences", "sequences_correct")
+
+
+def _sequence_sums(right: jax.Array, weights: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
+  """(target sequences, sequences whose every weighted token is the argmax) in a batch; a packed row
+  (`decoder_segment_ids`) holds several sequences, each counted alone. For a classification task, with the answer's
+  format learned, this is the accuracy of the label: the measure token accuracy blurs with the format's tokens."""
+  wrong = (1.0 - right.astype(jnp.float32)) * weights
+  segments = batch.get("decoder_segment_ids")
+  if segments is None:
+    present = jnp.sum(weights, -1) > 0
+    return jnp.sum(present).astype(jnp.float32), jnp.sum(present & (jnp.sum(wrong, -1) == 0)).astype(jnp.float32)
+  rows, length = segments.shape
+  ids = (jnp.arange(rows)[:, None] * (length + 1) + segments).reshape(-1)  # one id per (row, segment)
+  count = rows * (length + 1)
+  present = jax.ops.segment_sum(weights.reshape(-1), ids, count) > 0
+  errors = jax.ops.segment_sum(wrong.reshape(-1), ids, count)
+  return jnp.sum(present).astype(jnp.float32), jnp.sum(present & (errors == 0)).astype(jnp.float32)
+
+
 def summed_loss(
   trainable,
   frozen,
@@ -96,8 +116,15 @@ def summed_loss(
   targets, weights = batch["decoder_target_tokens"], loss_weights(batch)
   cross_entropy, z_term = token_losses(logits, targets, z_loss)
   total = jnp.sum((cross_entropy + z_term) * weights)
-  correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
-  sums = {"cross_entropy": jnp.sum(cross_entropy * weights), "z_loss": jnp.sum(z_term * weights), "correct": correct}
+  right = jnp.argmax(logits, -1) == targets
+  sequences, sequences_right = _sequence_sums(right, weights, batch)
+  sums = {
+    "cross_entropy": jnp.sum(cross_entropy * weights),
+    "z_loss": jnp.sum(z_term * weights),
+    "correct": jnp.sum(right * weights),
+    "sequences": sequences,
+    "sequences_correct": sequences_right,
+  }
   return total, sums
 
 
@@ -138,7 +165,7 @@ def train_step(
       return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.trainable)
-    zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("cross_entropy", "z_loss", "correct")}
+    zero_sums = {k: jnp.zeros((), jnp.float32) for k in SUMS}
     micro = (jnp.arange(num_microbatches), _split_microbatches(batch, num_microbatches))
     (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), micro)
   # Per-token normalization over the whole batch (T5X's NUM_REAL_TARGET_TOKENS).
@@ -159,14 +186,16 @@ def _metrics(sums: dict[str, jax.Array], num_tokens: jax.Array) -> dict[str, jax
     "cross_entropy": sums["cross_entropy"] / num_tokens,
     "z_loss": sums["z_loss"] / num_tokens,
     "accuracy": sums["correct"] / num_tokens,
+    "sequence_accuracy": sums["sequences_correct"] / jnp.maximum(sums["sequences"], 1.0),
     "num_tokens": num_tokens,
+    "num_sequences": sums["sequences"],
   }
 
 
 def eval_step(
   trainable, frozen, batch: Batch, *, forward: Forward, z_loss: float = 1e-4, output_ids: OutputIds = None
 ) -> dict[str, jax.Array]:
-  """Teacher-forced loss and token accuracy, no dropout."""
+  """Teacher-forced loss, token accuracy and sequence accuracy, no dropout."""
   _, sums = summed_loss(trainable, frozen, batch, jax.random.key(0), forward, z_loss, False, output_ids)
   return _metrics(sums, jnp.maximum(jnp.sum(loss_weights(batch)), 1.0))
 

@@ -122,6 +122,28 @@ def test_loss_is_cross_entropy_plus_z_loss_per_real_token():
   np.testing.assert_allclose(z, 1e-4 * log_z**2, rtol=1e-6)
 
 
+def test_sequence_accuracy_counts_the_sequences_right_in_every_token():
+  # Targets [[5, 6, 1, 0], [7, 1, 0, 0], [0, 0, 0, 0]]: the model gets row 0 right, misses row 1's last token; row 2
+  # is padding and no sequence.
+  targets = jnp.array([[5, 6, 1, 0], [7, 1, 0, 0], [0, 0, 0, 0]])
+  predicted = jnp.array([[5, 6, 1, 3], [7, 4, 0, 0], [2, 2, 2, 2]])
+  weights = (targets > 0).astype(jnp.float32)
+  batch = {"decoder_target_tokens": targets}
+  assert [float(x) for x in trainer._sequence_sums(predicted == targets, weights, batch)] == [2.0, 1.0]
+  # Packed: the same three sequences in two rows (segments 1 and 2 in row 0): still 2 sequences, 1 right; a wrong
+  # token in one segment does not spoil its neighbour.
+  packed_targets = jnp.array([[5, 6, 1, 7, 1, 0], [0, 0, 0, 0, 0, 0]])
+  packed_predicted = jnp.array([[5, 6, 1, 7, 4, 0], [0, 0, 0, 0, 0, 0]])
+  segments = jnp.array([[1, 1, 1, 2, 2, 0], [0, 0, 0, 0, 0, 0]])
+  packed = {"decoder_target_tokens": packed_targets, "decoder_segment_ids": segments}
+  packed_weights = (packed_targets > 0).astype(jnp.float32)
+  sums = trainer._sequence_sums(packed_predicted == packed_targets, packed_weights, packed)
+  assert [float(x) for x in sums] == [2.0, 1.0]
+  # Tokens outside the loss weights do not count: with row 1's EOS unweighted, row 1 is right.
+  weights = weights.at[1, 1].set(0.0)
+  assert [float(x) for x in trainer._sequence_sums(predicted == targets, weights, batch)] == [2.0, 2.0]
+
+
 def test_class_label_softmax_normalizes_over_the_given_ids_only():
   logits = jnp.array([[[2.0, 0.0, -1.0, 3.0], [0.5, 1.5, 0.5, 9.0]]])
   ids = (0, 2)
