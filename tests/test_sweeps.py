@@ -33,6 +33,38 @@ def test_demo_sweep_expands_to_the_figure_grids_sharing_points():
   )
 
 
+def test_figure3c_is_score_vs_size_a_line_per_objective_from_the_prompt_runs(tmp_path):
+  from prompt_tuning.sweeps import report
+
+  sweep = {
+    "name": "s",
+    "metric": "eval/sequence_accuracy",
+    "seed_axis": "seed",
+    "axes": {
+      "size": {"labels": ["1M", "10M"], "default": "10M"},
+      "method": {"labels": ["prompt", "model"], "default": "prompt"},
+      "objective": {"labels": ["span", "lm"], "default": "span"},
+      "seed": {"labels": ["0", "1"], "default": "0"},
+    },
+  }
+  totals = {"1M": 934_592, "10M": 10_097_152}
+  scores = {("1M", "span"): (0.5, 0.6), ("1M", "lm"): (0.7, 0.9), ("10M", "span"): (0.6, 0.6), ("10M", "lm"): (1, 1)}
+  results = [
+    report.RunResult(f"{size}-{objective}-{seed}", labels, "done", final, final, 10, 1.0, 20, totals[size])
+    for (size, objective), finals in scores.items()
+    for seed, final in enumerate(finals)
+    for labels in [{"size": size, "method": "prompt", "objective": objective, "seed": str(seed)}]
+  ]
+  # Model tuning has no objective label (the axis is dropped from its runs): not on this figure.
+  results.append(report.RunResult("m", {"size": "1M", "method": "model", "seed": "0"}, "done", 0.0, 0.0, 10, 1, 1, 1))
+  lines = report.figure_points(results, "size", "objective", sweep)
+  assert [(x, round(mean, 3)) for x, mean, _ in lines["span"]] == [("1M", 0.55), ("10M", 0.6)]
+  assert [(x, round(mean, 3)) for x, mean, _ in lines["lm"]] == [("1M", 0.8), ("10M", 1.0)]
+  assert report.FIGURES["fig3c_objective"] == ("size", "objective")
+  assert report.draw_figure(tmp_path / "fig3c.png", "size", "objective", results, sweep)
+  assert (tmp_path / "fig3c.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_lester_sweep_is_the_papers_grid():
   lester = spec.load_sweep("sweeps/lester_figure1.gin")
   points = spec.expand(lester)

@@ -6,12 +6,13 @@
     SWEEP_DIR/report/fig1_size.png    score vs model size (total parameters, log x), a line per method (Figure 1)
     SWEEP_DIR/report/fig3a_prompt_length.png   score vs prompt length (log x), a line per size (Figure 3a)
     SWEEP_DIR/report/fig3b_init.png   score vs prompt initializer, a line per size (Figure 3b)
+    SWEEP_DIR/report/fig3c_objective.png   score vs model size, a line per pretraining objective (Figure 3c)
     SWEEP_DIR/tensorboard/            TensorBoard's HParams dashboard: each run's axis labels and metrics
 
-The figures follow axis names: `size`, `method`, `prompt_length`, `init` (and the sweep's seed axis, averaged over).
-A figure is drawn when the sweep has its axes, from the runs whose other axes are at their defaults (the grid that
-varies its axes); error bars are the std over seeds. "Final" is the metric's last value, "best" its best over the
-run's evaluations (`sweep.metric_goal`).
+The figures follow axis names: `size`, `method`, `prompt_length`, `init`, `objective` (and the sweep's seed axis,
+averaged over). A figure is drawn when the sweep has its axes, from the runs whose other axes are at their defaults
+(the grid that varies its axes); error bars are the std over seeds. "Final" is the metric's last value, "best" its
+best over the run's evaluations (`sweep.metric_goal`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ FIGURES = {
   "fig1_size": ("size", "method"),
   "fig3a_prompt_length": ("prompt_length", "size"),
   "fig3b_init": ("init", "size"),
+  "fig3c_objective": ("size", "objective"),
 }
 
 
