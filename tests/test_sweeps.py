@@ -15,10 +15,13 @@ from prompt_tuning.sweeps import executors, planning, records, spec  # noqa: E40
 def test_demo_sweep_expands_to_the_figure_grids_sharing_points():
   demo = spec.load_sweep("sweeps/demo_scale.gin")
   points = spec.expand(demo)
-  assert len(points) == 14
+  # figure1 3 sizes x 2 methods x 2 seeds = 12; at seed 0, figure3a adds 3 sizes x 3 lengths = 9, figure3b 3 x 2
+  # inits = 6, figure3c 3 x 3 objectives = 9.
+  assert len(points) == 36
+  assert demo.axes["size"].labels == ["0.9M", "3.6M", "10M"] and demo.axes["size"].default == "10M"
   by_name = {p.name: p for p in points}
-  shared = by_name["size=10M,method=prompt,prompt_length=20,init=class_labels,seed=0"]
-  assert shared.grids == ("figure1", "figure3a", "figure3b")
+  shared = by_name["size=10M,method=prompt,prompt_length=20,init=class_labels,objective=span,seed=0"]
+  assert shared.grids == ("figure1", "figure3a", "figure3b", "figure3c")
   assert shared.gin_files == ("demo/prompt.gin",)
   assert shared.bindings == ("TRAIN_STEPS = 200", "EVAL_EVERY = 50", "PROMPT_LENGTH = 20", "RunConfig.seed = 0")
   # Model tuning has no prompt: the prompt axes are dropped from its runs (and its name).
@@ -26,11 +29,33 @@ def test_demo_sweep_expands_to_the_figure_grids_sharing_points():
   assert model.gin_files == ("demo/model.gin",) and model.bindings[-1] == "RunConfig.seed = 1"
   assert not any("PROMPT_LENGTH" in b for b in model.bindings)
   # One position cannot hold two class labels: length 1 starts from the sampled vocabulary.
-  one = by_name["size=10M,method=prompt,prompt_length=1,seed=0"]
+  one = by_name["size=10M,method=prompt,prompt_length=1,objective=span,seed=0"]
   assert one.gin_files == ("demo/prompt.gin", "prompts/sampled_vocab.gin")
-  assert by_name["size=10M,method=prompt,prompt_length=20,init=random_uniform,seed=1"].gin_files[-1] == (
+  assert by_name["size=10M,method=prompt,prompt_length=20,init=random_uniform,objective=span,seed=0"].gin_files[-1] == (
     "prompts/random.gin"
   )
+  # A smaller member: its SIZE and checkpoint as bindings (after every gin file); LM-adapted with the full vocabulary.
+  small = by_name["size=0.9M,method=prompt,prompt_length=20,init=class_labels,objective=lm_full_vocab,seed=0"]
+  assert small.gin_files == ("demo/prompt.gin",)
+  assert small.bindings[2:] == (
+    "SIZE = 'demo_1m'",
+    "prompt_tuning.demo_data.demo_model_path.size = 'demo_1m'",
+    "PROMPT_LENGTH = 20",
+    "prompt_tuning.demo_data.demo_model_path.lm_adapted = True",
+    "RunConfig.class_label_softmax = False",
+    "RunConfig.seed = 0",
+  )
+
+
+def test_the_three_seed_demo_family_sweep_includes_the_demo_sweep():
+  demo, family = spec.load_sweep("sweeps/demo_scale.gin"), spec.load_sweep("sweeps/demo_family.gin")
+  assert family.name == "demo_family" and family.axes["seed"].labels == ["0", "1", "2"]
+  assert {k: v for k, v in family.axes.items() if k != "seed"} == {k: v for k, v in demo.axes.items() if k != "seed"}
+  points = spec.expand(family)
+  # 18 + 27 + 18 + 27: every grid of the demo sweep, each over 3 seeds.
+  assert len(points) == 90
+  assert all("seed" in members for members in family.grids.values())
+  assert {p.labels["seed"] for p in points if "figure3c" in p.grids} == {"0", "1", "2"}
 
 
 def test_figure3c_is_score_vs_size_a_line_per_objective_from_the_prompt_runs(tmp_path):
@@ -202,11 +227,16 @@ def test_status_of_a_folder_that_is_not_a_sweep(tmp_path, capsys):
 def test_every_run_of_the_demo_sweep_parses_and_is_sized(capsys):
   assert cli.main(["sweep", "plan", "sweeps/demo_scale.gin"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert lines[-1] == "14 runs, 2,800 training steps in all"
+  assert lines[-1] == "36 runs, 7,200 training steps in all"
   counted = {line.split()[-1]: line.split()[:3] for line in lines[1:-1] if "=" in line.split()[-1]}
-  assert counted["size=10M,method=prompt,prompt_length=20,init=class_labels,seed=0"] == ["200", "5,120", "10,102,272"]
+  prompt = "method=prompt,prompt_length=20,init=class_labels,objective=span,seed=0"
+  assert counted[f"size=10M,{prompt}"] == ["200", "5,120", "10,102,272"]
   assert counted["size=10M,method=model,seed=0"] == ["200", "10,097,152", "10,097,152"]
-  assert counted["size=10M,method=prompt,prompt_length=1,seed=1"][1] == "256"
+  assert counted["size=10M,method=prompt,prompt_length=1,objective=span,seed=0"][1] == "256"
+  # Each size counts its own model: a 20-token prompt of width 48 on the 0.9M one, of 128 on the 3.6M.
+  assert counted[f"size=0.9M,{prompt}"] == ["200", "960", "935,552"]
+  assert counted[f"size=3.6M,{prompt}"] == ["200", "2,560", "3,576,704"]
+  assert counted["size=0.9M,method=model,seed=1"][1:] == ["934,592", "934,592"]
   assert "not counted" not in "\n".join(lines)
 
 
