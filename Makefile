@@ -24,8 +24,9 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(PY) -m prompt_tuning.demo
 
-# Rebuilds the shipped demo model and task from scratch (WordNet + King James Bible from Debian packages, then
-# vocabulary, pretraining and export): see prompt_tuning/assets/demo_t5/MODEL_CARD.md. Needs the two packages.
+# Rebuilds the shipped demo models and task from scratch (WordNet + King James Bible from Debian packages, then
+# vocabulary, and for each of the demo family's three sizes pretraining, LM adaptation and their exports): see
+# prompt_tuning/assets/demo_t5*/MODEL_CARD.md. Needs the two packages.
 demo-model: $(STAMP)
 	scripts/build_demo_model.sh
 

@@ -25,14 +25,27 @@ WORDNET_TASK_NAME = "wordnet_hypernymy"
 WORDNET_CATEGORY_TASK_DIR = ASSETS / "wordnet_categories"
 WORDNET_CATEGORY_TASK_NAME = "wordnet_animal_or_plant"
 DEMO_MODEL_SIZE = "t5_1_1_demo"
+# The demo family (#17): each SIZE (gin/models/sizes/demo*.gin, `t5_1_1_<SIZE>` in models/configs.py) and the folder
+# its span-corruption model ships in; the LM-adapted one (Lester et al. 2021, section 3.2) is that folder + "_lm".
+# All share demo_t5's vocabulary (DEMO_VOCABULARY), so only demo_t5 carries a copy.
+DEMO_FAMILY = {"demo_1m": "demo_t5_1m", "demo_3m": "demo_t5_3m", "demo": "demo_t5"}
 # The recorded demo run's trained prompt and folded prefix, a library `prompt-tuning serve --prompts_dir` serves.
 DEMO_LIBRARY_DIR = ASSETS / "demo_library"
 
 
+def demo_model_dir(size: str = "demo", lm_adapted: bool = False) -> Path:
+  """The folder of one shipped model of the demo family: `size` names it as models/sizes/ does (DEMO_FAMILY)."""
+  if size not in DEMO_FAMILY:
+    raise ValueError(f"no demo model of size {size!r}; the demo family is {', '.join(map(repr, DEMO_FAMILY))}")
+  return ASSETS / (DEMO_FAMILY[size] + ("_lm" if lm_adapted else ""))
+
+
 @gin.configurable(module="prompt_tuning.demo_data")
-def demo_model_path() -> str:
-  """The shipped demo model's folder (a gin hook for INITIAL_CHECKPOINT_PATH)."""
-  return str(DEMO_MODEL_DIR)
+def demo_model_path(size: str = "demo", lm_adapted: bool = False) -> str:
+  """The shipped demo model's folder (a gin hook for INITIAL_CHECKPOINT_PATH); `size` and `lm_adapted` pick another
+  member of the demo family, e.g. `prompt_tuning.demo_data.demo_model_path.size = 'demo_1m'` with
+  models/sizes/demo_1m.gin."""
+  return str(demo_model_dir(size, lm_adapted))
 
 
 @gin.configurable(module="prompt_tuning.demo_data")
@@ -58,6 +71,7 @@ def register_wordnet_category_task(*args, **kwargs) -> str:
 
 __all__ = [
   "ASSETS",
+  "DEMO_FAMILY",
   "DEMO_LIBRARY_DIR",
   "DEMO_MODEL_DIR",
   "DEMO_MODEL_SIZE",
@@ -66,6 +80,7 @@ __all__ = [
   "WORDNET_CATEGORY_TASK_NAME",
   "WORDNET_TASK_DIR",
   "WORDNET_TASK_NAME",
+  "demo_model_dir",
   "demo_model_path",
   "demo_vocabulary_path",
   "register_wordnet_category_task",

@@ -1,20 +1,28 @@
-"""Rebuilds the demo's assets from scratch: corpus, vocabulary, pretrained model, WordNet task (`make demo-model`).
+"""Rebuilds the demo's assets from scratch: corpus, vocabulary, pretrained models, WordNet task (`make demo-model`).
 
-    python -m prompt_tuning.demo_data.build [STEP ...] [--build-dir .cache/demo_build] [--steps N]
+    python -m prompt_tuning.demo_data.build [STEP ...] [--size demo|demo_3m|demo_1m] [--build-dir .cache/demo_build]
+                                           [--steps N] [--assets-dir DIR]
 
 Steps, in order (all by default):
 
   corpus    WordNet glosses + King James Bible -> BUILD_DIR/corpus/{train,validation}.txt   (`apt-get install
             wordnet-base bible-kjv`)
   vocab     SentencePiece on the corpus -> BUILD_DIR/vocab/demo_spm.model
-  pretrain  span corruption, configs/pretrain_demo.gin -> BUILD_DIR/pretrain (resumes if stopped; --steps caps it)
-  export    the latest pretraining checkpoint, in bfloat16, as a Hugging Face folder with the vocabulary ->
-            prompt_tuning/assets/demo_t5 (and pretraining facts to prompt_tuning/assets/demo_t5/pretraining.json)
+  pretrain  span corruption, configs/pretrain_demo.gin at --size -> BUILD_DIR/pretrain[_SIZE] (resumes if stopped;
+            --steps caps it)
+  export    the latest pretraining checkpoint, in bfloat16, as a Hugging Face folder -> the size's folder in
+            prompt_tuning/assets (demo_t5 for the 10M `demo`, with the vocabulary; demo_t5_3m, demo_t5_1m), with its
+            pretraining facts (pretraining.json) and model card
+  lm_adapt  LM adaptation (Lester et al. 2021, section 3.2), configs/lm_adapt_demo.gin, from the exported folder ->
+            BUILD_DIR/lm_adapt[_SIZE] (resumes; --steps caps it)
+  export_lm its latest checkpoint, likewise -> the size's folder + "_lm" (demo_t5_lm, demo_t5_3m_lm, demo_t5_1m_lm)
   task      the WordNet tasks -> prompt_tuning/assets/wordnet_categories/{train,validation,test}.jsonl (the demo's
             animal-or-plant task) and prompt_tuning/assets/wordnet_task/ (hypernymy)
 
-Run from the repository root (the gin config names paths relative to it). Everything is seeded; the corpus, the
-vocabulary and the task files come out byte for byte the same on every machine.
+--size picks the member of the demo family (prompt_tuning.demo_data.DEMO_FAMILY) the model steps build; every
+member shares the one corpus and vocabulary. Run from the repository root (the gin configs name paths relative to
+it). Everything is seeded; the corpus, the vocabulary and the task files come out byte for byte the same on every
+machine.
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ import sys
 import time
 from pathlib import Path
 
-STEPS = ("corpus", "vocab", "pretrain", "export", "task")
+STEPS = ("corpus", "vocab", "pretrain", "export", "lm_adapt", "export_lm", "task")
 BUILD_DIR = Path(".cache/demo_build")
 PRETRAIN_CONFIG = "pretrain_demo.gin"
+LM_ADAPT_CONFIG = "lm_adapt_demo.gin"
 
 
 def build_corpus(build_dir: Path) -> None:
@@ -47,14 +56,39 @@ def build_vocabulary(build_dir: Path) -> None:
   print(f"vocabulary: {path} ({vocabulary.NUM_PIECES} pieces + {vocabulary.EXTRA_IDS} sentinels)")
 
 
-def _pretrain_bindings(build_dir: Path, steps: int | None) -> list[str]:
-  bindings = [
-    f"MODEL_DIR = '{build_dir / 'pretrain'}'",
+def _run_dir(build_dir: Path, stage: str, size: str) -> Path:
+  """Where a stage ("pretrain", "lm_adapt") of one size trains: the 10M `demo` keeps the configs' own folders."""
+  return build_dir / (stage if size == "demo" else f"{stage}_{size}")
+
+
+def _model_dir(assets: Path | None, size: str, lm_adapted: bool = False) -> Path:
+  """The exported folder of a size: in prompt_tuning/assets, or in `assets` (--assets-dir) when given."""
+  from prompt_tuning import demo_data
+
+  folder = demo_data.demo_model_dir(size, lm_adapted)
+  return Path(assets) / folder.name if assets else folder
+
+
+def _bindings(
+  build_dir: Path, stage: str, size: str, steps: int | None, assets: Path | None = None
+) -> tuple[str, list[str]]:
+  """(gin file, bindings) of a stage's run at one size."""
+  vocabulary_path = build_dir / "vocab" / "demo_spm.model"
+  if stage == "pretrain":
+    config = PRETRAIN_CONFIG
+    bindings = [
+      f"prompt_tuning.demo_data.register_pretraining_task.vocabulary_path = '{vocabulary_path}'",
+      f"VOCABULARY_PATH = '{vocabulary_path}'",
+    ]
+  else:  # LM adaptation continues the exported span-corruption model, with the shipped vocabulary (the same file).
+    config = LM_ADAPT_CONFIG
+    bindings = [f"INITIAL_CHECKPOINT_PATH = '{_model_dir(assets, size)}'"]
+  bindings += [
+    f"SIZE = '{size}'",
+    f"MODEL_DIR = '{_run_dir(build_dir, stage, size)}'",
     f"prompt_tuning.demo_data.register_pretraining_task.corpus_dir = '{build_dir / 'corpus'}'",
-    f"prompt_tuning.demo_data.register_pretraining_task.vocabulary_path = '{build_dir / 'vocab' / 'demo_spm.model'}'",
-    f"VOCABULARY_PATH = '{build_dir / 'vocab' / 'demo_spm.model'}'",
   ]
-  return bindings + ([f"TRAIN_STEPS = {steps}"] if steps else [])
+  return config, bindings + ([f"TRAIN_STEPS = {steps}"] if steps else [])
 
 
 # (last step, Adafactor learning rate) of each pretraining phase: configs/pretrain_demo.gin is phase 1; phase 2 resumes
@@ -62,31 +96,45 @@ def _pretrain_bindings(build_dir: Path, steps: int | None) -> list[str]:
 PHASES = ((1000, 0.01), (2000, 0.03))
 
 
-def pretrain(build_dir: Path, steps: int | None) -> None:
-  """Runs the pretraining phases in turn (each resumes the last checkpoint); `steps` caps the total."""
+def _train(config: str, bindings: list[str]) -> None:
   from prompt_tuning import cli
 
+  code = cli.main(["train", f"--gin_file={config}"] + [f"--gin_bindings={b}" for b in bindings])
+  if code:
+    raise SystemExit(code)
+
+
+def pretrain(build_dir: Path, steps: int | None, size: str = "demo") -> None:
+  """Runs the pretraining phases in turn (each resumes the last checkpoint); `steps` caps the total."""
   start = time.perf_counter()
   for last_step, learning_rate in PHASES:
     last_step = min(last_step, steps) if steps else last_step
-    bindings = _pretrain_bindings(build_dir, last_step) + [f"adafactor.learning_rate = {learning_rate}"]
-    code = cli.main(["train", f"--gin_file={PRETRAIN_CONFIG}"] + [f"--gin_bindings={b}" for b in bindings])
-    if code:
-      raise SystemExit(code)
+    config, bindings = _bindings(build_dir, "pretrain", size, last_step)
+    _train(config, bindings + [f"adafactor.learning_rate = {learning_rate}"])
     if steps and last_step >= steps:
       break
   print(f"pretraining: {time.perf_counter() - start:.0f}s in this invocation")
 
 
-def _pretrained_backbone(build_dir: Path):
-  """(config, backbone params, step) from the latest pretraining checkpoint."""
+def lm_adapt(build_dir: Path, steps: int | None, size: str = "demo", assets: Path | None = None) -> None:
+  """Continues the exported model of `size` on the prefix-LM objective (configs/lm_adapt_demo.gin)."""
+  start = time.perf_counter()
+  _train(*_bindings(build_dir, "lm_adapt", size, steps, assets))
+  print(f"LM adaptation: {time.perf_counter() - start:.0f}s in this invocation")
+
+
+def _trained_backbone(build_dir: Path, stage: str, size: str, assets: Path | None):
+  """(config, backbone params, step) from a stage's latest checkpoint."""
   import gin
   import jax
 
   from prompt_tuning import cli, train
 
+  config, bindings = _bindings(build_dir, stage, size, None, assets)
+  if not (_run_dir(build_dir, stage, size) / "metrics.jsonl").is_file():
+    raise SystemExit(f"error: nothing to export: run the {stage!r} step for --size {size} first")
   gin.clear_config()
-  cli.configure_gin([PRETRAIN_CONFIG], _pretrain_bindings(build_dir, None), [])
+  cli.configure_gin([config], bindings, [])
   run = train.build(train.RunConfig())
   run.checkpoints.close()
   backbone = jax.device_get(run.state.trainable["t5"])
@@ -94,8 +142,8 @@ def _pretrained_backbone(build_dir: Path):
   return run.tuned.config, backbone, int(run.state.step)
 
 
-def _pretraining_facts(build_dir: Path, step: int, total: int) -> dict:
-  lines = [json.loads(line) for line in (build_dir / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+def _training_facts(run_dir: Path, step: int, total: int) -> dict:
+  lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
   train_rows = [r for r in lines if "train/loss" in r and r["step"] <= step]
   eval_rows = [r for r in lines if "eval/loss" in r and r["step"] <= step]
   return {
@@ -109,8 +157,10 @@ def _pretraining_facts(build_dir: Path, step: int, total: int) -> dict:
   }
 
 
-def export(build_dir: Path, out_dir: Path | None = None) -> Path:
-  """Writes the latest pretraining checkpoint (bfloat16) and the vocabulary as the shipped model folder."""
+def export(build_dir: Path, assets: Path | None = None, size: str = "demo", lm_adapted: bool = False) -> Path:
+  """Writes a stage's latest checkpoint (bfloat16) as the size's shipped folder (in prompt_tuning/assets, or in
+  `assets`), with its facts and model card; the 10M span-corruption folder (demo_t5) also carries the family's
+  vocabulary."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -119,21 +169,30 @@ def export(build_dir: Path, out_dir: Path | None = None) -> Path:
   from prompt_tuning.checkpoints import save_hf_pretrained
   from prompt_tuning.demo_data import model_card, vocabulary
 
-  out_dir = Path(out_dir or demo_data.DEMO_MODEL_DIR)
-  config, backbone, step = _pretrained_backbone(build_dir)
+  stage = "lm_adapt" if lm_adapted else "pretrain"
+  out_dir = _model_dir(assets, size, lm_adapted)
+  config, backbone, step = _trained_backbone(build_dir, stage, size, assets)
   total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(backbone))
   save_hf_pretrained(out_dir, config, jax.tree.map(lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16)), backbone))
-  shutil.copyfile(build_dir / "vocab" / "demo_spm.model", out_dir / demo_data.DEMO_VOCABULARY.name)
+  if size == "demo" and not lm_adapted:
+    shutil.copyfile(build_dir / "vocab" / "demo_spm.model", out_dir / demo_data.DEMO_VOCABULARY.name)
   for path in out_dir.iterdir():
     path.chmod(0o644)  # safetensors writes its file owner-only; the package ships it to everyone.
-  facts = _pretraining_facts(build_dir, step, total) | {"machine": f"{os.cpu_count()} CPU cores ({platform.machine()})"}
+  facts = _training_facts(_run_dir(build_dir, stage, size), step, total) | {
+    "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})"
+  }
+  if lm_adapted or size != "demo":
+    facts |= {"size": size, "objective": "prefix_lm" if lm_adapted else "span_corruption"}
+  if lm_adapted:
+    pretrained = json.loads((_model_dir(assets, size) / "pretraining.json").read_text())
+    facts["initialized_from"] = {"folder": demo_data.DEMO_FAMILY[size], "steps": pretrained["steps"]}
   (out_dir / "pretraining.json").write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
   corpus_chars = (build_dir / "corpus" / "train.txt").stat().st_size + (
     build_dir / "corpus" / "validation.txt"
   ).stat().st_size
   model_card.write_model_card(out_dir, facts, config, corpus_chars, vocabulary.NUM_PIECES, vocabulary.VOCAB_SIZE)
-  size = sum(p.stat().st_size for p in out_dir.iterdir())
-  print(f"export: step {step}, {total:,} parameters -> {out_dir} ({size / 1e6:.1f} MB)")
+  megabytes = sum(p.stat().st_size for p in out_dir.iterdir()) / 1e6
+  print(f"export: {stage} step {step}, {total:,} parameters -> {out_dir} ({megabytes:.1f} MB)")
   return out_dir
 
 
@@ -150,10 +209,21 @@ def build_task() -> None:
 
 
 def _parse(argv):
+  from prompt_tuning.demo_data import DEMO_FAMILY
+
   parser = argparse.ArgumentParser(prog="python -m prompt_tuning.demo_data.build", description=__doc__.splitlines()[0])
   parser.add_argument("steps", nargs="*", help=f"steps to run, of {', '.join(STEPS)} (default: all)")
   parser.add_argument("--build-dir", type=Path, default=BUILD_DIR)
-  parser.add_argument("--steps", dest="train_steps", type=int, default=None, help="pretraining steps (the config's)")
+  parser.add_argument(
+    "--steps", dest="train_steps", type=int, default=None, help="pretraining / LM-adaptation steps (the config's)"
+  )
+  parser.add_argument("--size", default="demo", choices=list(DEMO_FAMILY), help="the member of the demo family")
+  parser.add_argument(
+    "--assets-dir",
+    type=Path,
+    default=None,
+    help="export the model folders here (and LM-adapt from here) instead of into prompt_tuning/assets",
+  )
   args = parser.parse_args(argv)
   unknown = [s for s in args.steps if s not in STEPS]
   if unknown:
@@ -173,9 +243,13 @@ def main(argv=None) -> int:
     elif step == "vocab":
       build_vocabulary(args.build_dir)
     elif step == "pretrain":
-      pretrain(args.build_dir, args.train_steps)
+      pretrain(args.build_dir, args.train_steps, args.size)
     elif step == "export":
-      export(args.build_dir)
+      export(args.build_dir, args.assets_dir, args.size)
+    elif step == "lm_adapt":
+      lm_adapt(args.build_dir, args.train_steps, args.size, args.assets_dir)
+    elif step == "export_lm":
+      export(args.build_dir, args.assets_dir, args.size, lm_adapted=True)
     else:
       build_task()
     print(f"[{step}] done in {time.perf_counter() - start:.0f}s", flush=True)

@@ -1,10 +1,11 @@
-"""MODEL_CARD.md of the shipped demo model, written by the export step from the pretraining facts."""
+"""MODEL_CARD.md of the shipped demo models, written by the export step from the training facts: demo_t5 (the 10M
+span-corruption model, with the demo's measured history) and the rest of the demo family (FAMILY_TEMPLATE)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-TEMPLATE = """# demo_t5: the project's own small pretrained T5
+TEMPLATE_HEAD = """# demo_t5: the project's own small pretrained T5
 
 A T5 1.1 encoder-decoder pretrained from scratch by this project, so that `make demo` can show prompt tuning on a
 real pretrained model with nothing downloaded at run time. It is a teaching and testing model: small, briefly
@@ -37,7 +38,9 @@ trained, English only, and far weaker than any published T5.
   (shared with other work).
 - Final loss: training {train_loss:.3f} (cross-entropy {train_xent:.3f} per target token){eval_text}.
 
-## Data and licences
+"""
+
+DATA = """## Data and licences
 
 - **WordNet 3.0** glosses and usage examples, from Debian's `wordnet-base` (/usr/share/wordnet/data.noun, .verb,
   .adj, .adv). Each synset is written as a dictionary entry: its lemmas, its direct hypernyms' first lemmas in
@@ -58,7 +61,9 @@ trained, English only, and far weaker than any published T5.
   classes never appear): the tasks measure how well a method draws on what the frozen model learned, not knowledge
   from nowhere.
 
-## Reproduce
+"""
+
+TEMPLATE_TAIL = """## Reproduce
 
     sudo apt-get install wordnet-base bible-kjv
     make demo-model            # scripts/build_demo_model.sh: corpus, vocab, pretrain, export, task
@@ -121,18 +126,101 @@ the next thing to try. Do not use this model for anything but demonstrations and
 """
 
 
+TEMPLATE = TEMPLATE_HEAD + DATA + TEMPLATE_TAIL
+
+
+# The other members of the demo family (#17): the smaller span-corruption models and every LM-adapted one.
+FAMILY_TEMPLATE_HEAD = """# {name}: {title}
+
+{summary}
+
+It is one of the project's family of demo models (`prompt_tuning.demo_data.DEMO_FAMILY`: 0.93M, 3.6M and 10.1M
+parameters, each span-corruption only and LM-adapted), built by one recipe on one corpus and vocabulary so that a
+sweep (`configs/sweeps/demo_scale.gin`) can ask how prompt tuning scales with size here. Like `demo_t5` it is a
+teaching and testing model: small, briefly trained, English only, and far weaker than any published T5.
+
+## Model
+
+- Architecture: T5 1.1 (`t5_1_1_{size}` in `prompt_tuning/models/configs.py`, `gin/models/sizes/{size}.gin`):
+  {layers} encoder + {layers} decoder layers, width {emb_dim}, {num_heads} heads of {head_dim}, gated-GELU MLP of
+  {mlp_dim}, untied output layer, 32 relative-position buckets, no dropout.
+- Parameters: {parameters:,}. Stored as a Hugging Face folder (`config.json` + `model.safetensors`) in bfloat16
+  ({model_mb:.1f} MB); `prompt_tuning.load_pretrained` reads it back as float32. In gin:
+  `INITIAL_CHECKPOINT_PATH = @prompt_tuning.demo_data.demo_model_path()` with
+  `prompt_tuning.demo_data.demo_model_path.size = '{size}'`{lm_binding}.
+- Vocabulary: the family's one SentencePiece model, `demo_t5/sentencepiece.model`
+  (`prompt_tuning.demo_data.DEMO_VOCABULARY`; not copied here), {pieces:,} pieces + 100 sentinels = {vocab_size:,}
+  ids, the embedding's rows.
+
+## Training
+
+{training}
+- Machine: {machine}, {hours:.1f} hours of wall-clock time for this stage (shared with other work).
+- Final loss: training {train_loss:.3f} (cross-entropy {train_xent:.3f} per target token){eval_text}.
+
+"""
+
+SPAN_TRAINING = """- Objective: T5's span corruption (`prompt_tuning/data/span_corruption.py`): 15% of the tokens in
+  spans of mean length 3, each replaced by a sentinel; inputs of 128 tokens (chunks of 141), targets of up to 29.
+- Recipe: `demo_t5`'s exactly (`configs/pretrain_demo.gin` with `SIZE = '{size}'`): a randomly initialized backbone,
+  Adafactor with T5's pretraining settings (parameter scaling, decay 0.8, clipping 1.0), batch 32, z-loss 1e-4, seed
+  0; learning rate 0.01 for steps 1-1000, then 0.03 (`PHASES` in `prompt_tuning/demo_data/build.py`).
+- Steps: {steps:,} (about {epochs:.1f} passes over the corpus)."""
+
+LM_TRAINING = """- Objective: LM adaptation (Lester et al. 2021, section 3.2): every weight of `{initialized_from}` (its
+  {initial_steps:,} steps of span corruption) trained on T5's prefix-LM objective over the same corpus: a chunk of
+  63 tokens is cut at a random point, the model reads the first part and writes the rest
+  (`prompt_tuning/data/prefix_lm.py`); up to 64 input and 64 target tokens.
+- Recipe: `configs/lm_adapt_demo.gin` with `SIZE = '{size}'`: the pretraining optimizer (Adafactor lr 0.01,
+  parameter scaling), batch 32, z-loss 1e-4, seed 0. The paper adapts T5 for 100,000 steps, a tenth of its
+  pretraining; this is half of the demo pretraining.
+- Steps: {steps:,} of LM adaptation (about {epochs:.1f} passes over the corpus)."""
+
+FAMILY_TEMPLATE_TAIL = """## Reproduce
+
+    sudo apt-get install wordnet-base bible-kjv
+    python -m prompt_tuning.demo_data.build corpus vocab              # once for the family
+    python -m prompt_tuning.demo_data.build {steps_to_run} --size {size}
+
+The corpus and the vocabulary are byte-for-byte reproducible; training is seeded, but XLA's CPU arithmetic can differ
+between machines, so retrained weights match only approximately.
+
+## Limits
+
+What the demo models can and cannot learn from a prompt, measured on the 10M `demo_t5`, is in its model card
+(`prompt_tuning/assets/demo_t5/MODEL_CARD.md`, "Results on the demo task, and limits"): trained this briefly, a
+model this small knows little beyond the surface of its corpus. Do not use it for anything but demonstrations, tests
+and small sweeps.
+"""
+
+_TITLES = {
+  False: (
+    "a smaller demo T5, span corruption only",
+    "A T5 1.1 encoder-decoder pretrained from scratch by this project.",
+  ),
+  True: (
+    "a demo T5, LM-adapted",
+    "A T5 1.1 encoder-decoder pretrained from scratch by this project and then LM-adapted, as Lester et al. (2021)\n"
+    "adapted T5 1.1 before prompt tuning it: they found span-corruption-only models hard to prompt-tune.",
+  ),
+}
+
+
 def write_model_card(out_dir: Path, facts: dict, config, corpus_chars: int, pieces: int, vocab_size: int) -> Path:
-  """Fills the template from the export's facts and the model's config; returns the card's path."""
+  """Fills the template from the export's facts and the model's config; returns the card's path. Facts with a
+  "size" (the export of any member but the 10M span-corruption demo_t5) get the family's card."""
   model_mb = (out_dir / "model.safetensors").stat().st_size / 1e6
-  tokens_per_step = 32 * 141
+  lm_adapted = facts.get("objective") == "prefix_lm"
+  tokens_per_step = 32 * (63 if lm_adapted else 141)
   corpus_tokens = corpus_chars / 3.66  # Measured on the validation passages: 3.66 characters per token.
   eval_text = ""
   if facts.get("final_eval_loss") is not None:
+    targets = "prefix-LM continuations" if lm_adapted else "span-corruption targets"
     eval_text = (
       f"; validation loss {facts['final_eval_loss']:.3f}, token accuracy "
-      f"{100 * facts['final_eval_token_accuracy']:.1f}% (teacher-forced, span-corruption targets)"
+      f"{100 * facts['final_eval_token_accuracy']:.1f}% (teacher-forced, {targets})"
     )
-  text = TEMPLATE.format(
+  fields = dict(
     layers=config.num_encoder_layers,
     emb_dim=config.emb_dim,
     num_heads=config.num_heads,
@@ -152,6 +240,26 @@ def write_model_card(out_dir: Path, facts: dict, config, corpus_chars: int, piec
     eval_text=eval_text,
     corpus_chars=f"{corpus_chars:,}",
   )
+  if "size" not in facts:
+    text = TEMPLATE.format(**fields)
+  else:
+    size = facts["size"]
+    initial = facts.get("initialized_from", {})
+    training = (LM_TRAINING if lm_adapted else SPAN_TRAINING).format(
+      size=size,
+      initialized_from=initial.get("folder"),
+      initial_steps=initial.get("steps", 0),
+      steps=fields["steps"],
+      epochs=fields["epochs"],
+    )
+    title, summary = _TITLES[lm_adapted]
+    steps_to_run = ("pretrain export " if size != "demo" else "") + ("lm_adapt export_lm" if lm_adapted else "")
+    lm_binding = " and `prompt_tuning.demo_data.demo_model_path.lm_adapted = True`" if lm_adapted else ""
+    head = FAMILY_TEMPLATE_HEAD.format(
+      name=out_dir.name, title=title, summary=summary, size=size, training=training, lm_binding=lm_binding, **fields
+    )
+    tail = FAMILY_TEMPLATE_TAIL.format(size=size, steps_to_run=steps_to_run.strip())
+    text = head + DATA.format(corpus_chars=fields["corpus_chars"]) + tail
   path = out_dir / "MODEL_CARD.md"
   path.write_text(text)
   return path

@@ -180,6 +180,10 @@ CONFIGS: dict[str, T5Config] = {
   # The project's own small pretrained model, shipped in prompt_tuning/assets/demo_t5 (`make demo-model` rebuilds
   # it): T5 1.1's architecture at 10.1M parameters, with an 8,192-token vocabulary (8,092 pieces + 100 sentinels).
   "t5_1_1_demo": _t5_1_1(256, 4, 768, 3, vocab=8192),
+  # Two smaller members of the demo family (#17), pretrained with the same recipe, corpus and vocabulary and shipped in
+  # prompt_tuning/assets/demo_t5_3m and demo_t5_1m: 3.6M and 0.93M parameters (10.8x below t5_1_1_demo), heads of 32.
+  "t5_1_1_demo_3m": dataclasses.replace(_t5_1_1(128, 4, 384, 3, vocab=8192), head_dim=32),
+  "t5_1_1_demo_1m": dataclasses.replace(_t5_1_1(48, 2, 128, 2, vocab=8192), head_dim=32),
   # Tiny models for tests. `t5_1_1_tiny` is the architecture of the reference
   # T5X checkpoint (embed 4, 2 heads of 2, MLP 8, 2+2 layers, 4 buckets).
   "t5_1_1_tiny": T5Config(
