@@ -127,6 +127,60 @@ def test_shipped_model_loads_and_matches_its_vocabulary():
     assert fact in card
 
 
+FAMILY_ADDED_BYTES = 40_000_000  # what the family may add beside demo_t5's own folder (#17)
+
+
+def test_demo_family_spans_ten_times_in_size_shares_one_vocabulary_and_fits_in_40_mb():
+  import jax
+  import numpy as np
+  import seqio
+
+  from prompt_tuning.checkpoints import load_pretrained
+  from prompt_tuning.models.configs import get_config
+
+  vocabulary = seqio.SentencePieceVocabulary(str(demo_data.DEMO_VOCABULARY), extra_ids=100)
+  counts, added = {}, 0
+  for size, folder in demo_data.DEMO_FAMILY.items():
+    for lm_adapted in (False, True):
+      path = demo_data.demo_model_dir(size, lm_adapted)
+      assert path.name == folder + ("_lm" if lm_adapted else "")
+      config, params = load_pretrained(path)
+      assert config.replace(dropout_rate=0.0) == get_config(f"t5_1_1_{size}").replace(dropout_rate=0.0)
+      assert params["token_embedder"]["embedding"].shape[0] == vocabulary.vocab_size
+      count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+      facts = json.loads((path / "pretraining.json").read_text())
+      assert facts["parameters"] == count and facts["steps"] > 0
+      card = (path / "MODEL_CARD.md").read_text()
+      assert card.startswith(f"# {path.name}:") and "{" not in card and "WordNet 3.0" in card
+      if lm_adapted:
+        span_facts = json.loads((demo_data.demo_model_dir(size) / "pretraining.json").read_text())
+        assert facts["objective"] == "prefix_lm"
+        assert facts["initialized_from"] == {"folder": folder, "steps": span_facts["steps"]}
+        assert counts[size] == count
+      counts[size] = count
+      if (size, lm_adapted) != ("demo", False):
+        assert not (path / "sentencepiece.model").exists()  # demo_t5's copy serves them all
+        added += sum(p.stat().st_size for p in path.iterdir())
+  assert max(counts.values()) >= 10 * min(counts.values())
+  assert added <= FAMILY_ADDED_BYTES
+
+
+def test_demo_model_path_picks_a_family_member_from_gin_and_names_the_family_on_a_typo():
+  import gin
+
+  gin.clear_config()
+  try:
+    gin.parse_config(["prompt_tuning.demo_data.demo_model_path.size = 'demo_3m'"])
+    assert demo_data.demo_model_path() == str(demo_data.ASSETS / "demo_t5_3m")
+    gin.parse_config(["prompt_tuning.demo_data.demo_model_path.lm_adapted = True"])
+    assert demo_data.demo_model_path() == str(demo_data.ASSETS / "demo_t5_3m_lm")
+  finally:
+    gin.clear_config()
+  assert demo_data.demo_model_path() == str(demo_data.DEMO_MODEL_DIR)
+  with pytest.raises(ValueError, match="no demo model of size 'demo_2m'; the demo family is 'demo_1m', 'demo_3m'"):
+    demo_data.demo_model_path("demo_2m")
+
+
 def _category_rows(split):
   path = demo_data.WORDNET_CATEGORY_TASK_DIR / f"{split}.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines()]
