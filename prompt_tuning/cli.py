@@ -148,10 +148,7 @@ def configure_gin(
   import prompt_tuning.gin_registry  # noqa: F401  (registers the configurables)
   from prompt_tuning import gin_checks
 
-  logging.getLogger().addFilter(_GIN_PATH_FILTER)
-  for path in [*search_paths, *map(str, gin_search_paths())]:
-    if path and path not in gin.config._LOCATION_PREFIXES:
-      gin.add_config_file_search_path(path)
+  add_gin_search_paths(search_paths)
   paths = [_resolve_or_refer(name, search_paths) for name in files]
   gin.parse_config_file(str(_defaults_file()))
   snapshot = gin_checks.macro_snapshot()
@@ -172,6 +169,17 @@ def configure_gin(
 
 
 _GIN_PATH_FILTER = _GinPathNotFound()
+
+
+def add_gin_search_paths(extra: tuple[str, ...] | list[str] = ()) -> None:
+  """Makes gin search `extra` and then the project's gin and configs folders (for files and their `include`s),
+  without its log line for each folder a file is not in."""
+  import gin
+
+  logging.getLogger().addFilter(_GIN_PATH_FILTER)
+  for path in [*extra, *map(str, gin_search_paths())]:
+    if path and path not in gin.config._LOCATION_PREFIXES:
+      gin.add_config_file_search_path(path)
 
 
 def apply_code_read_macros() -> None:

@@ -81,9 +81,6 @@ def loss_weights(batch: Batch) -> jax.Array:
   return (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
 
 
-SUMS = ("cross_entropy", "z_loss", "correct", "sequences", "sequences_correct")
-
-
 def _sequence_sums(right: jax.Array, weights: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
   """(target sequences, sequences whose every weighted token is the argmax) in a batch; a packed row
   (`decoder_segment_ids`) holds several sequences, each counted alone. For a classification task, with the answer's
@@ -110,21 +107,22 @@ def summed_loss(
   z_loss: float,
   enable_dropout: bool,
   output_ids: OutputIds = None,
+  count_sequences: bool = False,
 ):
-  """Sum over tokens of (cross-entropy + z-loss), and the sums behind the metrics."""
+  """Sum over tokens of (cross-entropy + z-loss), and the sums behind the metrics (with `count_sequences`, the
+  evaluation's, also those behind the sequence accuracy; the train step leaves them out)."""
   logits = restrict_logits(forward(merge(trainable, frozen), batch, enable_dropout, rng), output_ids)
   targets, weights = batch["decoder_target_tokens"], loss_weights(batch)
   cross_entropy, z_term = token_losses(logits, targets, z_loss)
   total = jnp.sum((cross_entropy + z_term) * weights)
   right = jnp.argmax(logits, -1) == targets
-  sequences, sequences_right = _sequence_sums(right, weights, batch)
   sums = {
     "cross_entropy": jnp.sum(cross_entropy * weights),
     "z_loss": jnp.sum(z_term * weights),
     "correct": jnp.sum(right * weights),
-    "sequences": sequences,
-    "sequences_correct": sequences_right,
   }
+  if count_sequences:
+    sums["sequences"], sums["sequences_correct"] = _sequence_sums(right, weights, batch)
   return total, sums
 
 
@@ -165,7 +163,7 @@ def train_step(
       return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.trainable)
-    zero_sums = {k: jnp.zeros((), jnp.float32) for k in SUMS}
+    zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("cross_entropy", "z_loss", "correct")}
     micro = (jnp.arange(num_microbatches), _split_microbatches(batch, num_microbatches))
     (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), micro)
   # Per-token normalization over the whole batch (T5X's NUM_REAL_TARGET_TOKENS).
@@ -181,22 +179,24 @@ def train_step(
 
 
 def _metrics(sums: dict[str, jax.Array], num_tokens: jax.Array) -> dict[str, jax.Array]:
-  return {
+  metrics = {
     "loss": (sums["cross_entropy"] + sums["z_loss"]) / num_tokens,
     "cross_entropy": sums["cross_entropy"] / num_tokens,
     "z_loss": sums["z_loss"] / num_tokens,
     "accuracy": sums["correct"] / num_tokens,
-    "sequence_accuracy": sums["sequences_correct"] / jnp.maximum(sums["sequences"], 1.0),
     "num_tokens": num_tokens,
-    "num_sequences": sums["sequences"],
   }
+  if "sequences" in sums:
+    metrics["sequence_accuracy"] = sums["sequences_correct"] / jnp.maximum(sums["sequences"], 1.0)
+    metrics["num_sequences"] = sums["sequences"]
+  return metrics
 
 
 def eval_step(
   trainable, frozen, batch: Batch, *, forward: Forward, z_loss: float = 1e-4, output_ids: OutputIds = None
 ) -> dict[str, jax.Array]:
   """Teacher-forced loss, token accuracy and sequence accuracy, no dropout."""
-  _, sums = summed_loss(trainable, frozen, batch, jax.random.key(0), forward, z_loss, False, output_ids)
+  _, sums = summed_loss(trainable, frozen, batch, jax.random.key(0), forward, z_loss, False, output_ids, True)
   return _metrics(sums, jnp.maximum(jnp.sum(loss_weights(batch)), 1.0))
 
 

@@ -3,6 +3,7 @@ export again, for real, on a small corpus written here (the real one needs two D
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -47,7 +48,7 @@ def test_a_smaller_member_is_pretrained_exported_lm_adapted_and_exported_again(b
     config, params = load_pretrained(folder)
     assert config.replace(dropout_rate=0.0) == expected
     weights[folder.name] = params
-  count = sum(int(np.prod(x.shape)) for x in _leaves(weights["demo_t5_1m"]))
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(weights["demo_t5_1m"]))
   assert count == 934_592
 
   span_facts = json.loads((span / "pretraining.json").read_text())
@@ -71,9 +72,3 @@ def test_a_smaller_member_is_pretrained_exported_lm_adapted_and_exported_again(b
 def test_export_before_training_says_which_step_to_run(build_dir, tmp_path):
   with pytest.raises(SystemExit, match="run the 'lm_adapt' step for --size demo_3m first"):
     build.main(["export_lm", "--size", "demo_3m", "--build-dir", str(build_dir), "--assets-dir", str(tmp_path)])
-
-
-def _leaves(tree):
-  import jax
-
-  return jax.tree.leaves(tree)

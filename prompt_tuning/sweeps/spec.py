@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -238,10 +237,7 @@ def load_sweep(path: str | Path) -> Sweep:
   from prompt_tuning import cli
 
   found = _find(path, cli.gin_search_paths())
-  logging.getLogger().addFilter(cli._GIN_PATH_FILTER)  # gin logs each folder an include was not found in
-  for folder in map(str, cli.gin_search_paths()):  # a sweep may `include` another: 'sweeps/demo_scale.gin'
-    if folder not in gin.config._LOCATION_PREFIXES:
-      gin.add_config_file_search_path(folder)
+  cli.add_gin_search_paths()  # a sweep may `include` another: 'sweeps/demo_scale.gin'
   with gin.config_scope(None):
     gin.clear_config()
     try:
