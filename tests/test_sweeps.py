@@ -16,14 +16,15 @@ def test_demo_sweep_expands_to_the_figure_grids_sharing_points():
   demo = spec.load_sweep("sweeps/demo_scale.gin")
   points = spec.expand(demo)
   # figure1 3 sizes x 2 methods x 2 seeds = 12; at seed 0, figure3a adds 3 sizes x 3 lengths = 9, figure3b 3 x 2
-  # inits = 6, figure3c 3 x 3 objectives = 9.
-  assert len(points) == 36
+  # inits = 6. Figure 3c's objective axis is in no grid here (demo_family's): every run is at its default, span.
+  assert len(points) == 27
+  assert {p.labels.get("objective") for p in points} == {"span", None}
   assert demo.axes["size"].labels == ["0.9M", "3.6M", "10M"] and demo.axes["size"].default == "10M"
   by_name = {p.name: p for p in points}
   shared = by_name["size=10M,method=prompt,prompt_length=20,init=class_labels,objective=span,seed=0"]
-  assert shared.grids == ("figure1", "figure3a", "figure3b", "figure3c")
+  assert shared.grids == ("figure1", "figure3a", "figure3b")
   assert shared.gin_files == ("demo/prompt.gin",)
-  assert shared.bindings == ("TRAIN_STEPS = 200", "EVAL_EVERY = 50", "PROMPT_LENGTH = 20", "RunConfig.seed = 0")
+  assert shared.bindings == ("TRAIN_STEPS = 200", "EVAL_EVERY = 100", "PROMPT_LENGTH = 20", "RunConfig.seed = 0")
   # Model tuning has no prompt: the prompt axes are dropped from its runs (and its name).
   model = by_name["size=10M,method=model,seed=1"]
   assert model.gin_files == ("demo/model.gin",) and model.bindings[-1] == "RunConfig.seed = 1"
@@ -34,15 +35,13 @@ def test_demo_sweep_expands_to_the_figure_grids_sharing_points():
   assert by_name["size=10M,method=prompt,prompt_length=20,init=random_uniform,objective=span,seed=0"].gin_files[-1] == (
     "prompts/random.gin"
   )
-  # A smaller member: its SIZE and checkpoint as bindings (after every gin file); LM-adapted with the full vocabulary.
-  small = by_name["size=0.9M,method=prompt,prompt_length=20,init=class_labels,objective=lm_full_vocab,seed=0"]
-  assert small.gin_files == ("demo/prompt.gin",)
+  # A smaller member: its SIZE and checkpoint as bindings, after every gin file.
+  small = by_name["size=0.9M,method=prompt,prompt_length=20,init=sampled_vocab,objective=span,seed=0"]
+  assert small.gin_files == ("demo/prompt.gin", "prompts/sampled_vocab.gin")
   assert small.bindings[2:] == (
     "SIZE = 'demo_1m'",
     "prompt_tuning.demo_data.demo_model_path.size = 'demo_1m'",
     "PROMPT_LENGTH = 20",
-    "prompt_tuning.demo_data.demo_model_path.lm_adapted = True",
-    "RunConfig.class_label_softmax = False",
     "RunConfig.seed = 0",
   )
 
@@ -56,6 +55,21 @@ def test_the_three_seed_demo_family_sweep_includes_the_demo_sweep():
   assert len(points) == 90
   assert all("seed" in members for members in family.grids.values())
   assert {p.labels["seed"] for p in points if "figure3c" in p.grids} == {"0", "1", "2"}
+  # The demo sweep's runs are the family's, named and configured alike: in one --sweep_dir they run once.
+  by_name = {p.name: p for p in points}
+  for p in spec.expand(demo):
+    assert (by_name[p.name].gin_files, by_name[p.name].bindings) == (p.gin_files, p.bindings), p.name
+  # LM-adapted with the full vocabulary, on a smaller member: the objective's bindings after the size's.
+  small = by_name["size=0.9M,method=prompt,prompt_length=20,init=class_labels,objective=lm_full_vocab,seed=2"]
+  assert small.gin_files == ("demo/prompt.gin",)
+  assert small.bindings[2:] == (
+    "SIZE = 'demo_1m'",
+    "prompt_tuning.demo_data.demo_model_path.size = 'demo_1m'",
+    "PROMPT_LENGTH = 20",
+    "prompt_tuning.demo_data.demo_model_path.lm_adapted = True",
+    "RunConfig.class_label_softmax = False",
+    "RunConfig.seed = 2",
+  )
 
 
 def test_figure3c_is_score_vs_size_a_line_per_objective_from_the_prompt_runs(tmp_path):
@@ -227,7 +241,7 @@ def test_status_of_a_folder_that_is_not_a_sweep(tmp_path, capsys):
 def test_every_run_of_the_demo_sweep_parses_and_is_sized(capsys):
   assert cli.main(["sweep", "plan", "sweeps/demo_scale.gin"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert lines[-1] == "36 runs, 7,200 training steps in all"
+  assert lines[-1] == "27 runs, 5,400 training steps in all"
   counted = {line.split()[-1]: line.split()[:3] for line in lines[1:-1] if "=" in line.split()[-1]}
   prompt = "method=prompt,prompt_length=20,init=class_labels,objective=span,seed=0"
   assert counted[f"size=10M,{prompt}"] == ["200", "5,120", "10,102,272"]
