@@ -72,6 +72,16 @@ def test_the_three_seed_demo_family_sweep_includes_the_demo_sweep():
   )
 
 
+def test_the_three_seed_demo_sweep_adds_a_seed_to_figure1_only():
+  demo, seeds = spec.load_sweep("sweeps/demo_scale.gin"), spec.load_sweep("sweeps/demo_3_seeds.gin")
+  points = {p.name: p for p in spec.expand(seeds)}
+  added = set(points) - {p.name for p in spec.expand(demo)}
+  # 3 sizes x 2 methods at seed 2; the ablations (no seed axis in their grids) stay on seed 0.
+  assert len(points) == 33 and len(added) == 6
+  assert all(points[name].grids == ("figure1",) and name.endswith(",seed=2") for name in added)
+  assert {p.labels.get("seed") for p in points.values() if "figure3a" in p.grids} == {"0"}
+
+
 def test_figure3c_is_score_vs_size_a_line_per_objective_from_the_prompt_runs(tmp_path):
   from prompt_tuning.sweeps import report
 
