@@ -30,6 +30,9 @@ INSTALL_REQUIRES = [
   "scikit-learn==1.9.1",
   "tqdm==4.70.1",
   "huggingface-hub==2.4.0",  # Hub ids as checkpoint paths (prompt_tuning.checkpoints.hub).
+  # The generation tasks' metrics (prompt_tuning.data.metrics): ROUGE as T5 computes it, and BLEU.
+  "rouge-score==0.1.2",
+  "sacrebleu==2.6.0",
 ]
 
 EXTRAS_REQUIRE = {

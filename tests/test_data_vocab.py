@@ -116,4 +116,4 @@ def test_import_in_a_fresh_process_without_any_configuration():
   root = Path(__file__).resolve().parents[1]
   result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert result.stdout.split() == ["126", "12"]
+  assert result.stdout.split() == ["192", "54"]

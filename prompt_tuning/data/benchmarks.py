@@ -5,7 +5,8 @@
 Label names are those of the tfds datasets (label id i is `class_labels[i]`). Task indices (the sentinel of the
 `task_index_` variants) are fixed here, once for all benchmarks, so that a multi-task prompt sees one sentinel per
 task: SuperGLUE 0-7 (AX-b and AX-g are cast as SuperGLUE RTE, as T5 does, so they share its index 5), GLUE 8-16,
-and 17 for the paraphrase transfer tasks.
+17 for the paraphrase transfer tasks, 18 for SQuAD and the MRQA sets evaluated in its format, 19-22 for XSum, E2E,
+WebNLG and DART.
 
 MNLI is one task with splits train, validation_matched, validation_mismatched, test_matched, test_mismatched, and
 `validation` = validation_matched (so that evaluating a mixture on `validation` includes it).
@@ -227,7 +228,104 @@ def _transfer(train_config: str, eval_config: str) -> Benchmark:
   )
 
 
+# The MRQA 2019 out-of-domain sets (Lester et al. 2021 section 6, Table 2): the reference implementation's names ->
+# the tfds `mrqa` configs. tfds publishes them as a `test` split only (MRQA's dev sets); the tasks call it
+# `validation`, as the reference's TSV tasks do, so evaluating the SQuAD-to-MRQA mixtures on `validation` scores them.
+MRQA_OUT_OF_DOMAIN = {
+  "bioasq": "bio_asq",
+  "drop": "drop",
+  "duorc": "duo_rc",
+  "race": "race",
+  "relation_extraction": "relation_extraction",
+  "textbookqa": "textbook_qa",
+}
+SQUAD_TASK_INDEX = 18
+
+
+def mrqa_task_name(name: str) -> str:
+  """The reference's name of an MRQA out-of-domain task: `mrqa_textbookqa_v001`."""
+  return f"mrqa_{name}_v001"
+
+
+def _qa() -> list[Benchmark]:
+  """SQuAD v1.1 and the MRQA out-of-domain sets, all in SQuAD's format, one task index, scored by SQuAD EM/F1."""
+  qa = {"prefix": "", "task_index": SQUAD_TASK_INDEX, "postprocess_fn": postprocessors.qa}
+  squad = Benchmark(
+    name="squad_v010_allanswers",
+    collection="qa",
+    source=TfdsSource.from_tfds_name("squad/v1.1:3.0.0"),
+    formatter=preprocessors.format_squad,
+    metric_fns=[metrics.squad_em_f1],
+    **qa,
+  )
+  mrqa = [
+    Benchmark(
+      name=mrqa_task_name(name),
+      collection="mrqa",
+      source=TfdsSource.from_tfds_name(f"mrqa/{config}:1.0.0", splits={"validation": "test"}),
+      formatter=preprocessors.format_mrqa,
+      metric_fns=[metrics.squad_em_f1],
+      trainable=False,
+      **qa,
+    )
+    for name, config in MRQA_OUT_OF_DOMAIN.items()
+  ]
+  return [squad, *mrqa]
+
+
+def _generation() -> list[Benchmark]:
+  """Li & Liang's tasks (their section 5): XSum (ROUGE) and table-to-text E2E, WebNLG, DART (BLEU).
+
+  Versions differ from the paper's where tfds has another one: E2E is tfds `e2e_cleaned` (Dusek et al. 2019's
+  cleaned E2E; the paper used the original E2E), WebNLG is tfds `web_nlg` (the WebNLG challenge 2017 release the
+  paper used; its test split is `test_all`, seen + unseen categories), DART is tfds `dart` (v1.1.1, as in the
+  paper), XSum is tfds `xsum` 1.1.0 (tfds needs the articles downloaded by hand: its MANUAL_DOWNLOAD_INSTRUCTIONS).
+  """
+  text = {"postprocess_fn": postprocessors.grouped_reference, "metric_fns": [metrics.bleu], "collection": "generation"}
+  to_text = functools.partial(preprocessors.format_table_to_text, triples=False)
+  triples = functools.partial(preprocessors.format_table_to_text, triples=True)
+  splits = {"train": "train", "validation": "validation", "test": "test"}
+  web_nlg_splits = {**splits, "test": "test_all"}
+  return [
+    Benchmark(
+      name="xsum_v110",
+      collection="generation",
+      source=TfdsSource.from_tfds_name("xsum:1.1.0", splits=splits),
+      formatter=preprocessors.format_summarization,
+      prefix="summarize:",
+      task_index=19,
+      postprocess_fn=postprocessors.identity_text,
+      metric_fns=[metrics.rouge],
+    ),
+    Benchmark(
+      name="e2e_cleaned_v010",
+      source=TfdsSource.from_tfds_name("e2e_cleaned:0.1.0", splits=splits),
+      formatter=to_text,
+      prefix="e2e:",
+      task_index=20,
+      **text,
+    ),
+    Benchmark(
+      name="web_nlg_v010",
+      source=TfdsSource.from_tfds_name("web_nlg:0.1.0", splits=web_nlg_splits),
+      formatter=triples,
+      prefix="webnlg:",
+      task_index=21,
+      **text,
+    ),
+    Benchmark(
+      name="dart_v010",
+      source=TfdsSource.from_tfds_name("dart:0.1.0", splits=splits),
+      formatter=triples,
+      prefix="dart:",
+      task_index=22,
+      **text,
+    ),
+  ]
+
+
 @functools.cache
 def all_benchmarks() -> tuple[Benchmark, ...]:
-  """Every built-in task, SuperGLUE first, then GLUE, then the transfer pairs."""
-  return tuple(_super_glue() + _glue() + [_transfer("qqp", "mrpc"), _transfer("mrpc", "qqp")])
+  """Every built-in task: SuperGLUE, GLUE, the transfer pairs, then QA (SQuAD, MRQA) and generation."""
+  transfer = [_transfer("qqp", "mrpc"), _transfer("mrpc", "qqp")]
+  return tuple(_super_glue() + _glue() + transfer + _qa() + _generation())

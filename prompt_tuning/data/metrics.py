@@ -1,4 +1,4 @@
-"""Metrics of the GLUE and SuperGLUE tasks, as T5 reports them (percentages, the same names).
+"""Metrics of the built-in tasks, as T5 reports them (percentages, the same names).
 
 Each is a seqio metric function `fn(targets, predictions) -> {name: value}` over postprocessed values. Invalid
 predictions (postprocessed to -1) always count as wrong:
@@ -9,8 +9,8 @@ predictions (postprocessed to -1) always count as wrong:
 - `matthews_corrcoef` (CoLA): a third class that matches no target;
 - `pearson_corrcoef`/`spearman_corrcoef` (STS-B): a score of -1.0, below the 0..5 range.
 
-Formulas come from scikit-learn and scipy; the only hand-written ones are SQuAD's answer normalization and token F1
-(ReCoRD), which neither library has.
+Formulas come from scikit-learn and scipy, ROUGE from `rouge-score` and BLEU from `sacrebleu`; the only hand-written
+ones are SQuAD's answer normalization and token F1 (SQuAD, MRQA, ReCoRD), which none of these libraries has.
 """
 
 import collections
@@ -83,15 +83,54 @@ def _token_f1(prediction: str, answer: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def squad_em_f1(answers: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
-  """SQuAD exact match and token F1 of each prediction, maximized over its gold answers, averaged, times 100."""
+def squad_em_f1(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
+  """SQuAD exact match and token F1 of each prediction, maximized over its gold answers (`targets`: a list of
+  answers per example), averaged, times 100."""
   exact, f1 = [], []
-  for gold, prediction in zip(answers, predictions):
+  for gold, prediction in zip(targets, predictions):
     gold = [normalize_squad_answer(a) for a in gold] or [""]
     prediction = normalize_squad_answer(prediction)
     exact.append(max(float(prediction == a) for a in gold))
     f1.append(max(_token_f1(prediction, a) for a in gold))
   return {"em": 100 * float(np.mean(exact)), "f1": 100 * float(np.mean(f1))}
+
+
+def rouge(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+  """ROUGE-1, ROUGE-2 and ROUGE-L F-measure (Porter-stemmed, as T5 and Li & Liang report), mean over examples x100.
+
+  From Google's `rouge-score` package, the implementation T5 uses. T5 reports a bootstrap-aggregated mean; the plain
+  mean here is that estimate's centre.
+  """
+  from rouge_score import rouge_scorer
+
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+  scores = [scorer.score(target, prediction) for target, prediction in zip(targets, predictions)]
+  if not scores:
+    return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+  return {name: 100 * float(np.mean([s[name].fmeasure for s in scores])) for name in ("rouge1", "rouge2", "rougeL")}
+
+
+def bleu(targets: Sequence[dict], predictions: Sequence[str]) -> dict[str, float]:
+  """Corpus BLEU (sacrebleu's defaults) of one prediction per input against all of that input's references.
+
+  Targets are `postprocessors.grouped_reference` values: tfds gives every reference of an E2E/WebNLG/DART table its
+  own example, so references are gathered by input text and the first prediction for each input is scored, as
+  the datasets' evaluation scripts score one output per table against every reference.
+  """
+  import sacrebleu
+
+  references: dict[Hashable, list[str]] = {}
+  hypotheses: dict[Hashable, str] = {}
+  for target, prediction in zip(targets, predictions):
+    references.setdefault(target["group"], []).append(target["reference"])
+    hypotheses.setdefault(target["group"], prediction)
+  if not hypotheses:
+    return {"bleu": 0.0}
+  groups = list(hypotheses)
+  most = max(len(references[g]) for g in groups)
+  # sacrebleu takes reference streams: stream k holds each input's k-th reference (None where it has fewer).
+  streams = [[references[g][k] if k < len(references[g]) else None for g in groups] for k in range(most)]
+  return {"bleu": float(sacrebleu.corpus_bleu([hypotheses[g] for g in groups], streams).score)}
 
 
 def _first_per_group(targets: Sequence[dict], predictions: Sequence) -> tuple[list, list]:

@@ -91,6 +91,24 @@ def identity_text(text: Any, example: Mapping | None = None, is_target: bool = F
   return as_text(text)
 
 
+def qa(text: Any, example: Mapping | None = None, is_target: bool = False) -> Any:
+  """SQuAD/MRQA: predictions stay text; targets become the list of every gold answer (SQuAD's metric takes the max)."""
+  if not is_target:
+    return as_text(text)
+  return [as_text(a) for a in example["answers"]]
+
+
+def grouped_reference(text: Any, example: Mapping | None = None, is_target: bool = False) -> Any:
+  """Data-to-text: predictions stay text; targets become `{"group": input text, "reference": target text}`.
+
+  tfds gives each reference of a table its own example; the group lets the metric score one prediction per table
+  against all of its references, as the E2E, WebNLG and DART evaluation scripts do.
+  """
+  if not is_target:
+    return as_text(text)
+  return {"group": as_text(example["inputs_pretokenized"]), "reference": as_text(text)}
+
+
 def with_examples(postprocess_fn: Callable[..., Any]) -> Callable[..., dict]:
   """Wraps a postprocessor so that its values also carry the texts shown by `metrics.text_examples`.
 

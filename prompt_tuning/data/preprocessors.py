@@ -172,3 +172,73 @@ def format_wsc_simple(x: dict, prefix: str | None) -> dict:
 def is_positive_example(x: dict) -> tf.Tensor:
   """True where the raw example's label is 1 (used to train WSC on correct referents only)."""
   return tf.equal(x["label"], 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Question answering and generation (Lester et al. 2021 section 6; Li & Liang 2021 sections 5-6).
+
+
+def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
+  """Spaces around every character that is not a letter, digit, mark or underscore, collapsed (T5's SQuAD format).
+
+  `"Paris, France."` -> `"Paris , France ."`. T5 formats SQuAD this way, and the reference implementation's
+  `squad_v010_allanswers` tasks read T5's format; SQuAD's metric normalizes punctuation away, so scores are unchanged.
+  """
+  text = tf.strings.regex_replace(text, r"([^_\s\p{N}\p{L}\p{M}])", r" \1 ")
+  return tf.strings.strip(tf.strings.regex_replace(text, r"\s+", " "))
+
+
+def _question_answer(question: tf.Tensor, context: tf.Tensor, answers: tf.Tensor, prefix: str | None) -> dict:
+  """`question: .. context: ..` -> the first gold answer; every gold answer kept in `answers` for the metric."""
+  answers = pad_punctuation(answers)
+  first = tf.cond(tf.size(answers) > 0, lambda: answers[0], lambda: tf.constant(NO_LABEL))
+  return {
+    "inputs": join_text(prefix, ["question:", pad_punctuation(question), "context:", pad_punctuation(context)]),
+    "targets": first,
+    "answers": answers,
+  }
+
+
+@seqio.map_over_dataset
+def format_squad(x: dict, prefix: str | None) -> dict:
+  """SQuAD (tfds `squad/v1.1`) as T5: `question: .. context: ..` -> the first answer, all answers kept."""
+  return {**_question_answer(x["question"], x["context"], x["answers"]["text"], prefix), "id": x["id"]}
+
+
+@seqio.map_over_dataset
+def format_mrqa(x: dict, prefix: str | None) -> dict:
+  """An MRQA 2019 set (tfds `mrqa/<name>`) in SQuAD's format, so a SQuAD prompt reads it unchanged."""
+  return {**_question_answer(x["question"], x["context"], x["answers"], prefix), "id": x["qid"]}
+
+
+@seqio.map_over_dataset
+def format_summarization(x: dict, prefix: str | None, document: str = "document", summary: str = "summary") -> dict:
+  """A summarization example as T5 writes it: `summarize: <document>` -> the summary."""
+  return {"inputs": join_text(prefix, [x[document]]), "targets": x[summary]}
+
+
+def linearize_table(table: dict, triples: bool) -> tf.Tensor:
+  """A tfds structured-to-text table as one line, Li & Liang's linearization (their section 5.1).
+
+  Attribute tables (E2E: one row per attribute) become `name : The Eagle | food : French`; triple tables (WebNLG,
+  DART: three cells per row, subject/predicate/object) become `Alan Bean : occupation : Test pilot | ...`.
+  """
+  if triples:
+    # The cells of one triple share a row number; rows are kept in the order they first appear.
+    numbers, row_of_cell = tf.unique(table["row_number"])
+    rows = tf.strings.unsorted_segment_join(table["content"], row_of_cell, tf.size(numbers), separator=" : ")
+  else:
+    rows = tf.strings.join([table["column_header"], table["content"]], separator=" : ")
+  return tf.strings.reduce_join(rows, separator=" | ")
+
+
+@seqio.map_over_dataset
+def format_table_to_text(x: dict, prefix: str | None, triples: bool) -> dict:
+  """E2E, WebNLG or DART (tfds `e2e_cleaned`, `web_nlg`, `dart`): the linearized table -> one reference text.
+
+  Each reference is its own example in tfds; the metric groups references by their input again (`metrics.bleu`).
+  """
+  return {
+    "inputs": join_text(prefix, [linearize_table(x["input_text"]["table"], triples)]),
+    "targets": x["target_text"],
+  }

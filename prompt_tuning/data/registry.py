@@ -9,7 +9,8 @@ Each benchmark in `benchmarks.py` gives six tasks; for BoolQ:
 
 Mixtures, proportional to the number of training examples (`seqio.mixing_rate_num_examples`), in the same six
 variants: `super_glue_v102_proportional` (the eight SuperGLUE tasks with a train split) and `glue_v200_proportional`
-(the nine GLUE tasks), e.g. `task_index_glue_v200_proportional_examples`.
+(the nine GLUE tasks), e.g. `task_index_glue_v200_proportional_examples`; and the reference's zero-shot QA transfer
+mixtures, `squad_to_<mrqa name>` and `squad_to_mrqa` (`qa_transfer_mixtures`).
 
 `register_builtin_tasks()` runs on `import prompt_tuning.data` and skips names that are already registered, so it is
 safe to call again.
@@ -21,7 +22,7 @@ import itertools
 import seqio
 
 from prompt_tuning.data import class_labels, metrics, postprocessors
-from prompt_tuning.data.benchmarks import Benchmark, all_benchmarks
+from prompt_tuning.data.benchmarks import MRQA_OUT_OF_DOMAIN, Benchmark, all_benchmarks, mrqa_task_name
 from prompt_tuning.data.errors import UnknownTaskError
 from prompt_tuning.data.vocab import output_features, sentinel
 
@@ -84,14 +85,27 @@ def register_benchmark(benchmark: Benchmark) -> list[str]:
   return names
 
 
-def _register_mixtures(base_name: str, benchmarks: list[Benchmark]) -> None:
-  rate = seqio.mixing_rate_num_examples
+def _register_mixtures(base_name: str, benchmarks: list[Benchmark], rate=seqio.mixing_rate_num_examples) -> None:
   for prefix_variant, suffix_variant in itertools.product(PREFIX_VARIANTS, SUFFIX_VARIANTS):
     name = variant_name(base_name, prefix_variant, suffix_variant)
     if name in seqio.MixtureRegistry.names():
       continue
     members = [variant_name(b.name, prefix_variant, suffix_variant) for b in benchmarks]
     seqio.MixtureRegistry.add(name, members, default_rate=rate)
+
+
+def qa_transfer_mixtures() -> dict[str, list[str]]:
+  """Lester et al. section 6's zero-shot domain transfer: train on SQuAD, evaluate out of domain (MRQA).
+
+  `squad_to_<name>` holds SQuAD and one MRQA set, `squad_to_mrqa` SQuAD and all six (the reference's names; every
+  variant as for the tasks, e.g. `squad_to_textbookqa_examples`). The MRQA sets have no train split, so training
+  on a mixture reads SQuAD alone (seqio skips a member without the split) and evaluating it scores every member.
+  Base names -> member base names.
+  """
+  squad = "squad_v010_allanswers"
+  mixtures = {f"squad_to_{name}": [squad, mrqa_task_name(name)] for name in MRQA_OUT_OF_DOMAIN}
+  mixtures["squad_to_mrqa"] = [squad] + [mrqa_task_name(name) for name in MRQA_OUT_OF_DOMAIN]
+  return mixtures
 
 
 def register_builtin_tasks() -> None:
@@ -102,6 +116,9 @@ def register_builtin_tasks() -> None:
   for collection, base_name in MIXTURES.items():
     members = [b for b in benchmarks if b.collection == collection and b.trainable]
     _register_mixtures(base_name, members)
+  by_name = {b.name: b for b in benchmarks}
+  for base_name, members in qa_transfer_mixtures().items():
+    _register_mixtures(base_name, [by_name[m] for m in members], rate=1.0)
 
 
 def builtin_task_names() -> list[str]:
@@ -113,9 +130,8 @@ def builtin_task_names() -> list[str]:
 
 def builtin_mixture_names() -> list[str]:
   """Names of every built-in mixture."""
-  return [
-    variant_name(m, p, s) for m in MIXTURES.values() for p, s in itertools.product(PREFIX_VARIANTS, SUFFIX_VARIANTS)
-  ]
+  bases = [*MIXTURES.values(), *qa_transfer_mixtures()]
+  return [variant_name(m, p, s) for m in bases for p, s in itertools.product(PREFIX_VARIANTS, SUFFIX_VARIANTS)]
 
 
 def all_names() -> list[str]:

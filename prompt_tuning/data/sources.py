@@ -52,6 +52,14 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
   "glue/qnli:2.0.0": {"train": 104743, "validation": 5463, "test": 5463},
   "glue/rte:2.0.0": {"train": 2490, "validation": 277, "test": 3000},
   "glue/wnli:2.0.0": {"train": 635, "validation": 71, "test": 146},
+  "squad/v1.1:3.0.0": {"train": 87599, "validation": 10570},
+  # MRQA 2019's out-of-domain dev sets (Fisch et al. 2019, Table 1), tfds's `test` split.
+  "mrqa/bio_asq:1.0.0": {"test": 1504},
+  "mrqa/drop:1.0.0": {"test": 1503},
+  "mrqa/duo_rc:1.0.0": {"test": 1501},
+  "mrqa/race:1.0.0": {"test": 674},
+  "mrqa/relation_extraction:1.0.0": {"test": 2948},
+  "mrqa/textbook_qa:1.0.0": {"test": 1503},
 }
 
 
