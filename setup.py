@@ -64,7 +64,7 @@ setuptools.setup(
   python_requires=">=3.11",
   # The gin library (gin/) and ready-to-run configs (configs/) live at the top of
   # the repository; a non-editable install carries them inside the package, where
-  # `prompt_tuning.cli.gin_search_paths` finds them.
+  # `prompt_tuning.gin_config.gin_search_paths` finds them.
   packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*"]) + list(GIN_PACKAGES),
   package_dir=GIN_PACKAGES,
   package_data={

@@ -49,7 +49,7 @@ def main(size, batch, inputs, targets, prompt_length, max_layers, remat="none"):
   plan_s = time.perf_counter() - t
   mesh = partitioning.make_mesh(1, (1, 1))
   config = run.with_run_settings(cfg, run.planned_config(cfg))
-  tuned, state, frozen, optimizer = plan.abstract_training(cfg, config, mesh)
+  tuned, state, frozen, optimizer = run.abstract_training(cfg, config, mesh)
   make = lambda x: jax.device_put(
     jnp.full(x.shape, 0.01, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.zeros(x.shape, x.dtype),
     x.sharding,

@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
+import importlib
 import os
 import re
 import sys
-from pathlib import Path
 
-from prompt_tuning import distributed
+from prompt_tuning import distributed, gin_config
 
 GIN_COMMANDS = {
   "train": ("prompt_tuning.train", "train"),
@@ -49,28 +48,11 @@ GIN_COMMANDS = {
   "infer": ("prompt_tuning.infer", "infer"),
 }
 USAGE = __doc__
-log = logging.getLogger(__name__)
-
-
-def gin_search_paths() -> list[Path]:
-  """The project's gin library and ready-to-run configs: in the source tree, or packaged when installed."""
-  here = Path(__file__).resolve().parent
-  candidates = [
-    here.parent / "gin",
-    here.parent / "configs",
-    here / "gin_files" / "gin",
-    here / "gin_files" / "configs",
-  ]
-  return [p for p in candidates if p.is_dir()]
 
 
 def _gin_parser(command: str) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog=f"prompt-tuning {command}", add_help=True)
-  parser.add_argument(
-    "--gin_file", action="append", default=[], help="gin file (repeatable); searched in the gin paths"
-  )
-  parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding NAME=VALUE (repeatable)")
-  parser.add_argument("--gin_search_paths", default="", help="comma-separated extra folders to search for gin files")
+  gin_config.add_gin_flags(parser)
   parser.add_argument("--tfds_data_dir", default=None, help="tensorflow-datasets data directory")
   parser.add_argument(
     "--seqio_additional_cache_dirs", default="", help="comma-separated folders of seqio's offline task caches"
@@ -79,202 +61,6 @@ def _gin_parser(command: str) -> argparse.ArgumentParser:
   distributed.add_flags(parser)  # t5x's --multiprocess_gpu, --coordinator_address, --process_count, --process_index
   parser.add_argument("--verbose", action="store_true", help="show TensorFlow's and absl's start-up logs")
   return parser
-
-
-def split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
-  """Separates `--gin.NAME=VALUE` flags (returned as bindings 'NAME=VALUE') from the rest."""
-  bindings, rest = [], []
-  i = 0
-  while i < len(argv):
-    arg = argv[i]
-    if arg.startswith("--gin."):
-      name_value = arg[len("--gin.") :]
-      if "=" not in name_value:
-        if i + 1 >= len(argv):
-          raise ValueError(f"flag {arg} has no value; write --gin.NAME=VALUE")
-        name_value, i = f"{name_value}={argv[i + 1]}", i + 1
-      name, value = name_value.split("=", 1)
-      bindings.append(f"{name} = {value}")
-    else:
-      rest.append(arg)
-    i += 1
-  return bindings, rest
-
-
-DEFAULTS_FILE = "defaults.gin"
-# Macros the command line reads itself, after parsing (no binding reads them).
-CODE_READ_MACROS = ("MIXTURE_OR_TASK_MODULE", "USE_CACHED_TASKS", "LOSS_NORMALIZING_FACTOR")
-
-
-class _GinPathNotFound(logging.Filter):
-  """gin logs `ERROR:root:Path not found: ...` for every search-path miss while it looks for a file (and then finds
-  it); a real miss is our FileNotFoundError or gin's IOError, so drop those lines."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno == logging.ERROR and str(record.msg).startswith("Path not found: "))
-
-
-def _defaults_file() -> Path:
-  for folder in gin_search_paths():
-    if (folder / DEFAULTS_FILE).is_file():
-      return folder / DEFAULTS_FILE
-  raise FileNotFoundError(f"{DEFAULTS_FILE} not found in {gin_search_paths()}; the installation is incomplete.")
-
-
-def configure_gin(
-  files: list[str], bindings: list[str], search_paths: list[str], check_unread: bool = False
-) -> set[str]:
-  """Parses gin/defaults.gin, then the gin files, then the bindings (t5x semantics: files in order, then bindings).
-
-  Because every macro's default comes from defaults.gin, parsed first, the files compose in any order: runs/ files
-  bind configurables and assign no macro, so they never reset what models/, sizes/, prompts/ or a config set.
-
-  Args:
-    files: gin files, by path or relative to the search paths.
-    bindings: 'NAME = VALUE' strings, applied last.
-    search_paths: extra folders to search (the project's gin/ and configs/ are always searched).
-    check_unread: raise `gin_checks.UnreadSettingError` for a macro set by the files or bindings that no binding
-      reads (the command line's gin commands do; a partial config, e.g. a models/ file alone, would fail it).
-
-  Returns:
-    The macros the files and bindings assigned (beyond defaults.gin).
-
-  Raises:
-    FileNotFoundError: a gin file found nowhere.
-    ValueError: a gin file that does not parse, naming it.
-  """
-  import gin
-
-  import prompt_tuning.gin_registry  # noqa: F401  (registers the configurables)
-  from prompt_tuning import gin_checks
-
-  add_gin_search_paths(search_paths)
-  paths = [_resolve_or_refer(name, search_paths) for name in files]
-  gin.parse_config_file(str(_defaults_file()))
-  snapshot = gin_checks.macro_snapshot()
-  for name, path in zip(files, paths):
-    log.info("gin file %s: %s", name, path)
-    try:
-      parsed = gin.parse_config_file(path)
-    except (SyntaxError, ValueError, KeyError, ImportError, OSError) as e:
-      raise ValueError(f"gin file {path}: {_gin_error(e)}\nFix the file (bindings are NAME = VALUE).") from e
-    except Exception as e:  # noqa: BLE001 - tokenize.TokenError and the like name no file
-      raise ValueError(f"gin file {path}: {type(e).__name__}: {e}\nFix the file's syntax.") from e
-    _log_includes(parsed.includes, search_paths)
-  gin.parse_config(bindings)
-  user_set = gin_checks.changed_macros(snapshot)
-  if check_unread:
-    gin_checks.check_macros_are_read(user_set, also_read=CODE_READ_MACROS)
-  return user_set
-
-
-_GIN_PATH_FILTER = _GinPathNotFound()
-
-
-def add_gin_search_paths(extra: tuple[str, ...] | list[str] = ()) -> None:
-  """Makes gin search `extra` and then the project's gin and configs folders (for files and their `include`s),
-  without its log line for each folder a file is not in."""
-  import gin
-
-  logging.getLogger().addFilter(_GIN_PATH_FILTER)
-  for path in [*extra, *map(str, gin_search_paths())]:
-    if path and path not in gin.config._LOCATION_PREFIXES:
-      gin.add_config_file_search_path(path)
-
-
-def apply_code_read_macros() -> None:
-  """What the command line reads itself: MIXTURE_OR_TASK_MODULE (imported, so its tasks register),
-  USE_CACHED_TASKS (seqio's offline cache) and LOSS_NORMALIZING_FACTOR (checked)."""
-  import importlib
-
-  import gin
-
-  from prompt_tuning import reference
-  from prompt_tuning.data import sources
-
-  module = gin.query_parameter("%MIXTURE_OR_TASK_MODULE")
-  if module:
-    try:
-      importlib.import_module(module)
-    except ModuleNotFoundError as e:
-      raise ModuleNotFoundError(
-        f"MIXTURE_OR_TASK_MODULE={module!r} cannot be imported ({e}); put its folder on PYTHONPATH."
-      ) from e
-  sources.set_use_cached_tasks(bool(gin.query_parameter("%USE_CACHED_TASKS")))
-  reference.check_loss_normalizing_factor(gin.query_parameter("%LOSS_NORMALIZING_FACTOR"))
-
-
-def _resolve_or_refer(name: str, search_paths: list[str]) -> str:
-  """`resolve_gin_file`, or for a gin file of the reference implementation (or t5x) the name of ours to use."""
-  try:
-    return resolve_gin_file(name, search_paths)
-  except FileNotFoundError:
-    from prompt_tuning import reference
-
-    ours = reference.reference_gin_file(name)
-    if ours:
-      raise FileNotFoundError(
-        f"gin file {name!r} is the reference implementation's (or t5x's); here use --gin_file={ours} "
-        "(docs/MIGRATING.md maps every reference file, flag and macro)."
-      ) from None
-    raise
-
-
-def _log_includes(includes, search_paths: list[str]) -> None:
-  """Logs where each (nested) include was read from, as gin resolves it: the current folder first, then the search
-  paths; an include the current folder shadows is warned about."""
-  library = [*[p for p in search_paths if p], *map(str, gin_search_paths())]
-  for parsed in includes:
-    name = parsed.filename
-    found = [os.path.join(p, name) for p in ["", *library] if os.path.isfile(os.path.join(p, name))]
-    if found:
-      log.info("gin include %s: %s", name, os.path.abspath(found[0]))
-      if not os.path.isabs(name) and os.path.isfile(name) and len(found) > 1:
-        log.warning("gin include %s was read from the current folder, shadowing %s.", name, found[1])
-    _log_includes(parsed.includes, search_paths)
-
-
-def _gin_error(error: Exception) -> str:
-  text = str(error).strip()
-  return text if text else type(error).__name__
-
-
-def _is_explicit_path(name: str) -> bool:
-  return os.path.isabs(name) or name.startswith(("./", "../", "~")) or name.startswith((".\\", "..\\"))
-
-
-def resolve_gin_file(name: str, search_paths: list[str]) -> str:
-  """Where the gin file `name` of the command line is read from.
-
-  An explicit path (`./x.gin`, `../x.gin`, `/abs/x.gin`, `~/x.gin`) is used as written. Any other name is looked up
-  in the project's library first, then in `search_paths`, then in the current folder, so a file in the current
-  folder never silently replaces the project's file of the same name (a warning says it was not used).
-
-  Raises:
-    FileNotFoundError: the file is nowhere.
-  """
-  if _is_explicit_path(name):
-    path = os.path.expanduser(name)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"gin file {name!r} not found.")
-    return os.path.abspath(path)
-  folders = [*map(str, gin_search_paths()), *[p for p in search_paths if p]]
-  for folder in folders:
-    candidate = os.path.join(folder, name)
-    if os.path.isfile(candidate):
-      if os.path.isfile(name) and os.path.abspath(name) != os.path.abspath(candidate):
-        log.warning(
-          "gin file %s: using %s, not ./%s of the current folder (write ./%s for that one).",
-          name,
-          candidate,
-          name,
-          name,
-        )
-      return os.path.abspath(candidate)
-  if os.path.isfile(name):
-    return os.path.abspath(name)
-  where = ", ".join(folders)
-  raise FileNotFoundError(f"gin file {name!r} not found (searched {where} and the current folder).")
 
 
 @contextlib.contextmanager
@@ -321,7 +107,7 @@ def _start_devices() -> None:
 
 
 def _run_gin_command(command: str, argv: list[str]) -> int:
-  bindings, rest = split_gin_flags(argv)
+  bindings, rest = gin_config.split_gin_flags(argv)
   args = _gin_parser(command).parse_args(rest)
   distributed.initialize_from_flags(args)  # Before anything touches a device.
   if args.verbose:
@@ -340,17 +126,11 @@ def _run_gin_command(command: str, argv: list[str]) -> int:
     import seqio
 
     seqio.add_global_cache_dirs([p for p in args.seqio_additional_cache_dirs.split(",") if p])
-  search = [p for p in args.gin_search_paths.split(",") if p]
-  all_bindings = args.gin_bindings + bindings
-  configure_gin(args.gin_file, all_bindings, search, check_unread=True)
-  apply_code_read_macros()
+  all_bindings = gin_config.configure_from_flags(args, bindings, check_unread=True)
+  gin_config.apply_code_read_macros()
   module_name, function_name = GIN_COMMANDS[command]
-  import importlib
-
-  from prompt_tuning import gin_checks
-
   result = getattr(importlib.import_module(module_name), function_name)()
-  gin_checks.warn_unread_bindings(all_bindings)
+  gin_config.warn_unread_bindings(all_bindings)
   if result is not None:
     print(result if not isinstance(result, dict) else "\n".join(f"{k}: {v}" for k, v in sorted(result.items())))
   return 0

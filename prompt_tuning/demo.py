@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from prompt_tuning import gin_config
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 RECORDED_RESULTS = Path(__file__).resolve().parent / "assets" / "demo_t5" / "demo_results.json"
@@ -108,13 +110,11 @@ def _parse(argv):
 def _configure(row: Row, model_dir: Path, steps: int | None) -> None:
   import gin
 
-  from prompt_tuning import cli
-
   gin.clear_config()
   bindings = [f"MODEL_DIR = '{model_dir}'"]
   if steps is not None and row.trains:
     bindings.append(f"TRAIN_STEPS = {steps}")
-  cli.configure_gin([row.config], bindings, [])
+  gin_config.configure_gin([row.config], bindings, [])
 
 
 def _directory_bytes(folder: Path) -> int:

@@ -1,12 +1,16 @@
 """Everything gin files may name, registered in one place.
 
 Importing this module registers the project's configurables (RunConfig,
-train, evaluate, infer, adafactor, the prompt initializers, PrefixSettings,
-the data hooks) and a few external ones (DecodingSettings, optax schedules).
-The command line imports it before parsing gin files.
+train, evaluate, infer, adafactor, the prompt initializers, the tuning
+methods, the data hooks) and a few external ones (DecodingSettings, optax
+schedules), and keeps the names gin files used before a rename working
+(`DEPRECATED_CONFIGURABLES`). `gin_config.configure_gin` imports it before
+parsing gin files.
 """
 
 from __future__ import annotations
+
+import logging
 
 import gin
 import optax
@@ -39,3 +43,17 @@ def model_size(family: str = gin.REQUIRED, size: str = gin.REQUIRED) -> str:
   name = f"{family}_{size}"
   get_config(name)  # raises with close matches when unknown
   return name
+
+
+# Old configurable name -> new (`gin_config.move_deprecated_bindings` moves bindings on the old name to the new).
+DEPRECATED_CONFIGURABLES = {"prompt_tuning.prefixes.PrefixSettings": "prompt_tuning.methods.PrefixSettings"}
+
+
+@gin.configurable("PrefixSettings", module="prompt_tuning.prefixes")
+def _deprecated_prefix_settings(**settings) -> methods.PrefixSettings:
+  """`@prompt_tuning.prefixes.PrefixSettings()`, the prefix method's name before it joined `prompt_tuning.methods`:
+  the method, with a warning naming the new name."""
+  logging.getLogger(__name__).warning(
+    "gin: prompt_tuning.prefixes.PrefixSettings is deprecated; use prompt_tuning.methods.PrefixSettings."
+  )
+  return methods.PrefixSettings(**settings)

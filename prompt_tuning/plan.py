@@ -42,17 +42,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType
 
-from prompt_tuning import optim, partitioning, run, trainer
-from prompt_tuning.models.t5 import param_shapes
+from prompt_tuning import gin_config, optim, partitioning, run, trainer
 
 GiB = 1 << 30
 # Memory per device in GiB (as vendors state it) and bfloat16 dense peak TFLOP/s per device (TPU: per chip).
@@ -174,19 +172,6 @@ def tree_device_bytes(tree, shardings) -> int:
   return int(sum(_shard_bytes(x, s) for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings))))
 
 
-def _like_trainable(tree, trainable, trainable_shardings, replicated):
-  """Shardings for optimizer-state leaves: a trainable leaf's of the same shape (moments), else replicated (factored
-  second moments, counts)."""
-  by_shape = {}
-  for x, s in zip(jax.tree.leaves(trainable), jax.tree.leaves(trainable_shardings)):
-    by_shape.setdefault(tuple(x.shape), s)
-  return jax.tree.map(lambda x: by_shape.get(tuple(x.shape), replicated), tree)
-
-
-def _with_shardings(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def sequence_lengths(cfg: run.RunConfig, tuned) -> tuple[int, int]:
   """(encoder positions with the prompt, decoder positions); decoder-only: (0, prompt + inputs + targets)."""
   lengths = cfg.task_feature_lengths
@@ -210,39 +195,6 @@ def abstract_batch(cfg: run.RunConfig, decoder_only: bool, rows: int, sharding=N
   return {k: jax.ShapeDtypeStruct((rows, n), jnp.int32, sharding=sharding) for k, n in shapes.items()}
 
 
-def _architecture(config):
-  """`config` less what leaves the parameter tree's shapes alone (activation dtype, remat, dropout, the parameters'
-  dtype), so that the (cached) abstract trees of a run's variants are traced once."""
-  return config.replace(dtype="float32", remat="none", param_dtype="float32", dropout_rate=0.0)
-
-
-def backbone_shapes(config) -> dict[str, Any]:
-  """The backbone's ShapeDtypeStructs, in `config.param_dtype` (FROZEN_DTYPE's cast)."""
-  dtype = config.parameter_dtype
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), param_shapes(_architecture(config)))
-
-
-def abstract_training(cfg: run.RunConfig, config, mesh):
-  """(tuned, state, frozen, optimizer) of a run as ShapeDtypeStructs with shardings on `mesh` (concrete or
-  abstract): what `run.build_training` makes, without allocating or reading anything. `config` is the backbone's
-  (e.g. fewer layers than `cfg` names)."""
-  tuned = run.tuned_model(cfg, config)
-  layout = run.tuned_model(cfg, _architecture(config))  # the same tree and axes, traced once per architecture
-  pattern = run.pattern_of(cfg, tuned)
-  backbone = backbone_shapes(config)
-  shapes = {"t5": backbone, **run.abstract_vectors(layout, backbone)}
-  axes = layout.logical_axes(shapes)
-  shardings = partitioning.shardings_for(axes, mesh, partitioning.logical_rules())
-  trainable, frozen = optim.partition(_with_shardings(shapes, shardings), pattern, allow_empty=True)
-  trainable_axes, _ = optim.partition(axes, pattern, allow_empty=True)
-  optimizer = run.make_optimizer(cfg, trainable_axes)
-  state = jax.eval_shape(functools.partial(trainer.TrainState.create, optimizer=optimizer), trainable)
-  trainable_shardings = jax.tree.map(lambda x: x.sharding, trainable)
-  state_shardings = _like_trainable(state, trainable, trainable_shardings, NamedSharding(mesh, PartitionSpec()))
-  state_shardings = state_shardings.replace(trainable=trainable_shardings)
-  return tuned, _with_shardings(state, state_shardings), frozen, optimizer
-
-
 def _dropout_key() -> jax.Array:
   """The train step's key, as training makes it (train.py: jax.random.key, threefry). XLA:CPU materializes
   threefry's random bits for the dropout masks, which accelerators fuse away; with them the planned temporaries
@@ -261,7 +213,7 @@ def saved_bytes(cfg: run.RunConfig, config, rows: int, model_parallel: int) -> i
   (dropout on) declares it, for `rows` rows: the residuals of `jax.vjp`, less the weights (and their casts) it
   keeps, model-parallel dimensions (heads, MLP, vocabulary) divided over `model_parallel` devices."""
   tuned = run.tuned_model(cfg, config)
-  backbone = backbone_shapes(config)
+  backbone = run.backbone_shapes(config)
   shapes = {"t5": backbone, **run.abstract_vectors(tuned, backbone)}
   trainable, frozen = optim.partition(shapes, run.pattern_of(cfg, tuned), allow_empty=True)
   batch = abstract_batch(cfg, config.decoder_only, rows)
@@ -324,7 +276,7 @@ class Planner:
     tuned = run.tuned_model(cfg, self.config)
     self.lengths = sequence_lengths(cfg, tuned)
     self.trains_backbone = any(
-      re.search(run.pattern_of(cfg, tuned), f"t5/{path}") for path in optim._flat(backbone_shapes(self.config))
+      re.search(run.pattern_of(cfg, tuned), f"t5/{path}") for path in optim._flat(run.backbone_shapes(self.config))
     )
     enc = 0 if self.config.decoder_only else self.config.num_encoder_layers
     self.depth = (enc, self.config.num_decoder_layers)
@@ -385,7 +337,7 @@ class Planner:
       results = {}
       for depth in depths:
         config = self._variant(depth, dtype="float32", param_dtype="float32", remat="none")
-        tuned, state, frozen, optimizer = abstract_training(cfg, config, mesh)
+        tuned, state, frozen, optimizer = run.abstract_training(cfg, config, mesh)
         shardings = jax.tree.map(lambda x: x.sharding, (state, frozen))
         step = run.jit_train_step(cfg, tuned, optimizer, *shardings, mesh, None)
         batch = abstract_batch(cfg, config.decoder_only, rows, partitioning.batch_sharding(mesh))
@@ -416,7 +368,7 @@ class Planner:
     cfg = settings.apply(self.cfg)
     mesh = AbstractMesh((settings.data, settings.model), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
     config = run.with_run_settings(cfg, run.planned_config(cfg))
-    _, state, frozen, _ = abstract_training(cfg, config, mesh)
+    _, state, frozen, _ = run.abstract_training(cfg, config, mesh)
     exact = {
       "frozen": tree_device_bytes(frozen, jax.tree.map(lambda x: x.sharding, frozen)),
       "trainable": tree_device_bytes(state.trainable, jax.tree.map(lambda x: x.sharding, state.trainable)),
@@ -618,11 +570,7 @@ def planning_run_config() -> run.RunConfig:
   overrides = {"model_dir": PLACEHOLDER, "mixture_or_task_name": PLACEHOLDER, "prompt_init": prompts.random_uniform()}
   if isinstance(gin.query_parameter("%INITIAL_CHECKPOINT_PATH"), gin.config.ConfigurableReference):
     overrides["initial_checkpoint_path"] = PLACEHOLDER
-  # Bound, not passed: gin evaluates a parameter's bound references even when the call passes the parameter.
-  with gin.unlock_config():
-    for name, value in overrides.items():
-      gin.bind_parameter(f"prompt_tuning.run.RunConfig.{name}", value)
-  return run.RunConfig()
+  return run.configured_run_config(overrides)
 
 
 def plan_report(cfg: run.RunConfig, mesh: tuple[int, int] | None, device: str | None, search: bool) -> str:
@@ -647,21 +595,16 @@ def plan_report(cfg: run.RunConfig, mesh: tuple[int, int] | None, device: str | 
 
 def main(argv: list[str]) -> int:
   """`prompt-tuning plan`: parses the gin flags as `train` does, plans, prints."""
-  from prompt_tuning import cli
-
   parser = argparse.ArgumentParser(prog="prompt-tuning plan", description=__doc__.splitlines()[0])
-  parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable), as for train")
-  parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding NAME=VALUE (repeatable)")
-  parser.add_argument("--gin_search_paths", default="", help="comma-separated extra folders to search for gin files")
+  gin_config.add_gin_flags(parser)
   parser.add_argument("--mesh", default=None, help="DATAxMODEL devices, e.g. 1x8 (default: 1 x NUM_PARTITIONS)")
   parser.add_argument("--device", default=None, help=f"one of {', '.join(DEVICES)}: does it fit, and if not, how")
   parser.add_argument("--search", action="store_true", help="also find the smallest mesh it fits on (--device's)")
   parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-  bindings, rest = cli.split_gin_flags(argv)
+  bindings, rest = gin_config.split_gin_flags(argv)
   args = parser.parse_args(rest)
   mesh = parse_mesh(args.mesh) if args.mesh else None
   device = check_device(args.device) if args.device else None
-  search = [p for p in args.gin_search_paths.split(",") if p]
-  cli.configure_gin(args.gin_file, args.gin_bindings + bindings, search, check_unread=True)
+  gin_config.configure_from_flags(args, bindings, check_unread=True)
   print(plan_report(planning_run_config(), mesh, device, args.search), flush=True)
   return 0

@@ -2,7 +2,7 @@
 
 - `REFERENCE_NAMES`: every macro of the reference's gin files and t5x's runs/ files that is NOT read here, with the
   setting to use instead (docs/MIGRATING.md is the full table). The unread-setting check
-  (`prompt_tuning.gin_checks`) quotes it when such a macro is set.
+  (`prompt_tuning.gin_config`) quotes it when such a macro is set.
 - `train_steps`: TRAIN_STEPS. Here it counts tuning steps; in t5x (and so the reference) it counts from the pretrained
   checkpoint's step (its 1,150,000 on `checkpoint_1100000` means 50,000 steps). TRAIN_STEPS_FROM_CHECKPOINT_STEP =
   True reads it t5x's way; t5x's TRAIN_STEPS_RELATIVE is our TRAIN_STEPS. A TRAIN_STEPS that can only be t5x's count

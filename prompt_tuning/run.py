@@ -5,10 +5,15 @@
 - `load_backbone`: the frozen backbone's config and host arrays;
 - `build_inference`: what eval and infer need and nothing more: the trainable tree only (no optimizer state),
   in its folded serving form, and prediction and scoring jitted with explicit shardings;
-- `plan`: the model and partition plan, computed abstractly.
+- `build_serving`: what `prompt-tuning serve` needs: the backbone on the mesh with the run's precision settings
+  (`serving_run_config`: the run's settings less what serving never reads);
+- `plan`: the model and partition plan, computed abstractly; `abstract_training`: the training build's state and
+  frozen tree as ShapeDtypeStructs with shardings, what `prompt_tuning.plan` compiles.
 
 - `build_training`: the training build (state and optimizer state, checkpoints, compiled steps), used by
-  `prompt_tuning.train` (as `train.build`).
+  `prompt_tuning.train` (as `train.build`). It and `abstract_training` place the tree by one `training_layout`.
+
+Every model a command builds is built here: train, eval, infer, serve, plan and sweeps call these functions.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ class RunConfig:
     model_size: named size for T5X checkpoints, which carry no config.
     prompt_length: soft prompt positions (0: none; Lester et al.: 100); with `prompt_init`, the `Prompt` method.
     prompt_init: prompt initializer (`prompt_tuning.prompts`).
-    prefix: `prompt_tuning.prefixes.PrefixSettings` for prefix tuning (`prompt_tuning.methods.prefix`).
+    prefix: `prompt_tuning.methods.PrefixSettings` for prefix tuning (`prompt_tuning.methods.prefix`).
     methods: further tuning methods (`prompt_tuning.methods`: IA3, PerLayerPrompt, ...), e.g.
       `RunConfig.methods = [@prompt_tuning.methods.IA3()]`.
     prompt_combination: where input-side vectors join the embedded input, in training, eval and infer
@@ -289,6 +294,80 @@ def make_optimizer(cfg: RunConfig, trainable_axes) -> optax.GradientTransformati
   return cfg.optimizer or optim.adafactor(logical_axes=trainable_axes)
 
 
+@dataclasses.dataclass
+class Layout:
+  """Where a training build puts the tree {"t5": backbone, method: vectors, ...} (`training_layout`).
+
+  Attributes:
+    pattern: the trainable set (`pattern_of`).
+    vectors: the methods' fresh vectors, as ShapeDtypeStructs.
+    axes: the logical axis names of the whole tree.
+    shardings: the whole tree's NamedShardings on the mesh.
+    optimizer: the run's optimizer (Adafactor factors by the trainable tree's axes).
+  """
+
+  pattern: str
+  vectors: Any
+  axes: Any
+  shardings: Any
+  optimizer: optax.GradientTransformation
+
+
+def training_layout(cfg: RunConfig, tuned: TunedT5, backbone, mesh) -> Layout:
+  """The layout of the training build of `tuned` over `backbone` (arrays or ShapeDtypeStructs) on `mesh` (concrete
+  or abstract): what `build_training` and `abstract_training` share."""
+  pattern = pattern_of(cfg, tuned)
+  vectors = abstract_vectors(tuned, backbone)
+  axes = tuned.logical_axes({"t5": backbone, **vectors})
+  shardings = partitioning.shardings_for(axes, mesh, partitioning.logical_rules())
+  trainable_axes, _ = optim.partition(axes, pattern, allow_empty=True)
+  return Layout(pattern, vectors, axes, shardings, make_optimizer(cfg, trainable_axes))
+
+
+def architecture(config):
+  """`config` less what leaves the parameter tree's shapes alone (activation dtype, remat, dropout, the parameters'
+  dtype), so that the (cached) abstract trees of a run's variants are traced once."""
+  return config.replace(dtype="float32", remat="none", param_dtype="float32", dropout_rate=0.0)
+
+
+def backbone_shapes(config) -> dict[str, Any]:
+  """The backbone's ShapeDtypeStructs, in `config.param_dtype` (FROZEN_DTYPE's cast)."""
+  from prompt_tuning.models.t5 import param_shapes
+
+  dtype = config.parameter_dtype
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), param_shapes(architecture(config)))
+
+
+def _with_shardings(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _like_trainable(tree, trainable, trainable_shardings, replicated):
+  """Shardings for optimizer-state leaves: a trainable leaf's of the same shape (moments), else replicated (factored
+  second moments, counts)."""
+  by_shape = {}
+  for x, s in zip(jax.tree.leaves(trainable), jax.tree.leaves(trainable_shardings)):
+    by_shape.setdefault(tuple(x.shape), s)
+  return jax.tree.map(lambda x: by_shape.get(tuple(x.shape), replicated), tree)
+
+
+def abstract_training(cfg: RunConfig, config, mesh):
+  """(tuned, state, frozen, optimizer) of a run as ShapeDtypeStructs with shardings on `mesh` (concrete or
+  abstract): what `build_training` makes, without allocating or reading anything. `config` is the backbone's
+  (e.g. fewer layers than `cfg` names)."""
+  tuned = tuned_model(cfg, config)
+  backbone = backbone_shapes(config)
+  layout = training_layout(cfg, tuned_model(cfg, architecture(config)), backbone, mesh)  # traced once per architecture
+  shapes = _with_shardings({"t5": backbone, **layout.vectors}, layout.shardings)
+  trainable, frozen = optim.partition(shapes, layout.pattern, allow_empty=True)
+  state = jax.eval_shape(functools.partial(trainer.TrainState.create, optimizer=layout.optimizer), trainable)
+  trainable_shardings = jax.tree.map(lambda x: x.sharding, trainable)
+  replicated = partitioning.replicated(mesh)
+  state_shardings = _like_trainable(state, trainable, trainable_shardings, replicated)
+  state_shardings = state_shardings.replace(trainable=trainable_shardings)
+  return tuned, _with_shardings(state, state_shardings), frozen, layout.optimizer
+
+
 def jit_train_step(cfg: RunConfig, tuned: TunedT5, optimizer, state_shardings, frozen_shardings, mesh, output_ids):
   """The jitted train step, (state, frozen, batch, rng) -> (state, metrics), with explicit shardings; the state is
   donated. What training runs, and what `prompt_tuning.plan` compiles over abstract inputs."""
@@ -338,7 +417,6 @@ def build_training(cfg: RunConfig) -> Run:
   """The training build: mesh, backbone, trainable state with its optimizer state (fresh or restored), the
   checkpoints and the compiled steps. Eval and infer use `build_inference`."""
   mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
-  rules = partitioning.logical_rules()
   task = validation.check_task(cfg.mixture_or_task_name)
   config, backbone_host = load_backbone(cfg)
   validation.check_packing(cfg.pack, config.decoder_only)
@@ -348,17 +426,15 @@ def build_training(cfg: RunConfig) -> Run:
   if not config.decoder_only:
     tuned.check_lengths(cfg.task_feature_lengths["inputs"], cfg.max_encoder_length)
 
-  backbone_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), backbone_host)
-  axes = tuned.logical_axes(abstract_vectors(tuned, backbone_shapes))
-  shardings = partitioning.shardings_for(axes, mesh, rules)
+  abstract_backbone = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), backbone_host)
+  layout = training_layout(cfg, tuned, abstract_backbone, mesh)
+  shardings, optimizer = layout.shardings, layout.optimizer
   backbone = partitioning.with_sharding(backbone_host, shardings["t5"])
   del backbone_host
   vector_shardings = {k: v for k, v in shardings.items() if k != "t5"}
   vectors = jax.jit(tuned.init_vectors, out_shardings=vector_shardings)(jax.random.key(cfg.seed), backbone)
   # Nothing trainable is allowed here (eval/infer of the frozen model as it is); train() refuses it.
   trainable, frozen = optim.partition({"t5": backbone, **vectors}, pattern, allow_empty=True)
-  trainable_axes, _ = optim.partition(axes, pattern, allow_empty=True)
-  optimizer = make_optimizer(cfg, trainable_axes)
   state = jax.jit(functools.partial(trainer.TrainState.create, optimizer=optimizer))(trainable)
 
   fingerprint = backbone_fingerprint(backbone)
@@ -496,3 +572,63 @@ def build_inference(cfg: RunConfig) -> Inference:
     out_shardings=repl,
   )
   return Inference(tuned, mesh, frozen, trainable, eval_step, score_step, output_ids, step, source)
+
+
+# What serving never reads, bound in its place (`configured_run_config`): MODEL_DIR and the task, and the tuning
+# methods (a server's vectors come from its library, `prompt_tuning.serve`), so the backbone is all it builds.
+SERVING_PLACEHOLDERS = {
+  "model_dir": "(not read by serving)",
+  "mixture_or_task_name": "(not read by serving)",
+  "task_feature_lengths": {"inputs": 1, "targets": 1},
+  "prompt_length": 0,
+  "prompt_init": None,
+  "prefix": None,
+  "methods": (),
+  "trainable_pattern": None,
+  "optimizer": None,
+  "class_label_softmax": False,
+  "pack": False,
+}
+
+
+def configured_run_config(placeholders: Mapping[str, Any]) -> RunConfig:
+  """RunConfig as gin binds it, with `placeholders` ({field: value}) bound in place of the fields a build never
+  reads. Bound, not passed: gin evaluates a parameter's bound references (a task registration, a class-label
+  initializer that reads the task) even when the call passes the parameter."""
+  with gin.unlock_config():
+    for name, value in placeholders.items():
+      gin.bind_parameter(f"prompt_tuning.run.RunConfig.{name}", value)
+  return RunConfig()
+
+
+def serving_run_config() -> RunConfig:
+  """The run's settings as serving reads them: the backbone (INITIAL_CHECKPOINT_PATH, MODEL_SIZE), its precision
+  (ACTIVATION_DTYPE, FROZEN_DTYPE, REMAT_POLICY, DROPOUT_RATE) and the mesh (NUM_PARTITIONS, RunConfig.mesh_shape)."""
+  return configured_run_config(SERVING_PLACEHOLDERS)
+
+
+@dataclasses.dataclass
+class Serving:
+  """The serving build: the frozen backbone on the mesh (the vectors served come from the server's library).
+
+  Attributes:
+    config: the backbone's T5Config with the run's ACTIVATION_DTYPE (`dtype`), FROZEN_DTYPE (`param_dtype`) and
+      REMAT_POLICY.
+    params: the backbone on `mesh`, in FROZEN_DTYPE, sharded by its logical axes.
+    mesh: the device mesh.
+  """
+
+  config: Any
+  params: Any
+  mesh: Any
+
+
+def build_serving(cfg: RunConfig) -> Serving:
+  """The serving build: the backbone read as training reads it (`load_backbone`: FROZEN_DTYPE's cast as it is
+  read, the run's precision settings in its config), placed on the mesh by its logical axes."""
+  from prompt_tuning.models.t5 import param_logical_axes
+
+  mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
+  config, backbone_host = load_backbone(cfg)
+  shardings = partitioning.shardings_for(param_logical_axes(config), mesh, partitioning.logical_rules())
+  return Serving(config, partitioning.with_sharding(backbone_host, shardings), mesh)

@@ -29,7 +29,7 @@ def main() -> int:
   jax.config.update("jax_num_cpu_devices", plan.HOST_DEVICES)
   import gin
 
-  from prompt_tuning import cli
+  from prompt_tuning import gin_config
 
   configs = args.configs or sorted(
     str(p.relative_to(ROOT)) for g in ("prefix_*.gin", "prompt_*.gin") for p in (ROOT / "configs").glob(g)
@@ -39,7 +39,7 @@ def main() -> int:
   print("| --- |" + " --- | --- |" * len(devices))
   for path in configs:
     gin.clear_config()
-    cli.configure_gin([os.path.basename(path)], [], [], check_unread=True)
+    gin_config.configure_gin([os.path.basename(path)], [], [], check_unread=True)
     planner = plan.Planner(plan.planning_run_config())
     cells = []
     for device in devices:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tiny_task
 
-from prompt_tuning import cli, locks, prompts, train, validation
+from prompt_tuning import cli, gin_config, locks, prompts, train, validation
 from prompt_tuning.checkpoints import CheckpointError, huggingface
 from prompt_tuning.data import errors as data_errors
 
@@ -376,10 +376,10 @@ def test_a_gin_file_in_the_current_folder_does_not_shadow_the_library(tmp_path, 
   (tmp_path / "test").mkdir()
   (tmp_path / "test" / "prompt_tiny.gin").write_text("PROMPT_LENGTH = 7\n")
   monkeypatch.chdir(tmp_path)
-  library = cli.resolve_gin_file("test/prompt_tiny.gin", [])
+  library = gin_config.resolve_gin_file("test/prompt_tiny.gin", [])
   assert library == str(ROOT / "configs" / "test" / "prompt_tiny.gin")
   assert "not ./test/prompt_tiny.gin of the current folder" in caplog.text
-  assert cli.resolve_gin_file("./test/prompt_tiny.gin", []) == str(tmp_path / "test" / "prompt_tiny.gin")
+  assert gin_config.resolve_gin_file("./test/prompt_tiny.gin", []) == str(tmp_path / "test" / "prompt_tiny.gin")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import gin
 import pytest
 
-from prompt_tuning import cli, gin_checks, reference, train
+from prompt_tuning import gin_config, reference, train
 from prompt_tuning.data import class_labels as class_labels_lib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +53,8 @@ def test_runs_files_assign_no_macro():
 
 def _configuration(files, bindings=()):
   gin.clear_config()
-  cli.configure_gin(list(files), list(bindings), [], check_unread=True)
-  macros = {name: gin.query_parameter(f"%{name}") for name in gin_checks.assigned_macros()}
+  gin_config.configure_gin(list(files), list(bindings), [], check_unread=True)
+  macros = {name: gin.query_parameter(f"%{name}") for name in gin_config.assigned_macros()}
   return gin.config_str(), {k: repr(v) for k, v in macros.items()}
 
 
@@ -87,7 +87,7 @@ def test_a_runs_file_after_a_config_resets_nothing(command):
   before = _configuration([command, "prompt_xxl.gin"], REQUIRED)
   assert after == before
   gin.clear_config()
-  cli.configure_gin(["prompt_xxl.gin", command], REQUIRED, [], check_unread=True)
+  gin_config.configure_gin(["prompt_xxl.gin", command], REQUIRED, [], check_unread=True)
   assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"inputs": 512, "targets": 16}
   assert gin.query_parameter("%MAX_ENCODER_LENGTH") == 612
   assert gin.query_parameter("%NUM_PARTITIONS").selector == "gin.macro"  # %MODEL_PARALLEL, not 1
@@ -113,7 +113,7 @@ def test_operative_configs_are_equal_across_orders(reference_dir):
     ["models/t5_1_1.gin", "prompts/class_labels.gin", "models/sizes/tiny.gin", "runs/prompt_finetune.gin"],
   ):
     gin.clear_config()
-    cli.configure_gin(files, bindings, [], check_unread=True)
+    gin_config.configure_gin(files, bindings, [], check_unread=True)
     cfg = train.RunConfig()
     assert cfg.model_size == "t5_1_1_tiny" and cfg.prompt_length == 3
     assert gin.get_bindings("train")["num_train_steps"] is not None
@@ -135,7 +135,7 @@ def _tiny_task(reference_dir) -> str:
 def test_command_line_wins_over_every_file():
   gin.clear_config()
   flags = [*REQUIRED, "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 2}", "NUM_PARTITIONS = 2", "SIZE = 'base'"]
-  cli.configure_gin(["prompt_xxl.gin", "runs/prompt_eval.gin"], flags, [], check_unread=True)
+  gin_config.configure_gin(["prompt_xxl.gin", "runs/prompt_eval.gin"], flags, [], check_unread=True)
   assert gin.query_parameter("%NUM_PARTITIONS") == 2 and gin.query_parameter("%SIZE") == "base"
   assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"inputs": 8, "targets": 2}
 
@@ -147,12 +147,12 @@ def test_prompt_combination_reaches_train_eval_and_infer(command):
   from prompt_tuning import run, validation
 
   bindings = [*REQUIRED, "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 2}", "PROMPT_COMBINATION = 'suffix'"]
-  cli.configure_gin(["test/prompt_tiny.gin", command], bindings, [], check_unread=True)
+  gin_config.configure_gin(["test/prompt_tiny.gin", command], bindings, [], check_unread=True)
   cfg = run.RunConfig()
   assert cfg.prompt_combination == "suffix"
   assert run.tuned_model(cfg, train.plan(cfg)["config"]).prompt_combination == "suffix"
   gin.clear_config()
-  cli.configure_gin(["test/prompt_tiny.gin", command], [*bindings[:-1], "PROMPT_COMBINATION = 'infix'"], [])
+  gin_config.configure_gin(["test/prompt_tiny.gin", command], [*bindings[:-1], "PROMPT_COMBINATION = 'infix'"], [])
   with pytest.raises((ValueError, validation.SettingError), match="Unknown prompt combination 'infix'; use one of"):
     run.RunConfig()
 
@@ -168,17 +168,17 @@ def test_prompt_combination_reaches_train_eval_and_infer(command):
   ],
 )
 def test_a_macro_that_nothing_reads_is_an_error_naming_what_to_set(flag, message):
-  with pytest.raises(gin_checks.UnreadSettingError) as error:
-    cli.configure_gin(["test/prompt_tiny.gin"], [*REQUIRED, flag], [], check_unread=True)
+  with pytest.raises(gin_config.UnreadSettingError) as error:
+    gin_config.configure_gin(["test/prompt_tiny.gin"], [*REQUIRED, flag], [], check_unread=True)
   assert message in str(error.value)
 
 
 def test_class_labels_is_read_only_where_a_file_uses_it():
-  with pytest.raises(gin_checks.UnreadSettingError, match="CLASS_LABELS is set but read by nothing"):
-    cli.configure_gin(["test/prompt_tiny.gin"], [*REQUIRED, "CLASS_LABELS = ['a', 'b']"], [], check_unread=True)
+  with pytest.raises(gin_config.UnreadSettingError, match="CLASS_LABELS is set but read by nothing"):
+    gin_config.configure_gin(["test/prompt_tiny.gin"], [*REQUIRED, "CLASS_LABELS = ['a', 'b']"], [], check_unread=True)
   gin.clear_config()
   flags = [*REQUIRED, "CLASS_LABELS = ['a', 'b']"]
-  cli.configure_gin(["test/prompt_tiny.gin", "prompts/class_labels.gin"], flags, [], check_unread=True)
+  gin_config.configure_gin(["test/prompt_tiny.gin", "prompts/class_labels.gin"], flags, [], check_unread=True)
 
 
 def test_reference_aliases_are_read_through_ours():
@@ -190,7 +190,7 @@ def test_reference_aliases_are_read_through_ours():
     "SHUFFLE_TRAIN_EXAMPLES = False",
     "TRAIN_STEPS_RELATIVE = 9",
   ]
-  cli.configure_gin(["runs/prompt_finetune.gin", *TINY, "prompts/random.gin"], flags, [], check_unread=True)
+  gin_config.configure_gin(["runs/prompt_finetune.gin", *TINY, "prompts/random.gin"], flags, [], check_unread=True)
   cfg = train.RunConfig()
   assert cfg.seed == 7 and cfg.shuffle is False
   assert gin.query_parameter("train.eval_every").scoped_selector == "EVAL_EVERY/gin.macro"
@@ -198,17 +198,43 @@ def test_reference_aliases_are_read_through_ours():
   assert reference.train_steps() == 9  # with train.num_train_steps' bindings: TRAIN_STEPS_RELATIVE wins
   # A config that sets our name (test/prompt_tiny.gin: EVAL_EVERY = 0) leaves t5x's unread: an error, not a no-op.
   gin.clear_config()
-  with pytest.raises(gin_checks.UnreadSettingError, match="EVAL_PERIOD is set but read by nothing"):
-    cli.configure_gin(["test/prompt_tiny.gin"], [*REQUIRED, "EVAL_PERIOD = 5"], [], check_unread=True)
+  with pytest.raises(gin_config.UnreadSettingError, match="EVAL_PERIOD is set but read by nothing"):
+    gin_config.configure_gin(["test/prompt_tiny.gin"], [*REQUIRED, "EVAL_PERIOD = 5"], [], check_unread=True)
+
+
+@pytest.mark.parametrize(
+  "old_style",
+  [
+    # A user's copy of configs/test/prefix_tiny.gin from before the rename: the library's new reference, old binding.
+    "include 'test/prefix_tiny.gin'\nprompt_tuning.prefixes.PrefixSettings.mlp_width = 6\n",
+    # A whole file in the old names.
+    "include 'test/prompt_tiny.gin'\nPROMPT_LENGTH = 0\nRunConfig.prefix = @prompt_tuning.prefixes.PrefixSettings()\n"
+    "prompt_tuning.prefixes.PrefixSettings.length = %PREFIX_LENGTH\n"
+    "prompt_tuning.prefixes.PrefixSettings.mlp_width = 6\n",
+  ],
+)
+def test_the_prefix_methods_old_gin_name_is_read_with_a_deprecation_warning(tmp_path, caplog, old_style):
+  """gin files name the prefix method prompt_tuning.methods.PrefixSettings, like the other methods; a file in the old
+  name, prompt_tuning.prefixes.PrefixSettings, still configures the same method, and the log names the new name."""
+  from prompt_tuning import methods, run
+
+  config = tmp_path / "old_prefix.gin"
+  config.write_text(old_style)
+  with caplog.at_level("WARNING"):
+    gin_config.configure_gin([str(config)], [*REQUIRED, "PREFIX_LENGTH = 3"], [], check_unread=True)
+    prefix = run.RunConfig().prefix
+  assert type(prefix) is methods.PrefixSettings and (prefix.length, prefix.mlp_width) == (3, 6)
+  warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+  assert warnings and all("prompt_tuning.methods.PrefixSettings" in w for w in warnings), caplog.text
 
 
 def test_a_command_line_binding_nothing_calls_is_reported(reference_dir):
   flags = [*REQUIRED, "infer.split = 'test'", "train.log_every = 3"]
-  cli.configure_gin(["test/prompt_tiny.gin"], flags, [], check_unread=True)
+  gin_config.configure_gin(["test/prompt_tiny.gin"], flags, [], check_unread=True)
   gin.get_configurable(train.train)  # train.* is read when train runs; here only its argument is fetched
   train.RunConfig()
   lines = []
-  assert gin_checks.warn_unread_bindings(flags, print_fn=lines.append) == ["infer.split", "train.log_every"]
+  assert gin_config.warn_unread_bindings(flags, print_fn=lines.append) == ["infer.split", "train.log_every"]
   assert lines[0] == (
     "warning: --gin.infer.split was set but read by nothing in this run (its configurable was not called)"
   )
@@ -243,9 +269,11 @@ def test_loss_normalizing_factor_ours_accepted_others_refused():
 
 
 def test_loss_normalizing_factor_from_the_command_line_is_checked():
-  cli.configure_gin(["test/prompt_tiny.gin"], [*REQUIRED, "LOSS_NORMALIZING_FACTOR = None"], [], check_unread=True)
+  gin_config.configure_gin(
+    ["test/prompt_tiny.gin"], [*REQUIRED, "LOSS_NORMALIZING_FACTOR = None"], [], check_unread=True
+  )
   with pytest.raises(ValueError, match="LOSS_NORMALIZING_FACTOR=None is not supported"):
-    cli.apply_code_read_macros()
+    gin_config.apply_code_read_macros()
 
 
 def test_class_labels_replace_a_builtin_tasks_labels():
@@ -254,7 +282,7 @@ def test_class_labels_replace_a_builtin_tasks_labels():
   assert class_labels_lib.class_labels_for_task("super_glue_boolq_v102") == ["False", "True"]
   assert class_labels_lib.class_labels_for_task("super_glue_boolq_v102", ["no", "yes"]) == ["no", "yes"]
   gin.clear_config()
-  cli.configure_gin(
+  gin_config.configure_gin(
     ["test/prompt_tiny.gin", "prompts/class_labels.gin"],
     [*REQUIRED[:2], "MIXTURE_OR_TASK_NAME = 'super_glue_boolq_v102'", "CLASS_LABELS = ['no', 'yes']"],
     [],
@@ -277,13 +305,13 @@ def test_mixture_or_task_module_is_imported(tmp_path, monkeypatch, reference_dir
   )
   monkeypatch.syspath_prepend(str(tmp_path))
   flags = [*REQUIRED, "MIXTURE_OR_TASK_MODULE = 'my_tasks'"]
-  cli.configure_gin(["test/prompt_tiny.gin"], flags, [], check_unread=True)
-  cli.apply_code_read_macros()
+  gin_config.configure_gin(["test/prompt_tiny.gin"], flags, [], check_unread=True)
+  gin_config.apply_code_read_macros()
   assert sys.modules["my_tasks"].MARKER == "imported"
   gin.clear_config()
-  cli.configure_gin(["test/prompt_tiny.gin"], [*REQUIRED, "MIXTURE_OR_TASK_MODULE = 'no_such_tasks'"], [])
+  gin_config.configure_gin(["test/prompt_tiny.gin"], [*REQUIRED, "MIXTURE_OR_TASK_MODULE = 'no_such_tasks'"], [])
   with pytest.raises(ModuleNotFoundError, match="put its folder on PYTHONPATH"):
-    cli.apply_code_read_macros()
+    gin_config.apply_code_read_macros()
 
 
 @pytest.mark.parametrize(
@@ -297,7 +325,7 @@ def test_mixture_or_task_module_is_imported(tmp_path, monkeypatch, reference_dir
 )
 def test_a_reference_gin_file_names_ours(reference_file, ours):
   with pytest.raises(FileNotFoundError, match=f"here use --gin_file={re.escape(ours)}"):
-    cli.configure_gin([reference_file], [], [])
+    gin_config.configure_gin([reference_file], [], [])
 
 
 def test_migration_table_names_every_refused_reference_macro():
@@ -317,4 +345,4 @@ def test_every_ready_to_run_config_sets_only_macros_it_reads(name):
   """What a config assigns is read by its own run (a config is what users copy, so it must show no dead settings)."""
   text = (ROOT / "configs" / name).read_text()
   flags = [f for f in [*REQUIRED, "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 2}"] if f.split(" =")[0] not in text]
-  cli.configure_gin([name], flags, [], check_unread=True)
+  gin_config.configure_gin([name], flags, [], check_unread=True)

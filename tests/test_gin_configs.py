@@ -8,7 +8,7 @@ from pathlib import Path
 import gin
 import pytest
 
-from prompt_tuning import cli
+from prompt_tuning import gin_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GIN_FILES = sorted(p.relative_to(ROOT / "gin") for p in (ROOT / "gin").rglob("*.gin"))
@@ -29,16 +29,16 @@ def test_gin_file_parses_and_opens_with_its_contract(name):
   header = lines[: next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))]  # the contract
   assert header[0].startswith("# Provides:"), f"{name} must open with its contract"
   assert any(line.startswith("# Requires:") for line in header), name
-  cli.configure_gin([name], [], [])
+  gin_config.configure_gin([name], [], [])
 
 
 def test_unknown_gin_file_is_one_clear_error():
   with pytest.raises(FileNotFoundError, match="gin file 'prompt_xxxl.gin' not found"):
-    cli.configure_gin(["prompt_xxxl.gin"], [], [])
+    gin_config.configure_gin(["prompt_xxxl.gin"], [], [])
 
 
 def test_gin_flags_become_bindings():
-  bindings, rest = cli.split_gin_flags(
+  bindings, rest = gin_config.split_gin_flags(
     ["--gin.MODEL_DIR='/tmp/x'", "--gin_file=a.gin", "--gin.train.num_train_steps", "5"]
   )
   assert bindings == ["MODEL_DIR = '/tmp/x'", "train.num_train_steps = 5"] and rest == ["--gin_file=a.gin"]

@@ -44,15 +44,15 @@ def test_installed_wheel_finds_demo_configs_assets_and_tasks(wheel, tmp_path):
 import sys
 from pathlib import Path
 import prompt_tuning
-from prompt_tuning import cli, demo_data
+from prompt_tuning import cli, demo_data, gin_config
 site = Path(sys.argv[1]).resolve()
 assert Path(prompt_tuning.__file__).resolve().is_relative_to(site), prompt_tuning.__file__
-paths = cli.gin_search_paths()
+paths = gin_config.gin_search_paths()
 assert paths and all(p.resolve().is_relative_to(site) for p in paths), paths
 for config in ("demo/prompt.gin", "demo/prefix.gin", "demo/model.gin", "prompt_xxl.gin"):
   assert any((p / config).is_file() for p in paths), config
 assert Path(demo_data.demo_model_path(), "model.safetensors").is_file()
-assert cli.configure_gin(["demo/prompt.gin"], ["MODEL_DIR = '/tmp/unused'"], [], check_unread=True)
+assert gin_config.configure_gin(["demo/prompt.gin"], ["MODEL_DIR = '/tmp/unused'"], [], check_unread=True)
 print(demo_data.register_wordnet_category_task(), demo_data.register_wordnet_task())
 sys.exit(cli.main(["tasks", "list", "wordnet"]))
 """

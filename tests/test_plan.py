@@ -59,7 +59,7 @@ def _measured_step_peak(cfg: run.RunConfig) -> int:
   """Bytes the train step's peak adds to the resident arrays (module docstring)."""
   mesh = partitioning.make_mesh(1, (1, 1), devices=jax.devices()[:1])
   config = run.with_run_settings(cfg, run.planned_config(cfg))
-  tuned, state, frozen, optimizer = plan.abstract_training(cfg, config, mesh)
+  tuned, state, frozen, optimizer = run.abstract_training(cfg, config, mesh)
 
   def concrete(x):
     value = jnp.full(x.shape, 0.01, x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.zeros(x.shape, x.dtype)

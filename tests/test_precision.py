@@ -236,11 +236,11 @@ def test_frozen_dtype_with_model_tuning_is_refused_before_anything_is_read():
 def test_the_macros_reach_the_backbone_config():
   import gin
 
-  from prompt_tuning import cli
+  from prompt_tuning import gin_config
 
   gin.clear_config()
   try:
-    cli.configure_gin(
+    gin_config.configure_gin(
       ["test/prompt_tiny.gin"],
       [
         "MODEL_DIR = '/tmp/x'",
@@ -383,3 +383,56 @@ def test_a_bfloat16_run_from_one_flag_resumes_with_bfloat16_frozen_weights(local
   )
   assert refused.returncode == 1 and "Traceback" not in refused.stderr
   assert "need float32 master weights: set FROZEN_DTYPE = None" in refused.stderr
+
+
+# `prompt-tuning serve` of the demo model with the smallest shapes: one admit and one step program, compiled on use.
+SERVE_FLAGS = [
+  "--gin_file=demo/base.gin",
+  "--no_warm_up",
+  "--gin.EngineShapes.slots=1",
+  "--gin.EngineShapes.input_buckets=(32,)",
+  "--gin.EngineShapes.admit_buckets=(1,)",
+  "--gin.EngineShapes.max_decode_length=4",
+  "--gin.EngineShapes.max_prompt_length=1",
+  "--gin.EngineShapes.max_prefix_length=0",
+  "--gin.EngineShapes.methods=('prompt',)",
+]
+
+
+def test_a_server_honours_the_runs_precision_settings():
+  """serve builds through run.py: FROZEN_DTYPE and ACTIVATION_DTYPE bfloat16 give a bfloat16 backbone served with
+  bfloat16 activations, and it answers."""
+  import gin
+  from fastapi.testclient import TestClient
+
+  from prompt_tuning.serve import cli as serve_cli
+  from prompt_tuning.serve.app import create_app
+
+  gin.clear_config()
+  try:
+    flags = [*SERVE_FLAGS, "--gin.FROZEN_DTYPE='bfloat16'", "--gin.ACTIVATION_DTYPE='bfloat16'"]
+    _, server = serve_cli.server_from_flags(flags)
+  finally:
+    gin.clear_config()
+  engine = server.engine
+  assert (engine.config.dtype, engine.config.param_dtype) == ("bfloat16", "bfloat16")
+  assert {x.dtype for x in jax.tree.leaves(engine.params)} == {jnp.dtype(jnp.bfloat16)}
+  with TestClient(create_app(server)) as client:
+    answer = client.post("/v1/generate", json={"text": "Is a cat an animal or a plant?", "max_decode_length": 4})
+  assert answer.status_code == 200, answer.text
+  assert 1 <= len(answer.json()["token_ids"]) <= 4 and isinstance(answer.json()["text"], str)
+
+
+def test_serve_refuses_a_macro_read_by_nothing_naming_the_closest(capsys):
+  """serve's gin is checked as train's: a typo'd macro is an error before anything loads."""
+  import gin
+
+  from prompt_tuning import cli
+
+  try:
+    code = cli.main(["serve", *SERVE_FLAGS, "--gin.ACTIVATION_DTYP='bfloat16'"])
+  finally:
+    gin.clear_config()
+  assert code == 1
+  error = capsys.readouterr().err
+  assert "ACTIVATION_DTYP is set but read by nothing in this configuration; did you mean ACTIVATION_DTYPE?" in error

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from prompt_tuning.checkpoints.errors import CheckpointError
-from prompt_tuning.checkpoints.prompt_files import check_prompt_array, read_safetensors_file
+from prompt_tuning.checkpoints.prompt_arrays import check_prompt_array, read_safetensors_file
 from prompt_tuning.validation import resolve_inside
 
 CONFIG_NAME = "adapter_config.json"

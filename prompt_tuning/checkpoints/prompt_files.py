@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from prompt_tuning.checkpoints.errors import CheckpointError
+from prompt_tuning.checkpoints.peft import load_peft_adapter
+from prompt_tuning.checkpoints.prompt_arrays import check_prompt_array, read_safetensors_file
 from prompt_tuning.validation import resolve_inside
 
 SAFETENSORS_KEYS = ("prompt", "prompt_embeddings")
@@ -97,22 +99,6 @@ def read_npy(path: Path) -> np.ndarray:
     ) from e
 
 
-def read_safetensors_file(path: Path) -> dict[str, np.ndarray]:
-  """safetensors.numpy.load_file, its errors turned into ours.
-
-  Raises:
-    CheckpointError: a truncated or non-safetensors file.
-  """
-  from safetensors.numpy import load_file
-
-  try:
-    return load_file(str(path))
-  except Exception as e:  # noqa: BLE001 - SafetensorError derives from Exception only
-    raise CheckpointError(
-      f"{path} is truncated or not a safetensors file ({type(e).__name__}: {e}); save or copy it again."
-    ) from e
-
-
 def _read_safetensors(path: Path) -> np.ndarray:
   tensors = read_safetensors_file(path)
   if len(tensors) == 1:
@@ -127,8 +113,6 @@ def _read_safetensors(path: Path) -> np.ndarray:
 
 def _read_folder(path: Path) -> np.ndarray:
   if (path / "adapter_config.json").is_file():
-    from prompt_tuning.checkpoints.peft import load_peft_adapter
-
     return load_peft_adapter(path)
   step_prompt = _step_prompt(path)
   if step_prompt is not None:
@@ -149,33 +133,6 @@ def _read(path: Path) -> np.ndarray:
   if _is_npy(path):  # The reference's files: .npy content, no extension.
     return read_npy(path)
   raise ValueError(f"cannot read a prompt from {path} (unknown extension {path.suffix!r}); expected {_FORMATS}.")
-
-
-def check_prompt_array(prompt: np.ndarray, embed_dim: int | None = None, source: str = "the prompt") -> np.ndarray:
-  """Checks a prompt is finite floats [P, D] (D = embed_dim when given); returns it as float32.
-
-  Raises:
-    ValueError: saying what was wrong and what is expected.
-  """
-  prompt = np.asarray(prompt)
-  if not np.issubdtype(prompt.dtype, np.floating):
-    raise ValueError(f"{source} holds {prompt.dtype} values; a prompt holds floats [P, D].")
-  if prompt.ndim != 2 or prompt.shape[0] < 1:
-    raise ValueError(f"{source} has shape {prompt.shape}; a prompt is [P, D] (prompt length, embedding width).")
-  if embed_dim is not None and prompt.shape[1] != embed_dim:
-    raise ValueError(
-      f"{source} has shape {prompt.shape}: vectors of width {prompt.shape[1]}, but the backbone embeds tokens in "
-      f"{embed_dim} dimensions. The prompt was trained for another model size; use a prompt of that model's width."
-    )
-  if not np.all(np.isfinite(prompt)):
-    raise ValueError(f"{source} contains NaN or infinite values; it cannot be used.")
-  largest = float(np.max(np.abs(prompt)))
-  if largest > np.finfo(np.float32).max:  # finite float64 that float32 cannot hold: it would become inf
-    raise ValueError(
-      f"{source} holds values up to {largest:.3g}, beyond float32's range ({np.finfo(np.float32).max:.3g}); "
-      "prompts are used in float32: it cannot be used."
-    )
-  return prompt.astype(np.float32)
 
 
 def load_prompt_file(path: str | os.PathLike, embed_dim: int | None = None) -> np.ndarray:

@@ -20,6 +20,7 @@ import gin
 import numpy as np
 import seqio
 
+from prompt_tuning import gin_config
 from prompt_tuning.data import registry, sources, vocab
 from prompt_tuning.data.class_labels import get_class_labels
 from prompt_tuning.data.errors import DataConfigError
@@ -58,10 +59,8 @@ def _gin_task_name(bindings: Sequence[str], gin_files: Sequence[str]) -> str | N
   """Parses the gin files/bindings; returns the evaluated MIXTURE_OR_TASK_NAME macro (registering local tasks)."""
   if not bindings and not gin_files:
     return None
-  from prompt_tuning import cli
-
   # Through the command line's parser: gin/defaults.gin first (the macros local_files.gin reads), the search paths.
-  cli.configure_gin(list(gin_files), list(bindings), [])
+  gin_config.configure_gin(list(gin_files), list(bindings), [])
   try:
     value = gin.query_parameter(f"{TASK_NAME_MACRO}/gin.macro.value")
   except ValueError:

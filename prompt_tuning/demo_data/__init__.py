@@ -17,13 +17,16 @@ from pathlib import Path
 
 import gin
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from prompt_tuning.demo_data.locations import (
+  ASSETS,
+  WORDNET_CATEGORY_TASK_DIR,
+  WORDNET_CATEGORY_TASK_NAME,
+  WORDNET_TASK_DIR,
+  WORDNET_TASK_NAME,
+)
+
 DEMO_MODEL_DIR = ASSETS / "demo_t5"
 DEMO_VOCABULARY = DEMO_MODEL_DIR / "sentencepiece.model"
-WORDNET_TASK_DIR = ASSETS / "wordnet_task"
-WORDNET_TASK_NAME = "wordnet_hypernymy"
-WORDNET_CATEGORY_TASK_DIR = ASSETS / "wordnet_categories"
-WORDNET_CATEGORY_TASK_NAME = "wordnet_animal_or_plant"
 DEMO_MODEL_SIZE = "t5_1_1_demo"
 # The demo family (#17): each SIZE (gin/models/sizes/demo*.gin, `t5_1_1_<SIZE>` in models/configs.py) and the folder
 # its span-corruption model ships in; the LM-adapted one (Lester et al. 2021, section 3.2) is that folder + "_lm".

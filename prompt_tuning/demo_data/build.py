@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from prompt_tuning import gin_config
+
 STEPS = ("corpus", "vocab", "pretrain", "export", "lm_adapt", "export_lm", "task")
 BUILD_DIR = Path(".cache/demo_build")
 PRETRAIN_CONFIG = "pretrain_demo.gin"
@@ -97,11 +99,17 @@ PHASES = ((1000, 0.01), (2000, 0.03))
 
 
 def _train(config: str, bindings: list[str]) -> None:
-  from prompt_tuning import cli
+  """`prompt-tuning train --gin_file=config --gin_bindings=...`, in this process."""
+  import gin
 
-  code = cli.main(["train", f"--gin_file={config}"] + [f"--gin_bindings={b}" for b in bindings])
-  if code:
-    raise SystemExit(code)
+  from prompt_tuning import compilation_cache, train
+
+  compilation_cache.enable()
+  gin.clear_config()
+  gin_config.configure_gin([config], bindings, [], check_unread=True)
+  gin_config.apply_code_read_macros()
+  train.train()
+  gin.clear_config()
 
 
 def pretrain(build_dir: Path, steps: int | None, size: str = "demo") -> None:
@@ -128,13 +136,13 @@ def _trained_backbone(build_dir: Path, stage: str, size: str, assets: Path | Non
   import gin
   import jax
 
-  from prompt_tuning import cli, train
+  from prompt_tuning import train
 
   config, bindings = _bindings(build_dir, stage, size, None, assets)
   if not (_run_dir(build_dir, stage, size) / "metrics.jsonl").is_file():
     raise SystemExit(f"error: nothing to export: run the {stage!r} step for --size {size} first")
   gin.clear_config()
-  cli.configure_gin([config], bindings, [])
+  gin_config.configure_gin([config], bindings, [])
   run = train.build(train.RunConfig())
   run.checkpoints.close()
   backbone = jax.device_get(run.state.trainable["t5"])

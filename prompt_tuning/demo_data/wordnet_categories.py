@@ -26,7 +26,7 @@ from pathlib import Path
 
 import gin
 
-from prompt_tuning.demo_data import wordnet
+from prompt_tuning.demo_data import locations, wordnet
 from prompt_tuning.demo_data.wordnet_task import SENTINEL, write_splits
 
 # Lexicographer file numbers (lexnames(5WN)) and the answer each stands for.
@@ -91,12 +91,11 @@ def register_wordnet_category_task(task_dir: str | Path | None = None, name: str
     task_dir: the folder of train/validation/test.jsonl (default: the shipped prompt_tuning/assets/wordnet_categories).
     name: the task name (default `wordnet_animal_or_plant`).
   """
-  from prompt_tuning import demo_data
   from prompt_tuning.data import register_local_task
 
-  folder = Path(task_dir) if task_dir is not None else demo_data.WORDNET_CATEGORY_TASK_DIR
+  folder = Path(task_dir) if task_dir is not None else locations.WORDNET_CATEGORY_TASK_DIR
   return register_local_task(
-    name=name or demo_data.WORDNET_CATEGORY_TASK_NAME,
+    name=name or locations.WORDNET_CATEGORY_TASK_NAME,
     train=str(folder / "train.jsonl"),
     validation=str(folder / "validation.jsonl"),
     test=str(folder / "test.jsonl"),

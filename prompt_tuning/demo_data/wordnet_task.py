@@ -37,7 +37,7 @@ from pathlib import Path
 
 import gin
 
-from prompt_tuning.demo_data import wordnet
+from prompt_tuning.demo_data import locations, wordnet
 
 MIN_DESCENDANTS = 12
 MIN_DEPTH = 4
@@ -270,12 +270,11 @@ def register_wordnet_task(
     name: the task name (default `wordnet_hypernymy`).
     input_template: how the input is written from the row's columns (`QUESTION_ONLY` or `WITH_DEFINITION`).
   """
-  from prompt_tuning import demo_data
   from prompt_tuning.data import register_local_task
 
-  folder = Path(task_dir) if task_dir is not None else demo_data.WORDNET_TASK_DIR
+  folder = Path(task_dir) if task_dir is not None else locations.WORDNET_TASK_DIR
   return register_local_task(
-    name=name or demo_data.WORDNET_TASK_NAME,
+    name=name or locations.WORDNET_TASK_NAME,
     train=str(folder / "train.jsonl"),
     validation=str(folder / "validation.jsonl"),
     test=str(folder / "test.jsonl"),

@@ -57,8 +57,9 @@ Array = jax.Array
 PyTree = Any
 
 
-# Registered under its historical gin name: gin files bind prompt_tuning.prefixes.PrefixSettings.
-@gin.configurable(module="prompt_tuning.prefixes")
+# Its gin name before it joined the methods, prompt_tuning.prefixes.PrefixSettings, is still read, with a warning
+# (prompt_tuning.gin_registry).
+@gin.configurable(module="prompt_tuning.methods")
 @dataclasses.dataclass(frozen=True)
 class PrefixSettings(Method):
   """What prefix tuning trains.

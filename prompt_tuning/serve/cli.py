@@ -1,51 +1,36 @@
 """`prompt-tuning serve`: one frozen backbone, loaded as training loads it, behind the HTTP API.
 
     prompt-tuning serve --gin_file=demo/base.gin --prompts_dir=/tmp/library --port=8000 \
-      [--gin.EngineShapes.slots=32] [--gin.NUM_PARTITIONS=2]
+      [--gin.EngineShapes.slots=32] [--gin.NUM_PARTITIONS=2] [--gin.ACTIVATION_DTYPE="'bfloat16'"]
 
-The backbone comes from the gin macros INITIAL_CHECKPOINT_PATH and MODEL_SIZE
-(any checkpoint format `prompt_tuning.checkpoints.load_pretrained` reads),
-the vocabulary from VOCABULARY_PATH, the mesh from NUM_PARTITIONS (as for
-train/eval/infer: include runs/run_config.gin, or a config that does). The
-shapes the server compiles for are `prompt_tuning.serve.EngineShapes` (gin).
+The backbone is the run's (`prompt_tuning.run.build_serving`, from RunConfig
+as runs/run_config.gin binds it, which is always read): INITIAL_CHECKPOINT_PATH
+and MODEL_SIZE (any checkpoint format `prompt_tuning.checkpoints.load_pretrained`
+reads), in the run's precision (ACTIVATION_DTYPE, FROZEN_DTYPE, REMAT_POLICY),
+on the mesh of NUM_PARTITIONS; the vocabulary from VOCABULARY_PATH. The gin is
+checked as train's is: a macro set but read by nothing is refused. The shapes
+the server compiles for are `prompt_tuning.serve.EngineShapes` (gin).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
 
 import gin
 
+from prompt_tuning import gin_config, run
 from prompt_tuning.serve.engine import EngineShapes
 
 configured_shapes = gin.external_configurable(EngineShapes, name="EngineShapes", module="prompt_tuning.serve")
-
-_MACRO_BINDINGS = (
-  "prompt_tuning.serve.ServeConfig.initial_checkpoint_path = %INITIAL_CHECKPOINT_PATH",
-  "prompt_tuning.serve.ServeConfig.model_size = %MODEL_SIZE",
-  "prompt_tuning.serve.ServeConfig.num_partitions = %NUM_PARTITIONS",
-)
-
-
-@gin.configurable(module="prompt_tuning.serve")
-@dataclasses.dataclass
-class ServeConfig:
-  """The backbone and the mesh (bound from the run's macros by the command line)."""
-
-  initial_checkpoint_path: str = gin.REQUIRED
-  model_size: str | None = None
-  num_partitions: int = 1
-  mesh_shape: tuple[int, int] | None = None
+# RunConfig bound to the run macros; read before the user's files (it assigns no macro, so it resets nothing).
+RUN_CONFIG_GIN = "runs/run_config.gin"
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="prompt-tuning serve", description=__doc__.splitlines()[0])
-  parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-  parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding NAME=VALUE (repeatable)")
-  parser.add_argument("--gin_search_paths", default="", help="comma-separated extra folders to search for gin files")
+  gin_config.add_gin_flags(parser)
   parser.add_argument("--host", default="127.0.0.1")
   parser.add_argument("--port", type=int, default=8000)
   parser.add_argument("--prompts_dir", default=None, help="library folder loaded at start (and read by PUT 'source')")
@@ -59,25 +44,20 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def build_server(args, shapes: EngineShapes, cfg: ServeConfig):
-  """Loads the backbone onto the mesh, the library, and the batcher; compiles the programs."""
+def build_server(args, shapes: EngineShapes, cfg: run.RunConfig):
+  """Loads the backbone onto the mesh (`run.build_serving`: the run's precision settings), the library, and the
+  batcher; compiles the programs."""
   import jax
 
-  from prompt_tuning import partitioning
-  from prompt_tuning.checkpoints import load_pretrained
   from prompt_tuning.data import get_vocabulary
-  from prompt_tuning.models.t5 import param_logical_axes
   from prompt_tuning.serve.app import Server
   from prompt_tuning.serve.batcher import Batcher
   from prompt_tuning.serve.engine import Engine
   from prompt_tuning.serve.metrics import ServeMetrics
   from prompt_tuning.serve.store import DeviceCache, PromptLibrary
 
-  mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
-  config, host_params = load_pretrained(cfg.initial_checkpoint_path, config=cfg.model_size)
-  shardings = partitioning.shardings_for(param_logical_axes(config), mesh, partitioning.logical_rules())
-  params = partitioning.with_sharding(host_params, shardings)
-  engine = Engine(config, params, mesh, shapes)
+  serving = run.build_serving(cfg)
+  engine = Engine(serving.config, serving.params, serving.mesh, shapes)
   library = PromptLibrary(engine.limits(), args.max_library_bytes)
   prompts_dir = Path(args.prompts_dir) if args.prompts_dir else None
   if prompts_dir is not None:
@@ -94,15 +74,26 @@ def build_server(args, shapes: EngineShapes, cfg: ServeConfig):
   return Server(engine, library, cache, batcher, metrics, get_vocabulary(), prompts_dir)
 
 
-def main(argv: list[str]) -> int:
-  from prompt_tuning import cli
+def server_from_flags(argv: list[str]):
+  """(flags, server) of `prompt-tuning serve ARGV`: gin parsed and checked as train's (a macro set but read by
+  nothing is refused), then `build_server`.
 
-  bindings, rest = cli.split_gin_flags(argv)
+  Raises:
+    gin_config.UnreadSettingError: a macro set but read by nothing, naming the closest one that is read.
+  """
+  bindings, rest = gin_config.split_gin_flags(argv)
   args = _parser().parse_args(rest)
+  args.gin_file = [RUN_CONFIG_GIN, *args.gin_file]
+  all_bindings = gin_config.configure_from_flags(args, bindings, check_unread=True)
+  gin_config.apply_code_read_macros()
+  server = build_server(args, configured_shapes(), run.serving_run_config())
+  gin_config.warn_unread_bindings(all_bindings)
+  return args, server
+
+
+def main(argv: list[str]) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  search = [p for p in args.gin_search_paths.split(",") if p]
-  cli.configure_gin(args.gin_file, [*_MACRO_BINDINGS, *args.gin_bindings, *bindings], search)
-  server = build_server(args, configured_shapes(), ServeConfig())
+  args, server = server_from_flags(argv)
 
   import uvicorn
 

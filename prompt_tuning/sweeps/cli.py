@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from prompt_tuning import gin_config
 from prompt_tuning.sweeps import executors, records, spec
 
 SUBCOMMANDS = ("plan", "run", "status", "report")
@@ -186,9 +187,7 @@ def _report(args) -> int:
 
 def main(argv: list[str]) -> int:
   """Dispatches `prompt-tuning sweep ...` (errors are turned into one line by prompt_tuning.cli)."""
-  from prompt_tuning import cli
-
-  bindings, rest = cli.split_gin_flags(argv)
+  bindings, rest = gin_config.split_gin_flags(argv)
   args = _parser().parse_args(rest)
   _check_options(args)
   if bindings and args.subcommand not in ("plan", "run"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gin
 
+from prompt_tuning import gin_config
 from prompt_tuning.sweeps import records
 from prompt_tuning.sweeps.spec import Point, Sweep
 
@@ -37,10 +38,8 @@ def with_overrides(points: Sequence[Point], overrides: Sequence[str]) -> list[Po
 def search_paths(spec: Sweep) -> list[str]:
   """The sweep file's folder, searched for the gin files it names, unless it is inside the project's gin folders
   (configs/sweeps/ names its files from configs/ and gin/, which are always searched)."""
-  from prompt_tuning import cli
-
   folder = Path(spec.source).parent.resolve()
-  if any(folder.is_relative_to(path.resolve()) for path in cli.gin_search_paths()):
+  if any(folder.is_relative_to(path.resolve()) for path in gin_config.gin_search_paths()):
     return []
   return [str(folder)]
 
@@ -70,14 +69,12 @@ def plan_run(point: Point, sweep_dir: Path, paths: Sequence[str], counted: dict 
 
   `counted` caches parameter counts across runs that differ only in `seed_items` (the seed axis's bindings).
   """
-  from prompt_tuning import cli
-
   folder = records.run_dir(sweep_dir, point.name)
   command = records.command_line(point, folder, paths)
-  bindings, _ = cli.split_gin_flags([c for c in command if c.startswith("--gin.")])
+  bindings, _ = gin_config.split_gin_flags([c for c in command if c.startswith("--gin.")])
   gin.clear_config()
   try:
-    cli.configure_gin(list(point.gin_files), bindings, list(paths))
+    gin_config.configure_gin(list(point.gin_files), bindings, list(paths))
     steps = int(_macro_value("train.num_train_steps"))
     key = (point.gin_files, tuple(b for b in point.bindings if b not in seed_items))
     if counted is None or key not in counted:

@@ -41,6 +41,8 @@ from typing import Any
 
 import gin
 
+from prompt_tuning import gin_config
+
 SWEEP_SCOPE_HINT = "write sweep.axes = {'name': @name/axis(), ...} and name/axis.values = ..."
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
@@ -234,10 +236,8 @@ def parse_sweep(raw: Mapping[str, Any], source: str) -> Sweep:
 
 def load_sweep(path: str | Path) -> Sweep:
   """Parses a sweep file (searched like a --gin_file: as given, then in the project's gin and configs folders)."""
-  from prompt_tuning import cli
-
-  found = _find(path, cli.gin_search_paths())
-  cli.add_gin_search_paths()  # a sweep may `include` another: 'sweeps/demo_scale.gin'
+  found = _find(path, gin_config.gin_search_paths())
+  gin_config.add_gin_search_paths()  # a sweep may `include` another: 'sweeps/demo_scale.gin'
   with gin.config_scope(None):
     gin.clear_config()
     try:

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import gin  # noqa: E402
 
-from prompt_tuning import cli, train  # noqa: E402
+from prompt_tuning import gin_config, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def main(vocab_path: str) -> None:
   for path in sorted((ROOT / "configs").glob("*.gin")):
     gin.clear_config()
-    cli.configure_gin(
+    gin_config.configure_gin(
       [path.name],
       [
         "MODEL_DIR = '/tmp/unused'",
