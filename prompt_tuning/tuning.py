@@ -59,7 +59,7 @@ class TunedT5:
   @property
   def prompt_length(self) -> int:
     """Positions the methods add to the input (soft prompt or per-layer prompt)."""
-    return sum(getattr(m, "input_length", 0) for m in self.methods)
+    return sum(m.input_length for m in self.methods)
 
   def method(self, name: str) -> Method | None:
     return next((m for m in self.methods if m.name == name), None)
@@ -79,9 +79,11 @@ class TunedT5:
         axes[m.name] = m.logical_axes(vectors_shapes[m.name])
     return axes
 
-  def adapters(self, params: PyTree) -> sites.Adapters:
-    """The merged adapters pytree of every method present in `params` (trained or folded)."""
-    return sites.merge(*(m.adapters(params[m.name], self.config) for m in self.methods if m.name in params))
+  def adapters(self, params: PyTree, task_ids: jax.Array | None = None) -> sites.Adapters:
+    """The merged adapters pytree of every method present in `params` (trained or folded); `task_ids` (int [B],
+    each row's task) goes to every method (`Method.adapters`)."""
+    trees = (m.adapters(params[m.name], self.config, task_ids) for m in self.methods if m.name in params)
+    return sites.merge(*trees)
 
   def fold(self, params: PyTree) -> PyTree:
     """Every method's serving form (prefix MLPs folded away); other entries unchanged."""
@@ -89,7 +91,7 @@ class TunedT5:
 
   def forward(self, params: PyTree, batch: dict[str, jax.Array], enable_dropout: bool, rng: jax.Array) -> jax.Array:
     """Teacher-forced logits [B, T, vocab] for a seqio-converted batch, packed (with seqio's segment ids; see
-    `prompt_tuning.inputs`) or not."""
+    `prompt_tuning.inputs`) or not; its "task_ids" (int [B]), when it has them, reach the methods."""
     rngs = {"dropout": rng} if enable_dropout else {}
     encoder_tokens = None if self.config.decoder_only else batch["encoder_input_tokens"]
     kwargs = {name: batch[name] for name in PACKED_FEATURES if name in batch}
@@ -100,7 +102,7 @@ class TunedT5:
       encoder_tokens,
       batch["decoder_input_tokens"],
       batch["decoder_target_tokens"],
-      adapters=self.adapters(params),
+      adapters=self.adapters(params, batch.get("task_ids")),
       enable_dropout=enable_dropout,
       prompt_combination=self.prompt_combination,
       rngs=rngs,

@@ -556,12 +556,13 @@ def test_choose_tokens_samples_only_the_rows_that_ask():
 def test_library_refuses_a_method_this_server_cannot_take():
   """A server not serving prefixes (EngineShapes.methods) refuses them with a 400 naming the method and the setting
   to change; its other methods still load."""
+  from prompt_tuning.models.configs import T5Config
   from prompt_tuning.serve.store import Limits, PromptError, PromptLibrary
 
-  limits = Limits(
-    emb_dim=4, num_heads=1, head_dim=2, layers={}, max_prompt_length=2, max_prefix_length=0, encoder_layers=1,
-    decoder_layers=1, mlp_dim=3, methods=("prompt", "ia3", "per_layer_prompt"),
-  )  # fmt: skip
+  config = T5Config(
+    vocab_size=8, emb_dim=4, num_heads=1, head_dim=2, mlp_dim=3, num_encoder_layers=1, num_decoder_layers=1
+  )
+  limits = Limits(config, {"prompt": 2, "prefix": 0, "rank": 0}, methods=("prompt", "ia3", "per_layer_prompt"))
   library = PromptLibrary(limits, max_library_bytes=1 << 20)
   with pytest.raises(PromptError, match="method 'prefix' is not served.*EngineShapes.methods") as refused:
     library.put("p", "prefix", {"decoder/key": np.zeros((1, 1, 1, 2)), "decoder/value": np.zeros((1, 1, 1, 2))})

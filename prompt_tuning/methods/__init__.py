@@ -7,13 +7,26 @@
 - `per_layer_prompt.PerLayerPrompt`: a prompt at the input of every encoder layer, replacing or added to the
   prompt positions' hidden states (deep prompt tuning).
 
-Adding a method is one module here (a `Method` subclass, gin-configurable) and one gin file in gin/prompts/.
+Adding a method is one module here (a `Method` subclass, gin-configurable, imported below so it is
+registered) and one gin file in gin/prompts/; `base` says what a method declares, and
+`prompt_tuning.models.adapters` the sites it may feed.
 """
 
-from prompt_tuning.methods.base import Method, trainable_pattern
+from prompt_tuning.methods.base import Limits, Method, PromptError, method_class, registered, trainable_pattern
 from prompt_tuning.methods.ia3 import IA3
 from prompt_tuning.methods.per_layer_prompt import PerLayerPrompt
 from prompt_tuning.methods.prefix import PrefixSettings
 from prompt_tuning.methods.prompt import Prompt
 
-__all__ = ["IA3", "Method", "PerLayerPrompt", "PrefixSettings", "Prompt", "trainable_pattern"]
+__all__ = [
+  "IA3",
+  "Limits",
+  "Method",
+  "PerLayerPrompt",
+  "PrefixSettings",
+  "Prompt",
+  "PromptError",
+  "method_class",
+  "registered",
+  "trainable_pattern",
+]

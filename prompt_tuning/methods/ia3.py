@@ -13,7 +13,10 @@ trainable tree has the layout of the adapter sites it feeds
      "decoder": {"self_attention": {...}, "cross_attention": {...}, "mlp": {...}}}
 
 A decoder-only model has no cross-attention. There is nothing to fold; the
-export is the tree as `ia3.safetensors` and one `.npy` per vector set.
+export is the tree as `ia3.safetensors` and one `.npy` per vector set. Its
+trainable tree has the layout of its sites, so what a user hands in (arrays
+named by site path, "decoder/cross_attention/key_scale", any subset: a missing
+scale is ones) is checked and read by `Method`'s defaults.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class IA3(Method):
   attention: bool = True
   mlp: bool = True
   name = "ia3"
+  leaves = tuple((site, n) for site in ATTENTIONS for n in ("key_scale", "value_scale")) + (("mlp", "scale"),)
 
   def __post_init__(self):
     if not (self.attention or self.mlp):
@@ -65,6 +69,6 @@ class IA3(Method):
       tree[stack] = node
     return tree
 
-  def adapters(self, params: PyTree, config: T5Config) -> sites.Adapters:
-    del config
+  def adapters(self, params: PyTree, config: T5Config, task_ids: jax.Array | None = None) -> sites.Adapters:
+    del config, task_ids
     return params

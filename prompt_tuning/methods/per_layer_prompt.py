@@ -19,20 +19,23 @@ says and rows may use fewer vectors (`prompt_lengths`); the "hidden" site of
 the encoder follows those positions. Encoder-decoder models only (the decoder
 has no prompt positions to rewrite). Export: `per_layer_prompt.prompts.npy` [L, P, D]
 and `per_layer_prompt.safetensors` (tensor "prompts", the mode in its metadata, which the server reads).
+A user hands them in as one array named by its mode, "replace" or "add" [L, P, D].
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec
 
 from prompt_tuning import prompts
-from prompt_tuning.methods.base import Method, PyTree, write_tree
+from prompt_tuning.methods.base import Limits, Method, PromptError, PyTree, write_tree
 from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.configs import T5Config
 
@@ -54,6 +57,8 @@ class PerLayerPrompt(Method):
   initializer: prompts.Initializer | None = None
   mode: str = "replace"
   name = "per_layer_prompt"
+  leaves = (("input", "prompt"), ("input", "prompt_lengths"), ("hidden", "replace"), ("hidden", "replace_mask"))
+  leaves += (("hidden", "add"),)
 
   def __post_init__(self):
     if self.length < 1:
@@ -88,7 +93,8 @@ class PerLayerPrompt(Method):
   def export(self, params: PyTree, config: T5Config, folder: str | Path) -> list[Path]:
     return write_tree(self.fold(params, config), self.name, folder, metadata={"mode": self.mode})
 
-  def adapters(self, params: PyTree, config: T5Config) -> sites.Adapters:
+  def adapters(self, params: PyTree, config: T5Config, task_ids: jax.Array | None = None) -> sites.Adapters:
+    del task_ids
     layer_prompts = params["prompts"]  # [L, P, D] (or [L, B, P, D] per row)
     expected = (config.num_encoder_layers, self.length, config.emb_dim)
     if (layer_prompts.shape[0], layer_prompts.shape[-2], layer_prompts.shape[-1]) != expected:
@@ -96,8 +102,59 @@ class PerLayerPrompt(Method):
         f"per-layer prompts of shape {tuple(layer_prompts.shape)}; this backbone and PerLayerPrompt.length need "
         f"{expected} (encoder layers, length, embedding width)."
       )
-    if self.mode == "add":
-      hidden = {"add": layer_prompts.at[0].set(0.0)}  # layer 0 sees the input prompt as it is
-    else:
-      hidden = {"replace": layer_prompts}
-    return {"input": {"prompt": layer_prompts[0]}, "encoder": {"hidden": hidden}}
+    return _sites(layer_prompts, self.mode)
+
+  @classmethod
+  def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
+    if len(arrays) != 1 or next(iter(arrays)) not in MODES:
+      raise PromptError(
+        f"method 'per_layer_prompt' takes one array named by its mode, 'replace' or 'add', [layers, P, "
+        f"{limits.emb_dim}]; got {sorted(arrays)}."
+      )
+    ((name, array),) = arrays.items()
+    shape, layers = array.shape, limits.config.num_encoder_layers
+    if len(shape) != 3 or shape[0] != layers or shape[2] != limits.emb_dim or shape[1] < 1:
+      raise PromptError(
+        f"{name!r} has shape {list(shape)}; this backbone needs [{layers}, P, {limits.emb_dim}] "
+        "(encoder layers, prompt length, embedding width)."
+      )
+    if shape[1] > limits.width("prompt"):
+      raise PromptError(
+        f"the per-layer prompt has {shape[1]} vectors; this server takes at most {limits.width('prompt')} "
+        f"(restart it with a larger {limits.setting('prompt')})."
+      )
+
+  @classmethod
+  def entry(cls, arrays: Mapping[str, np.ndarray]) -> sites.Adapters:
+    ((mode, layer_prompts),) = arrays.items()
+    return _sites(np.asarray(layer_prompts), mode)
+
+  @classmethod
+  def read_export(cls, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> dict[str, np.ndarray]:
+    if "prompts" not in tensors:
+      return dict(tensors)  # a library entry: named by its mode already
+    mode = metadata.get("mode")
+    if mode not in MODES:
+      raise PromptError(
+        "per_layer_prompt.safetensors does not record its mode (exports before the server read it); upload it "
+        "with PUT {'method': 'per_layer_prompt', 'arrays': {'replace' or 'add': [...]}}."
+      )
+    return {mode: tensors["prompts"]}
+
+
+def _sites(layer_prompts, mode: str) -> sites.Adapters:
+  """The input and hidden sites of per-layer prompts [L, P, D] (or [L, B, P, D]) in `mode`."""
+  if mode == "add":
+    hidden = {
+      "add": layer_prompts.at[0].set(0.0) if isinstance(layer_prompts, jax.Array) else _zero_first(layer_prompts)
+    }
+  else:
+    hidden = {"replace": layer_prompts}
+  return {"input": {"prompt": layer_prompts[0]}, "encoder": {"hidden": hidden}}
+
+
+def _zero_first(layer_prompts: np.ndarray) -> np.ndarray:
+  """Layer 0 sees the input prompt as it is: its "add" vectors are zero."""
+  out = np.array(layer_prompts, np.float32)
+  out[0] = 0.0
+  return out

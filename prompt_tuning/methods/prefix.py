@@ -37,18 +37,23 @@ Design decisions:
 - With `reparameterize=False` the trainable tree is the folded one,
   initialized by folding a freshly initialized MLP (so both start from the
   same distribution).
+
+A user hands a folded prefix in as arrays named "<site>/key" and "<site>/value"
+[layers, P, heads, head_dim] (any of the sites, one P): what the export holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from prompt_tuning.methods.base import Method
+from prompt_tuning.methods.base import Limits, Method, PromptError
 from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.configs import T5Config
 from prompt_tuning.models.t5 import PREFIX_SITES, Prefix
@@ -77,6 +82,8 @@ class PrefixSettings(Method):
   mlp_width: int = 512
   reparameterize: bool = True
   name = "prefix"
+  leaves = tuple((s, n) for s in ("self_attention", "cross_attention") for n in ("prefix_key", "prefix_value"))
+  leaves += (("self_attention", "prefix_mask"), ("cross_attention", "prefix_mask"))
 
   def __post_init__(self):
     object.__setattr__(self, "sites", tuple(self.sites))  # gin and JSON hand lists over
@@ -94,12 +101,51 @@ class PrefixSettings(Method):
     del backbone
     return init_prefix(rng, self, config)
 
-  def adapters(self, params: PyTree, config: T5Config) -> sites.Adapters:
+  def adapters(self, params: PyTree, config: T5Config, task_ids: Array | None = None) -> sites.Adapters:
     """The attention prefix sites, from the MLP or from a folded tree."""
+    del task_ids
     return sites.from_keywords(prefix=materialize(params, self, config))
 
   def fold(self, params: PyTree, config: T5Config) -> PyTree:
     return fold(params, self, config)
+
+  @classmethod
+  def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
+    config = limits.config
+    layers = {s: _layers(s, config) for s in (("decoder",) if config.decoder_only else PREFIX_SITES)}
+    expected = {f"{site}/{n}" for site in layers for n in ("key", "value")}
+    unknown = set(arrays) - expected
+    if unknown or not arrays:
+      raise PromptError(
+        f"method 'prefix' takes arrays named <site>/key and <site>/value for sites {sorted(layers)}; "
+        f"got {sorted(arrays)}."
+      )
+    lengths = set()
+    for site in {name.split("/")[0] for name in arrays}:
+      if f"{site}/key" not in arrays or f"{site}/value" not in arrays:
+        raise PromptError(f"prefix site {site!r} needs both '{site}/key' and '{site}/value'.")
+      want = (layers[site], config.num_heads, config.head_dim)
+      for name in (f"{site}/key", f"{site}/value"):
+        shape = arrays[name].shape
+        if len(shape) != 4 or (shape[0], shape[2], shape[3]) != want:
+          raise PromptError(
+            f"{name!r} has shape {list(shape)}; this backbone needs [{want[0]}, P, {want[1]}, {want[2]}] "
+            "(layers, prefix length, heads, head_dim)."
+          )
+        lengths.add(shape[1])
+    if len(lengths) != 1:
+      raise PromptError(f"the prefix sites have different lengths {sorted(lengths)}; use one prefix length.")
+    length = lengths.pop()
+    if not 1 <= length <= limits.width("prefix"):
+      raise PromptError(
+        f"the prefix has {length} vectors; this server takes 1 to {limits.width('prefix')} "
+        f"(restart it with a larger {limits.setting('prefix')})."
+      )
+
+  @classmethod
+  def entry(cls, arrays: Mapping[str, np.ndarray]) -> sites.Adapters:
+    sites_given = {name.split("/")[0] for name in arrays}
+    return sites.from_keywords(prefix={s: {n: arrays[f"{s}/{n}"] for n in ("key", "value")} for s in sites_given})
 
 
 def _check_sites(settings: PrefixSettings, config: T5Config) -> None:

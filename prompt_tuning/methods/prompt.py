@@ -5,20 +5,25 @@ Parameters: {"prompt": [P, D]} float32, logical axes ("prompt",
 where it joins the tokens is the run's prompt combination
 (`prompt_tuning.combine`). Initializers live in `prompt_tuning.prompts`.
 Export: `prompt.npy` (the reference implementation's format) and
-`prompt.safetensors` (tensor "prompt").
+`prompt.safetensors` (tensor "prompt"). A user hands a prompt in as the array
+"prompt" [P, D], or as any prompt file (`prompt_tuning.checkpoints.prompt_files`:
+.npy, .safetensors, a PEFT folder, a training step folder or a MODEL_DIR).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 import gin
 import jax
+import numpy as np
 from jax.sharding import PartitionSpec
 
 from prompt_tuning import prompts
-from prompt_tuning.methods.base import Method, PyTree
+from prompt_tuning.methods.base import Limits, Method, PromptError, PyTree
+from prompt_tuning.models.adapters import Adapters
 from prompt_tuning.models.configs import T5Config
 
 
@@ -30,6 +35,7 @@ class Prompt(Method):
   length: int
   initializer: prompts.Initializer | None = None
   name = "prompt"
+  leaves = (("input", "prompt"), ("input", "prompt_lengths"))
 
   @property
   def input_length(self) -> int:
@@ -48,8 +54,8 @@ class Prompt(Method):
   def logical_axes(self, shapes: PyTree) -> PyTree:
     return PartitionSpec(*prompts.PROMPT_AXES)
 
-  def adapters(self, params: PyTree, config: T5Config):
-    del config
+  def adapters(self, params: PyTree, config: T5Config, task_ids: jax.Array | None = None) -> Adapters:
+    del config, task_ids
     return {"input": {"prompt": params}}
 
   def export(self, params: PyTree, config: T5Config, folder: str | Path) -> list[Path]:
@@ -62,3 +68,35 @@ class Prompt(Method):
     from prompt_tuning.checkpoints.prompt_files import load_prompt_file
 
     return load_prompt_file(Path(folder) / "prompt.npy", embed_dim=config.emb_dim)
+
+  @classmethod
+  def export_file(cls) -> None:
+    return None  # an export folder is a prompt file like the others (`read_file`)
+
+  @classmethod
+  def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
+    if set(arrays) != {"prompt"}:
+      raise PromptError(f"method 'prompt' takes one array named 'prompt' [P, {limits.emb_dim}]; got {sorted(arrays)}.")
+    shape = arrays["prompt"].shape
+    if len(shape) != 2 or shape[0] < 1:
+      raise PromptError(f"'prompt' has shape {list(shape)}; a prompt is [P, D] (length, embedding width).")
+    if shape[1] != limits.emb_dim:
+      raise PromptError(
+        f"'prompt' has width {shape[1]} but this backbone embeds tokens in {limits.emb_dim} dimensions; the prompt "
+        "was trained for another model size."
+      )
+    if shape[0] > limits.width("prompt"):
+      raise PromptError(
+        f"'prompt' has {shape[0]} vectors; this server takes at most {limits.width('prompt')} "
+        f"(restart it with a larger {limits.setting('prompt')})."
+      )
+
+  @classmethod
+  def entry(cls, arrays: Mapping[str, np.ndarray]) -> Adapters:
+    return {"input": {"prompt": arrays["prompt"]}}
+
+  @classmethod
+  def read_file(cls, path: Path) -> dict[str, np.ndarray]:
+    from prompt_tuning.checkpoints.prompt_files import load_prompt_file
+
+    return {"prompt": load_prompt_file(path)}

@@ -1,4 +1,4 @@
-"""The sites where tuned vectors reach the frozen T5, and the one pytree that carries them.
+"""The sites where tuned vectors reach the frozen T5, the one pytree that carries them, and the contract of its leaves.
 
 Every tuning method (`prompt_tuning.methods`) turns its trainable tree into an
 *adapters* pytree; the backbone reads it by site and knows nothing of methods:
@@ -8,7 +8,8 @@ Every tuning method (`prompt_tuning.methods`) turns its trainable tree into an
                 "prompt_lengths": int [B]},           # optional: prompt vectors used by each row
       "encoder": {                                    # per-layer sites; every leaf leads with [layers]
         "self_attention": {"prefix_key": [L, P, H, Dh], "prefix_value": [L, P, H, Dh], "prefix_mask": bool [L, P],
-                           "key_scale": [L, H*Dh], "value_scale": [L, H*Dh]},
+                           "key_scale": [L, H*Dh], "value_scale": [L, H*Dh],
+                           "lora_query_a": [L, D, r], "lora_query_b": [L, r, H*Dh], "lora_value_a", "lora_value_b"},
         "mlp": {"scale": [L, mlp]},
         "hidden": {"replace": [L, P, D], "replace_mask": bool [L, P],   # at the prompt positions, before layer i
                    "add": [L, P, D]},                                  # (either or both; see T5's _per_layer_prompt)
@@ -21,40 +22,275 @@ first for "input"): [L, B, P, H, Dh], [L, B, H*Dh], ..., one set of vectors
 per row, so rows tuned by different methods or tasks share one batch. A
 decoder-only model has the "input" and "decoder" sites (no cross-attention).
 
-Adding a site is declaring its leaf here (`LEAF_RANKS`) and reading it in the
-layer that owns it; methods then feed it without touching the model.
+The contract (`SITE_LEAVES`): every leaf is declared once, as a `Leaf`:
+
+- its axes (`axes`, the rank is their number; "layers" first at the per-layer sites);
+- its *identity*: the value that leaves the frozen model unchanged, what a row that does not use the leaf holds:
+  0.0 (a prompt vector, an added hidden state, a LoRA delta), 1.0 (an IA3 scale), or `ABSENT` (a prefix or a
+  replaced hidden state: there only where the leaf's mask, or the prompt's length, says so);
+- its padded axis (`padded_axis`): a variable length ("prompt" P, "prefix" P, LoRA's "rank" r) that rows of one
+  batch pad to a common width with the identity (zero rows of A and B add nothing; masked-out positions are
+  unseen);
+- for a mask or length leaf, the leaf it marks (`marks`): a padded row marks the positions the row filled;
+- whether it applies before the KV cache (`cached`): folded into the cached keys/values by `T5.init_cache` (and
+  by each decode step for self-attention), so `init_cache` must be given it, and a decode step reads the
+  cross-attention cache as it is; otherwise it applies at every step.
+
+Serving pads and stacks rows from this contract alone (`pad_row`): a method's rows need no code outside its
+module. Adding a site is declaring its leaves here and reading them in the layer that owns them
+(`prompt_tuning.models.layers`); methods then feed it without touching the model or the server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Adapters = dict[str, Any]
 
-# Sub-sites of each stack, and the leaves each accepts with their rank when shared by every row (one
-# more when per row). The leading layer axis is part of the rank.
-_ATTENTION = {"prefix_key": 4, "prefix_value": 4, "prefix_mask": 2, "key_scale": 2, "value_scale": 2}
-LEAF_RANKS = {
-  "self_attention": _ATTENTION,
-  "cross_attention": _ATTENTION,
-  "mlp": {"scale": 2},
-  "hidden": {"replace": 3, "replace_mask": 2, "add": 3},
+ABSENT = "absent"  # a leaf's identity when its mask (or the prompt's length) decides where it exists
+PADDED_AXES = ("prompt", "prefix", "rank")  # the variable-length axes; a server fixes a width for each
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+  """What one leaf of a site is (see the module docstring).
+
+  Attributes:
+    axes: names of its axes when shared by every row (no batch axis): "layers", "embed" (D), "heads", "head_dim",
+      "kv" (heads x head_dim), "mlp", or a padded axis of `PADDED_AXES`.
+    identity: 0.0, 1.0 or `ABSENT` for vectors; the unmarked value (False, 0) for a mask or a length.
+    marks: for a mask (bool) or a length (int) leaf, the leaf of the same site whose filled positions it marks.
+    cached: applied before the KV cache (see the module docstring).
+  """
+
+  axes: tuple[str, ...]
+  identity: float | bool | int | str = 0.0
+  marks: str | None = None
+  cached: bool = False
+
+  @property
+  def rank(self) -> int:
+    return len(self.axes)
+
+  @property
+  def padded_axis(self) -> int | None:
+    """Index of the padded axis, None if every row has the same shape."""
+    return next((i for i, a in enumerate(self.axes) if a in PADDED_AXES), None)
+
+  @property
+  def dtype(self):
+    if isinstance(self.identity, bool):
+      return np.bool_
+    return np.int32 if isinstance(self.identity, int) and not isinstance(self.identity, bool) else np.float32
+
+  @property
+  def fill(self):
+    return 0.0 if self.identity == ABSENT else self.identity
+
+
+def _attention_leaves() -> dict[str, Leaf]:
+  prefix = ("layers", "prefix", "heads", "head_dim")
+  return {
+    # Prefix tuning: extra keys/values every query sees, no position bias; applied after the cache.
+    "prefix_key": Leaf(prefix, ABSENT),
+    "prefix_value": Leaf(prefix, ABSENT),
+    "prefix_mask": Leaf(("layers", "prefix"), False, marks="prefix_key"),
+    # IA3: rescaled keys and values, applied as they are projected (before the cache).
+    "key_scale": Leaf(("layers", "kv"), 1.0, cached=True),
+    "value_scale": Leaf(("layers", "kv"), 1.0, cached=True),
+    # LoRA: low-rank deltas x A B on the query (every step) and value (before the cache) projections.
+    "lora_query_a": Leaf(("layers", "embed", "rank")),
+    "lora_query_b": Leaf(("layers", "rank", "kv")),
+    "lora_value_a": Leaf(("layers", "embed", "rank"), cached=True),
+    "lora_value_b": Leaf(("layers", "rank", "kv"), cached=True),
+  }
+
+
+# Every site's leaves: the input site, then the sub-sites of the stacks (`STACK_SITES`).
+SITE_LEAVES: dict[str, dict[str, Leaf]] = {
+  "input": {
+    "prompt": Leaf(("prompt", "embed"), ABSENT),
+    "prompt_lengths": Leaf((), 0, marks="prompt"),
+  },
+  "self_attention": _attention_leaves(),
+  "cross_attention": _attention_leaves(),
+  "mlp": {"scale": Leaf(("layers", "mlp"), 1.0)},
+  "hidden": {
+    "replace": Leaf(("layers", "prompt", "embed"), ABSENT),
+    "replace_mask": Leaf(("layers", "prompt"), False, marks="replace"),
+    "add": Leaf(("layers", "prompt", "embed")),
+  },
 }
 STACK_SITES = {"encoder": ("self_attention", "mlp", "hidden"), "decoder": ("self_attention", "cross_attention", "mlp")}
-INPUT_RANKS = {"prompt": 2, "prompt_lengths": 0}
+
+# Ranks (shared form; one more when per row), as the model's shape checks read them.
+LEAF_RANKS = {
+  sub: {n: leaf.rank for n, leaf in leaves.items()} for sub, leaves in SITE_LEAVES.items() if sub != "input"
+}
+INPUT_RANKS = {n: leaf.rank for n, leaf in SITE_LEAVES["input"].items()}
 
 # The `prefix=` keyword's sites (T5.apply(..., prefix={site: {"key", "value", "mask"}})) and where they land.
 PREFIX_SITES = {"encoder": ("encoder", "self_attention"), "decoder": ("decoder", "self_attention")}
 PREFIX_SITES["cross"] = ("decoder", "cross_attention")
 
+Path = tuple[str, ...]  # ("input", name) or (stack, sub-site, name)
+
 
 def stacks(decoder_only: bool) -> tuple[str, ...]:
   return ("decoder",) if decoder_only else ("encoder", "decoder")
+
+
+def sub_sites(stack: str, decoder_only: bool) -> tuple[str, ...]:
+  """The sub-sites of `stack` in a model (a decoder-only model has no cross-attention)."""
+  return tuple(s for s in STACK_SITES[stack] if not (decoder_only and s == "cross_attention"))
+
+
+def leaf_of(path: Path) -> Leaf:
+  """The declaration of the leaf at `path`."""
+  return SITE_LEAVES[path[-2]][path[-1]]
+
+
+def paths(leaves: Iterable[tuple[str, str]], decoder_only: bool) -> tuple[Path, ...]:
+  """Every path of a model at which (sub-site, leaf) pairs exist: ("self_attention", "key_scale") is the encoder's
+  and the decoder's; ("input", "prompt") is the input site's."""
+  out = []
+  for sub, name in leaves:
+    if name not in SITE_LEAVES.get(sub, {}):
+      raise ValueError(f"no adapter leaf {sub}/{name} is declared; declare it in SITE_LEAVES (models/adapters.py).")
+    if sub == "input":
+      out.append(("input", name))
+      continue
+    out.extend((stack, sub, name) for stack in stacks(decoder_only) if sub in sub_sites(stack, decoder_only))
+  return tuple(dict.fromkeys(out))
+
+
+def padded_axes(leaves: Iterable[tuple[str, str]]) -> set[str]:
+  """The padded axes (of `PADDED_AXES`) that (sub-site, leaf) pairs have."""
+  return {
+    leaf.axes[leaf.padded_axis] for leaf in (SITE_LEAVES[s][n] for s, n in leaves) if leaf.padded_axis is not None
+  }
+
+
+def axis_sizes(config, stack: str | None, widths: Mapping[str, int]) -> dict[str, int]:
+  """The size of every axis name of `Leaf.axes` for `config` (a T5Config) and the padded axes' `widths`."""
+  layers = {"encoder": config.num_encoder_layers, "decoder": config.num_decoder_layers}.get(stack, 0)
+  sizes = {"layers": layers, "embed": config.emb_dim, "heads": config.num_heads, "head_dim": config.head_dim}
+  sizes.update(kv=config.num_heads * config.head_dim, mlp=config.mlp_dim)
+  sizes.update({axis: int(widths.get(axis, 0)) for axis in PADDED_AXES})
+  return sizes
+
+
+def shape_of(path: Path, config, widths: Mapping[str, int]) -> tuple[int, ...]:
+  """The shared shape of the leaf at `path` (a padded axis at its width)."""
+  sizes = axis_sizes(config, None if path[0] == "input" else path[0], widths)
+  return tuple(sizes[a] for a in leaf_of(path).axes)
+
+
+def get(tree: Mapping | None, path: Path):
+  node = tree or {}
+  for key in path:
+    if not isinstance(node, Mapping) or key not in node:
+      return None
+    node = node[key]
+  return node
+
+
+def _set(tree: dict, path: Path, value) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def flat_paths(tree: Mapping, prefix: Path = ()) -> list[Path]:
+  """The paths of every leaf of an adapters tree."""
+  out = []
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.extend(flat_paths(value, prefix + (key,)))
+    elif value is not None:
+      out.append(prefix + (key,))
+  return out
+
+
+def filled_length(path: Path, value) -> int:
+  """The length a row fills along the leaf's padded axis (0 for a leaf without one)."""
+  axis = leaf_of(path).padded_axis
+  return 0 if axis is None else int(np.shape(value)[axis])
+
+
+def pad_row(row: Adapters, served: Iterable[Path], config, widths: Mapping[str, int]) -> Adapters:
+  """One row's adapters (no batch axis, any lengths) -> every served leaf at its full shape, as host arrays.
+
+  A leaf the row does not give holds its identity; a given leaf is written at the start of its padded axis and
+  the rest holds the identity; a mask or length leaf the row does not give marks the positions its leaf filled.
+  So rows of any methods and lengths stack into one batch that computes what each row computes alone.
+
+  Raises:
+    ValueError: a leaf this server does not serve, or one whose shape does not fit (wrong axes, or longer
+      than the width of its padded axis).
+  """
+  served = tuple(served)
+  unknown = [p for p in flat_paths(row) if p not in served]
+  if unknown:
+    raise ValueError(f"adapter leaves {['/'.join(p) for p in unknown]} are not served here; serve their method.")
+  out: Adapters = {}
+  for path in served:
+    leaf, full = leaf_of(path), shape_of(path, config, widths)
+    array = np.full(full, leaf.fill, leaf.dtype)
+    value = get(row, path)
+    if value is not None:
+      value = np.asarray(value)
+      axis = leaf.padded_axis
+      fits = value.ndim == len(full) and all(
+        n <= m if i == axis else n == m for i, (n, m) in enumerate(zip(value.shape, full))
+      )
+      if not fits:
+        raise ValueError(
+          f"adapter {'/'.join(path)} has shape {list(value.shape)}; this server takes {list(full)} "
+          f"(axes {leaf.axes}{'' if axis is None else f', {leaf.axes[axis]} at most {full[axis]}'})."
+        )
+      array[tuple(slice(0, n) for n in value.shape)] = value
+    _set(out, path, array)
+  for path in served:
+    leaf = leaf_of(path)
+    marked = get(row, path[:-1] + (leaf.marks,)) if leaf.marks else None
+    if marked is None or get(row, path) is not None:
+      continue
+    length = filled_length(path[:-1] + (leaf.marks,), marked)
+    if leaf.dtype is np.int32:
+      _set(out, path, np.int32(length))
+    else:
+      get(out, path)[..., :length] = True
+  return out
+
+
+def per_row_layout(row_first: Adapters) -> Adapters:
+  """Leaves with the row axis first -> the model's per-row layout (row axis after the layer axis)."""
+  out = {}
+  for stack, tree in row_first.items():
+    out[stack] = tree if stack == "input" else jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), tree)
+  return out
+
+
+def without_cached_cross_attention(adapters: Adapters) -> Adapters:
+  """The adapters a decode step reads: cross-attention's `cached` leaves are in the cache already."""
+  out = {}
+  for stack, tree in adapters.items():
+    out[stack] = dict(tree)
+    if isinstance(tree, Mapping) and "cross_attention" in tree:
+      kept = {n: v for n, v in tree["cross_attention"].items() if not SITE_LEAVES["cross_attention"][n].cached}
+      if kept:
+        out[stack]["cross_attention"] = kept
+      else:
+        del out[stack]["cross_attention"]
+  return out
 
 
 def merge(*trees: Adapters | None) -> Adapters:

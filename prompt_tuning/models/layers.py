@@ -199,12 +199,15 @@ class Attention(nn.Module):
   def _project(self, name: str, x: Array, features: int, axes: tuple[str, str], fan_in: int) -> Array:
     return Dense(features, axes, fan_in_init(fan_in), self.dtype, self.param_dtype, name=name)(x)
 
-  def _project_kv(self, inputs_kv: Array) -> tuple[Array, Array]:
-    """Keys and values [B, T, heads, head_dim] of `inputs_kv` [B, T, embed]."""
+  def _project_kv(self, inputs_kv: Array, adapters: Mapping[str, Array]) -> tuple[Array, Array]:
+    """Keys and values [B, T, heads, head_dim] of `inputs_kv` [B, T, embed], with the adapters that apply before
+    the cache (`prompt_tuning.models.adapters.SITE_LEAVES`: IA3's "key_scale"/"value_scale") applied, so a cached
+    key or value is final: decoding reads it as it is."""
     joined = self.num_heads * self.head_dim
     key = self._project("key", inputs_kv, joined, ("embed", "joined_kv"), self.emb_dim)
     value = self._project("value", inputs_kv, joined, ("embed", "joined_kv"), self.emb_dim)
-    return _split_heads(key, self.num_heads, self.head_dim), _split_heads(value, self.num_heads, self.head_dim)
+    key, value = _split_heads(key, self.num_heads, self.head_dim), _split_heads(value, self.num_heads, self.head_dim)
+    return _scale(key, adapters.get("key_scale")), _scale(value, adapters.get("value_scale"))
 
   @nn.compact
   def __call__(
@@ -232,12 +235,15 @@ class Attention(nn.Module):
         "prefix_key", "prefix_value" [P, H, Dh] or [B|1, P, H, Dh], and
         "prefix_mask" bool [P] or [B, P], which prefix vectors are used
         (default all); "key_scale", "value_scale" [H*Dh] or [B, H*Dh],
-        IA3's rescaling of the keys and values (of the cache too).
+        IA3's rescaling of the keys and values, applied before the cache
+        (cross-attention's cache is made by `init_cache` with them; a decode
+        step reads its cached keys and values as they are).
       decode: read (and for self-attention, update) the cache.
       cache_index: in decode mode, the cache slot of the first new position.
       init_cache_length: create the cache instead of attending: empty slots of
         this length for self-attention (`inputs_kv` is the query input), or the
-        projected `inputs_kv` for cross-attention (pass 0). Returns zeros.
+        projected `inputs_kv` for cross-attention (pass 0; the adapters that
+        apply before the cache are applied). Returns zeros.
       deterministic: disable dropout.
 
     Returns:
@@ -246,16 +252,15 @@ class Attention(nn.Module):
     batch, joined = inputs_q.shape[0], self.num_heads * self.head_dim
     query = self._project("query", inputs_q, joined, ("embed", "joined_kv"), self.emb_dim * self.head_dim)
     query = _split_heads(query, self.num_heads, self.head_dim)  # [B, Tq, H, Dh]
+    adapters = adapters or {}
     if init_cache_length is not None:
-      self._init_cache(inputs_kv, batch, init_cache_length)
+      self._init_cache(inputs_kv, batch, init_cache_length, adapters)
       return jnp.zeros(inputs_q.shape[:2] + (self.emb_dim,), self.dtype)
     if decode:
-      key, value = self._read_cache(inputs_kv, cache_index)
+      key, value = self._read_cache(inputs_kv, cache_index, adapters)
     else:
-      key, value = self._project_kv(inputs_kv)
+      key, value = self._project_kv(inputs_kv, adapters)
 
-    adapters = adapters or {}
-    key, value = _scale(key, adapters.get("key_scale")), _scale(value, adapters.get("value_scale"))
     bias = jnp.broadcast_to(bias, (batch, self.num_heads, query.shape[1], key.shape[1]))
     if "prefix_key" in adapters:
       prefix_key = _broadcast_prefix(adapters["prefix_key"], batch).astype(key.dtype)
@@ -275,21 +280,23 @@ class Attention(nn.Module):
     out = out.reshape(out.shape[:2] + (joined,))
     return self._project("out", out, self.emb_dim, ("joined_kv", "embed"), joined)
 
-  def _init_cache(self, inputs_kv: Array, batch: int, length: int) -> None:
-    if length == 0:  # cross-attention: the encoder's keys and values, projected once.
-      key, value = self._project_kv(inputs_kv)
+  def _init_cache(self, inputs_kv: Array, batch: int, length: int, adapters: Mapping[str, Array]) -> None:
+    if length == 0:  # cross-attention: the encoder's keys and values, projected once (adapters included).
+      key, value = self._project_kv(inputs_kv, adapters)
     else:
       key = value = jnp.zeros((batch, length, self.num_heads, self.head_dim), self.dtype)
     self.variable("cache", "cached_key", lambda: key)
     self.variable("cache", "cached_value", lambda: value)
 
-  def _read_cache(self, inputs_kv: Array | None, cache_index: Array | None) -> tuple[Array, Array]:
+  def _read_cache(
+    self, inputs_kv: Array | None, cache_index: Array | None, adapters: Mapping[str, Array]
+  ) -> tuple[Array, Array]:
     if not self.has_variable("cache", "cached_key"):
       raise ValueError("Decoding needs a cache: call the model's `init_cache` method first.")
     cached_key = self.variable("cache", "cached_key")
     cached_value = self.variable("cache", "cached_value")
     if inputs_kv is not None:  # self-attention: write the new positions at cache_index.
-      new_key, new_value = self._project_kv(inputs_kv)
+      new_key, new_value = self._project_kv(inputs_kv, adapters)
       start = (0, cache_index, 0, 0)
       cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, new_key.astype(cached_key.value.dtype), start)
       cached_value.value = jax.lax.dynamic_update_slice(

@@ -18,14 +18,15 @@ next request at the next step; stale self-attention keys of its previous
 request sit beyond the new request's position and are never visible (causal
 mask).
 
-Every row carries the same padded adapters tree (`_padded_row`,
-`prompt_tuning.models.adapters`): an input prompt [P_max, D] with its length
-(0: none), per-layer prompts with a replace mask, IA3 scales (ones: none)
-and, when the server takes prefixes, per-site keys/values with a mask (all
-False: none). So rows of every method (prompt, prefix, IA3, per-layer
-prompt) and prompt length share one batch and one program: the model takes
-each leaf per row ([L, B, ...]), masked positions get exactly zero attention
-weight, and a scale of one or an addition of zero changes no number.
+Every row carries the same padded adapters tree: every leaf that any served
+method may feed (`Method.leaves`), padded to the server's widths from the site
+contract alone (`prompt_tuning.models.adapters.pad_row`: a row's unused leaves
+hold their identity, a prompt's length and a prefix's mask mark what it
+fills). So rows of every served method and length share one batch and one
+program: the model takes each leaf per row ([L, B, ...]), masked positions get
+exactly zero attention weight, and a scale of one or an addition of zero
+changes no number. The slots keep only the decoder leaves a step reads: the
+cross-attention leaves applied before the cache are in the slot's cache.
 
 Compiled programs (all at start-up, `warm_up`): admit for each (rows in
 `admit_buckets`, input length in `input_buckets`); one step; score for each
@@ -33,9 +34,9 @@ Compiled programs (all at start-up, `warm_up`): admit for each (rows in
 each (beam size in `beam_sizes`, rows in `beam_buckets`, input length in
 `input_buckets`). Requests are padded up to these shapes, never compiled for.
 
-`_padded_row` and `_model_adapters` are the only places that know how a
-library entry's arrays reach the backbone; a new method adds its leaves there
-and its validator in `prompt_tuning.serve.store`.
+No method is named here: a library entry becomes a row through its method's
+`entry` (`prompt_tuning.methods`) and the contract, so a new method is served
+once its module declares its leaves.
 """
 
 from __future__ import annotations
@@ -48,23 +49,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import decoding, partitioning
+from prompt_tuning import decoding, methods, partitioning
+from prompt_tuning.methods.base import Limits, method_class
+from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.adapters import Adapters
 from prompt_tuning.models.configs import T5Config
 from prompt_tuning.models.t5 import T5
-from prompt_tuning.serve.store import Limits, PromptEntry
+from prompt_tuning.serve.store import PromptEntry
 
 Array = jax.Array
 PyTree = Any
 
 
-SERVABLE_METHODS = ("prompt", "prefix", "ia3", "per_layer_prompt")
 EXCLUDED_LOGIT = -1e9  # an id outside a row's softmax (prompt_tuning.trainer's value: exp(-1e9 - max) is 0)
-
-
-ATTENTION_SITES = {"encoder": ("self_attention",), "decoder": ("self_attention", "cross_attention")}
-PREFIX_SITE = {("encoder", "self_attention"): "encoder", ("decoder", "self_attention"): "decoder"}
-PREFIX_SITE[("decoder", "cross_attention")] = "cross"
+# The setting that gives each padded axis of the site contract (`adapters.PADDED_AXES`) its width.
+WIDTH_SETTINGS = {"prompt": "max_prompt_length", "prefix": "max_prefix_length", "rank": "max_rank"}
 
 
 class EngineError(RuntimeError):
@@ -80,6 +79,7 @@ class EngineShapes:
     input_buckets: encoder input lengths (tokens, EOS included), ascending; the last is the maximum input.
     max_prompt_length: width of the prompt table.
     max_prefix_length: width of the prefix table (0: the server takes no prefixes).
+    max_rank: width of the low-rank table (LoRA's rank r; 0: the server takes no low-rank deltas).
     max_decode_length: longest output (the self-attention cache length).
     admit_buckets: rows encoded at once when requests join.
     score_buckets: rows (input x prompt x candidate) scored at once.
@@ -87,15 +87,18 @@ class EngineShapes:
     beam_sizes: beam widths served.
     beam_buckets: rows decoded at once by beam search.
     beam_alpha: the length-penalty exponent of beam search.
-    methods: the tuning methods served ("prompt", "prefix", "ia3", "per_layer_prompt"); each adds its leaves
-      to every row and program (per-layer prompts: [encoder layers, max_prompt_length, D] per row, twice), so
-      serve only those the library needs. Uploads of other methods get a 400 naming the setting.
+    methods: the tuning methods served (names of `prompt_tuning.methods`); each adds its leaves to every row
+      and program (per-layer prompts: [encoder layers, max_prompt_length, D] per row, twice), so serve only
+      those the library needs. Uploads of other methods get a 400 naming the setting. A method with a padded
+      axis needs its width (above) >= 1, and a width > 0 needs a method that reads it (the prompt table is
+      always there: it is part of the encoder length).
   """
 
   slots: int = 16
   input_buckets: tuple[int, ...] = (32, 64)
   max_prompt_length: int = 32
   max_prefix_length: int = 16
+  max_rank: int = 0
   max_decode_length: int = 32
   admit_buckets: tuple[int, ...] = (1, 4, 16)
   score_buckets: tuple[int, ...] = (8, 32)
@@ -116,14 +119,22 @@ class EngineShapes:
     if self.max_prompt_length < 1 or self.max_decode_length < 1 or self.max_target_length < 1:
       raise ValueError("max_prompt_length, max_decode_length and max_target_length must be >= 1.")
     object.__setattr__(self, "methods", tuple(self.methods))
-    unknown = set(self.methods) - set(SERVABLE_METHODS)
+    known = methods.registered()
+    unknown = set(self.methods) - set(known)
     if unknown:
-      raise ValueError(f"EngineShapes.methods has {sorted(unknown)}; the server takes any of {SERVABLE_METHODS}.")
-    if ("prefix" in self.methods) != (self.max_prefix_length > 0):
-      raise ValueError(
-        f"EngineShapes.methods={self.methods} and max_prefix_length={self.max_prefix_length}: serving prefixes "
-        "needs a prefix table (max_prefix_length >= 1) and a prefix table needs 'prefix' in methods."
-      )
+      raise ValueError(f"EngineShapes.methods has {sorted(unknown)}; the server takes any of {sorted(known)}.")
+    used = sites.padded_axes(pair for name in self.methods for pair in known[name].leaves)
+    for axis, setting in WIDTH_SETTINGS.items():
+      width = getattr(self, setting)
+      if axis in used and width < 1:
+        raise ValueError(
+          f"EngineShapes.methods={self.methods} serve vectors with a {axis} axis; give it a width ({setting} >= 1)."
+        )
+      if axis not in used and width > 0 and axis != "prompt":
+        raise ValueError(
+          f"EngineShapes.{setting}={width} but no method in EngineShapes.methods={self.methods} has a {axis} "
+          f"axis: set {setting}=0, or serve a method that has one."
+        )
 
   @property
   def max_input_length(self) -> int:
@@ -132,6 +143,11 @@ class EngineShapes:
   @property
   def encoder_length(self) -> int:
     return self.max_prompt_length + self.max_input_length
+
+  @property
+  def widths(self) -> dict[str, int]:
+    """The width of every padded axis of the site contract."""
+    return {axis: getattr(self, setting) for axis, setting in WIDTH_SETTINGS.items()}
 
 
 def bucket(size: int, buckets: Sequence[int]) -> int:
@@ -162,7 +178,9 @@ class Engine:
     self.config, self.params, self.mesh, self.shapes = config, params, mesh, shapes
     self.model = T5(config)
     self.replicated = partitioning.replicated(mesh)
-    self.prefix_sites = ("encoder", "decoder", "cross") if "prefix" in shapes.methods else ()
+    # Every leaf any served method feeds, at every site of this model: the layout of every row.
+    leaves = (pair for name in shapes.methods for pair in method_class(name).leaves)
+    self.served = sites.paths(leaves, config.decoder_only)
     self._empty = self._put(self._padded_row(None))
     self._admit = jax.jit(self._admit_fn, donate_argnums=(1,))
     self._step = jax.jit(self._step_fn, donate_argnums=(1,))
@@ -173,96 +191,17 @@ class Engine:
   # Rows: one request's vectors, padded to the tables' widths.
 
   def limits(self) -> Limits:
-    cfg = self.config
-    layers = {"encoder": cfg.num_encoder_layers, "decoder": cfg.num_decoder_layers, "cross": cfg.num_decoder_layers}
-    return Limits(
-      emb_dim=cfg.emb_dim,
-      num_heads=cfg.num_heads,
-      head_dim=cfg.head_dim,
-      layers={s: layers[s] for s in self.prefix_sites},
-      max_prompt_length=self.shapes.max_prompt_length,
-      max_prefix_length=self.shapes.max_prefix_length,
-      encoder_layers=cfg.num_encoder_layers,
-      decoder_layers=cfg.num_decoder_layers,
-      mlp_dim=cfg.mlp_dim,
-      methods=self.shapes.methods,
-    )
+    settings = {axis: f"--gin.EngineShapes.{setting}" for axis, setting in WIDTH_SETTINGS.items()}
+    return Limits(self.config, self.shapes.widths, self.shapes.methods, settings)
 
   def _put(self, tree: PyTree) -> PyTree:
     return jax.device_put(tree, self.replicated)
 
   def _padded_row(self, entry: PromptEntry | None) -> Adapters:
-    """Host arrays of one row in the adapters layout (`prompt_tuning.models.adapters`), no batch axis.
-
-    Every row has every leaf of the served methods, so rows of any method stack into one batch: the input
-    prompt [P_max, D] with its length (0: none); per attention site IA3's key/value scales [L, H*Dh] and the
-    prefix keys/values [L, P_prefix, H, Dh] with their mask [L, P_prefix]; IA3's MLP scale [L, mlp]; the
-    encoder's per-layer prompts "replace" and "add" [L_enc, P_max, D] with "replace_mask" [L_enc, P_max].
-    Unused leaves are the identity (zeros, False, ones).
-    """
-    cfg, methods = self.config, self.shapes.methods
-    method, arrays = (entry.method, entry.arrays) if entry is not None else (None, {})
-    prompt = np.zeros((self.shapes.max_prompt_length, cfg.emb_dim), np.float32)
-    row: Adapters = {"input": {"prompt": prompt}, "encoder": {}, "decoder": {}}
-    used = 0
-    if method == "prompt":
-      used = arrays["prompt"].shape[0]
-      prompt[:used] = arrays["prompt"]
-    if "per_layer_prompt" in methods:
-      row["encoder"]["hidden"] = self._hidden_leaves(arrays if method == "per_layer_prompt" else {})
-    if method == "per_layer_prompt":
-      layer_prompts = next(iter(arrays.values()))  # [L_enc, P, D]
-      used = layer_prompts.shape[1]
-      prompt[:used] = layer_prompts[0]
-    row["input"]["prompt_lengths"] = np.int32(used)
-    for stack, attentions in ATTENTION_SITES.items():
-      layers = cfg.num_encoder_layers if stack == "encoder" else cfg.num_decoder_layers
-      for attention in attentions:
-        leaves = {}
-        if "ia3" in methods:
-          for name in ("key_scale", "value_scale"):
-            leaves[name] = self._scale(arrays if method == "ia3" else {}, f"{stack}/{attention}/{name}", layers)
-        site = PREFIX_SITE[(stack, attention)]
-        if site in self.prefix_sites:
-          leaves.update(self._prefix_leaves(arrays if method == "prefix" else {}, site, layers))
-        if leaves:
-          row[stack][attention] = leaves
-      if "ia3" in methods:
-        row[stack]["mlp"] = {"scale": self._scale(arrays if method == "ia3" else {}, f"{stack}/mlp/scale", layers)}
-    return {k: v for k, v in row.items() if v}
-
-  def _scale(self, arrays, name: str, layers: int) -> np.ndarray:
-    """IA3's scale `name` [L, features] of an entry, ones where it has none."""
-    width = self.config.mlp_dim if name.endswith("mlp/scale") else self.config.num_heads * self.config.head_dim
-    return np.array(arrays[name], np.float32) if name in arrays else np.ones((layers, width), np.float32)
-
-  def _prefix_leaves(self, arrays, site: str, layers: int) -> dict[str, np.ndarray]:
-    """A prefix site's padded keys/values [L, P_prefix, H, Dh] and mask [L, P_prefix] (all False: none)."""
-    cfg = self.config
-    kv_shape = (layers, self.shapes.max_prefix_length, cfg.num_heads, cfg.head_dim)
-    leaves = {"prefix_key": np.zeros(kv_shape, np.float32), "prefix_value": np.zeros(kv_shape, np.float32)}
-    leaves["prefix_mask"] = np.zeros(kv_shape[:2], bool)
-    if f"{site}/key" in arrays:
-      length = arrays[f"{site}/key"].shape[1]
-      leaves["prefix_key"][:, :length] = arrays[f"{site}/key"]
-      leaves["prefix_value"][:, :length] = arrays[f"{site}/value"]
-      leaves["prefix_mask"][:, :length] = True
-    return leaves
-
-  def _hidden_leaves(self, arrays) -> dict[str, np.ndarray]:
-    """The encoder's per-layer prompt leaves of an entry ({"replace" | "add": [L_enc, P, D]}), padded to P_max."""
-    cfg = self.config
-    shape = (cfg.num_encoder_layers, self.shapes.max_prompt_length, cfg.emb_dim)
-    hidden = {"replace": np.zeros(shape, np.float32), "add": np.zeros(shape, np.float32)}
-    hidden["replace_mask"] = np.zeros(shape[:2], bool)
-    for mode, layer_prompts in arrays.items():
-      used = layer_prompts.shape[1]
-      hidden[mode][:, :used] = layer_prompts
-      if mode == "add":
-        hidden["add"][0] = 0.0  # layer 0 sees the input prompt as it is (PerLayerPrompt.adapters)
-      else:
-        hidden["replace_mask"][:, :used] = True
-    return hidden
+    """Host arrays of one row in the adapters layout (`prompt_tuning.models.adapters`), no batch axis: every
+    served leaf, the entry's where its method feeds them (`Method.entry`), the identity elsewhere."""
+    row = {} if entry is None else method_class(entry.method).entry(entry.arrays)
+    return sites.pad_row(row, self.served, self.config, self.shapes.widths)
 
   def row_vectors(self, entry: PromptEntry | None) -> PyTree:
     """One request's vectors on device (what the library's DeviceCache holds); None: the frozen model."""
@@ -276,17 +215,14 @@ class Engine:
   # ---------------------------------------------------------------------------
   # How the vectors reach the backbone: its `adapters=` pytree, one set of vectors per row.
 
-  @staticmethod
-  def _model_adapters(stacked: PyTree) -> Adapters:
-    """Row-first leaves -> the model's per-row layout: input [B, ...]; per-layer sites [L, B, ...]."""
-    out = {"input": stacked["input"]}
-    for stack in ("encoder", "decoder"):
-      if stack in stacked:
-        out[stack] = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), stacked[stack])
-    return out
-
   def _model_kwargs(self, vectors: PyTree) -> dict[str, Any]:
-    return {"adapters": self._model_adapters(vectors)}
+    """Row-first leaves -> the model's per-row layout (input [B, ...]; per-layer sites [L, B, ...])."""
+    return {"adapters": sites.per_row_layout(vectors)}
+
+  @staticmethod
+  def _step_leaves(vectors: PyTree) -> PyTree:
+    """The decoder leaves a slot keeps for its steps (cross-attention's cached ones are in its cache)."""
+    return sites.without_cached_cross_attention(vectors).get("decoder", {})
 
   # ---------------------------------------------------------------------------
   # Continuous batching: the slot state, admission and the step.
@@ -304,7 +240,7 @@ class Engine:
     state = {
       "cache": variables["cache"],
       "encoder_mask": mask,
-      "decoder": empty.get("decoder", {}),  # each slot's decoder adapters, slot axis first
+      "decoder": self._step_leaves(empty),  # each slot's decoder adapters, slot axis first
       "position": jnp.zeros(slots, jnp.int32),
       "token": jnp.zeros(slots, jnp.int32),
       "active": jnp.zeros(slots, bool),
@@ -329,6 +265,7 @@ class Engine:
       self.shapes.max_decode_length,
       method=T5.init_cache,
       mutable=["cache"],
+      **kwargs,
     )
 
     def put(old, new):
@@ -342,7 +279,7 @@ class Engine:
     state = dict(state)
     state["cache"] = jax.tree_util.tree_map_with_path(put_cache, state["cache"], variables["cache"])
     state["encoder_mask"] = put(state["encoder_mask"], mask)
-    state["decoder"] = jax.tree.map(put, state["decoder"], vectors.get("decoder", {}))
+    state["decoder"] = jax.tree.map(put, state["decoder"], self._step_leaves(vectors))
     n = tokens.shape[0]
     state["position"] = put(state["position"], jnp.zeros(n, jnp.int32))
     state["token"] = put(state["token"], jnp.zeros(n, jnp.int32))

@@ -1,37 +1,20 @@
 """The prompt library: every tuned-vector export a request can name, versioned, with a device cache capped in bytes.
 
-An entry is a *method name and named arrays* (`PromptEntry`), so each tuning
-method's export slots in without changing the server:
-
-- "prompt" (prompt tuning, Lester et al.): {"prompt": [P, D]};
-- "prefix" (folded prefix tuning, Li & Liang): {"<site>/key", "<site>/value":
-  [layers, P, heads, head_dim]} for any of the sites "encoder", "decoder",
-  "cross";
-- "ia3" (Liu et al. 2022): {"<stack>/<attention>/key_scale",
-  "<stack>/<attention>/value_scale": [layers, heads * head_dim],
-  "<stack>/mlp/scale": [layers, mlp_dim]} for the stacks "encoder" and
-  "decoder" (attention "self_attention", and "cross_attention" in the
-  decoder); any subset (a missing scale is ones);
-- "per_layer_prompt" (deep prompt tuning): {"replace": [encoder layers, P, D]}
-  or {"add": [encoder layers, P, D]}, the array's name being the mode it was
-  trained in (`prompt_tuning.methods.per_layer_prompt`).
-
-A method is a `Method`: its name, a `validate(arrays, limits)` that says what
-is wrong with an upload, and a length (what the batcher pads to). Adding one
-is adding a `Method` to `METHODS` and teaching `prompt_tuning.serve.engine`
-where its arrays go.
+An entry is a *method name and named arrays* (`PromptEntry`); what the names
+and shapes are is the method's to say (`prompt_tuning.methods`: each method's
+`check`, and its module docstring), so a method slots in without changing the
+server. An entry is what the method's export holds (`Method.read_export`).
 
 Files read from the library folder (the entry's id is the file or folder
 name without extension):
 
-- `ID.npy`, `ID.safetensors` (one tensor, or `prompt`), a PEFT prompt-tuning
-  adapter folder, a training step folder or a MODEL_DIR: a prompt
-  (`prompt_tuning.checkpoints.prompt_files`);
-- `ID.safetensors` whose metadata says {"method": M} and whose tensors are
-  named as above: method M's entry (`save_entry` writes it);
-- a folder holding one method export that training writes
-  (MODEL_DIR/numpy_checkpoints/checkpoint_N: `prefix.safetensors`,
-  `ia3.safetensors` or `per_layer_prompt.safetensors`).
+- `ID.safetensors` whose metadata says {"method": M}: method M's entry, as
+  `save_entry` writes it or as M's `export` wrote it;
+- a folder holding one method's export as training writes it
+  (MODEL_DIR/numpy_checkpoints/checkpoint_N: `<method>.safetensors`);
+- anything a method reads as its own format (`Method.read_file`: a prompt's
+  .npy or .safetensors, a PEFT prompt-tuning folder, a training step folder,
+  a MODEL_DIR).
 
 Entries are immutable: replacing an id makes a new entry with the next
 version; a request holds the entry it started with, so deleting or replacing
@@ -52,48 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from prompt_tuning.checkpoints.prompt_files import load_prompt_file
+from prompt_tuning import methods
+from prompt_tuning.methods.base import Limits, PromptError, method_class
+from prompt_tuning.models import adapters as sites
+
+__all__ = ["DeviceCache", "Limits", "PromptEntry", "PromptError", "PromptLibrary", "read_entry_file", "save_entry"]
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ID_RULE = "1-128 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
-PREFIX_SITES = ("encoder", "decoder", "cross")
-IA3_ATTENTIONS = {"encoder": ("self_attention",), "decoder": ("self_attention", "cross_attention")}
-PER_LAYER_MODES = ("replace", "add")
-EXPORTED_METHODS = ("prefix", "ia3", "per_layer_prompt")  # `<name>.safetensors` in a training export folder
-
-
-class PromptError(ValueError):
-  """An upload or a reference the server refuses; `status` is the HTTP status to answer with."""
-
-  def __init__(self, message: str, status: int = 400):
-    super().__init__(message)
-    self.status = status
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-  """What the backbone and the server's compiled shapes accept.
-
-  Attributes:
-    emb_dim: the backbone's embedding width D.
-    num_heads, head_dim: the attention's heads and head width.
-    layers: {site: layer count} of the backbone.
-    max_prompt_length: longest prompt (the prompt table's width).
-    max_prefix_length: longest prefix (the prefix table's width).
-    encoder_layers, decoder_layers, mlp_dim: the backbone's depth and feed-forward width (IA3, per-layer prompts).
-    methods: the methods this server serves (`EngineShapes.methods`).
-  """
-
-  emb_dim: int
-  num_heads: int
-  head_dim: int
-  layers: Mapping[str, int]
-  max_prompt_length: int
-  max_prefix_length: int
-  encoder_layers: int
-  decoder_layers: int
-  mlp_dim: int
-  methods: tuple[str, ...] = ("prompt", "prefix", "ia3", "per_layer_prompt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,9 +61,9 @@ class PromptEntry:
 
   @property
   def length(self) -> int:
-    """Vectors per row: prompt, prefix or per-layer prompt length; 0 for IA3 (it adds no positions)."""
-    axis = {"prefix": 1, "prompt": 0, "per_layer_prompt": 1}.get(self.method)
-    return 0 if axis is None else int(next(iter(self.arrays.values())).shape[axis])
+    """Vectors per row: the longest of its padded axes (prompt or prefix length, LoRA rank); 0 for none (IA3)."""
+    row = method_class(self.method).entry(self.arrays)
+    return max((sites.filled_length(p, sites.get(row, p)) for p in sites.flat_paths(row)), default=0)
 
   def describe(self) -> dict[str, Any]:
     return {
@@ -140,112 +89,6 @@ def _finite_floats(name: str, array: np.ndarray) -> np.ndarray:
   return single
 
 
-def _validate_prompt(arrays: dict[str, np.ndarray], limits: Limits) -> None:
-  if set(arrays) != {"prompt"}:
-    raise PromptError(f"method 'prompt' takes one array named 'prompt' [P, {limits.emb_dim}]; got {sorted(arrays)}.")
-  shape = arrays["prompt"].shape
-  if len(shape) != 2 or shape[0] < 1:
-    raise PromptError(f"'prompt' has shape {list(shape)}; a prompt is [P, D] (length, embedding width).")
-  if shape[1] != limits.emb_dim:
-    raise PromptError(
-      f"'prompt' has width {shape[1]} but this backbone embeds tokens in {limits.emb_dim} dimensions; the prompt was "
-      "trained for another model size."
-    )
-  if shape[0] > limits.max_prompt_length:
-    raise PromptError(
-      f"'prompt' has {shape[0]} vectors; this server takes at most {limits.max_prompt_length} "
-      "(restart it with a larger --gin.EngineShapes.max_prompt_length)."
-    )
-
-
-def _validate_prefix(arrays: dict[str, np.ndarray], limits: Limits) -> None:
-  expected = {f"{site}/{n}" for site in limits.layers for n in ("key", "value")}
-  unknown = set(arrays) - expected
-  if unknown or not arrays:
-    raise PromptError(
-      f"method 'prefix' takes arrays named <site>/key and <site>/value for sites {sorted(limits.layers)}; "
-      f"got {sorted(arrays)}."
-    )
-  lengths = set()
-  for site in {name.split("/")[0] for name in arrays}:
-    if f"{site}/key" not in arrays or f"{site}/value" not in arrays:
-      raise PromptError(f"prefix site {site!r} needs both '{site}/key' and '{site}/value'.")
-    want = (limits.layers[site], limits.num_heads, limits.head_dim)
-    for name in (f"{site}/key", f"{site}/value"):
-      shape = arrays[name].shape
-      if len(shape) != 4 or (shape[0], shape[2], shape[3]) != want:
-        raise PromptError(
-          f"{name!r} has shape {list(shape)}; this backbone needs [{want[0]}, P, {want[1]}, {want[2]}] "
-          "(layers, prefix length, heads, head_dim)."
-        )
-      lengths.add(shape[1])
-  if len(lengths) != 1:
-    raise PromptError(f"the prefix sites have different lengths {sorted(lengths)}; use one prefix length.")
-  length = lengths.pop()
-  if not 1 <= length <= limits.max_prefix_length:
-    raise PromptError(
-      f"the prefix has {length} vectors; this server takes 1 to {limits.max_prefix_length} "
-      "(restart it with a larger --gin.EngineShapes.max_prefix_length)."
-    )
-
-
-def _validate_ia3(arrays: dict[str, np.ndarray], limits: Limits) -> None:
-  layers = {"encoder": limits.encoder_layers, "decoder": limits.decoder_layers}
-  kv = limits.num_heads * limits.head_dim
-  expected = {}
-  for stack, attentions in IA3_ATTENTIONS.items():
-    for attention in attentions:
-      for name in ("key_scale", "value_scale"):
-        expected[f"{stack}/{attention}/{name}"] = (layers[stack], kv)
-    expected[f"{stack}/mlp/scale"] = (layers[stack], limits.mlp_dim)
-  unknown = sorted(set(arrays) - set(expected))
-  if unknown or not arrays:
-    raise PromptError(f"method 'ia3' takes arrays named any of {sorted(expected)}; got {unknown or 'none'}.")
-  for name, array in arrays.items():
-    if array.shape != expected[name]:
-      raise PromptError(
-        f"{name!r} has shape {list(array.shape)}; this backbone needs {list(expected[name])} (layers, "
-        f"{'mlp_dim' if name.endswith('mlp/scale') else 'heads x head_dim'})."
-      )
-
-
-def _validate_per_layer_prompt(arrays: dict[str, np.ndarray], limits: Limits) -> None:
-  if len(arrays) != 1 or next(iter(arrays)) not in PER_LAYER_MODES:
-    raise PromptError(
-      f"method 'per_layer_prompt' takes one array named by its mode, 'replace' or 'add', [layers, P, "
-      f"{limits.emb_dim}]; got {sorted(arrays)}."
-    )
-  ((name, array),) = arrays.items()
-  shape = array.shape
-  if len(shape) != 3 or shape[0] != limits.encoder_layers or shape[2] != limits.emb_dim or shape[1] < 1:
-    raise PromptError(
-      f"{name!r} has shape {list(shape)}; this backbone needs [{limits.encoder_layers}, P, {limits.emb_dim}] "
-      "(encoder layers, prompt length, embedding width)."
-    )
-  if shape[1] > limits.max_prompt_length:
-    raise PromptError(
-      f"the per-layer prompt has {shape[1]} vectors; this server takes at most {limits.max_prompt_length} "
-      "(restart it with a larger --gin.EngineShapes.max_prompt_length)."
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-  name: str
-  validate: Callable[[dict[str, np.ndarray], Limits], None]
-
-
-METHODS = {
-  m.name: m
-  for m in (
-    Method("prompt", _validate_prompt),
-    Method("prefix", _validate_prefix),
-    Method("ia3", _validate_ia3),
-    Method("per_layer_prompt", _validate_per_layer_prompt),
-  )
-}
-
-
 def check_id(prompt_id: str) -> str:
   """Refuses ids outside the safe alphabet (no path separators, no '..')."""
   if not ID_PATTERN.fullmatch(prompt_id) or ".." in prompt_id:
@@ -261,59 +104,64 @@ def make_entry(prompt_id: str, method: str, arrays: Mapping[str, Any], limits: L
       length over the server's maximum; the message says which.
   """
   check_id(prompt_id)
-  if method not in METHODS:
-    raise PromptError(f"unknown method {method!r}; this server takes {sorted(METHODS)}.")
+  cls = method_class(method)
   if method not in limits.methods:
-    table = " and --gin.EngineShapes.max_prefix_length=N" if method == "prefix" else ""
+    widths = sorted(axis for axis in sites.padded_axes(cls.leaves) if limits.width(axis) < 1)
+    tables = "".join(f" and {limits.setting(axis)}=N" for axis in widths)
     raise PromptError(
       f"method {method!r} is not served here: this server was started with EngineShapes.methods={limits.methods}; "
-      f"restart it with {method!r} in --gin.EngineShapes.methods{table}."
+      f"restart it with {method!r} in --gin.EngineShapes.methods{tables}."
     )
   checked = {str(name): _finite_floats(str(name), np.asarray(a)) for name, a in arrays.items()}
-  METHODS[method].validate(checked, limits)
+  cls.check(checked, limits)
   for a in checked.values():
     a.setflags(write=False)
   return PromptEntry(prompt_id, method, checked, version, source)
 
 
-def _read_export(folder: Path) -> tuple[str, dict[str, np.ndarray]] | None:
-  """(method, arrays) of a training export folder holding one method's `<name>.safetensors`; None if it holds none."""
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   from safetensors import safe_open
 
-  found = [name for name in EXPORTED_METHODS if (folder / f"{name}.safetensors").is_file()]
+  with safe_open(str(path), "np") as f:
+    return {name: f.get_tensor(name) for name in f.keys()}, dict(f.metadata() or {})
+
+
+def _read_export(folder: Path) -> tuple[str, dict[str, np.ndarray]] | None:
+  """(method, arrays) of a training export folder holding one method's export file; None if it holds none."""
+  found = [cls for cls in methods.registered().values() if cls.export_file() and (folder / cls.export_file()).is_file()]
   if not found:
     return None
   if len(found) > 1:
-    raise PromptError(f"{folder} holds the exports of {found}; a library entry is one method: copy one out.")
-  method = found[0]
-  with safe_open(str(folder / f"{method}.safetensors"), "np") as f:
-    metadata = f.metadata() or {}
-    arrays = {name.replace(".", "/"): f.get_tensor(name) for name in f.keys()}
-  if method == "per_layer_prompt":
-    mode = metadata.get("mode")
-    if mode not in PER_LAYER_MODES:
-      raise PromptError(
-        f"{folder}/per_layer_prompt.safetensors does not record its mode (exports before the server read it); "
-        "upload it with PUT {'method': 'per_layer_prompt', 'arrays': {'replace' or 'add': [...]}}."
-      )
-    arrays = {mode: arrays["prompts"]}
-  return method, arrays
+    names = [cls.name for cls in found]
+    raise PromptError(f"{folder} holds the exports of {names}; a library entry is one method: copy one out.")
+  (cls,) = found
+  try:
+    return cls.name, cls.read_export(*_read_safetensors(folder / cls.export_file()))
+  except PromptError as e:
+    raise PromptError(f"{folder}/{cls.export_file()}: {e}") from e
 
 
 def read_entry_file(path: Path) -> tuple[str, dict[str, np.ndarray]]:
-  """(method, arrays) of one library file or folder (formats in the module docstring)."""
+  """(method, arrays) of one library file or folder (formats in the module docstring).
+
+  Raises:
+    PromptError: a file of no method's format.
+  """
+  path = Path(path)
   if path.is_dir():
     exported = _read_export(path)
     if exported is not None:
       return exported
   if path.suffix == ".safetensors":
-    from safetensors import safe_open
-
-    with safe_open(str(path), "np") as f:
-      metadata = f.metadata() or {}
-      if metadata.get("method", "prompt") != "prompt":
-        return metadata["method"], {name: f.get_tensor(name) for name in f.keys()}
-  return "prompt", {"prompt": load_prompt_file(path)}
+    tensors, metadata = _read_safetensors(path)
+    cls = methods.registered().get(metadata.get("method", ""))
+    if cls is not None and cls.export_file():
+      return cls.name, cls.read_export(tensors, metadata)
+  for cls in methods.registered().values():
+    arrays = cls.read_file(path)
+    if arrays is not None:
+      return cls.name, arrays
+  raise PromptError(f"{path} is no tuning method's export or file; see prompt_tuning.serve.store for the formats.")
 
 
 def save_entry(path: str | Path, method: str, arrays: Mapping[str, Any]) -> Path:
