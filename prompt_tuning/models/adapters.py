@@ -8,7 +8,9 @@ Every tuning method (`prompt_tuning.methods`) turns its trainable tree into an
                 "prompt_lengths": int [B]},           # optional: prompt vectors used by each row
       "encoder": {                                    # per-layer sites; every leaf leads with [layers]
         "self_attention": {"prefix_key": [L, P, H, Dh], "prefix_value": [L, P, H, Dh], "prefix_mask": bool [L, P],
-                           "key_scale": [L, H*Dh], "value_scale": [L, H*Dh]},
+                           "key_scale": [L, H*Dh], "value_scale": [L, H*Dh],
+                           "lora_query_a": [L, D, r], "lora_query_b": [L, r, H*Dh],   # q += (x @ A) @ B (LoRA),
+                           "lora_value_a": [L, D, r], "lora_value_b": [L, r, H*Dh]},  # v likewise; zeros: none
         "mlp": {"scale": [L, mlp]},
         "hidden": {"replace": [L, P, D], "replace_mask": bool [L, P],   # at the prompt positions, before layer i
                    "add": [L, P, D]},                                  # (either or both; see T5's _per_layer_prompt)
@@ -38,7 +40,10 @@ Adapters = dict[str, Any]
 
 # Sub-sites of each stack, and the leaves each accepts with their rank when shared by every row (one
 # more when per row). The leading layer axis is part of the rank.
-_ATTENTION = {"prefix_key": 4, "prefix_value": 4, "prefix_mask": 2, "key_scale": 2, "value_scale": 2}
+# LoRA's low-rank deltas of the query and value projections (A [L, D, r], B [L, r, H*Dh]); identity: zeros. The
+# value delta applies before the KV cache (the cached values carry it).
+LORA_LEAVES = {"lora_query_a": 3, "lora_query_b": 3, "lora_value_a": 3, "lora_value_b": 3}
+_ATTENTION = {"prefix_key": 4, "prefix_value": 4, "prefix_mask": 2, "key_scale": 2, "value_scale": 2, **LORA_LEAVES}
 LEAF_RANKS = {
   "self_attention": _ATTENTION,
   "cross_attention": _ATTENTION,
@@ -175,6 +180,7 @@ def check(adapters: Adapters | None, config) -> None:
       if sub not in subs:
         raise ValueError(f"Unknown adapter site {stack}/{sub} for this model; use any of {subs}.")
       _check_prefix(stack, sub, leaves, config, layers)
+      _check_lora(stack, sub, leaves, config)
       for name, leaf in leaves.items():
         if name not in LEAF_RANKS[sub]:
           raise ValueError(f"Unknown adapter {stack}/{sub}/{name}; this site takes {tuple(LEAF_RANKS[sub])}.")
@@ -209,3 +215,26 @@ def _check_prefix(stack: str, sub: str, leaves: Mapping[str, Array], config, lay
       f"the prefix mask at {stack}/{sub} has shape {tuple(mask.shape)}; expected [P] or [batch, P] with "
       f"P = {key.shape[-3]} (which prefix vectors each row uses)."
     )
+
+
+def _check_lora(stack: str, sub: str, leaves: Mapping[str, Array], config) -> None:
+  for projection in ("query", "value"):
+    a, b = leaves.get(f"lora_{projection}_a"), leaves.get(f"lora_{projection}_b")
+    if a is None and b is None:
+      continue
+    joined = config.num_heads * config.head_dim
+    if (
+      a is None
+      or b is None
+      or a.ndim != b.ndim
+      or a.shape[-2] != config.emb_dim
+      or b.shape[-1] != joined
+      or a.shape[-1] != b.shape[-2]
+      or a.shape[:-2] != b.shape[:-2]
+    ):
+      shapes = [None if x is None else tuple(x.shape) for x in (a, b)]
+      raise ValueError(
+        f"LoRA at {stack}/{sub} has lora_{projection}_a, lora_{projection}_b of shapes {shapes[0]}, {shapes[1]}; "
+        f"expected [layers, [batch,] {config.emb_dim}, r] and [layers, [batch,] r, {joined}] (embedding width, "
+        "rank, heads x head_dim), both given, with the same rank."
+      )

@@ -162,6 +162,32 @@ def _scale(x: Array, scale: Array | None) -> Array:
   return x * scale.astype(x.dtype)
 
 
+def _low_rank(x: Array, adapters: Mapping[str, Array], projection: str, dtype) -> Array | None:
+  """LoRA's delta (x @ A) @ B of one projection, float32 [B, T, H*Dh]; None without its leaves.
+
+  x is [B, T, D]; A ("lora_<projection>_a") [D, r] or [B, D, r] (one per row), B ("lora_<projection>_b") [r, H*Dh]
+  or [B, r, H*Dh], the scaling already folded into B. Both products run in `dtype` and accumulate in float32.
+  """
+  a, b = adapters.get(f"lora_{projection}_a"), adapters.get(f"lora_{projection}_b")
+  if a is None:
+    return None
+  row = "b" if a.ndim == 3 else ""
+  down = jnp.einsum(
+    f"btd,{row}dr->btr", x.astype(dtype), jnp.asarray(a).astype(dtype), preferred_element_type=jnp.float32
+  )  # [B, T, r]
+  return jnp.einsum(
+    f"btr,{row}rf->btf", down.astype(dtype), jnp.asarray(b).astype(dtype), preferred_element_type=jnp.float32
+  )  # [B, T, H*Dh]
+
+
+def _add_low_rank(projected: Array, x: Array, adapters: Mapping[str, Array], projection: str) -> Array:
+  """`projected` [B, T, H*Dh] plus LoRA's delta of `x` [B, T, D], added in float32 (unchanged without LoRA)."""
+  delta = _low_rank(x, adapters, projection, projected.dtype)
+  if delta is None:
+    return projected
+  return (projected.astype(jnp.float32) + delta).astype(projected.dtype)
+
+
 def _prefix_bias(prefix_mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
   """Additive logits bias of the prefix keys, `shape` [B, H, Tq, P]: 0 for used vectors, MASK_VALUE for masked ones."""
   if prefix_mask is None:
@@ -199,11 +225,13 @@ class Attention(nn.Module):
   def _project(self, name: str, x: Array, features: int, axes: tuple[str, str], fan_in: int) -> Array:
     return Dense(features, axes, fan_in_init(fan_in), self.dtype, self.param_dtype, name=name)(x)
 
-  def _project_kv(self, inputs_kv: Array) -> tuple[Array, Array]:
-    """Keys and values [B, T, heads, head_dim] of `inputs_kv` [B, T, embed]."""
+  def _project_kv(self, inputs_kv: Array, adapters: Mapping[str, Array]) -> tuple[Array, Array]:
+    """Keys and values [B, T, heads, head_dim] of `inputs_kv` [B, T, embed], with LoRA's value delta (it applies
+    before the cache: a cached value carries it)."""
     joined = self.num_heads * self.head_dim
     key = self._project("key", inputs_kv, joined, ("embed", "joined_kv"), self.emb_dim)
     value = self._project("value", inputs_kv, joined, ("embed", "joined_kv"), self.emb_dim)
+    value = _add_low_rank(value, inputs_kv, adapters, "value")  # [B, T, H*Dh]
     return _split_heads(key, self.num_heads, self.head_dim), _split_heads(value, self.num_heads, self.head_dim)
 
   @nn.compact
@@ -232,7 +260,11 @@ class Attention(nn.Module):
         "prefix_key", "prefix_value" [P, H, Dh] or [B|1, P, H, Dh], and
         "prefix_mask" bool [P] or [B, P], which prefix vectors are used
         (default all); "key_scale", "value_scale" [H*Dh] or [B, H*Dh],
-        IA3's rescaling of the keys and values (of the cache too).
+        IA3's rescaling of the keys and values (of the cache too);
+        "lora_query_a"/"lora_query_b", "lora_value_a"/"lora_value_b": LoRA's
+        factors A [D, r] or [B, D, r] and B [r, H*Dh] or [B, r, H*Dh] (scaling
+        folded in): query += (inputs_q @ A) @ B, value likewise (before the
+        cache: cross-attention's cache must be made with them).
       decode: read (and for self-attention, update) the cache.
       cache_index: in decode mode, the cache slot of the first new position.
       init_cache_length: create the cache instead of attending: empty slots of
@@ -244,17 +276,18 @@ class Attention(nn.Module):
       [B, Tq, embed].
     """
     batch, joined = inputs_q.shape[0], self.num_heads * self.head_dim
+    adapters = adapters or {}
     query = self._project("query", inputs_q, joined, ("embed", "joined_kv"), self.emb_dim * self.head_dim)
+    query = _add_low_rank(query, inputs_q, adapters, "query")  # [B, Tq, H*Dh]
     query = _split_heads(query, self.num_heads, self.head_dim)  # [B, Tq, H, Dh]
     if init_cache_length is not None:
-      self._init_cache(inputs_kv, batch, init_cache_length)
+      self._init_cache(inputs_kv, batch, init_cache_length, adapters)
       return jnp.zeros(inputs_q.shape[:2] + (self.emb_dim,), self.dtype)
     if decode:
-      key, value = self._read_cache(inputs_kv, cache_index)
+      key, value = self._read_cache(inputs_kv, cache_index, adapters)
     else:
-      key, value = self._project_kv(inputs_kv)
+      key, value = self._project_kv(inputs_kv, adapters)
 
-    adapters = adapters or {}
     key, value = _scale(key, adapters.get("key_scale")), _scale(value, adapters.get("value_scale"))
     bias = jnp.broadcast_to(bias, (batch, self.num_heads, query.shape[1], key.shape[1]))
     if "prefix_key" in adapters:
@@ -275,21 +308,23 @@ class Attention(nn.Module):
     out = out.reshape(out.shape[:2] + (joined,))
     return self._project("out", out, self.emb_dim, ("joined_kv", "embed"), joined)
 
-  def _init_cache(self, inputs_kv: Array, batch: int, length: int) -> None:
-    if length == 0:  # cross-attention: the encoder's keys and values, projected once.
-      key, value = self._project_kv(inputs_kv)
+  def _init_cache(self, inputs_kv: Array, batch: int, length: int, adapters: Mapping[str, Array]) -> None:
+    if length == 0:  # cross-attention: the encoder's keys and values, projected once (LoRA's value delta included).
+      key, value = self._project_kv(inputs_kv, adapters)
     else:
       key = value = jnp.zeros((batch, length, self.num_heads, self.head_dim), self.dtype)
     self.variable("cache", "cached_key", lambda: key)
     self.variable("cache", "cached_value", lambda: value)
 
-  def _read_cache(self, inputs_kv: Array | None, cache_index: Array | None) -> tuple[Array, Array]:
+  def _read_cache(
+    self, inputs_kv: Array | None, cache_index: Array | None, adapters: Mapping[str, Array]
+  ) -> tuple[Array, Array]:
     if not self.has_variable("cache", "cached_key"):
       raise ValueError("Decoding needs a cache: call the model's `init_cache` method first.")
     cached_key = self.variable("cache", "cached_key")
     cached_value = self.variable("cache", "cached_value")
     if inputs_kv is not None:  # self-attention: write the new positions at cache_index.
-      new_key, new_value = self._project_kv(inputs_kv)
+      new_key, new_value = self._project_kv(inputs_kv, adapters)
       start = (0, cache_index, 0, 0)
       cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, new_key.astype(cached_key.value.dtype), start)
       cached_value.value = jax.lax.dynamic_update_slice(
