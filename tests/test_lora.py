@@ -183,3 +183,62 @@ def test_bad_factors_are_refused_with_what_was_expected(tiny_decoder_model, batc
   with pytest.raises(ValueError, match=r"LoRA at encoder/self_attention has lora_value_a, lora_value_b"):
     bad = {"encoder": {"self_attention": {"lora_value_a": jnp.ones((2, 16, 2)), "lora_value_b": jnp.ones((2, 3, 16))}}}
     pt.T5(config).apply({"params": frozen}, *batch, adapters=bad)
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+  pytest.importorskip("seqio")
+  import method_runs
+
+  return method_runs.write_backbone(tmp_path_factory.mktemp("backbone"))
+
+
+def _run_config(model_dir, backbone, **overrides):
+  import method_runs
+  import optax
+
+  # A run configured as IA3's, its method replaced by LoRA; AdamW as gin/prompts/lora.gin, a larger rate for 4 steps.
+  settings = dict(methods=(LoRA(rank=4),), optimizer=optax.adamw(1e-2, weight_decay=0.01)) | overrides
+  return method_runs.run_config(model_dir, backbone, "ia3", **settings)
+
+
+def test_training_moves_only_the_factors_and_lowers_the_loss(backbone, tmp_path):
+  import method_runs
+
+  from prompt_tuning import optim, partitioning, train
+
+  run = train.build(_run_config(tmp_path / "run", backbone))
+  run.checkpoints.close()
+  assert set(run.state.trainable) == {"lora"}
+  flat = lambda tree: {k: np.asarray(v) for k, v in optim._flat(jax.device_get(tree)).items()}  # noqa: E731
+  before = flat(optim.merge(run.state.trainable, run.frozen))
+  batch = partitioning.shard_batch(method_runs.synthetic_batch(), run.mesh)
+  state, losses = run.state, []
+  for step in range(4):
+    state, metrics = run.train_step(state, run.frozen, batch, jax.random.key(step))
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0], losses
+  after = flat(optim.merge(state.trainable, run.frozen))
+  changed = {k for k in after if not np.array_equal(before[k], after[k])}
+  lora_leaves = {k for k in after if k.startswith("lora/")}
+  assert changed == lora_leaves and len(lora_leaves) == 3 * 4, sorted(changed)  # 3 attentions x (A, B) x (q, v)
+
+
+def test_the_inference_build_serves_the_folded_factors_training_left(backbone, tmp_path):
+  import method_runs
+
+  from prompt_tuning import partitioning, train
+  from prompt_tuning.run import build_inference
+
+  cfg = _run_config(tmp_path / "run", backbone)
+  train.train(cfg, num_train_steps=2, checkpoint_every=2)
+  assert (tmp_path / "run" / "numpy_checkpoints" / "checkpoint_2" / "lora.safetensors").is_file()
+  training = train.build(cfg)
+  training.checkpoints.close()
+  served = build_inference(cfg)
+  assert served.step == 2 and served.source.startswith("the exports of step 2")
+  assert lora_module.is_folded(served.trainable["lora"]) and not lora_module.is_folded(training.trainable["lora"])
+  batch = partitioning.shard_batch(method_runs.synthetic_batch(seed=3), served.mesh)
+  expected = jax.device_get(training.eval_step(training.trainable, training.frozen, batch))
+  got = jax.device_get(served.eval_step(served.trainable, served.frozen, batch))
+  np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
