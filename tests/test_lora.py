@@ -242,3 +242,121 @@ def test_the_inference_build_serves_the_folded_factors_training_left(backbone, t
   expected = jax.device_get(training.eval_step(training.trainable, training.frozen, batch))
   got = jax.device_get(served.eval_step(served.trainable, served.frozen, batch))
   np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-5)
+
+
+@pytest.fixture(scope="module", params=["t5_1_0", "t5_1_1"])
+def hf_t5(request, tmp_path_factory):
+  """(Hugging Face T5, our config, our params of the same weights) for the PEFT parity tests."""
+  pytest.importorskip("torch")
+  pytest.importorskip("peft")
+  import hf_models
+
+  model = hf_models.hf_model(request.param)
+  config, params = pt.load_pretrained(hf_models.save(model, tmp_path_factory.mktemp(request.param)))
+  return model, config, params
+
+
+def _hf_batch(seed):
+  import hf_models
+
+  rng = np.random.default_rng(seed)
+  enc = hf_models.padded_batch(rng, 3, 9, 100, [9, 5, 2])
+  targets = hf_models.padded_batch(rng, 3, 6, 100, [6, 4, 1])
+  return enc, hf_models.shift_right(targets), targets
+
+
+def _peft_logits(model, folder_or_config, batch, randomize_b=False):
+  """PEFT's logits on `batch` with the adapter in a folder (or a fresh one from a LoraConfig, B made random)."""
+  import copy
+
+  import hf_models
+  import peft
+  import torch
+
+  base = copy.deepcopy(model).eval()  # PEFT wraps (and mutates) the model it is given
+  if isinstance(folder_or_config, peft.LoraConfig):
+    wrapped = peft.get_peft_model(base, folder_or_config).eval()
+    with torch.no_grad():
+      for name, weight in wrapped.named_parameters():
+        if "lora_B" in name:
+          weight.normal_(std=0.3)
+  else:
+    wrapped = peft.PeftModel.from_pretrained(base, folder_or_config).eval()
+  return wrapped, hf_models.seq2seq_logits(wrapped, *batch)
+
+
+def _rel_err(ours, theirs, targets):
+  mask = targets > 0
+  return np.abs(np.asarray(ours) - theirs)[mask].max() / np.abs(theirs)[mask].max()
+
+
+@pytest.mark.parametrize("targets", [None, ("decoder cross_attention",)])
+def test_our_peft_export_loads_in_peft_with_our_logits(hf_t5, tmp_path, targets):
+  model, config, params = hf_t5
+  method = LoRA(rank=4, alpha=16.0, targets=targets)
+  trained = _trained(method, params, config, 9)
+  folder = method.export_peft(trained, config, tmp_path, base_model_name_or_path="tiny-t5")
+  batch = _hf_batch(1)
+  wrapped, theirs = _peft_logits(model, folder, batch)
+  ours = _logits(config)(params, method.adapters(trained, config), *batch)
+  frozen = _logits(config)(params, None, *batch)
+  assert _rel_err(frozen, theirs, batch[2]) > 1e-3  # the factors matter
+  assert _rel_err(ours, theirs, batch[2]) < 1e-5
+  # PEFT holds our factors, transposed to PyTorch's [out, in], and scales as we do.
+  module = wrapped.base_model.model.decoder.block[1].layer[1].EncDecAttention.v
+  a = trained["decoder"]["cross_attention"]["value_a"][1]  # [D, r]
+  np.testing.assert_array_equal(module.lora_A["default"].weight.detach().numpy(), np.asarray(a).T)
+  assert module.scaling["default"] == method.scaling
+  # Reading the folder back gives the settings and the folded factors.
+  settings, tree = lora_module.read_peft(folder, config)
+  expected_targets = targets or TARGETS
+  assert (settings.rank, settings.alpha, settings.targets) == (4, 16.0, expected_targets)
+  for leaf, expected in zip(jax.tree.leaves(tree), jax.tree.leaves(method.fold(trained, config))):
+    np.testing.assert_allclose(leaf, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_an_adapter_saved_by_peft_imports_with_its_logits(hf_t5, tmp_path):
+  import peft
+
+  model, config, params = hf_t5
+  rank_stabilized = config.mlp_activations != ("relu",)  # rsLoRA on the T5 1.1 model, plain LoRA on 1.0
+  lora_config = peft.LoraConfig(
+    task_type=peft.TaskType.SEQ_2_SEQ_LM, r=4, lora_alpha=16, target_modules=["q", "v"], use_rslora=rank_stabilized
+  )
+  batch = _hf_batch(2)
+  wrapped, theirs = _peft_logits(model, lora_config, batch)
+  wrapped.save_pretrained(tmp_path)
+  settings, tree = lora_module.read_peft(tmp_path, config)
+  assert settings == LoRA(rank=4, alpha=16.0, targets=TARGETS, rank_stabilized=rank_stabilized)
+  ours = _logits(config)(params, settings.adapters(tree, config), *batch)
+  assert _rel_err(ours, theirs, batch[2]) < 1e-5
+  # The run's method reads it when its settings are the adapter's, and says which differ otherwise.
+  same = LoRA(rank=4, alpha=16.0, rank_stabilized=rank_stabilized).load_peft(tmp_path, config)
+  assert jax.tree.structure(same) == jax.tree.structure(tree)
+  with pytest.raises(ValueError, match="has rank 4, alpha 16.0.*this run's LoRA has rank 8"):
+    LoRA(rank_stabilized=rank_stabilized).load_peft(tmp_path, config)
+
+
+def test_peft_adapters_we_cannot_represent_are_refused(tmp_path):
+  pytest.importorskip("peft")
+  import copy
+
+  import hf_models
+  import peft
+
+  model = hf_models.hf_model("t5_1_0")
+  config = pt.get_config("t5_1_0_tiny")  # only the names are read before the refusals below
+  for name, lora_config, match in (
+    (
+      "ko",
+      peft.LoraConfig(task_type="SEQ_2_SEQ_LM", target_modules=["k", "o"]),
+      r"only LoRA factors of a T5's q and v",
+    ),
+    ("dora", peft.LoraConfig(task_type="SEQ_2_SEQ_LM", target_modules=["q", "v"], use_dora=True), "DoRA"),
+    ("prompt", peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2), "not LORA"),
+  ):
+    peft.get_peft_model(copy.deepcopy(model), lora_config).save_pretrained(tmp_path / name)
+    with pytest.raises(ValueError, match=match):
+      lora_module.read_peft(tmp_path / name, config)
+  with pytest.raises(FileNotFoundError, match="not a PEFT LoRA adapter folder"):
+    lora_module.read_peft(tmp_path, config)

@@ -418,7 +418,13 @@ def read_peft(folder: str | Path, config: T5Config) -> tuple[LoRA, PyTree]:
           "(PEFT's T5 default target_modules ['q', 'v'])."
         )
   settings.check(tree, config)
-  ranks = {a.shape[-1] for attentions in tree.values() for leaves in attentions.values() for a in leaves.values()}
+  ranks = {
+    x.shape[-1]
+    for attentions in tree.values()
+    for leaves in attentions.values()
+    for n, x in leaves.items()
+    if n[-1] == "a"
+  }
   if ranks != {rank}:
     raise ValueError(f"{weights_path} holds factors of ranks {sorted(ranks)}; its config says r={rank}.")
   targets = tuple(t for t in TARGETS if tuple(t.split(" ")) in {(s, a) for s, att in tree.items() for a in att})
