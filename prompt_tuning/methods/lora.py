@@ -177,7 +177,8 @@ class LoRA(Method):
     """Says what is wrong with folded LoRA factors a user hands in (an upload, a file).
 
     `arrays` is the folded tree, or the same flat with "/"-joined names ("encoder/self_attention/lora_query_a").
-    Any subset of the model's attentions may be given; each gives both factors of the query and the value.
+    Any subset of the model's attentions may be given; each gives both factors of the query and the value, of
+    any rank (the folded factors need no setting to be read).
 
     Raises:
       ValueError: unknown sites or names, a missing factor, a shape that does not fit the backbone (layers,
@@ -247,7 +248,7 @@ class LoRA(Method):
             module = _peft_module(stack, attention, projection, layer)
             tensors[f"{module}.lora_A.weight"] = np.ascontiguousarray(a[layer].T)  # PyTorch [out, in]: [r, D]
             tensors[f"{module}.lora_B.weight"] = np.ascontiguousarray(b[layer].T)  # [H*Dh, r]
-    targets = tuple(" ".join(s) for s in self.sites(config))
+    targets = _targets_of(folded)
     adapter_config = {
       "peft_type": "LORA",
       "task_type": "SEQ_2_SEQ_LM",
@@ -278,16 +279,15 @@ class LoRA(Method):
 
   def load_peft(self, folder: str | Path, config: T5Config) -> PyTree:
     """Reads a PEFT LoRA adapter folder as our folded tree, after checking it was made with these settings
-    (`peft_settings` gives the settings of any such folder).
+    (`read_peft` reads any such folder with its own settings).
 
     Raises:
       ValueError: settings that differ from this method's (rank, alpha, targets), or what `read_peft` refuses.
     """
     settings, tree = read_peft(folder, config)
     mine_targets = {" ".join(s) for s in self.sites(config)}
-    mine = dataclasses.replace(
-      self, targets=tuple(t for t in TARGETS if t in mine_targets), initializer=settings.initializer
-    )
+    targets = tuple(t for t in TARGETS if t in mine_targets)
+    mine = dataclasses.replace(self, targets=targets, initializer=settings.initializer)
     if settings != mine:
       raise ValueError(
         f"the PEFT adapter {folder} has rank {settings.rank}, alpha {settings.alpha}, rank_stabilized "
@@ -427,5 +427,10 @@ def read_peft(folder: str | Path, config: T5Config) -> tuple[LoRA, PyTree]:
   }
   if ranks != {rank}:
     raise ValueError(f"{weights_path} holds factors of ranks {sorted(ranks)}; its config says r={rank}.")
-  targets = tuple(t for t in TARGETS if tuple(t.split(" ")) in {(s, a) for s, att in tree.items() for a in att})
-  return dataclasses.replace(settings, targets=targets), tree
+  return dataclasses.replace(settings, targets=_targets_of(tree)), tree
+
+
+def _targets_of(tree: PyTree) -> tuple[str, ...]:
+  """The targets a (trained or folded) tree has factors for, in `TARGETS` order."""
+  given = {f"{stack} {attention}" for stack, attentions in tree.items() for attention in attentions}
+  return tuple(t for t in TARGETS if t in given)
