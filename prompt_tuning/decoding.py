@@ -101,9 +101,11 @@ def _step_fn(model: T5, params, encoder_mask: Array | None, adapters: Adapters |
   return step
 
 
-def _init_cache(model: T5, params, encoded: Array | None, encoder_mask: Array | None, batch: int, max_length: int):
+def _init_cache(
+  model: T5, params, encoded: Array | None, encoder_mask: Array | None, batch: int, max_length: int, adapters
+):
   _, variables = model.apply(
-    {"params": params}, encoded, encoder_mask, batch, max_length, method=T5.init_cache, mutable=["cache"]
+    {"params": params}, encoded, encoder_mask, batch, max_length, adapters, method=T5.init_cache, mutable=["cache"]
   )
   return variables["cache"]
 
@@ -323,7 +325,7 @@ def _generate(
     method=T5.encode,
   )
   beams = _beams(settings)
-  cache = _init_cache(model, params, encoded, encoder_mask, batch, settings.max_decode_length)
+  cache = _init_cache(model, params, encoded, encoder_mask, batch, settings.max_decode_length, adapters)
   step = _step_fn(model, params, _expand_rows(encoder_mask, beams), sites.expand_rows(adapters, beams))
   return _decode_loop(step, cache, batch, settings, rng, return_all_beams)
 
@@ -335,7 +337,7 @@ def _generate_decoder_only(params, inputs, adapters, rng, *, config, settings, r
   tokens = jnp.pad(inputs, ((0, 0), (1, 0)))  # [B, 1 + Ti]: the start token 0 opens every prefix-LM sequence
   prompt = adapters.get("input", {}).get("prompt")
   prefilled = tokens.shape[1] + (0 if prompt is None else prompt.shape[-2])
-  cache = _init_cache(model, params, None, None, batch, prefilled + settings.max_decode_length)
+  cache = _init_cache(model, params, None, None, batch, prefilled + settings.max_decode_length, adapters)
   (first_logits, key_mask), variables = model.apply(
     {"params": params, "cache": cache},
     tokens,

@@ -136,3 +136,57 @@ def test_bad_settings_raise():
     DecodingSettings(method="nucleus")
   with pytest.raises(ValueError, match="top_p"):
     DecodingSettings(method="sample", top_p=0.0)
+
+
+def _cross_attention_scales(config, rng, rows=None):
+  """Random IA3 key/value scales of the decoder's cross-attention (a site applied before the cache)."""
+  shape = (config.num_decoder_layers,) + (() if rows is None else (rows,)) + (config.num_heads * config.head_dim,)
+  k1, k2 = jax.random.split(rng)
+  scales = {"key_scale": jax.random.uniform(k1, shape, minval=0.2, maxval=3.0)}
+  scales["value_scale"] = jax.random.uniform(k2, shape, minval=0.2, maxval=3.0)
+  return {"decoder": {"cross_attention": scales}}
+
+
+def test_init_cache_takes_adapters_applied_before_the_cache(model, inputs):
+  """Cross-attention's cached keys/values are made once by init_cache: a site that changes them (IA3's scales,
+  per row here) must be applied there, and a decode step through that cache equals teacher forcing."""
+  config, params = model
+  t5 = pt.T5(config)
+  adapters = _cross_attention_scales(config, jax.random.key(4), rows=len(inputs))
+  encoded, mask = t5.apply({"params": params}, inputs, adapters, method=pt.T5.encode)
+
+  def first_step(cache_adapters):
+    _, variables = t5.apply(
+      {"params": params}, encoded, mask, len(inputs), 4, cache_adapters, method=pt.T5.init_cache, mutable=["cache"]
+    )
+    logits, _ = t5.apply(
+      {"params": params, "cache": variables["cache"]},
+      None,
+      mask,
+      jnp.zeros((len(inputs), 1), jnp.int32),
+      adapters=adapters,
+      decode_position=0,
+      method=pt.T5.decode,
+      mutable=["cache"],
+    )
+    return logits[:, 0], variables["cache"]
+
+  logits, cache = first_step(adapters)
+  forced = t5.apply({"params": params}, inputs, jnp.zeros((len(inputs), 1), jnp.int32), adapters=adapters)[:, 0]
+  np.testing.assert_allclose(logits, forced, rtol=1e-5, atol=1e-5)
+  # The cached keys are the scaled ones (scaled once: a decode step does not scale them again).
+  _, plain_cache = first_step(None)
+  cached = cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]  # [B, Te, H, Dh]
+  plain = plain_cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]
+  scale = adapters["decoder"]["cross_attention"]["key_scale"][0].reshape(len(inputs), 1, *cached.shape[2:])
+  np.testing.assert_allclose(cached, plain * scale, rtol=1e-6)
+  stale, _ = first_step(None)  # a cache made without the adapters is the frozen model's: other logits
+  assert not np.allclose(stale, forced, atol=1e-3)
+
+
+def test_greedy_decoding_with_cross_attention_scales_equals_teacher_forcing(model, inputs):
+  config, params = model
+  adapters = _cross_attention_scales(config, jax.random.key(5))
+  out = decoding.generate(config, params, inputs, adapters=adapters, settings=DecodingSettings(max_decode_length=8))
+  forced = decoding.sequence_log_probs(config, params, inputs, out.tokens, adapters=adapters)
+  np.testing.assert_allclose(out.scores, forced, rtol=1e-4, atol=1e-4)

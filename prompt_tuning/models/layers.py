@@ -226,13 +226,15 @@ class Attention(nn.Module):
     return Dense(features, axes, fan_in_init(fan_in), self.dtype, self.param_dtype, name=name)(x)
 
   def _project_kv(self, inputs_kv: Array, adapters: Mapping[str, Array]) -> tuple[Array, Array]:
-    """Keys and values [B, T, heads, head_dim] of `inputs_kv` [B, T, embed], with LoRA's value delta (it applies
-    before the cache: a cached value carries it)."""
+    """Keys and values [B, T, heads, head_dim] of `inputs_kv` [B, T, embed], with the adapters that apply before
+    the cache (IA3's "key_scale"/"value_scale", LoRA's value delta) applied, so a cached key or value is final:
+    decoding reads it as it is."""
     joined = self.num_heads * self.head_dim
     key = self._project("key", inputs_kv, joined, ("embed", "joined_kv"), self.emb_dim)
     value = self._project("value", inputs_kv, joined, ("embed", "joined_kv"), self.emb_dim)
     value = _add_low_rank(value, inputs_kv, adapters, "value")  # [B, T, H*Dh]
-    return _split_heads(key, self.num_heads, self.head_dim), _split_heads(value, self.num_heads, self.head_dim)
+    key, value = _split_heads(key, self.num_heads, self.head_dim), _split_heads(value, self.num_heads, self.head_dim)
+    return _scale(key, adapters.get("key_scale")), _scale(value, adapters.get("value_scale"))
 
   @nn.compact
   def __call__(
@@ -260,16 +262,19 @@ class Attention(nn.Module):
         "prefix_key", "prefix_value" [P, H, Dh] or [B|1, P, H, Dh], and
         "prefix_mask" bool [P] or [B, P], which prefix vectors are used
         (default all); "key_scale", "value_scale" [H*Dh] or [B, H*Dh],
-        IA3's rescaling of the keys and values (of the cache too);
+        IA3's rescaling of the keys and values, applied before the cache
+        (cross-attention's cache is made by `init_cache` with them; a decode
+        step reads its cached keys and values as they are);
         "lora_query_a"/"lora_query_b", "lora_value_a"/"lora_value_b": LoRA's
         factors A [D, r] or [B, D, r] and B [r, H*Dh] or [B, r, H*Dh] (scaling
         folded in): query += (inputs_q @ A) @ B, value likewise (before the
-        cache: cross-attention's cache must be made with them).
+        cache, as IA3's scales).
       decode: read (and for self-attention, update) the cache.
       cache_index: in decode mode, the cache slot of the first new position.
       init_cache_length: create the cache instead of attending: empty slots of
         this length for self-attention (`inputs_kv` is the query input), or the
-        projected `inputs_kv` for cross-attention (pass 0). Returns zeros.
+        projected `inputs_kv` for cross-attention (pass 0; the adapters that
+        apply before the cache are applied). Returns zeros.
       deterministic: disable dropout.
 
     Returns:
@@ -288,7 +293,6 @@ class Attention(nn.Module):
     else:
       key, value = self._project_kv(inputs_kv, adapters)
 
-    key, value = _scale(key, adapters.get("key_scale")), _scale(value, adapters.get("value_scale"))
     bias = jnp.broadcast_to(bias, (batch, self.num_heads, query.shape[1], key.shape[1]))
     if "prefix_key" in adapters:
       prefix_key = _broadcast_prefix(adapters["prefix_key"], batch).astype(key.dtype)
@@ -309,7 +313,7 @@ class Attention(nn.Module):
     return self._project("out", out, self.emb_dim, ("joined_kv", "embed"), joined)
 
   def _init_cache(self, inputs_kv: Array, batch: int, length: int, adapters: Mapping[str, Array]) -> None:
-    if length == 0:  # cross-attention: the encoder's keys and values, projected once (LoRA's value delta included).
+    if length == 0:  # cross-attention: the encoder's keys and values, projected once (adapters included).
       key, value = self._project_kv(inputs_kv, adapters)
     else:
       key = value = jnp.zeros((batch, length, self.num_heads, self.head_dim), self.dtype)

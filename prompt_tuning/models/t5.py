@@ -538,7 +538,16 @@ class T5(nn.Module):
       raise ValueError("Decoding needs a cache: call T5.init_cache (with mutable=['cache']) first.")
     return cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape[1]
 
-  def init_cache(self, encoded: Array | None, encoder_mask: Array | None, batch: int, max_decode_length: int) -> None:
+  def init_cache(
+    self,
+    encoded: Array | None,
+    encoder_mask: Array | None,
+    batch: int,
+    max_decode_length: int,
+    adapters: Adapters | None = None,
+    *,
+    prefix: Prefix | None = None,
+  ) -> None:
     """Creates the decode cache (call with `mutable=["cache"]`).
 
     Args:
@@ -548,9 +557,14 @@ class T5(nn.Module):
       batch: rows being decoded.
       max_decode_length: decoder positions the cache can hold (decoder-only:
         the prefilled inputs, prompt included, plus the decoded positions).
+      adapters: the tuned vectors by site, the same as `decode` then takes: the cross-attention leaves that apply
+        before the cache (IA3's key/value scales, `prompt_tuning.models.adapters`) are applied to the cached
+        keys and values here, once, and not again at each step.
+      prefix: shorthand for the prefix sites, merged into `adapters`.
     """
+    adapters = self._adapters(adapters, prefix=prefix)
     x = jnp.zeros((batch, 1, self.config.emb_dim), self.config.activation_dtype)
-    self.decoder(x, encoded, encoder_mask, None, None, True, init_cache_length=max_decode_length)
+    self.decoder(x, encoded, encoder_mask, None, adapters, True, init_cache_length=max_decode_length)
 
   def prefill(
     self,

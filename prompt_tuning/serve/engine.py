@@ -329,6 +329,7 @@ class Engine:
       self.shapes.max_decode_length,
       method=T5.init_cache,
       mutable=["cache"],
+      **kwargs,
     )
 
     def put(old, new):
