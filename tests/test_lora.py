@@ -96,8 +96,6 @@ def test_rows_of_a_mixed_batch_equal_rows_alone(tiny_decoder_model, batch):
   np.testing.assert_allclose(mixed[2], frozen_row[0], rtol=1e-5, atol=1e-5)
 
 
-# TEMPORARY until h-methods' "init_cache takes adapters" is cherry-picked: the cross-attention cache lacks LoRA's v.
-@pytest.mark.xfail(strict=True, reason="T5.init_cache takes no adapters yet")
 @pytest.mark.parametrize("targets", [None, ("decoder cross_attention",)])
 def test_decoding_equals_teacher_forced_scoring(tiny_decoder_model, batch, targets):
   """Greedy decoding through the KV cache gives the argmax of the teacher-forced logits and their scores; with
