@@ -84,16 +84,21 @@ def _stack_rows(trees):
 
 
 def test_rows_of_a_mixed_batch_equal_rows_alone(tiny_decoder_model, batch):
+  """Two LoRA rows and a soft-prompt row in one batch, as a server stacks them (the prompt row's factors at zero,
+  the LoRA rows' prompt length 0), each equal to the row run alone."""
   config, frozen = tiny_decoder_model
   method = LoRA(rank=3, alpha=6.0)
   rows = [method.fold(_trained(method, frozen, config, seed), config) for seed in (1, 2)]
-  rows.append(jax.tree.map(jnp.zeros_like, rows[0]))  # a row without LoRA (zeros: the identity)
-  mixed = _logits(config)(frozen, _stack_rows(rows), *batch)
+  rows.append(jax.tree.map(jnp.zeros_like, rows[0]))  # the prompt row: no LoRA (zeros: the identity)
+  prompt = jax.random.uniform(jax.random.key(12), (3, config.emb_dim), minval=-0.5, maxval=0.5)  # [P, D]
+  mixed_adapters = _stack_rows(rows) | {
+    "input": {"prompt": jnp.broadcast_to(prompt, (3, 3, config.emb_dim)), "prompt_lengths": jnp.array([0, 0, 3])}
+  }
+  mixed = _logits(config)(frozen, mixed_adapters, *batch)
+  alone = [method.adapters(rows[0], config), method.adapters(rows[1], config), {"input": {"prompt": prompt}}]
   for r in range(3):
-    alone = _logits(config)(frozen, method.adapters(rows[r], config), *(x[r : r + 1] for x in batch))
-    np.testing.assert_allclose(mixed[r], alone[0], rtol=1e-5, atol=1e-5)
-  frozen_row = _logits(config)(frozen, None, *(x[2:3] for x in batch))
-  np.testing.assert_allclose(mixed[2], frozen_row[0], rtol=1e-5, atol=1e-5)
+    one = _logits(config)(frozen, alone[r], *(x[r : r + 1] for x in batch))
+    np.testing.assert_allclose(mixed[r], one[0], rtol=1e-5, atol=1e-5)
 
 
 def test_decoding_equals_teacher_forced_scoring(tiny_decoder_model, batch):
