@@ -193,13 +193,10 @@ def backbone(tmp_path_factory):
   return method_runs.write_backbone(tmp_path_factory.mktemp("backbone"))
 
 
-def _run_config(model_dir, backbone, **overrides):
+def _run_config(model_dir, backbone):
   import method_runs
-  import optax
 
-  # A run configured as IA3's, its method replaced by LoRA; AdamW as gin/prompts/lora.gin, a larger rate for 4 steps.
-  settings = dict(methods=(LoRA(rank=4),), optimizer=optax.adamw(1e-2, weight_decay=0.01)) | overrides
-  return method_runs.run_config(model_dir, backbone, "ia3", **settings)
+  return method_runs.run_config(model_dir, backbone, "lora")
 
 
 def test_training_moves_only_the_factors_and_lowers_the_loss(backbone, tmp_path):
