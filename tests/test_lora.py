@@ -126,6 +126,22 @@ def test_decoding_equals_teacher_forced_scoring(tiny_decoder_model, batch):
     np.testing.assert_array_equal(np.asarray(mixed.tokens)[r], np.asarray(alone.tokens)[0])
 
 
+def test_decoder_only_decoding_with_lora_equals_teacher_forced_scoring():
+  """Decoder-only: the prefilled inputs and every decoded step go through the self-attention's cache with LoRA."""
+  config = pt.get_config("decoder_only_tiny", vocab_size=64)
+  params = pt.init_params(config, jax.random.key(0))
+  method = LoRA(rank=4)
+  adapters = method.adapters(_trained(method, params, config, 13), config)
+  assert set(adapters) == {"decoder"}
+  inputs = np.random.default_rng(1).integers(2, 64, (2, 5))
+  kwargs = dict(decoder_prompt_tokens=inputs, adapters=adapters)
+  out = decoding.generate(config, params, settings=DecodingSettings(max_decode_length=4), **kwargs)
+  forced = decoding.sequence_log_probs(config, params, None, out.tokens, **kwargs)
+  np.testing.assert_allclose(out.scores, forced, rtol=1e-4, atol=1e-4)
+  plain = decoding.sequence_log_probs(config, params, None, out.tokens, decoder_prompt_tokens=inputs)
+  assert not np.allclose(plain, forced, atol=1e-3)  # the factors took part
+
+
 def test_fold_export_and_load_serve_the_trained_logits(tiny_decoder_model, batch, tmp_path):
   config, frozen = tiny_decoder_model
   method = LoRA(rank=4, alpha=16.0)
