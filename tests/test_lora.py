@@ -171,8 +171,8 @@ def test_bad_factors_are_refused_with_what_was_expected(tiny_decoder_model, batc
     for attention, leaves in attentions.items()
     for name, x in leaves.items()
   }
-  method.check(good, config)  # flat "/" names, as an upload gives them
-  method.check({k: v for k, v in good.items() if k.startswith("encoder/")}, config)  # a subset of attentions
+  LoRA.check_factors(good, config)  # flat "/" names, as an upload gives them
+  LoRA.check_factors({k: v for k, v in good.items() if k.startswith("encoder/")}, config)  # a subset of attentions
   q_a, q_b = "encoder/self_attention/lora_query_a", "encoder/self_attention/lora_query_b"
   cases = (
     ({**good, q_a: good[q_a][:, :-1]}, r"lora_query_a and lora_query_b have shapes \(2, 15, 2\).*needs \[2, 16, r\]"),
@@ -186,7 +186,7 @@ def test_bad_factors_are_refused_with_what_was_expected(tiny_decoder_model, batc
   )
   for arrays, match in cases:
     with pytest.raises(ValueError, match=match):
-      method.check(arrays, config)
+      LoRA.check_factors(arrays, config)
   # A damaged export is refused on load; factors handed to the model directly are checked at the site.
   method.export(method.init(jax.random.key(0), frozen, config), config, tmp_path)
   from safetensors.numpy import load_file, save_file

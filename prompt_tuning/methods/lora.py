@@ -90,6 +90,8 @@ class LoRA(Method):
   initializer: str = "kaiming_uniform"
   rank_stabilized: bool = False
   name = "lora"
+  # The attention sites' leaves it feeds (models/adapters.py), for a server that pads rows from the site contract.
+  leaves = tuple((site, name) for site in ("self_attention", "cross_attention") for name in sites.LORA_LEAVES)
 
   def __post_init__(self):
     if self.targets is not None:
@@ -161,20 +163,23 @@ class LoRA(Method):
           node[_site_leaf(projection, "b")] = leaves[_trained_leaf(projection, "b")] * self.scaling
     return folded
 
-  def adapters(self, params: PyTree, config: T5Config) -> sites.Adapters:
-    """The folded tree (it is the adapters tree), checked against the backbone."""
+  def adapters(self, params: PyTree, config: T5Config, task_ids: jax.Array | None = None) -> sites.Adapters:
+    """The folded tree (it is the adapters tree), checked against the backbone; one LoRA for every task."""
+    del task_ids
     folded = self.fold(params, config)
-    self.check(folded, config)
+    self.check_factors(folded, config)
     return folded
 
   def load(self, folder: str | Path, config: T5Config) -> PyTree:
     """Reads `lora.safetensors` (what `export` wrote: the folded tree), checked against the backbone."""
     tree = read_tree(self.name, folder)
-    self.check(tree, config)
+    self.check_factors(tree, config)
     return tree
 
-  def check(self, arrays: Mapping[str, Any], config: T5Config) -> None:
-    """Says what is wrong with folded LoRA factors a user hands in (an upload, a file).
+  @classmethod
+  def check_factors(cls, arrays: Mapping[str, Any], config: T5Config) -> None:
+    """Says what is wrong with folded LoRA factors a user hands in (a file, an upload), and with the factors
+    `adapters` hands the model.
 
     `arrays` is the folded tree, or the same flat with "/"-joined names ("encoder/self_attention/lora_query_a").
     Any subset of the model's attentions may be given; each gives both factors of the query and the value, of
@@ -237,7 +242,7 @@ class LoRA(Method):
         "PEFT's LoRA format is written for Hugging Face's encoder-decoder T5; this model is decoder-only."
       )
     folded = jax.device_get(self.fold(params, config))
-    self.check(folded, config)
+    self.check_factors(folded, config)
     tensors = {}
     for stack, attentions in folded.items():
       for attention, leaves in attentions.items():
@@ -417,7 +422,7 @@ def read_peft(folder: str | Path, config: T5Config) -> tuple[LoRA, PyTree]:
           f"{weights_path}: LoRA on {stack} {attention} has {sorted(leaves)}; both q and v are needed here "
           "(PEFT's T5 default target_modules ['q', 'v'])."
         )
-  settings.check(tree, config)
+  settings.check_factors(tree, config)
   ranks = {
     x.shape[-1]
     for attentions in tree.values()
