@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 import prompt_tuning as pt  # noqa: E402
 from prompt_tuning import optim, train  # noqa: E402
-from prompt_tuning.methods import IA3, PerLayerPrompt, PrefixSettings  # noqa: E402
+from prompt_tuning.methods import IA3, LoRA, PerLayerPrompt, PrefixSettings  # noqa: E402
 
 DEMO_VOCAB = Path(pt.__file__).resolve().parent / "assets" / "demo_t5" / "sentencepiece.model"
 TASK = "method_runs_odd_even"
@@ -80,6 +80,8 @@ def method_settings(method: str) -> dict:
     "prefix": {"prompt_length": 0, "prefix": PrefixSettings(2, mlp_width=8)},
     "per_layer_prompt": {"prompt_length": 0, "methods": (PerLayerPrompt(3, uniform_init),)},
     "ia3": {"prompt_length": 0, "methods": (IA3(),)},
+    # Not in METHODS (tests/test_lora.py trains it); tests/scripts/method_train.py takes it.
+    "lora": {"prompt_length": 0, "methods": (LoRA(rank=4),), "optimizer": optim.adafactor(learning_rate=1e-2)},
     "model": {"prompt_length": 0, "trainable_pattern": ".*", "optimizer": optim.adafactor(learning_rate=1e-2)},
   }
   return settings[method]

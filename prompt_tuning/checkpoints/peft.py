@@ -36,7 +36,8 @@ WEIGHTS_KEY = "prompt_embeddings"
 PROMPT_TUNING = "PROMPT_TUNING"
 
 _OTHER_TYPES = {
-  "LORA": "a LoRA adapter changes the backbone's weights",
+  "LORA": "a LoRA adapter changes the backbone's attention projections (read it as the LoRA method: "
+  "prompt_tuning.methods.lora.read_peft)",
   "PREFIX_TUNING": "a PEFT prefix-tuning adapter holds past key/values laid out for Hugging Face's cache",
   "P_TUNING": "a P-tuning adapter computes its prompt with an encoder network",
 }

@@ -4,6 +4,7 @@
 - `prefix.PrefixSettings`: key/value prefixes at every attention layer, through an MLP folded after
   training (Li & Liang, 2021);
 - `ia3.IA3`: learned rescaling of attention keys/values and feed-forward activations (Liu et al., 2022);
+- `lora.LoRA`: low-rank deltas of the attention's query and value projections (Hu et al., 2021);
 - `per_layer_prompt.PerLayerPrompt`: a prompt at the input of every encoder layer, replacing or added to the
   prompt positions' hidden states (deep prompt tuning).
 
@@ -14,6 +15,7 @@ registered) and one gin file in gin/prompts/; `base` says what a method declares
 
 from prompt_tuning.methods.base import Limits, Method, PromptError, method_class, registered, trainable_pattern
 from prompt_tuning.methods.ia3 import IA3
+from prompt_tuning.methods.lora import LoRA
 from prompt_tuning.methods.per_layer_prompt import PerLayerPrompt
 from prompt_tuning.methods.prefix import PrefixSettings
 from prompt_tuning.methods.prompt import Prompt
@@ -21,6 +23,7 @@ from prompt_tuning.methods.prompt import Prompt
 __all__ = [
   "IA3",
   "Limits",
+  "LoRA",
   "Method",
   "PerLayerPrompt",
   "PrefixSettings",

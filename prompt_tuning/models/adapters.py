@@ -411,6 +411,7 @@ def check(adapters: Adapters | None, config) -> None:
       if sub not in subs:
         raise ValueError(f"Unknown adapter site {stack}/{sub} for this model; use any of {subs}.")
       _check_prefix(stack, sub, leaves, config, layers)
+      _check_lora(stack, sub, leaves, config)
       for name, leaf in leaves.items():
         if name not in LEAF_RANKS[sub]:
           raise ValueError(f"Unknown adapter {stack}/{sub}/{name}; this site takes {tuple(LEAF_RANKS[sub])}.")
@@ -445,3 +446,26 @@ def _check_prefix(stack: str, sub: str, leaves: Mapping[str, Array], config, lay
       f"the prefix mask at {stack}/{sub} has shape {tuple(mask.shape)}; expected [P] or [batch, P] with "
       f"P = {key.shape[-3]} (which prefix vectors each row uses)."
     )
+
+
+def _check_lora(stack: str, sub: str, leaves: Mapping[str, Array], config) -> None:
+  for projection in ("query", "value"):
+    a, b = leaves.get(f"lora_{projection}_a"), leaves.get(f"lora_{projection}_b")
+    if a is None and b is None:
+      continue
+    joined = config.num_heads * config.head_dim
+    if (
+      a is None
+      or b is None
+      or a.ndim != b.ndim
+      or a.shape[-2] != config.emb_dim
+      or b.shape[-1] != joined
+      or a.shape[-1] != b.shape[-2]
+      or a.shape[:-2] != b.shape[:-2]
+    ):
+      shapes = [None if x is None else tuple(x.shape) for x in (a, b)]
+      raise ValueError(
+        f"LoRA at {stack}/{sub} has lora_{projection}_a, lora_{projection}_b of shapes {shapes[0]}, {shapes[1]}; "
+        f"expected [layers, [batch,] {config.emb_dim}, r] and [layers, [batch,] r, {joined}] (embedding width, "
+        "rank, heads x head_dim), both given, with the same rank."
+      )

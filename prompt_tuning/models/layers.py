@@ -162,6 +162,32 @@ def _scale(x: Array, scale: Array | None) -> Array:
   return x * scale.astype(x.dtype)
 
 
+def _low_rank(x: Array, adapters: Mapping[str, Array], projection: str, dtype) -> Array | None:
+  """LoRA's delta (x @ A) @ B of one projection, float32 [B, T, H*Dh]; None without its leaves.
+
+  x is [B, T, D]; A ("lora_<projection>_a") [D, r] or [B, D, r] (one per row), B ("lora_<projection>_b") [r, H*Dh]
+  or [B, r, H*Dh], the scaling already folded into B. Both products run in `dtype` and accumulate in float32.
+  """
+  a, b = adapters.get(f"lora_{projection}_a"), adapters.get(f"lora_{projection}_b")
+  if a is None:
+    return None
+  row = "b" if a.ndim == 3 else ""
+  down = jnp.einsum(
+    f"btd,{row}dr->btr", x.astype(dtype), jnp.asarray(a).astype(dtype), preferred_element_type=jnp.float32
+  )  # [B, T, r]
+  return jnp.einsum(
+    f"btr,{row}rf->btf", down.astype(dtype), jnp.asarray(b).astype(dtype), preferred_element_type=jnp.float32
+  )  # [B, T, H*Dh]
+
+
+def _add_low_rank(projected: Array, x: Array, adapters: Mapping[str, Array], projection: str) -> Array:
+  """`projected` [B, T, H*Dh] plus LoRA's delta of `x` [B, T, D], added in float32 (unchanged without LoRA)."""
+  delta = _low_rank(x, adapters, projection, projected.dtype)
+  if delta is None:
+    return projected
+  return (projected.astype(jnp.float32) + delta).astype(projected.dtype)
+
+
 def _prefix_bias(prefix_mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
   """Additive logits bias of the prefix keys, `shape` [B, H, Tq, P]: 0 for used vectors, MASK_VALUE for masked ones."""
   if prefix_mask is None:
@@ -201,11 +227,12 @@ class Attention(nn.Module):
 
   def _project_kv(self, inputs_kv: Array, adapters: Mapping[str, Array]) -> tuple[Array, Array]:
     """Keys and values [B, T, heads, head_dim] of `inputs_kv` [B, T, embed], with the adapters that apply before
-    the cache (`prompt_tuning.models.adapters.SITE_LEAVES`: IA3's "key_scale"/"value_scale") applied, so a cached
-    key or value is final: decoding reads it as it is."""
+    the cache (IA3's "key_scale"/"value_scale", LoRA's value delta) applied, so a cached key or value is final:
+    decoding reads it as it is."""
     joined = self.num_heads * self.head_dim
     key = self._project("key", inputs_kv, joined, ("embed", "joined_kv"), self.emb_dim)
     value = self._project("value", inputs_kv, joined, ("embed", "joined_kv"), self.emb_dim)
+    value = _add_low_rank(value, inputs_kv, adapters, "value")  # [B, T, H*Dh]
     key, value = _split_heads(key, self.num_heads, self.head_dim), _split_heads(value, self.num_heads, self.head_dim)
     return _scale(key, adapters.get("key_scale")), _scale(value, adapters.get("value_scale"))
 
@@ -237,7 +264,11 @@ class Attention(nn.Module):
         (default all); "key_scale", "value_scale" [H*Dh] or [B, H*Dh],
         IA3's rescaling of the keys and values, applied before the cache
         (cross-attention's cache is made by `init_cache` with them; a decode
-        step reads its cached keys and values as they are).
+        step reads its cached keys and values as they are);
+        "lora_query_a"/"lora_query_b", "lora_value_a"/"lora_value_b": LoRA's
+        factors A [D, r] or [B, D, r] and B [r, H*Dh] or [B, r, H*Dh] (scaling
+        folded in): query += (inputs_q @ A) @ B, value likewise (before the
+        cache, as IA3's scales).
       decode: read (and for self-attention, update) the cache.
       cache_index: in decode mode, the cache slot of the first new position.
       init_cache_length: create the cache instead of attending: empty slots of
@@ -250,9 +281,10 @@ class Attention(nn.Module):
       [B, Tq, embed].
     """
     batch, joined = inputs_q.shape[0], self.num_heads * self.head_dim
-    query = self._project("query", inputs_q, joined, ("embed", "joined_kv"), self.emb_dim * self.head_dim)
-    query = _split_heads(query, self.num_heads, self.head_dim)  # [B, Tq, H, Dh]
     adapters = adapters or {}
+    query = self._project("query", inputs_q, joined, ("embed", "joined_kv"), self.emb_dim * self.head_dim)
+    query = _add_low_rank(query, inputs_q, adapters, "query")  # [B, Tq, H*Dh]
+    query = _split_heads(query, self.num_heads, self.head_dim)  # [B, Tq, H, Dh]
     if init_cache_length is not None:
       self._init_cache(inputs_kv, batch, init_cache_length, adapters)
       return jnp.zeros(inputs_q.shape[:2] + (self.emb_dim,), self.dtype)
