@@ -1,7 +1,8 @@
 """A sweep's runs, checked and sized before anything starts: each run's gin config is parsed here, in this process.
 
 Parsing every run's gin files and overrides up front turns a typo in one corner of a grid (an unknown gin file or
-binding) into one error before the first run starts, not a failure an hour in. It also gives each run its planned
+binding, a macro that nothing reads, a value of the wrong type) into one error before the first run starts, not a
+failure an hour in (and three attempts of it). It also gives each run its planned
 steps (`train.num_train_steps`, which says when the run is finished) and its trainable and total parameter counts
 (`prompt_tuning.train.plan`, computed abstractly: nothing is read or allocated).
 """
@@ -56,10 +57,14 @@ def _macro_value(name: str):
 
 
 def _counts() -> tuple[int | None, int | None, str | None]:
-  from prompt_tuning import train
+  from prompt_tuning import train, validation
 
   try:
-    planned = train.plan(train.RunConfig())
+    config = train.RunConfig()
+    validation.check_run_config(config)
+    planned = train.plan(config)
+  except validation.SettingError:
+    raise  # a setting the run itself would refuse at start-up: refused here, before anything starts
   except Exception as e:  # noqa: BLE001 - counts are informative; the run itself reports its own errors
     return None, None, f"parameters not counted: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
   return planned["trainable_count"], planned["total_count"], None
@@ -70,15 +75,16 @@ def plan_run(point: Point, sweep_dir: Path, paths: Sequence[str], counted: dict 
 
   `counted` caches parameter counts across runs that differ only in `seed_items` (the seed axis's bindings).
   """
-  from prompt_tuning import cli
+  from prompt_tuning import cli, gin_checks, validation
 
   folder = records.run_dir(sweep_dir, point.name)
   command = records.command_line(point, folder, paths)
   bindings, _ = cli.split_gin_flags([c for c in command if c.startswith("--gin.")])
   gin.clear_config()
   try:
-    cli.configure_gin(list(point.gin_files), bindings, list(paths))
-    steps = int(_macro_value("train.num_train_steps"))
+    cli.configure_gin(list(point.gin_files), bindings, list(paths), check_unread=True)
+    steps = _macro_value("train.num_train_steps")
+    validation.require_int(steps, "TRAIN_STEPS (train.num_train_steps)", minimum=1)
     key = (point.gin_files, tuple(b for b in point.bindings if b not in seed_items))
     if counted is None or key not in counted:
       counts = _counts()
@@ -87,7 +93,9 @@ def plan_run(point: Point, sweep_dir: Path, paths: Sequence[str], counted: dict 
     trainable, total, note = counts if counted is None else counted[key]
   except Exception as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f"run {point.name}: its gin config does not parse: {type(e).__name__}: {first}") from e
+    refused = isinstance(e, (validation.SettingError, gin_checks.UnreadSettingError))
+    verb = "is refused" if refused else "does not parse"
+    raise ValueError(f"run {point.name}: its gin config {verb}: {type(e).__name__}: {first}") from e
   finally:
     gin.clear_config()
   record = records.RunRecord(
