@@ -288,3 +288,10 @@ def test_the_report_says_which_runs_failed(finished, tmp_path, capsys):
   results = (sweep_dir / "report" / "results.md").read_text()
   assert "**1 of 2 runs are not done** (failed: seed=1)" in results
   assert "| 2 (1 done) |" in results
+
+
+def test_a_tensorflow_log_line_is_never_a_runs_error_line():
+  warning = "W0000 00:00:1796548188.229 12345 cache_dataset_ops.cc:912] The calling iterator did not fully read"
+  assert records.error_line(f"train: 30/120\n{warning}\n") == "train: 30/120"
+  assert records.error_line(f"ValueError: bad\n{warning}\n") == "ValueError: bad"
+  assert records.error_line(f"{warning}\nerror: SettingError: BATCH_SIZE\n") == "SettingError: BATCH_SIZE"

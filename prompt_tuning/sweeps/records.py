@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -361,13 +362,19 @@ def format_status(statuses: Sequence[RunStatus]) -> str:
   return "\n".join(lines)
 
 
+# A line of TensorFlow's or absl's own log ("W0000 00:00:1796548188.2 12345 cache_dataset_ops.cc:912] ..."): never
+# the reason a run failed, though it may be the last line a run printed.
+_NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:")
+
+
 def error_line(log_text: str) -> str | None:
   """The line that says why a run failed: the CLI's `error: ...` line (without the prefix), else the last line of a
-  traceback."""
+  traceback, else the last line that is not TensorFlow's or absl's own log."""
   lines = [line.strip() for line in log_text.splitlines() if line.strip()]
   for line in reversed(lines):
     if line.startswith("error:"):
       return line.removeprefix("error:").strip()
+  lines = [line for line in lines if not _NATIVE_LOG_LINE.match(line)]
   for line in reversed(lines):
     if "Error" in line or "Killed" in line or "Exception" in line:
       return line[:500]
