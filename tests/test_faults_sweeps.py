@@ -109,7 +109,7 @@ def test_a_bad_override_value_names_the_setting(reference_dir, tmp_path, capsys,
 def test_a_model_dir_override_is_refused(tmp_path, capsys, subcommand):
   code, _, err = _sweep(capsys, subcommand, "sweeps/demo_scale.gin", f"--gin.MODEL_DIR='{tmp_path}'")
   assert code == 1
-  assert f"--gin.MODEL_DIR='{tmp_path}': a sweep's runs each train in their own folder" in err
+  assert f"\"MODEL_DIR = '{tmp_path}'\" (in the sweep file or a --gin override): a sweep's runs each train" in err
   assert "give --sweep_dir DIR" in err
   assert not (Path("sweeps") / "demo_scale").exists()
 
@@ -136,6 +136,11 @@ def _garble_metrics(sweep_dir: Path) -> None:
     f.write(bytes(range(128, 256)) * 20)
 
 
+def _damage_running_json(sweep_dir: Path) -> None:
+  (sweep_dir / "runs" / "seed=1" / "done.json").unlink()
+  (sweep_dir / "runs" / "seed=1" / "running.json").write_bytes(b'{"host": \xff')
+
+
 def _delete_run(sweep_dir: Path) -> None:
   shutil.rmtree(sweep_dir / "runs" / "seed=1")
 
@@ -147,9 +152,10 @@ def _delete_run(sweep_dir: Path) -> None:
     (_tear_attempts, 0, ["done 2  running 0"]),
     (_damage_sweep_json, 1, ["/sweep.json is damaged (JSONDecodeError", "writes it again from the sweep file"]),
     (_garble_metrics, 0, ["done 2  running 0"]),
+    (_damage_running_json, 0, ["interrupted", "`sweep run` resumes it from its checkpoint"]),
     (_delete_run, 0, ["runs/seed=1 is missing; `sweep run` starts this run again"]),
   ],
-  ids=["run_json", "attempts_torn", "sweep_json", "metrics_not_utf8", "run_folder_deleted"],
+  ids=["run_json", "attempts_torn", "sweep_json", "metrics_not_utf8", "running_json", "run_folder_deleted"],
 )
 def test_a_damaged_sweep_folder_gets_our_message_and_a_way_on(
   finished, tmp_path, capsys, damage, status_code, status_says
@@ -171,6 +177,8 @@ def test_a_damaged_sweep_folder_gets_our_message_and_a_way_on(
     results = (sweep_dir / "report" / "results.md").read_text()
     if damage in (_damage_run_json, _delete_run):
       assert "**1 runs left out**, their records unreadable: seed=1" in results
+    elif damage is _damage_running_json:
+      assert "**1 of 2 runs are not done** (interrupted: seed=1)" in results
     else:
       assert "not done" not in results
 

@@ -200,19 +200,13 @@ def _report(args) -> int:
 
 def main(argv: list[str]) -> int:
   """Dispatches `prompt-tuning sweep ...` (errors are turned into one line by prompt_tuning.cli)."""
-  from prompt_tuning import cli, gin_checks
+  from prompt_tuning import cli
 
   bindings, rest = cli.split_gin_flags(argv)
   args = _parser().parse_args(rest)
   _check_options(args)
   if bindings and args.subcommand not in ("plan", "run"):
     raise ValueError(f"--gin.NAME=VALUE overrides are for `sweep plan` and `sweep run`, not `sweep {args.subcommand}`.")
-  model_dirs = [b for b in bindings if gin_checks.macro_key(b) == "MODEL_DIR"]
-  if model_dirs:
-    raise ValueError(
-      f"--gin.{model_dirs[0].replace(' = ', '=', 1)}: a sweep's runs each train in their own folder "
-      "(SWEEP_DIR/runs/NAME); give --sweep_dir DIR for where the sweep goes, not MODEL_DIR."
-    )
   if args.subcommand in ("plan", "run") and Path(args.sweep).is_dir():
     raise ValueError(f"`sweep {args.subcommand}` needs the sweep file, not a folder ({args.sweep}).")
   if args.subcommand == "plan":

@@ -77,6 +77,12 @@ def plan_run(point: Point, sweep_dir: Path, paths: Sequence[str], counted: dict 
   """
   from prompt_tuning import cli, gin_checks, validation
 
+  model_dirs = [b for b in point.bindings if gin_checks.macro_key(b) == "MODEL_DIR"]
+  if model_dirs:  # it would come before the run's own MODEL_DIR on its command line, and be overridden
+    raise ValueError(
+      f"run {point.name}: {model_dirs[0]!r} (in the sweep file or a --gin override): a sweep's runs each train in "
+      "their own folder, SWEEP_DIR/runs/NAME; give --sweep_dir DIR for where the sweep goes, not MODEL_DIR."
+    )
   folder = records.run_dir(sweep_dir, point.name)
   command = records.command_line(point, folder, paths)
   bindings, _ = cli.split_gin_flags([c for c in command if c.startswith("--gin.")])

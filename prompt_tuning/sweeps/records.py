@@ -283,6 +283,8 @@ def _ends_torn(path: Path) -> bool:
 def _alive(attempt: Mapping[str, Any], driver_holds_lock: bool = False) -> bool:
   """Whether the attempt's process still runs. On this host: its PID with the start time recorded (a reused PID is
   another process); and none does while this driver holds the sweep folder's lock (no other driver can run it)."""
+  if "host" not in attempt:
+    return False  # a damaged record: nothing can be known alive from it
   if attempt.get("host") != socket.gethostname():
     return True  # another machine's run (Ray): trust its record
   if driver_holds_lock:
