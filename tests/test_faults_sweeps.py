@@ -82,7 +82,7 @@ def test_plan_and_run_refuse_a_typo_before_anything_starts(
   assert named in err
   code, out, err = _sweep(capsys, "run", sweep_file, f"--sweep_dir={tmp_path / 'out'}", *overrides)
   assert code == 1 and named in err
-  assert not (tmp_path / "out" / "runs").exists()  # no run started, so none is tried three times
+  assert not (tmp_path / "out").exists()  # no run started (so none is tried three times), no folder made
 
 
 def test_a_run_config_given_as_the_sweep_file_is_named_as_such(capsys):

@@ -144,8 +144,8 @@ def _run(args, overrides: list[str]) -> int:
     raise ValueError(f"--attempts {args.attempts}: give 1 or more.")
   loaded, points = _load(args, overrides)
   sweep_dir = _folder(args, loaded).resolve()
+  planned = planning.plan_sweep(loaded, points, sweep_dir)  # a config error: refused before the folder is made
   with sweep_directory_lock(sweep_dir):
-    planned = planning.plan_sweep(loaded, points, sweep_dir)
     records.write_sweep(sweep_dir, loaded, [p.record.name for p in planned])
     tasks, elsewhere = [], []
     for p in planned:

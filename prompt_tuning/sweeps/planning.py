@@ -2,9 +2,9 @@
 
 Parsing every run's gin files and overrides up front turns a typo in one corner of a grid (an unknown gin file or
 binding, a macro that nothing reads, a value of the wrong type) into one error before the first run starts, not a
-failure an hour in (and three attempts of it). It also gives each run its planned
-steps (`train.num_train_steps`, which says when the run is finished) and its trainable and total parameter counts
-(`prompt_tuning.train.plan`, computed abstractly: nothing is read or allocated).
+failure an hour in (and three attempts of it). It also gives each run its planned steps (`train.num_train_steps`,
+which says when the run is finished) and its trainable and total parameter counts (`prompt_tuning.train.plan`,
+computed abstractly: nothing is read or allocated).
 """
 
 from __future__ import annotations
