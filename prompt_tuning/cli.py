@@ -167,7 +167,7 @@ def _run_export(argv: list[str]) -> int:
     prog="prompt-tuning export", description="write a trained prompt as a PEFT adapter or .npy"
   )
   parser.add_argument("prompt", help="a prompt: .npy, .safetensors, a PEFT adapter folder or a MODEL_DIR")
-  parser.add_argument("output", help="the folder (peft) or file (npy) to write")
+  parser.add_argument("output", help="the folder (peft) or file (npy; .npy is added if the name lacks it) to write")
   parser.add_argument("--format", choices=("peft", "npy"), default="peft")
   parser.add_argument("--base_model", default=None, help="base_model_name_or_path recorded in the PEFT config")
   args = parser.parse_args(argv)
@@ -177,11 +177,13 @@ def _run_export(argv: list[str]) -> int:
   from prompt_tuning.checkpoints import peft
 
   prompt = prompts.load_prompt_file(args.prompt)
+  output = args.output
   if args.format == "npy":
-    np.save(args.output, np.asarray(prompt))
+    output = output if output.endswith(".npy") else output + ".npy"  # what np.save writes: say so
+    np.save(output, np.asarray(prompt))
   else:
-    peft.export_peft_adapter(prompt, args.output, base_model_name_or_path=args.base_model)
-  print(f"wrote {args.format} prompt [{prompt.shape[0]}, {prompt.shape[1]}] to {args.output}")
+    peft.export_peft_adapter(prompt, output, base_model_name_or_path=args.base_model)
+  print(f"wrote {args.format} prompt [{prompt.shape[0]}, {prompt.shape[1]}] to {output}")
   return 0
 
 

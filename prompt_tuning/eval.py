@@ -158,6 +158,8 @@ def evaluate(
 ) -> dict[str, float]:
   """Loss and seqio metrics of the tuned model on a split; appended to MODEL_DIR/eval_metrics.jsonl."""
   cfg = run_config if run_config is not None else RunConfig()
+  validation.check_num_examples(num_examples, "evaluate.num_examples")
+  validation.check_split(cfg.mixture_or_task_name, split, "evaluate.split")
   validation.check_has_checkpoint(cfg, validation.newest_checkpoint_step(cfg.model_dir), "evaluate")
   run = build_inference(cfg)
   metrics = teacher_forced(

@@ -28,7 +28,9 @@ import difflib
 import importlib
 import logging
 import os
+import re
 import sys
+import tokenize
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -150,7 +152,11 @@ def configure_gin(
     except Exception as e:  # noqa: BLE001 - tokenize.TokenError and the like name no file
       raise ValueError(f"gin file {path}: {type(e).__name__}: {e}\nFix the file's syntax.") from e
     _log_includes(parsed.includes, search_paths)
-  gin.parse_config(bindings)
+  for binding in bindings:  # one at a time: an error names its binding, not "line 5" of all of them joined
+    try:
+      gin.parse_config(binding)
+    except (SyntaxError, tokenize.TokenError) as e:
+      raise ValueError(_binding_error(binding, e)) from None
   move_deprecated_bindings(gin_registry.DEPRECATED_CONFIGURABLES)
   user_set = changed_macros(snapshot)
   if check_unread:
@@ -186,11 +192,16 @@ _GIN_PATH_FILTER = _GinPathNotFound()
 
 def add_gin_search_paths(extra: tuple[str, ...] | list[str] = ()) -> None:
   """Makes gin search `extra` and then the project's gin and configs folders (for files and their `include`s),
-  without its log line for each folder a file is not in."""
+  without its log line for each folder a file is not in. The current folder is searched last: a gin file there never
+  shadows an `include` of the library's (gin itself searches it first)."""
   logging.getLogger().addFilter(_GIN_PATH_FILTER)
   for path in [*extra, *map(str, gin_search_paths())]:
     if path and path not in gin_internal._LOCATION_PREFIXES:
       gin.add_config_file_search_path(path)
+  prefixes = gin_internal._LOCATION_PREFIXES
+  if "" in prefixes:  # gin's own entry: the current folder (paths relative to it)
+    prefixes.remove("")
+    prefixes.append("")
 
 
 def apply_code_read_macros() -> None:
@@ -225,17 +236,33 @@ def _resolve_or_refer(name: str, search_paths: list[str]) -> str:
 
 
 def _log_includes(includes, search_paths: list[str]) -> None:
-  """Logs where each (nested) include was read from, as gin resolves it: the current folder first, then the search
-  paths; an include the current folder shadows is warned about."""
+  """Logs where each (nested) include was read from, as gin resolves it (add_gin_search_paths: the search paths,
+  then the current folder); a same-named file of the current folder that was not used is warned about."""
   library = [*[p for p in search_paths if p], *map(str, gin_search_paths())]
   for parsed in includes:
     name = parsed.filename
-    found = [os.path.join(p, name) for p in ["", *library] if os.path.isfile(os.path.join(p, name))]
+    found = [os.path.join(p, name) for p in [*library, ""] if os.path.isfile(os.path.join(p, name))]
     if found:
       log.info("gin include %s: %s", name, os.path.abspath(found[0]))
-      if not os.path.isabs(name) and os.path.isfile(name) and len(found) > 1:
-        log.warning("gin include %s was read from the current folder, shadowing %s.", name, found[1])
+      if not os.path.isabs(name) and os.path.isfile(name) and os.path.abspath(found[0]) != os.path.abspath(name):
+        log.warning("gin include %s: using %s, not ./%s of the current folder.", name, found[0], name)
     _log_includes(parsed.includes, search_paths)
+
+
+def _binding_error(binding: str, error: SyntaxError | tokenize.TokenError) -> str:
+  """What is wrong with a binding gin cannot parse; for an unquoted string (t5x users' commonest slip: the shell ate
+  the quotes), the quoting that works."""
+  name, _, value = (part.strip() for part in binding.partition("="))
+  reason = str(getattr(error, "msg", None) or error.args[0] or error).strip().splitlines()[-1]
+  text = f"the binding --gin.{name}={value} does not parse ({reason})."
+  if value and value[0] not in "'\"[({%@" and not re.fullmatch(r"[-+.\d eE]+|True|False|None", value):
+    text += (
+      f" A string value needs quotes that reach gin, inside the shell's: --gin.{name}=\"'{value}'\" (the shell "
+      "removes the outer pair)."
+    )
+  else:
+    text += " Write a Python literal (quoted string, number, list, dict), a %MACRO or an @configurable reference."
+  return text
 
 
 def _gin_error(error: Exception) -> str:

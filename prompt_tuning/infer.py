@@ -118,12 +118,16 @@ def infer(
     The path written (default MODEL_DIR/inference/<task>_<split>.jsonl).
   """
   from prompt_tuning import eval as evaluation
+  from prompt_tuning import validation
   from prompt_tuning.run import RunConfig, build_inference
 
   if mode not in MODES:
     raise ValueError(f"unknown infer mode {mode!r}; use one of {MODES}.")
   _check_prompt_settings(prompt_files, ensemble, input_file, mode)
+  validation.check_num_examples(num_examples, "infer.num_examples")
   cfg = run_config if run_config is not None else RunConfig()
+  if input_file is None:  # the rows come from the task's split
+    validation.check_split(cfg.mixture_or_task_name, split, "infer.split")
   if prompt_files is not None:
     cfg = _backbone_only(cfg)
   run = build_inference(cfg)
@@ -366,10 +370,17 @@ def _file_examples(input_file: str, vocabulary, lengths, names: list[str], num_e
   if not path.is_file():
     raise FileNotFoundError(f"infer.input_file {path} does not exist.")
   examples = []
-  for number, text in enumerate(path.read_text().splitlines(), 1):
-    if not text.strip():
+  for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+    try:
+      text = raw.decode("utf-8")
+      row = json.loads(text) if text.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise ValueError(
+        f"{path}:{number}: not a JSON line in UTF-8 ({type(e).__name__}: {e}); infer.input_file is JSONL, one "
+        '{"inputs": ..., "prompt": NAME} a line: save it as UTF-8 text.'
+      ) from None
+    if row is None:
       continue
-    row = json.loads(text)
     if not isinstance(row, dict) or "inputs" not in row or "prompt" not in row:
       raise ValueError(f'{path}:{number}: each line needs "inputs" and "prompt" ({{"inputs": ..., "prompt": NAME}}).')
     if str(row["prompt"]) not in names:

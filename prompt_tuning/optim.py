@@ -13,6 +13,8 @@ default the subtrees of the tuning methods in use
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from typing import Any
 
@@ -20,6 +22,8 @@ import gin
 import jax
 import optax
 from flax import traverse_util
+
+from prompt_tuning.validation import SettingError
 
 PyTree = Any
 
@@ -87,6 +91,21 @@ def _unfactored_labels(logical_axes: PyTree) -> PyTree:
   return jax.tree.map(label, logical_axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
+def _check_learning_rate(learning_rate) -> None:
+  if callable(learning_rate):
+    return  # a schedule: its values are its own
+  if not isinstance(learning_rate, numbers.Real) or isinstance(learning_rate, bool) or not math.isfinite(learning_rate):
+    raise SettingError(
+      f"adafactor.learning_rate must be a finite number or an optax schedule, got {learning_rate!r}: set e.g. "
+      "--gin.adafactor.learning_rate=0.3 (the paper's)."
+    )
+  if learning_rate < 0:
+    raise SettingError(
+      f"adafactor.learning_rate is {learning_rate}: a negative rate climbs the loss instead of lowering it. Set a "
+      "positive one (the paper: 0.3 for prompts)."
+    )
+
+
 @gin.configurable
 def adafactor(
   learning_rate: float | optax.Schedule = 0.3,
@@ -109,7 +128,11 @@ def adafactor(
     logical_axes: the trainable tree's logical axes (PartitionSpecs); leaves
       with a prompt axis get unfactored statistics. None: factor everything
       that is large enough.
+
+  Raises:
+    SettingError: a constant learning rate that is negative (gradient ascent) or not a finite number.
   """
+  _check_learning_rate(learning_rate)
 
   def make(factored: bool) -> optax.GradientTransformation:
     return optax.adafactor(

@@ -10,6 +10,7 @@ Every function here is pure (it reads, never changes, what it is given) and rais
 - `check_task(name)`: the task or mixture exists and its SentencePiece model is readable;
 - `check_vocabulary(...)`: the vocabulary fits the backbone's embedding rows;
 - `check_has_checkpoint(...)`: eval/infer have trained vectors to use;
+- `check_split(...)`, `check_num_examples(...)`: the split and example count eval/infer read;
 - `check_writable(folder)`: MODEL_DIR (and its checkpoints/) can be written;
 - `resolve_inside(folder, name, what)`: a file named by a checkpoint or adapter stays inside its folder.
 """
@@ -319,6 +320,34 @@ def check_vocabulary(task: Any, embedding_rows: int) -> None:
         f"{size:,}",
         f"{embedding_rows:,}",
       )
+
+
+def check_split(task_name: str, split: Any, setting: str) -> None:
+  """Refuses a split the task or mixture does not have (seqio would raise a bare KeyError naming only the split)."""
+  import difflib
+
+  from prompt_tuning import inputs
+
+  try:
+    splits = [str(name) for name in getattr(inputs.get_task(task_name), "splits", None) or []]
+  except Exception:  # noqa: BLE001 - a TFDS task whose data is not prepared here: its own error comes later
+    return
+  if not splits or not isinstance(split, str) or split.split("[")[0] in splits:  # TFDS slices: 'train[:10%]'
+    return
+  close = difflib.get_close_matches(str(split), splits, n=1)
+  hint = f" Did you mean {close[0]!r}?" if close else ""
+  raise SettingError(f"{setting} is {split!r}, which task {task_name!r} does not have: its splits are {splits}.{hint}")
+
+
+def check_num_examples(value: Any, setting: str) -> None:
+  """Refuses a count of examples that reads nothing: None or -1 mean every example, else a positive integer."""
+  if value is None or value == -1 and _is_int(value):
+    return
+  require_int(value, setting, minimum=-1)
+  if value <= 0:
+    raise SettingError(
+      f"{setting} is {value}: that reads no example. Give a positive count, or -1 (or None) for every example."
+    )
 
 
 def check_has_checkpoint(cfg: Any, latest_step: int | None, command: str) -> None:

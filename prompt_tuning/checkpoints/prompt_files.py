@@ -84,6 +84,7 @@ def read_npy(path: Path) -> np.ndarray:
   Raises:
     CheckpointError: a truncated or non-.npy file, or one holding pickled objects.
   """
+  _check_npy_magic(path)
   try:
     return np.load(path, allow_pickle=False)
   except ValueError as e:
@@ -97,6 +98,26 @@ def read_npy(path: Path) -> np.ndarray:
     raise CheckpointError(
       f"{path} is truncated or not a .npy file ({type(e).__name__}: {e}); save or copy it again."
     ) from e
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_npy_magic(path: Path) -> None:
+  """Refuses a file that does not start as a .npy file does (numpy would take any other bytes for a pickle)."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(9)
+  except OSError as e:
+    raise CheckpointError(f"{path} cannot be read ({e.strerror}); check the path and its permissions.") from None
+  if head.startswith(NPY_MAGIC):
+    return
+  # safetensors: an 8-byte little-endian header length, then the JSON header.
+  if len(head) == 9 and head[8:9] == b"{":
+    what = "it is a safetensors file: rename it to end in .safetensors"
+  else:
+    what = "save the prompt with numpy.save, or copy it again"
+  raise CheckpointError(f"{path} is truncated or not a .npy file (it does not start with numpy's magic bytes): {what}.")
 
 
 def _read_safetensors(path: Path) -> np.ndarray:

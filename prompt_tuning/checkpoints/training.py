@@ -54,6 +54,7 @@ DATA_SETTINGS = {
   "seed": "SEED",
   "shuffle": "RunConfig.shuffle",
   "pack": "PACK",
+  "train_files": "TRAIN_FILE",  # a local task's train file, by content (prompt_tuning.data.local_tasks.train_files)
 }
 
 
@@ -370,9 +371,28 @@ def _key_names(path) -> tuple[str, ...]:
 
 def data_settings(cfg: Any) -> dict[str, Any]:
   """The settings of `cfg` (a RunConfig) that decide the data a checkpoint's data position points into."""
-  return {
-    name: dict(getattr(cfg, name)) if name == "task_feature_lengths" else getattr(cfg, name) for name in DATA_SETTINGS
+  from prompt_tuning.data import local_tasks
+
+  settings = {
+    name: dict(getattr(cfg, name)) if name == "task_feature_lengths" else getattr(cfg, name)
+    for name in DATA_SETTINGS
+    if name != "train_files"
   }
+  return settings | {"train_files": local_tasks.train_files(cfg.mixture_or_task_name)}
+
+
+def _changed_train_file(saved: dict, now: dict, model_dir, position) -> str | None:
+  """Why a local task's train file is other data than the run was trained on (compared by content), or None."""
+  for task, before in saved.items():
+    after = now.get(task)
+    if after is not None and after["sha256"] != before["sha256"]:
+      return (
+        f"{model_dir} was trained on local task {task!r} with TRAIN_FILE {before['path']!r}; this run's train file "
+        f"{after['path']!r} holds other data (its content differs). Its saved data position (batch {position}) would "
+        "be reused on other data: give back the file it was trained on to resume, or use a fresh MODEL_DIR (with "
+        "prompts.from_file to start from its prompt)."
+      )
+  return None
 
 
 def check_data_settings(meta: dict[str, Any] | None, settings: dict[str, Any], model_dir: str | os.PathLike) -> None:
@@ -385,7 +405,14 @@ def check_data_settings(meta: dict[str, Any] | None, settings: dict[str, Any], m
   """
   if not meta:
     return
+  changed = _changed_train_file(
+    meta.get("train_files") or {}, settings["train_files"], model_dir, meta.get("data_position")
+  )
+  if changed:
+    raise CheckpointError(changed)
   for name, macro in DATA_SETTINGS.items():
+    if name == "train_files":
+      continue
     if name in meta and meta[name] != settings[name]:
       raise CheckpointError(
         f"{model_dir} was trained with {macro} = {meta[name]!r}; this run sets {settings[name]!r}. Its saved data "

@@ -28,6 +28,7 @@ that is not one of `class_labels` raises `LocalDataError` naming the file and li
 import csv
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -49,6 +50,7 @@ from prompt_tuning.data.vocab import output_features
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".tsv": "tsv"}
 _TASK_NAME = re.compile(r"^[\w\d\.\:_]+$")  # What seqio accepts.
 _configs: dict[str, "LocalTaskConfig"] = {}
+_train_digests: dict[str, dict[str, str]] = {}  # task name -> {"path", "sha256"} of its train file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +250,34 @@ def _register(config: LocalTaskConfig) -> None:
   )
   class_labels_lib.register_class_labels(config.name, config.class_labels)
   _configs[config.name] = config
+  train = dict(config.files).get("train")
+  if train is not None:
+    _train_digests[config.name] = {"path": train, "sha256": _sha256(train)}
+  else:
+    _train_digests.pop(config.name, None)
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def train_files(name: str) -> dict[str, dict[str, str]]:
+  """{local task: {"path", "sha256"} of its train file} for a task or mixture (only its local tasks; {} if none).
+
+  Training records it with its data position, so a resume on another file under the same task name is refused.
+  """
+  if name in _train_digests:
+    return {name: dict(_train_digests[name])}
+  if name in seqio.MixtureRegistry.names():
+    found = {}
+    for task in seqio.get_mixture_or_task(name).tasks:
+      found |= train_files(task.name)
+    return found
+  return {}
 
 
 @gin.configurable(module="prompt_tuning.data")

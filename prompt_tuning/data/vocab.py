@@ -54,10 +54,10 @@ def resolve_vocabulary_path(path: str | os.PathLike | None = None) -> str:
     resolved, origin = os.environ[ENV_VARIABLE], f"${ENV_VARIABLE}"
   else:
     raise VocabularyNotConfiguredError(
-      "no SentencePiece vocabulary configured: pass --vocab /path/to/sentencepiece.model, bind "
-      "`prompt_tuning.data.get_vocabulary.path = '/path/to/sentencepiece.model'` in gin, or set the environment "
-      f"variable {ENV_VARIABLE}=/path/to/sentencepiece.model (T5 models use the 32,000-piece model, "
-      "published as gs://t5-data/vocabs/cc_all.32000/sentencepiece.model)"
+      "no SentencePiece vocabulary configured: for train, eval and infer set VOCABULARY_PATH "
+      "(--gin.VOCABULARY_PATH=\"'/path/to/sentencepiece.model'\"); for `prompt-tuning tasks show` pass --vocab "
+      f"/path/to/sentencepiece.model; or set the environment variable {ENV_VARIABLE}=/path/to/sentencepiece.model "
+      "(T5 models use the 32,000-piece model, published as gs://t5-data/vocabs/cc_all.32000/sentencepiece.model)"
     )
   if resolved not in _existing_paths:
     if not tf.io.gfile.exists(resolved):

@@ -99,10 +99,24 @@ def _plan(args, overrides: list[str]) -> int:
 
 
 def _check_unchanged(folder: Path, record: records.RunRecord) -> None:
+  """Refuses a run that has started (it has metrics) under another command line than the sweep gives it now.
+
+  Paths under the sweep folder are compared relative to it (a moved or copied sweep folder continues), and the
+  Python interpreter may differ (another virtualenv). A damaged run.json cannot be compared: it is written again
+  from the sweep file, with a warning.
+  """
   if not (folder / "run.json").is_file() or not records.read_metrics(folder):
     return
-  before = records.read_run(folder)
-  if before.command[1:] != record.command[1:]:  # the Python interpreter may differ (another virtualenv)
+  try:
+    before = records.read_run(folder)
+  except records.SweepStateError:
+    print(
+      f"warning: {folder / 'run.json'} is damaged: written again from the sweep file (the command line it recorded "
+      "cannot be compared with the sweep's).",
+      file=sys.stderr,
+    )
+    return
+  if records.portable_command(before.command) != records.portable_command(record.command):
     raise ValueError(
       f"run {record.name} in {folder.parent.parent} has started with another command line than the sweep file "
       "gives it now: give the changed sweep its own --sweep_dir, or delete that run's folder to start it again."
@@ -114,7 +128,7 @@ def _progress(total: int):
 
   def report(outcome: executors.Outcome) -> None:
     counter["ended"] += 1
-    state = "done" if outcome.finished else "FAILED"
+    state = "done" if outcome.finished else "interrupted" if outcome.interrupted else "FAILED"
     tries = f", {outcome.attempts} attempts" if outcome.attempts > 1 else ""
     line = f"[{counter['ended']}/{total}] {state} {outcome.name} ({outcome.seconds:.0f} s{tries})"
     if outcome.error:
@@ -131,15 +145,15 @@ def _run(args, overrides: list[str]) -> int:
     raise ValueError(f"--attempts {args.attempts}: give 1 or more.")
   loaded, points = _load(args, overrides)
   sweep_dir = _folder(args, loaded).resolve()
+  planned = planning.plan_sweep(loaded, points, sweep_dir)  # a config error: refused before the folder is made
   with sweep_directory_lock(sweep_dir):
-    planned = planning.plan_sweep(loaded, points, sweep_dir)
     records.write_sweep(sweep_dir, loaded, [p.record.name for p in planned])
     tasks, elsewhere = [], []
     for p in planned:
       folder = records.run_dir(sweep_dir, p.record.name)
       _check_unchanged(folder, p.record)
       records.write_run(sweep_dir, p.record)
-      state = records.run_status(folder).state
+      state = records.run_status(folder, driver_holds_lock=True).state
       if state == "running":  # another driver's live run: left to it
         elsewhere.append(p.record.name)
       elif state != "done":
@@ -154,7 +168,7 @@ def _run(args, overrides: list[str]) -> int:
       executors.run_ray(
         tasks, args.ray_address, args.cpus_per_run, args.gpus_per_run, args.attempts, report=_progress(len(tasks))
       )
-    statuses = records.sweep_status(sweep_dir)
+    statuses = records.sweep_status(sweep_dir, driver_holds_lock=True)
   print(f"{time.time() - start:.0f} s; " + records.format_status(statuses).splitlines()[-1])
   return 0 if all(s.state == "done" for s in statuses) else 1
 

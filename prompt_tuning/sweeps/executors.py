@@ -55,6 +55,7 @@ class Outcome:
   attempts: int
   seconds: float
   error: str | None
+  interrupted: bool = False
 
 
 def _child_setup(cores: Sequence[int] | None) -> Callable[[], None]:
@@ -103,7 +104,8 @@ def run_attempt(task: Task, cores=None, gpus=None, executor: str = "local") -> O
     error = f"killed by signal {-returncode}" + (f" ({error})" if error else "")
   finished = records.end_attempt(folder, attempt, returncode, error, task.steps)
   error = None if finished else records.read_attempts(folder)[-1]["error"]
-  return Outcome(task.name, finished, 1, time.time() - start, error)
+  interrupted = returncode in records.INTERRUPTED_RETURNCODES
+  return Outcome(task.name, finished, 1, time.time() - start, error, interrupted)
 
 
 def run_with_retries(task: Task, attempts: int, cores=None, gpus=None, executor: str = "local") -> Outcome:
@@ -112,7 +114,7 @@ def run_with_retries(task: Task, attempts: int, cores=None, gpus=None, executor:
   while number < attempts and not _STOPPING.is_set():
     outcome = run_attempt(task, cores, gpus, executor)
     number, total = number + 1, total + outcome.seconds
-    if outcome.finished:
+    if outcome.finished or outcome.interrupted:  # Ctrl-C is the user's choice, not a failure to try again
       break
   return dataclasses.replace(outcome, attempts=number, seconds=total)
 

@@ -1,9 +1,10 @@
 """A sweep's runs, checked and sized before anything starts: each run's gin config is parsed here, in this process.
 
 Parsing every run's gin files and overrides up front turns a typo in one corner of a grid (an unknown gin file or
-binding) into one error before the first run starts, not a failure an hour in. It also gives each run its planned
-steps (`train.num_train_steps`, which says when the run is finished) and its trainable and total parameter counts
-(`prompt_tuning.train.plan`, computed abstractly: nothing is read or allocated).
+binding, a macro that nothing reads, a value of the wrong type) into one error before the first run starts, not a
+failure an hour in (and three attempts of it). It also gives each run its planned steps (`train.num_train_steps`,
+which says when the run is finished) and its trainable and total parameter counts (`prompt_tuning.train.plan`,
+computed abstractly: nothing is read or allocated).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import gin
 
-from prompt_tuning import gin_config
+from prompt_tuning import gin_config, validation
 from prompt_tuning.sweeps import records
 from prompt_tuning.sweeps.spec import Point, Sweep
 
@@ -58,7 +59,11 @@ def _counts() -> tuple[int | None, int | None, str | None]:
   from prompt_tuning import train
 
   try:
-    planned = train.plan(train.RunConfig())
+    config = train.RunConfig()
+    validation.check_run_config(config)
+    planned = train.plan(config)
+  except validation.SettingError:
+    raise  # a setting the run itself would refuse at start-up: refused here, before anything starts
   except Exception as e:  # noqa: BLE001 - counts are informative; the run itself reports its own errors
     return None, None, f"parameters not counted: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
   return planned["trainable_count"], planned["total_count"], None
@@ -69,13 +74,20 @@ def plan_run(point: Point, sweep_dir: Path, paths: Sequence[str], counted: dict 
 
   `counted` caches parameter counts across runs that differ only in `seed_items` (the seed axis's bindings).
   """
+  model_dirs = [b for b in point.bindings if gin_config.macro_key(b) == "MODEL_DIR"]
+  if model_dirs:  # it would come before the run's own MODEL_DIR on its command line, and be overridden
+    raise ValueError(
+      f"run {point.name}: {model_dirs[0]!r} (in the sweep file or a --gin override): a sweep's runs each train in "
+      "their own folder, SWEEP_DIR/runs/NAME; give --sweep_dir DIR for where the sweep goes, not MODEL_DIR."
+    )
   folder = records.run_dir(sweep_dir, point.name)
   command = records.command_line(point, folder, paths)
   bindings, _ = gin_config.split_gin_flags([c for c in command if c.startswith("--gin.")])
   gin.clear_config()
   try:
-    gin_config.configure_gin(list(point.gin_files), bindings, list(paths))
-    steps = int(_macro_value("train.num_train_steps"))
+    gin_config.configure_gin(list(point.gin_files), bindings, list(paths), check_unread=True)
+    steps = _macro_value("train.num_train_steps")
+    validation.require_int(steps, "TRAIN_STEPS (train.num_train_steps)", minimum=1)
     key = (point.gin_files, tuple(b for b in point.bindings if b not in seed_items))
     if counted is None or key not in counted:
       counts = _counts()
@@ -84,7 +96,9 @@ def plan_run(point: Point, sweep_dir: Path, paths: Sequence[str], counted: dict 
     trainable, total, note = counts if counted is None else counted[key]
   except Exception as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f"run {point.name}: its gin config does not parse: {type(e).__name__}: {first}") from e
+    refused = isinstance(e, (validation.SettingError, gin_config.UnreadSettingError))
+    verb = "is refused" if refused else "does not parse"
+    raise ValueError(f"run {point.name}: its gin config {verb}: {type(e).__name__}: {first}") from e
   finally:
     gin.clear_config()
   record = records.RunRecord(

@@ -9,9 +9,16 @@
     SWEEP_DIR/runs/NAME/running.json     the attempt under way (host, pid), removed when it ends
     SWEEP_DIR/runs/NAME/done.json        written when an attempt exits 0 having reached the planned steps
 
-A run is *done* when done.json exists and its metrics.jsonl reached the planned steps; *running* when running.json
-names a live process (on this host; on another host it is trusted); *failed* when its last attempt exited non-zero;
-*interrupted* when an attempt started and never ended (its driver was killed); *pending* otherwise.
+A run is *done* when done.json exists and it reached the planned steps (its metrics.jsonl's last row or its newest
+checkpoint); *running* when running.json names a live process (on this host: the same PID *and* the same process start
+time, so a PID reused after a reboot does not count; on another host it is trusted); *failed* when its last attempt
+exited non-zero; *interrupted* when its last attempt was stopped by Ctrl-C, or started and never ended (its driver was
+killed); *pending* otherwise.
+
+Every file here may be damaged or missing (a disk filled up, a user deleted a run's folder): each reader names the
+file and what to do, a torn last line of a .jsonl file is skipped, and `sweep run` writes sweep.json, run.json and
+command.sh again from the sweep file. Paths are compared relative to the sweep folder, so a sweep folder may be moved
+or copied and then continued.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -77,6 +86,21 @@ def command_line(point: Point, model_dir: Path, search_paths: Sequence[str], pyt
   return command
 
 
+def portable_command(command: Sequence[str]) -> list[str]:
+  """A run's command line with its interpreter left out and its sweep folder written as `$SWEEP_DIR` (the folder
+  is the MODEL_DIR's grandparent, runs/NAME), so the same run in a moved or copied sweep folder compares equal."""
+  import ast
+
+  model_dir = next((c for c in reversed(command) if c.startswith("--gin.MODEL_DIR=")), None)
+  if model_dir is None:
+    return list(command[1:])
+  try:
+    folder = str(Path(ast.literal_eval(model_dir.split("=", 1)[1])).parent.parent)
+  except (ValueError, SyntaxError):
+    return list(command[1:])
+  return [c.replace(folder, "$SWEEP_DIR") for c in command[1:]]
+
+
 def write_sweep(sweep_dir: Path, spec: Sweep, names: Sequence[str]) -> None:
   """SWEEP_DIR/sweep.json: the sweep file (path and text) and the names of its runs."""
   sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -94,11 +118,52 @@ def write_sweep(sweep_dir: Path, spec: Sweep, names: Sequence[str]) -> None:
   (sweep_dir / "sweep.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+class SweepStateError(ValueError):
+  """A damaged file in a sweep folder; the message names it and says how to go on."""
+
+
+def _read_json(path: Path, way_on: str) -> Any:
+  """The JSON object in `path`; a damaged one raises SweepStateError naming it and `way_on`."""
+  try:
+    value = json.loads(path.read_bytes().decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise SweepStateError(f"{path} is damaged ({type(e).__name__}: {e}): {way_on}") from None
+  if not isinstance(value, dict):
+    raise SweepStateError(f"{path} is damaged (it holds a {type(value).__name__}, not a JSON object): {way_on}")
+  return value
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+  """The JSON objects of a .jsonl file, one a line; a line that is not one (torn by a kill, or not UTF-8) is
+  skipped."""
+  if not path.is_file():
+    return []
+  rows = []
+  for line in path.read_bytes().splitlines():
+    try:
+      row = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      continue  # the line a killed run was writing, or bytes that are not ours
+    if isinstance(row, dict):
+      rows.append(row)
+  return rows
+
+
 def read_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+  """sweep.json of a sweep folder.
+
+  Raises:
+    FileNotFoundError: the folder is not a sweep folder.
+    SweepStateError: sweep.json is damaged (`sweep run SWEEP.gin --sweep_dir DIR` writes it again).
+  """
   path = Path(sweep_dir) / "sweep.json"
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: {sweep_dir} is not a sweep folder (`sweep run` makes one).")
-  return json.loads(path.read_text())
+  way_on = f"`prompt-tuning sweep run SWEEP.gin --sweep_dir {sweep_dir}` writes it again from the sweep file."
+  record = _read_json(path, way_on)
+  if not isinstance(record.get("runs"), list):
+    raise SweepStateError(f"{path} is damaged (it lists no runs): {way_on}")
+  return record
 
 
 def write_run(sweep_dir: Path, record: RunRecord) -> Path:
@@ -113,42 +178,67 @@ def write_run(sweep_dir: Path, record: RunRecord) -> Path:
 
 
 def read_run(folder: Path) -> RunRecord:
-  return RunRecord(**json.loads((folder / "run.json").read_text()))
+  """run.json of a run folder.
+
+  Raises:
+    FileNotFoundError: the run's folder (or its run.json) is missing.
+    SweepStateError: run.json is damaged (`sweep run` writes it again from the sweep file).
+  """
+  path = folder / "run.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: `sweep run` writes it again from the sweep file.")
+  way_on = (
+    f"`prompt-tuning sweep run SWEEP.gin --sweep_dir {folder.parent.parent}` writes it again from the sweep file."
+  )
+  raw = _read_json(path, way_on)
+  try:
+    return RunRecord(**raw)
+  except TypeError as e:
+    raise SweepStateError(f"{path} is damaged ({e}): {way_on}") from None
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
-  """The rows of a run's metrics.jsonl (prompt_tuning.reporting writes them); a torn last line is skipped."""
-  path = folder / "metrics.jsonl"
-  if not path.is_file():
-    return []
-  rows = []
-  for line in path.read_text().splitlines():
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue  # the line a killed run was writing
-  return rows
+  """The rows of a run's metrics.jsonl (prompt_tuning.reporting writes them); a torn or non-UTF-8 line is skipped."""
+  return [row for row in _json_lines(folder / "metrics.jsonl") if isinstance(row.get("step"), int)]
 
 
 def last_step(folder: Path) -> int:
-  return max((int(row["step"]) for row in read_metrics(folder)), default=0)
+  """The step the run has reached: its last metrics row's, or its newest checkpoint's if metrics lost rows."""
+  from prompt_tuning import validation
+
+  logged = max((int(row["step"]) for row in read_metrics(folder)), default=0)
+  return max(logged, validation.newest_checkpoint_step(folder) or 0)
 
 
 def read_attempts(folder: Path) -> list[dict[str, Any]]:
-  path = folder / "attempts.jsonl"
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+  """The attempts.jsonl records of a run, oldest first (a torn last line is skipped)."""
+  return _json_lines(folder / "attempts.jsonl")
 
 
 def is_done(folder: Path, steps: int) -> bool:
-  """The run ended well (done.json) and its metrics reached the planned steps."""
+  """The run ended well (done.json) and reached the planned steps."""
   return (folder / "done.json").is_file() and last_step(folder) >= steps
 
 
+def process_start_time(pid: int) -> str | None:
+  """When process `pid` started, as the kernel counts it (boot id and clock ticks since boot): a PID reused by
+  another process has another start time. None where /proc does not say (not Linux, or no such process)."""
+  try:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+  except OSError:
+    return None
+  # The command name (field 2) is in parentheses and may hold spaces: count fields after its closing one.
+  return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
+
+
 def start_attempt(folder: Path, pid: int, cores: Sequence[int] | None, executor: str) -> dict[str, Any]:
-  """Writes running.json: the attempt under way (the run's process id on this host, and which executor ran it)."""
+  """Writes running.json: the attempt under way (the run's process id and start time on this host, and which
+  executor ran it)."""
   attempt = {
     "host": socket.gethostname(),
     "pid": pid,
+    "pid_start": process_start_time(pid),
     "cores": list(cores or []),
     "executor": executor,
     "start": time.time(),
@@ -157,14 +247,26 @@ def start_attempt(folder: Path, pid: int, cores: Sequence[int] | None, executor:
   return attempt
 
 
+# How a run ends when it was interrupted (Ctrl-C): the CLI exits 130; a process killed by SIGINT itself, -2.
+INTERRUPTED_RETURNCODES = (130, -signal.SIGINT)
+
+
 def end_attempt(folder: Path, attempt: Mapping[str, Any], returncode: int, error: str | None, steps: int) -> bool:
   """Appends the attempt to attempts.jsonl, writes done.json if it finished; returns whether it did."""
   step = last_step(folder)
+  interrupted = returncode in INTERRUPTED_RETURNCODES
   if returncode == 0 and step < steps:
     error = f"exited 0 at step {step} of {steps} (stop_after?): not finished"
+  elif interrupted:
+    error = f"interrupted (Ctrl-C) at step {step}; `sweep run` resumes it from its last checkpoint"
   ended = {**attempt, "end": time.time(), "returncode": returncode, "step": step, "error": error}
-  with open(folder / "attempts.jsonl", "a") as f:
-    f.write(json.dumps(ended) + "\n")
+  if interrupted:
+    ended["interrupted"] = True
+  with open(folder / "attempts.jsonl", "ab") as f:
+    f.seek(0, os.SEEK_END)
+    if f.tell() and _ends_torn(folder / "attempts.jsonl"):
+      f.write(b"\n")  # a torn last line stays one line of its own, and this record another
+    f.write((json.dumps(ended) + "\n").encode())
   (folder / "running.json").unlink(missing_ok=True)
   finished = returncode == 0 and step >= steps
   if finished:
@@ -172,39 +274,79 @@ def end_attempt(folder: Path, attempt: Mapping[str, Any], returncode: int, error
   return finished
 
 
-def _alive(attempt: Mapping[str, Any]) -> bool:
+def _ends_torn(path: Path) -> bool:
+  with open(path, "rb") as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) != b"\n"
+
+
+def _alive(attempt: Mapping[str, Any], driver_holds_lock: bool = False) -> bool:
+  """Whether the attempt's process still runs. On this host: its PID with the start time recorded (a reused PID is
+  another process); and none does while this driver holds the sweep folder's lock (no other driver can run it)."""
+  if "host" not in attempt:
+    return False  # a damaged record: nothing can be known alive from it
   if attempt.get("host") != socket.gethostname():
     return True  # another machine's run (Ray): trust its record
-  try:
-    os.kill(int(attempt["pid"]), 0)
-  except (ProcessLookupError, PermissionError):
+  if driver_holds_lock:
     return False
-  return True
+  try:
+    pid = int(attempt["pid"])
+    os.kill(pid, 0)
+  except (KeyError, TypeError, ValueError, ProcessLookupError, PermissionError):
+    return False
+  recorded = attempt.get("pid_start")
+  return recorded is None or recorded == process_start_time(pid)
 
 
-def run_status(folder: Path) -> RunStatus:
-  """The state of one run folder (see the module's docstring)."""
-  record = read_run(folder)
+def _running_attempt(folder: Path) -> dict[str, Any] | None:
+  """running.json's record; a damaged one counts as an attempt that never ended (nothing can be alive in it)."""
+  path = folder / "running.json"
+  if not path.is_file():
+    return None
+  try:
+    return _read_json(path, "")
+  except SweepStateError:
+    return {}
+
+
+def run_status(folder: Path, driver_holds_lock: bool = False) -> RunStatus:
+  """The state of one run folder (see the module's docstring); a missing folder is pending, a damaged run.json is
+  shown with what to do (the run's state cannot be known without it).
+
+  Args:
+    folder: the run's folder.
+    driver_holds_lock: this process holds the sweep folder's lock (`sweep run`): a running.json of this host is
+      left over from a driver that died.
+  """
+  name = folder.name
+  if not (folder / "run.json").is_file():
+    return RunStatus(name, "pending", 0, 0, 0, f"{folder} is missing; `sweep run` starts this run again")
+  try:
+    record = read_run(folder)
+  except SweepStateError as e:
+    return RunStatus(name, "pending", last_step(folder), 0, len(read_attempts(folder)), str(e))
   attempts = read_attempts(folder)
   step = last_step(folder)
-  running = folder / "running.json"
+  running = _running_attempt(folder)
   if is_done(folder, record.steps):
     state, error = "done", None
-  elif running.is_file() and _alive(json.loads(running.read_text())):
+  elif running is not None and _alive(running, driver_holds_lock):
     state, error = "running", None
-  elif running.is_file():
+  elif running is not None:
     state, error = "interrupted", "its sweep driver stopped mid-run; `sweep run` resumes it from its checkpoint"
+  elif attempts and attempts[-1].get("interrupted"):
+    state, error = "interrupted", attempts[-1].get("error")
   elif attempts:
-    state, error = "failed", attempts[-1]["error"]
+    state, error = "failed", attempts[-1].get("error")
   else:
     state, error = "pending", None
   return RunStatus(record.name, state, step, record.steps, len(attempts), error)
 
 
-def sweep_status(sweep_dir: str | Path) -> list[RunStatus]:
+def sweep_status(sweep_dir: str | Path, driver_holds_lock: bool = False) -> list[RunStatus]:
   """Every run's state, in the sweep's order."""
   names = read_sweep(sweep_dir)["runs"]
-  return [run_status(run_dir(sweep_dir, name)) for name in names]
+  return [run_status(run_dir(sweep_dir, name), driver_holds_lock) for name in names]
 
 
 def format_status(statuses: Sequence[RunStatus]) -> str:
@@ -222,13 +364,19 @@ def format_status(statuses: Sequence[RunStatus]) -> str:
   return "\n".join(lines)
 
 
+# A line of TensorFlow's or absl's own log ("W0000 00:00:1796548188.2 12345 cache_dataset_ops.cc:912] ..."): never
+# the reason a run failed, though it may be the last line a run printed.
+_NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:")
+
+
 def error_line(log_text: str) -> str | None:
   """The line that says why a run failed: the CLI's `error: ...` line (without the prefix), else the last line of a
-  traceback."""
+  traceback, else the last line that is not TensorFlow's or absl's own log."""
   lines = [line.strip() for line in log_text.splitlines() if line.strip()]
   for line in reversed(lines):
     if line.startswith("error:"):
       return line.removeprefix("error:").strip()
+  lines = [line for line in lines if not _NATIVE_LOG_LINE.match(line)]
   for line in reversed(lines):
     if "Error" in line or "Killed" in line or "Exception" in line:
       return line[:500]

@@ -57,6 +57,7 @@ class GroupResult:
 
   labels: dict[str, str]
   runs: int
+  done: int
   final_mean: float | None
   final_std: float | None
   best_mean: float | None
@@ -106,6 +107,7 @@ def group_results(results: Sequence[RunResult], seed_axis: str | None) -> list[G
       GroupResult(
         labels=dict(key),
         runs=len(members),
+        done=sum(m.state == "done" for m in members),
         final_mean=final[0],
         final_std=final[1],
         best_mean=best[0],
@@ -135,7 +137,8 @@ def markdown_table(groups: Sequence[GroupResult], axes: Sequence[str], metric: s
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for g in groups:
     cells = [g.labels.get(a, "-") for a in axes]
-    cells += [str(g.runs), _cell(g.final_mean, g.final_std), _cell(g.best_mean, g.best_std)]
+    runs = str(g.runs) if g.done == g.runs else f"{g.runs} ({g.done} done)"
+    cells += [runs, _cell(g.final_mean, g.final_std), _cell(g.best_mean, g.best_std)]
     cells += [_count(g.trainable_parameters), _count(g.total_parameters), str(g.steps), f"{g.wall_seconds:.0f}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -254,15 +257,37 @@ def write_hparams(sweep_dir: Path, results: Sequence[RunResult], sweep: Mapping[
   return folder
 
 
+def _not_done_note(results: Sequence[RunResult], unreadable: Sequence[str]) -> str:
+  """What the table does not show: the runs that are not done (their rows hold the runs that are, and the parameter
+  counts planned for them), and the runs whose record could not be read."""
+  lines = []
+  not_done = [r for r in results if r.state != "done"]
+  if not_done:
+    by_state = "; ".join(
+      f"{state}: {', '.join(r.name for r in not_done if r.state == state)}"
+      for state in records.STATES
+      if any(r.state == state for r in not_done)
+    )
+    lines.append(
+      f"**{len(not_done)} of {len(results)} runs are not done** ({by_state}): a row's numbers come from its runs that "
+      "have them, and its parameter counts are the planned ones. `prompt-tuning sweep status` says why; `sweep run` "
+      "continues them."
+    )
+  if unreadable:
+    lines.append(f"**{len(unreadable)} runs left out**, their records unreadable: {'; '.join(unreadable)}")
+  return "".join(line + "\n\n" for line in lines)
+
+
 def write_report(sweep_dir: str | Path) -> dict[str, Path]:
   """Writes the tables, figures and hparams of a sweep folder; returns what was written, by kind."""
   sweep_dir = Path(sweep_dir)
   sweep = records.read_sweep(sweep_dir)
-  results = [
-    run_result(records.run_dir(sweep_dir, name), sweep["metric"], sweep["metric_goal"])
-    for name in sweep["runs"]
-    if (records.run_dir(sweep_dir, name) / "run.json").is_file()
-  ]
+  results, unreadable = [], []
+  for name in sweep["runs"]:
+    try:
+      results.append(run_result(records.run_dir(sweep_dir, name), sweep["metric"], sweep["metric_goal"]))
+    except (FileNotFoundError, records.SweepStateError) as e:  # a deleted run folder, a damaged run.json
+      unreadable.append(f"{name} ({e})")
   seed_axis = sweep["seed_axis"]
   groups = group_results(results, seed_axis)
   axes = [a for a in sweep["axes"] if a != seed_axis]
@@ -272,7 +297,9 @@ def write_report(sweep_dir: str | Path) -> dict[str, Path]:
   scored = sum(r.final is not None for r in results)
   title = f"# Sweep {sweep['name']}: validation {sweep['metric']}\n\n"
   note = f"{scored} of {len(results)} runs have the metric; mean ± std over {seed_axis or 'no seed axis'}.\n\n"
-  written["markdown"].write_text(title + note + markdown_table(groups, axes, sweep["metric"]))
+  written["markdown"].write_text(
+    title + note + _not_done_note(results, unreadable) + markdown_table(groups, axes, sweep["metric"])
+  )
   _write_csv(
     written["csv"],
     [

@@ -243,9 +243,23 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
       gin.parse_config_file(str(found))
       raw = sweep()
+    except Exception as e:
+      if _is_sweep_file(found):
+        raise
+      raise ValueError(
+        f"{found} is not a sweep file: it binds no sweep.* setting (it looks like a run's config). Train it with "
+        f"`prompt-tuning train --gin_file={path}`, or list it in a sweep file's sweep.gin_files (docs/sweeps.md). "
+        f"(Read as a sweep file: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"
+      ) from e
     finally:
       gin.clear_config()
   return parse_sweep(raw, str(found))
+
+
+def _is_sweep_file(path: Path) -> bool:
+  """Whether the file binds the sweep or an axis, or imports the sweep module (a sweep may extend another)."""
+  text = path.read_text(errors="replace")
+  return bool(re.search(r"^\s*(sweep\.|[\w.]+/axis\.|import\s+prompt_tuning\.sweeps)", text, re.MULTILINE))
 
 
 def _find(path: str | Path, search: Sequence[Path]) -> Path:
