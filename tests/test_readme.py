@@ -28,6 +28,8 @@ NOT_RUN = {
 }
 # Command lines another test runs, against what they need (a server process), and which test.
 RUN_ELSEWHERE = {
+  "cp -r prompt_tuning/assets/demo_library ": "tests/test_serve.py::test_the_readme_serving_example_runs_as_written",
+  "export PROMPT_TUNING_ADMIN_TOKEN=": "tests/test_serve.py::test_the_readme_serving_example_runs_as_written",
   "prompt-tuning serve ": "tests/test_serve.py::test_the_readme_serving_example_runs_as_written",
   "curl ": "tests/test_serve.py::test_the_readme_serving_example_runs_as_written",
 }
