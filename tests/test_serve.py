@@ -758,9 +758,9 @@ def test_a_library_that_cannot_take_changes_is_refused_at_start(tmp_path, capfd,
   assert "PROMPT_TUNING_ADMIN_TOKEN is empty" in _serve_start_error(capfd, tmp_path)
 
 
-def test_a_library_without_an_admin_token_is_read_only(demo):
+def test_a_library_without_an_admin_token_is_read_only_and_a_draining_server_answers_503(demo):
   """No admin token (or --read_only): PUT and DELETE answer 403 saying how to enable changes, before the body is
-  read; the app in-process (its routes refuse before the engine is touched)."""
+  read; a draining server answers 503. The app in-process (its routes refuse before the engine is touched)."""
   from fastapi.testclient import TestClient
 
   from prompt_tuning.serve import app, cli, store
@@ -778,3 +778,9 @@ def test_a_library_without_an_admin_token_is_read_only(demo):
     refusals[tuple(flags)] = reply.json()["detail"]
   assert "PROMPT_TUNING_ADMIN_TOKEN=<token>" in refusals[()] and "--admin_token_file" in refusals[()]
   assert "--read_only" in refusals[("--read_only",)]
+  # Once SIGTERM came (uvicorn's should_exit), new generate and score requests are refused with 503, not reset.
+  server.draining = lambda: True
+  for path in ("/v1/generate", "/v1/score"):
+    reply = client.post(path, json={"text": "oak", "candidates": ["a"]})
+    assert reply.status_code == 503 and "shutting down" in reply.json()["detail"], reply.text
+    assert reply.headers["connection"] == "close" and reply.headers["retry-after"] == "1"

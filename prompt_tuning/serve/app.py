@@ -151,8 +151,6 @@ def _update_library_metrics(server: Server) -> None:
 
 
 async def _submit(server: Server, job) -> dict[str, Any]:
-  if server.draining():
-    raise ShuttingDown("the server is shutting down (SIGTERM); send the request again to another replica.")
   server.metrics.in_flight.inc()
   try:
     return await asyncio.wrap_future(server.batcher.submit(job))
@@ -190,7 +188,12 @@ def create_app(server: Server) -> FastAPI:
         headers=_UNAUTHORIZED,
       )
 
+  def accepting() -> None:
+    if server.draining():
+      raise ShuttingDown("the server is shutting down (SIGTERM); send the request again, to another replica.")
+
   admin, api = [Depends(require_admin)], [Depends(require_api)]
+  work = [Depends(accepting), *api]  # generate and score: refused with 503 once the server drains
   app = FastAPI(title="prompt-tuning serve", lifespan=lifespan, version="1", description=__doc__)
 
   @app.exception_handler(ShuttingDown)
@@ -214,7 +217,7 @@ def create_app(server: Server) -> FastAPI:
     _update_library_metrics(server)
     return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
 
-  @app.post("/v1/generate", dependencies=api)
+  @app.post("/v1/generate", dependencies=work)
   async def generate(body: GenerateBody):
     shapes = server.engine.shapes
     tokens = _input_tokens(server, body.text, body.token_ids)
@@ -240,7 +243,7 @@ def create_app(server: Server) -> FastAPI:
       "method": body.method,
     }
 
-  @app.post("/v1/score", dependencies=api)
+  @app.post("/v1/score", dependencies=work)
   async def score(body: ScoreBody):
     shapes = server.engine.shapes
     tokens = _input_tokens(server, body.text, body.token_ids)
