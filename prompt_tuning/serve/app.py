@@ -165,7 +165,7 @@ def create_app(server: Server) -> FastAPI:
     yield
     await asyncio.get_running_loop().run_in_executor(None, server.batcher.stop)
 
-  def require_admin(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_ADMIN_SCHEME)]) -> None:
+  async def require_admin(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_ADMIN_SCHEME)]) -> None:
     if server.changes_refused is not None:
       raise HTTPException(403, server.changes_refused)
     if not token_matches(credentials.credentials if credentials else None, server.tokens.admin):
@@ -176,7 +176,7 @@ def create_app(server: Server) -> FastAPI:
         headers=_UNAUTHORIZED,
       )
 
-  def require_api(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_API_SCHEME)]) -> None:
+  async def require_api(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_API_SCHEME)]) -> None:
     tokens = server.tokens
     if tokens.api is not None and not token_matches(
       credentials.credentials if credentials else None, *vars(tokens).values()
@@ -188,7 +188,7 @@ def create_app(server: Server) -> FastAPI:
         headers=_UNAUTHORIZED,
       )
 
-  def accepting() -> None:
+  async def accepting() -> None:
     if server.draining():
       raise ShuttingDown("the server is shutting down (SIGTERM); send the request again, to another replica.")
 
