@@ -104,9 +104,10 @@ async def _load(url: str, bodies: list[dict], concurrency: int) -> dict[str, flo
 
 def _upload(url: str, prompts: np.ndarray) -> list[str]:
   import httpx
+  import test_serve  # the admin token the servers it starts take
 
   ids = [f"p{i}" for i in range(len(prompts))]
-  with httpx.Client(base_url=url, timeout=60) as client:
+  with httpx.Client(base_url=url, timeout=60, headers=test_serve.ADMIN) as client:
     for prompt_id, prompt in zip(ids, prompts):
       body = {"method": "prompt", "arrays": {"prompt": prompt.tolist()}}
       client.put(f"/v1/prompts/{prompt_id}", json=body).raise_for_status()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import re
 import sys
@@ -98,6 +99,17 @@ def quiet_start_up(touch_devices: bool = True) -> None:
   from absl import logging as absl_logging
 
   absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").addFilter(_hide_inapplicable_advice)
+
+
+# Third-party warnings that do not apply here, hidden unless --verbose: seqio's advice to cache a FunctionDataset
+# "since it often results in insufficient shuffling on restarts" (our resumes restore the data pipeline's position
+# and seed: a resumed run equals an uninterrupted one, tests/test_method_resume.py).
+_INAPPLICABLE_ADVICE = ("Using an uncached FunctionDataset for training",)
+
+
+def _hide_inapplicable_advice(record: logging.LogRecord) -> bool:
+  return not str(record.msg).startswith(_INAPPLICABLE_ADVICE)
 
 
 def _start_devices() -> None:

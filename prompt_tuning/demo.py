@@ -1,6 +1,7 @@
 """The first command (`make demo`): prompt-tune the project's own small pretrained T5 on a WordNet task, and compare.
 
     python -m prompt_tuning.demo [--quick] [--steps N] [--examples N] [--greedy] [--work-dir DIR] [--record]
+                                 [--verbose]
 
 Nothing is downloaded: the frozen backbone is the demo model shipped in prompt_tuning/assets/demo_t5 (a 10M-parameter
 T5 1.1 pretrained here with span corruption on WordNet glosses and the King James Bible; see its MODEL_CARD.md), and
@@ -16,8 +17,10 @@ lexicographer classes with held-out words (prompt_tuning/assets/wordnet_categori
 
 Accuracy ranks the two class labels by log-likelihood (infer's score mode: an invalid answer is impossible), with the
 softmax over the labels' tokens as every row is trained (RunConfig.class_label_softmax). `--greedy` adds the exact
-match of greedily decoded text, over the whole vocabulary: 0% for every row of a full run, as rows trained over the
-labels' tokens learn to choose among them, not to put them above the rest of the vocabulary. All five rows run live
+match of greedily decoded text, over the whole vocabulary (a column shown only then): 0% for every row of a full run,
+as rows trained over the labels' tokens learn to choose among them, not to put them above the rest of the vocabulary.
+TensorFlow's, XLA's and absl's start-up lines are hidden, as the command line hides them (`--verbose` shows them).
+All five rows run live
 (about 8 minutes on 2 CPU cores); a full run's results are kept as a reference in
 prompt_tuning/assets/demo_t5/demo_results.json (`--record` rewrites it).
 
@@ -92,6 +95,7 @@ def _parse(argv):
   parser.add_argument("--greedy", action="store_true", help="also decode greedily (exact match, whole vocabulary)")
   parser.add_argument("--work-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
   parser.add_argument("--record", action="store_true", help=f"write the results to {RECORDED_RESULTS.name}")
+  parser.add_argument("--verbose", action="store_true", help="show TensorFlow's, XLA's and absl's start-up logs")
   parser.add_argument(
     "--library",
     type=Path,
@@ -212,6 +216,12 @@ def _size(num_bytes: int) -> str:
 
 
 TABLE_HEADER = ("method", "accuracy", "greedy EM", "trainable params", "saved state", "train time", "steps")
+GREEDY_COLUMN = TABLE_HEADER.index("greedy EM")
+
+
+def _shown(cells: tuple[str, ...], greedy: bool) -> tuple[str, ...]:
+  """The columns shown: "greedy EM" only when the run decodes greedily (otherwise it would be empty on every row)."""
+  return cells if greedy else cells[:GREEDY_COLUMN] + cells[GREEDY_COLUMN + 1 :]
 
 
 def _cells(r: Result) -> tuple[str, ...]:
@@ -226,31 +236,33 @@ def _cells(r: Result) -> tuple[str, ...]:
   )
 
 
-def _widths(names: list[str]) -> list[int]:
+def _widths(names: list[str], greedy: bool) -> list[int]:
   """Column widths fixed before any row is done (so each row can be printed as soon as it is): the header's, the
   longest method name, and room for the largest numbers the demo prints."""
-  return [max(len(TABLE_HEADER[0]), *map(len, names)), *(max(len(h), 9) for h in TABLE_HEADER[1:])]
+  header = _shown(TABLE_HEADER, greedy)
+  return [max(len(header[0]), *map(len, names)), *(max(len(h), 9) for h in header[1:])]
 
 
 def _line(cells: tuple[str, ...], widths: list[int]) -> str:
   return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()
 
 
-def table_head(names: list[str]) -> str:
-  """The table's header and rule, for rows named `names`."""
-  widths = _widths(names)
-  return "\n".join([_line(TABLE_HEADER, widths), "  ".join("-" * w for w in widths)])
+def table_head(names: list[str], greedy: bool = False) -> str:
+  """The table's header and rule, for rows named `names` (with the "greedy EM" column if `greedy`)."""
+  widths = _widths(names, greedy)
+  return "\n".join([_line(_shown(TABLE_HEADER, greedy), widths), "  ".join("-" * w for w in widths)])
 
 
-def table_row(result: Result, names: list[str]) -> str:
-  """One row of the table, aligned with `table_head(names)`."""
-  return _line(_cells(result), _widths(names))
+def table_row(result: Result, names: list[str], greedy: bool = False) -> str:
+  """One row of the table, aligned with `table_head(names, greedy)`."""
+  return _line(_shown(_cells(result), greedy), _widths(names, greedy))
 
 
 def format_table(results: list[Result]) -> str:
-  """The comparison table, one line per row."""
+  """The comparison table, one line per row; the "greedy EM" column when the results have it."""
   names = [r.name for r in results]
-  return "\n".join([table_head(names), *(table_row(r, names) for r in results)])
+  greedy = any(r.greedy_exact_match is not None for r in results)
+  return "\n".join([table_head(names, greedy), *(table_row(r, names, greedy) for r in results)])
 
 
 def _write_record(results: list[Result], total_seconds: float) -> None:
@@ -280,8 +292,10 @@ def main(argv=None) -> int:
   if problem:
     print(f"error: {problem}", file=sys.stderr)
     return 2
-  from prompt_tuning import compilation_cache
+  from prompt_tuning import cli, compilation_cache
 
+  if not args.verbose:
+    cli.quiet_start_up()
   compilation_cache.enable()
   start = time.perf_counter()
   work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="prompt_tuning_demo_"))
@@ -289,11 +303,11 @@ def main(argv=None) -> int:
   names = [row.name for row in ROWS]
   # Each row is printed as soon as it is done (the whole run takes minutes); the trainer's progress goes to stderr.
   print('WordNet "Is a cachalot an animal or a plant?" (after its definition), held-out words, demo T5:', flush=True)
-  print(table_head(names), flush=True)
+  print(table_head(names, args.greedy), flush=True)
   try:
     for row in ROWS:
       results.append(run_row(row, work_dir, args.steps, args.examples, args.greedy, args.library))
-      print(table_row(results[-1], names), flush=True)
+      print(table_row(results[-1], names, args.greedy), flush=True)
   finally:
     if args.work_dir is None:
       shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,5 +1,6 @@
 """`python -m prompt_tuning.demo --quick` runs every row end to end (a few steps each) and prints the table."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,9 +22,15 @@ def test_table_formatting():
     demo.Result("prompt tuning", 0.625, 0.6, 5120, 123_456, 61.2, 400, 1000),
   ]
   table = demo.format_table(rows).splitlines()
-  assert table[0].split()[:2] == ["method", "accuracy"]
-  assert "62.5%" in table[3] and "5,120" in table[3] and "123.5 kB" in table[3] and "400" in table[3]
+  assert table[0].split()[:3] == ["method", "accuracy", "greedy"]
+  assert "62.5%" in table[3] and "60.0%" in table[3] and "5,120" in table[3] and "123.5 kB" in table[3]
   assert "50.0%" in table[2] and table[2].count(" - ") >= 2
+  # Without greedy decoding no row has an exact match: the column is left out, not "-" on every row.
+  ranked_only = [dataclasses.replace(r, greedy_exact_match=None) for r in rows]
+  table = demo.format_table(ranked_only).splitlines()
+  assert "greedy" not in table[0] and table[0].split()[:3] == ["method", "accuracy", "trainable"]
+  assert "62.5%  " in table[3] and table[3].count("%") == 1 and "400" in table[3]
+  assert table[3] == demo.table_row(ranked_only[1], [r.name for r in rows])
 
 
 def test_reference_results_cover_every_row():
@@ -41,7 +48,8 @@ def test_record_needs_a_full_live_run():
 
 @pytest.mark.slow
 def test_quick_demo_prints_the_table(tmp_path):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the demo quiets TensorFlow itself
   out = subprocess.run(
     [
       sys.executable,
@@ -68,6 +76,8 @@ def test_quick_demo_prints_the_table(tmp_path):
   assert out.returncode == 0, out.stdout[-4000:]
   lines = out.stdout.splitlines()
   assert not [line for line in lines if "ERROR" in line], "no ERROR line unless something failed"
+  for noise in ("oneDNN", "cudart_stub", "cuInit", "absl::InitializeLog", "uncached FunctionDataset"):
+    assert noise not in out.stdout, f"start-up noise ({noise}): {out.stdout[:3000]}"
   names = [row.name for row in demo.ROWS]
   table = [line for line in lines if line.split("  ")[0] in names]
   assert [line.split("  ")[0] for line in table] == names

@@ -37,6 +37,9 @@ SHAPES = {
   "max_prefix_length": "4",
   "max_target_length": "8",
 }
+ADMIN_TOKEN = "admin-token-for-tests-3f9c2a"  # PUT/DELETE (prompt_tuning.serve.access)
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+API_TOKEN = "api-token-for-tests-81d0e7"  # generate/score, on the servers started with it
 MAX_LIBRARY_BYTES = 3_000_000
 DEVICE_CACHE_BYTES = 1_000_000  # a few padded rows of the test server (about 175 kB each)
 INPUTS = ["Is a cat an animal or a plant?", "oak", "The rose is a flowering shrub of the genus Rosa.", "a small dog"]
@@ -95,7 +98,18 @@ def _write_library(folder: Path, config) -> dict[str, dict]:
   }
 
 
-def start_server(library: Path, log: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+def _admin_put(url: str, **kwargs) -> httpx.Response:
+  return httpx.put(url, headers=ADMIN, **kwargs)
+
+
+def _admin_delete(url: str, **kwargs) -> httpx.Response:
+  return httpx.delete(url, headers=ADMIN, **kwargs)
+
+
+def start_server(
+  library: Path, log: Path, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+  """A `prompt-tuning serve` process on the demo model and `library`, with the admin token (`env` overrides)."""
   port = _free_port()
   shapes = [f"--gin.EngineShapes.{k}={v}" for k, v in SHAPES.items()]
   cmd = [
@@ -111,7 +125,9 @@ def start_server(library: Path, log: Path, extra: tuple[str, ...] = ()) -> tuple
     *shapes,
     *extra,
   ]
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(
+    os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", PROMPT_TUNING_ADMIN_TOKEN=ADMIN_TOKEN, **(env or {})
+  )
   with open(log, "w") as out:
     process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
   url = f"http://127.0.0.1:{port}"
@@ -253,28 +269,28 @@ def test_prompt_library_changes_live_and_refuses_bad_uploads(server, demo):
   config = demo[0]
   url = server["url"]
   prompt = np.random.default_rng(1).normal(size=(3, config.emb_dim)).tolist()
-  first = httpx.put(f"{url}/v1/prompts/user-7", json={"method": "prompt", "arrays": {"prompt": prompt}})
+  first = _admin_put(f"{url}/v1/prompts/user-7", json={"method": "prompt", "arrays": {"prompt": prompt}})
   assert first.status_code == 200 and first.json()["version"] == 1
   assert (
-    httpx.put(f"{url}/v1/prompts/user-7", json={"method": "prompt", "arrays": {"prompt": prompt}}).json()["version"]
+    _admin_put(f"{url}/v1/prompts/user-7", json={"method": "prompt", "arrays": {"prompt": prompt}}).json()["version"]
     == 2
   )
   assert httpx.get(f"{url}/v1/prompts/user-7").json()["arrays"] == {"prompt": [3, config.emb_dim]}
   assert "user-7" in httpx.get(f"{url}/v1/prompts").json()["ids"]
   reply = _post(url, "/v1/generate", {"text": INPUTS[1], "prompt_id": "user-7", "max_decode_length": 4})
   assert reply.status_code == 200 and reply.json()["prompt_version"] == 2
-  from_folder = httpx.put(f"{url}/v1/prompts/copy", json={"source": "spare.npy"})
+  from_folder = _admin_put(f"{url}/v1/prompts/copy", json={"source": "spare.npy"})
   assert from_folder.status_code == 200 and from_folder.json()["length"] == 4
 
   def put(prompt_id, body):
-    return httpx.put(f"{url}/v1/prompts/{prompt_id}", json=body)
+    return _admin_put(f"{url}/v1/prompts/{prompt_id}", json=body)
 
   wrong_width = put("w", {"method": "prompt", "arrays": {"prompt": [[0.1] * (config.emb_dim - 1)]}})
   assert wrong_width.status_code == 400 and "width" in wrong_width.json()["detail"]
   nan = httpx.put(
     f"{url}/v1/prompts/n",
     content=json.dumps({"method": "prompt", "arrays": {"prompt": [[float("nan")] * config.emb_dim]}}),
-    headers={"content-type": "application/json"},
+    headers={"content-type": "application/json", **ADMIN},
   )
   assert nan.status_code == 400 and "NaN" in nan.json()["detail"]
   lora = put("l", {"method": "lora", "arrays": {"A": [[0.0]]}})
@@ -295,10 +311,10 @@ def test_prompt_library_changes_live_and_refuses_bad_uploads(server, demo):
   traversal = put("escape", {"source": "../library"})
   assert traversal.status_code == 400 and "not allowed" in traversal.json()["detail"]
 
-  assert httpx.delete(f"{url}/v1/prompts/user-7").status_code == 200
+  assert _admin_delete(f"{url}/v1/prompts/user-7").status_code == 200
   gone = _post(url, "/v1/generate", {"text": INPUTS[1], "prompt_id": "user-7"})
   assert gone.status_code == 404 and "user-7" in gone.json()["detail"]
-  assert httpx.delete(f"{url}/v1/prompts/user-7").status_code == 404
+  assert _admin_delete(f"{url}/v1/prompts/user-7").status_code == 404
 
 
 def test_bad_requests_get_clear_statuses(server):
@@ -317,13 +333,52 @@ def test_bad_requests_get_clear_statuses(server):
   assert labels.status_code == 413 and "limit is 8" in labels.json()["detail"]
 
 
+def test_empty_input_is_refused(server):
+  url = server["url"]
+  for body, problem in (
+    ({"text": ""}, "empty"),
+    ({"text": " \n\t "}, "only whitespace"),
+    ({"token_ids": [1]}, "only EOS"),
+    ({"token_ids": [1, 1]}, "only EOS"),
+  ):
+    for path, extra in (("/v1/generate", {}), ("/v1/score", {"candidates": ["animal", "plant"]})):
+      reply = _post(url, path, {**body, **extra})
+      assert reply.status_code == 400 and problem in reply.json()["detail"], (path, body, reply.text)
+  empty_candidate = _post(url, "/v1/score", {"text": "oak", "candidates": ["animal", " "]})
+  assert empty_candidate.status_code == 400 and "candidate is empty" in empty_candidate.json()["detail"]
+
+
+def test_library_changes_need_the_admin_token(server, demo):
+  url = server["url"]
+  prompt = {"method": "prompt", "arrays": {"prompt": [[0.5] * demo[0].emb_dim]}}
+  wrong = {"Authorization": "Bearer not-the-token"}
+  for headers in ({}, wrong, {"Authorization": ADMIN_TOKEN}, {"Authorization": f"Basic {ADMIN_TOKEN}"}):
+    put = httpx.put(f"{url}/v1/prompts/animals", json=prompt, headers=headers)
+    delete = httpx.delete(f"{url}/v1/prompts/animals", headers=headers)
+    for reply in (put, delete):
+      assert reply.status_code == 401 and "PROMPT_TUNING_ADMIN_TOKEN" in reply.json()["detail"], (headers, reply.text)
+      assert reply.headers["www-authenticate"] == "Bearer"
+  unchanged = httpx.get(f"{url}/v1/prompts/animals").json()
+  assert unchanged["version"] == 1 and unchanged["length"] == 5  # the shipped entry, untouched
+  assert not (server["library"] / "animals.safetensors").exists()
+  # Without an API token, generate and score stay open; /metrics and the OpenAPI page never show a token.
+  assert _post(url, "/v1/generate", {"text": "oak", "max_decode_length": 1}).status_code == 200
+  assert ADMIN_TOKEN not in httpx.get(f"{url}/metrics").text
+  openapi = httpx.get(f"{url}/openapi.json").json()
+  schemes = openapi["components"]["securitySchemes"]
+  assert {s["scheme"] for s in schemes.values()} == {"bearer"}
+  assert "PROMPT_TUNING_ADMIN_TOKEN" in json.dumps(schemes) and "PROMPT_TUNING_API_TOKEN" in json.dumps(schemes)
+  assert openapi["paths"]["/v1/prompts/{prompt_id}"]["put"]["security"] == [{"admin token": []}]
+  assert ADMIN_TOKEN not in json.dumps(openapi)
+
+
 def test_prompt_replaced_and_deleted_in_flight_keeps_its_version(server, demo):
   config = demo[0]
   url = server["url"]
   rng = np.random.default_rng(2)
   old, new = rng.normal(size=(6, config.emb_dim)), rng.normal(size=(6, config.emb_dim))
   assert (
-    httpx.put(f"{url}/v1/prompts/live", json={"method": "prompt", "arrays": {"prompt": old.tolist()}}).status_code
+    _admin_put(f"{url}/v1/prompts/live", json={"method": "prompt", "arrays": {"prompt": old.tolist()}}).status_code
     == 200
   )
   body = {"text": INPUTS[2], "prompt_id": "live"}
@@ -339,8 +394,8 @@ def test_prompt_replaced_and_deleted_in_flight_keeps_its_version(server, demo):
     deadline = time.time() + 60
     while not finished and time.time() < deadline:  # the first answers are in; most requests still run
       time.sleep(0.005)
-    httpx.put(f"{url}/v1/prompts/live", json={"method": "prompt", "arrays": {"prompt": new.tolist()}})
-    httpx.delete(f"{url}/v1/prompts/live")
+    _admin_put(f"{url}/v1/prompts/live", json={"method": "prompt", "arrays": {"prompt": new.tolist()}})
+    _admin_delete(f"{url}/v1/prompts/live")
     replaced_at = time.perf_counter()
     replies = [f.result() for f in futures]
   expected_old = _alone(demo, {"prompt": old.astype(np.float32)}, body["text"], "greedy")
@@ -361,7 +416,7 @@ def test_failing_batch_fails_only_its_requests(server, demo):
   layers, shape = config.num_decoder_layers, (config.num_decoder_layers, 2, config.num_heads, config.head_dim)
   keys = np.concatenate([np.full((layers, 1) + shape[2:], 3e38), np.full((layers, 1) + shape[2:], -3e38)], axis=1)
   arrays = {"decoder/key": keys.tolist(), "decoder/value": np.zeros(shape).tolist()}
-  assert httpx.put(f"{url}/v1/prompts/huge", json={"method": "prefix", "arrays": arrays}).status_code == 200
+  assert _admin_put(f"{url}/v1/prompts/huge", json={"method": "prefix", "arrays": arrays}).status_code == 200
   bodies = [{"text": INPUTS[0], "prompt_id": "huge"}, {"text": INPUTS[0], "prompt_id": "animals"}] * 2
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     replies = list(pool.map(lambda b: _post(url, "/v1/generate", b), bodies))
@@ -381,7 +436,7 @@ def test_failing_batch_fails_only_its_requests(server, demo):
   assert beam_replies[1].json()["token_ids"] == _alone(demo, server["vectors"]["animals"], INPUTS[0], "beam")
   assert httpx.get(f"{url}/healthz").status_code == 200
   out_of_range = {"method": "prompt", "arrays": {"prompt": [[1e39] * config.emb_dim]}}
-  refused = httpx.put(f"{url}/v1/prompts/big", json=out_of_range)
+  refused = _admin_put(f"{url}/v1/prompts/big", json=out_of_range)
   assert refused.status_code == 400 and "float32" in refused.json()["detail"]
 
 
@@ -417,7 +472,7 @@ def test_memory_stays_bounded_with_10000_prompts(server, demo):
   before = _rss_kib(pid)
 
   def upload(i):
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with httpx.Client(base_url=url, timeout=60, headers=ADMIN) as client:
       return [
         client.put(f"/v1/prompts/u{j}", json={"method": "prompt", "arrays": {"prompt": row}}).status_code
         for j in range(i, 10_000, 8)
@@ -459,8 +514,13 @@ def test_sigterm_drains_in_flight_requests(server):
     replies = [f.result() for f in futures]
   assert in_flight >= 1  # requests were running when the signal came
   assert [r.status_code for r in replies] == [200] * count
-  # uvicorn re-raises the signal it handled once it has shut down, so the exit reads as SIGTERM's.
-  assert process.wait(60) in (0, -signal.SIGTERM)
+  assert process.wait(60) == 0
+  log = server["log"].read_text()
+  assert "stopped by SIGTERM" in log and "Traceback" not in log, log[-3000:]
+  # The whole server log: no token, and none of TensorFlow's, XLA's or absl's start-up lines.
+  assert ADMIN_TOKEN not in log
+  for noise in ("oneDNN", "cudart_stub", "cuInit", "absl::InitializeLog", "uncached FunctionDataset"):
+    assert noise not in log, log[:3000]
 
 
 def _readme_serving_section() -> tuple[list[str], str]:
@@ -477,26 +537,35 @@ def _readme_serving_section() -> tuple[list[str], str]:
 
 
 def test_the_readme_serving_example_runs_as_written(demo, tmp_path):
-  """README's serve command over the shipped demo library (stand-ins: the port, and small compiled shapes that still
-  hold the demo's 20-token prompt and 10-vector prefix), its two curl commands and its Python client, against the
-  real server: the trained prompt and prefix call an oak a plant, a cachalot an animal."""
+  """README's serving example, line by line: the copy of the shipped demo library, the admin token, the serve
+  command (stand-ins: the port, the copy's folder, and small compiled shapes that still hold the demo's 20-token
+  prompt and 10-vector prefix), its two curl commands and its Python client, against the real server: the trained
+  prompt and prefix call an oak a plant, a cachalot an animal; the client's upload is kept in the copy, and the
+  shipped library is unchanged."""
   import shlex
 
+  from prompt_tuning import demo_data
+
   commands, client = _readme_serving_section()
-  assert commands[0].startswith("prompt-tuning serve ") and all(c.startswith("curl ") for c in commands[1:])
-  assert "--prompts_dir=prompt_tuning/assets/demo_library" in commands[0]
+  copy, export, serve, *curls = commands
+  assert copy.startswith("cp -r prompt_tuning/assets/demo_library ") and export.startswith("export ")
+  assert serve.startswith("prompt-tuning serve ") and curls and all(c.startswith("curl ") for c in curls)
   port = _free_port()
-  stand_ins = {"localhost:8000": f"127.0.0.1:{port}", "--port=8000": f"--port={port}"}
+  library = tmp_path / "library"
+  stand_ins = {"localhost:8000": f"127.0.0.1:{port}", "--port=8000": f"--port={port}", "/tmp/library": str(library)}
 
   def substitute(text: str) -> str:
     for readme_text, stand_in in stand_ins.items():
       text = text.replace(readme_text, stand_in)
     return text
 
+  shipped_before = sorted(p.name for p in demo_data.DEMO_LIBRARY_DIR.iterdir())
+  subprocess.run(shlex.split(substitute(copy)), check=True, cwd=ROOT)
+  name, token = shlex.split(export, comments=True)[1].split("=", 1)
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", **{name: token})
   shapes = dict(SHAPES, max_prompt_length="32", max_prefix_length="16")
   shapes = [f"--gin.EngineShapes.{k}={v}" for k, v in shapes.items()]
-  cmd = [sys.executable, "-m", "prompt_tuning.cli", *shlex.split(substitute(commands[0]))[1:], *shapes]
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "prompt_tuning.cli", *shlex.split(substitute(serve))[1:], *shapes]
   log = tmp_path / "server.log"
   with open(log, "w") as out:
     process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -511,7 +580,7 @@ def test_the_readme_serving_example_runs_as_written(demo, tmp_path):
     assert process.poll() is None, log.read_text()[-3000:]
     generated, scored = (
       json.loads(subprocess.run(shlex.split(substitute(c)), capture_output=True, text=True, check=True).stdout)
-      for c in commands[1:]
+      for c in curls
     )
     assert isinstance(generated["text"], str) and generated["prompt_id"] == "animal_or_plant", generated
     assert set(scored["per_prompt"]) == {"animal_or_plant", "animal_or_plant_prefix"}, scored
@@ -532,6 +601,8 @@ def test_the_readme_serving_example_runs_as_written(demo, tmp_path):
     assert httpx.get(f"{url}/v1/prompts/user-42").status_code == 200  # the client's upload is in the library
   finally:
     stop_server(process)
+  assert (library / "user-42.safetensors").is_file()
+  assert sorted(p.name for p in demo_data.DEMO_LIBRARY_DIR.iterdir()) == shipped_before
 
 
 def test_choose_tokens_samples_only_the_rows_that_ask():
@@ -569,3 +640,148 @@ def test_library_refuses_a_method_this_server_cannot_take():
   assert refused.value.status == 400
   assert library.put("s", "ia3", {"decoder/cross_attention/value_scale": np.ones((1, 2))}).length == 0
   assert library.put("d", "per_layer_prompt", {"add": np.ones((1, 2, 4))}).length == 2
+
+
+def _wait_for(condition, seconds: float, what: str) -> None:
+  deadline = time.time() + seconds
+  while not condition():
+    if time.time() > deadline:
+      raise AssertionError(f"waited {seconds} s for {what}")
+    time.sleep(0.02)
+
+
+def test_uploads_survive_restart_and_kill_9_mid_upload(demo, tmp_path):
+  """Every answered change is on disk: a restart restores each entry with its id and version, a DELETE stays
+  deleted, a kill -9 between an upload's write and its rename leaves the old entry whole, and concurrent PUTs of one
+  id leave one complete file, the one served. The API token guards generate and score."""
+  from prompt_tuning.serve import library_files
+
+  config = demo[0]
+  rng = np.random.default_rng(5)
+  folder = tmp_path / "library"
+  folder.mkdir()
+  np.save(folder / "operator.npy", rng.normal(size=(2, config.emb_dim)).astype(np.float32))  # placed by hand
+
+  def prompt(length: int) -> np.ndarray:
+    return rng.normal(size=(length, config.emb_dim)).astype(np.float32)
+
+  def put(url: str, prompt_id: str, array: np.ndarray) -> httpx.Response:
+    body = {"method": "prompt", "arrays": {"prompt": array.tolist()}}
+    return httpx.put(f"{url}/v1/prompts/{prompt_id}", json=body, headers=ADMIN, timeout=60)
+
+  tokens = {"PROMPT_TUNING_API_TOKEN": API_TOKEN, library_files.TEST_PAUSE_BEFORE_RENAME_ENV: "1"}
+  process, url = start_server(folder, tmp_path / "first.log", ("--no_warm_up",), env=tokens)
+  kept, interrupted = prompt(3), prompt(4)
+  try:
+    assert put(url, "kept", prompt(2)).json()["version"] == 1
+    assert put(url, "kept", kept).json()["version"] == 2
+    assert put(url, "gone", prompt(1)).status_code == 200
+    assert httpx.delete(f"{url}/v1/prompts/gone", headers=ADMIN).status_code == 200
+    assert put(url, "operator", prompt(1)).json()["version"] == 2  # replaces the hand-placed .npy
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      upload = pool.submit(put, url, "kept", interrupted)
+      _wait_for(lambda: list(folder.glob(".kept.safetensors.*.partial")), 30, "the upload's temporary file")
+      os.kill(process.pid, signal.SIGKILL)  # mid-upload: its temporary file is there, the rename is not done
+      with pytest.raises(httpx.TransportError):
+        upload.result()
+  finally:
+    stop_server(process)
+  assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".partial")) == [
+    "kept.safetensors",
+    "operator.safetensors",
+  ]
+  assert library_files.recorded_version(folder / "kept.safetensors") == 2
+
+  tokens.pop(library_files.TEST_PAUSE_BEFORE_RENAME_ENV)
+  process, url = start_server(folder, tmp_path / "second.log", ("--no_warm_up",), env=tokens)
+  api = {"Authorization": f"Bearer {API_TOKEN}"}
+  try:
+    assert httpx.get(f"{url}/v1/prompts").status_code == 401  # the API token guards the library's GETs too
+    assert httpx.get(f"{url}/v1/prompts", headers=api).json()["ids"] == ["kept", "operator"]
+    restored = httpx.get(f"{url}/v1/prompts/kept", headers=api).json()
+    assert restored["version"] == 2 and restored["arrays"] == {"prompt": [3, config.emb_dim]}
+    assert httpx.get(f"{url}/v1/prompts/operator", headers=ADMIN).json()["version"] == 2
+    assert not list(folder.glob(".*.partial"))  # what the crash left is cleaned at start
+    # The restored entry is the uploaded one: greedy decoding under it equals decoding under the arrays alone.
+    body = {"text": INPUTS[0], "prompt_id": "kept"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+      refused = httpx.post(f"{url}/v1/generate", json=body, headers=headers)
+      assert refused.status_code == 401 and "PROMPT_TUNING_API_TOKEN" in refused.json()["detail"]
+    assert _post(url, "/v1/score", {"text": "oak", "candidates": ["a"]}).status_code == 401
+    answer = httpx.post(f"{url}/v1/generate", json=body, headers=api, timeout=120)
+    assert answer.json()["token_ids"] == _alone(demo, {"prompt": kept}, INPUTS[0], "greedy")
+    # Concurrent PUTs of one id: one complete file, the entry served, whatever the order they ran in.
+    uploads = [prompt(2) for _ in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+      replies = list(pool.map(lambda array: put(url, "race", array), uploads))
+    versions = {reply.json()["version"]: array for reply, array in zip(replies, uploads)}
+    assert sorted(versions) == list(range(1, 9))
+    assert [p.name for p in folder.iterdir() if "race" in p.name] == ["race.safetensors"]
+    method, arrays = library_files.read_entry_file(folder / "race.safetensors")
+    np.testing.assert_array_equal(arrays["prompt"], versions[8])
+    assert library_files.recorded_version(folder / "race.safetensors") == 8
+    assert httpx.get(f"{url}/v1/prompts/race", headers=api).json()["version"] == 8
+  finally:
+    stop_server(process)
+  assert API_TOKEN not in (tmp_path / "second.log").read_text()
+
+
+def _serve_start_error(capfd, folder, *flags: str) -> str:
+  """What `prompt-tuning serve` prints when it refuses to start (before loading the backbone), run in-process."""
+  from prompt_tuning import cli
+
+  code = cli.main(["serve", "--gin_file=demo/base.gin", f"--prompts_dir={folder}", "--no_warm_up", *flags])
+  printed = capfd.readouterr().err
+  assert code == 1, printed
+  return printed
+
+
+def test_a_library_that_cannot_take_changes_is_refused_at_start(tmp_path, capfd, monkeypatch):
+  from prompt_tuning import demo_data
+  from prompt_tuning.serve import access
+
+  monkeypatch.setenv(access.ADMIN_TOKEN_ENV, ADMIN_TOKEN)
+  shipped = _serve_start_error(capfd, demo_data.DEMO_LIBRARY_DIR)
+  assert "never written to" in shipped and "cp -r" in shipped and "--read_only" in shipped
+  both = _serve_start_error(capfd, tmp_path, "--read_only")
+  assert "--read_only and an admin token" in both
+  folder = tmp_path / "immutable"
+  folder.mkdir()
+  if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+    pytest.skip("chattr +i is not available here: no folder this (root) process cannot write")
+  try:
+    not_writable = _serve_start_error(capfd, folder)
+  finally:
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+  assert "is not writable (Operation not permitted)" in not_writable and "--read_only" in not_writable
+  assert ADMIN_TOKEN not in shipped + both + not_writable
+  monkeypatch.setenv(access.ADMIN_TOKEN_ENV, "")
+  assert "PROMPT_TUNING_ADMIN_TOKEN is empty" in _serve_start_error(capfd, tmp_path)
+
+
+def test_a_library_without_an_admin_token_is_read_only_and_a_draining_server_answers_503(demo):
+  """No admin token (or --read_only): PUT and DELETE answer 403 saying how to enable changes, before the body is
+  read; a draining server answers 503. The app in-process (its routes refuse before the engine is touched)."""
+  from fastapi.testclient import TestClient
+
+  from prompt_tuning.serve import app, cli, store
+
+  refusals = {}
+  for flags in ([], ["--read_only"]):
+    args = cli._parser().parse_args(["--prompts_dir", str(ROOT / "prompt_tuning/assets/demo_library"), *flags])
+    tokens, files, refused = cli.library_access(args)
+    assert tokens.admin is None and not files.writable
+    limits = store.Limits(4, 1, 2, {}, 2, 0, 1, 1, 3)
+    server = app.Server(None, store.PromptLibrary(limits, 1 << 20), None, None, None, None, None, tokens, refused)
+    client = TestClient(app.create_app(server))
+    for reply in (client.put("/v1/prompts/x", json={"source": "a"}), client.delete("/v1/prompts/x", headers=ADMIN)):
+      assert reply.status_code == 403, reply.text
+    refusals[tuple(flags)] = reply.json()["detail"]
+  assert "PROMPT_TUNING_ADMIN_TOKEN=<token>" in refusals[()] and "--admin_token_file" in refusals[()]
+  assert "--read_only" in refusals[("--read_only",)]
+  # Once SIGTERM came (uvicorn's should_exit), new generate and score requests are refused with 503, not reset.
+  server.draining = lambda: True
+  for path in ("/v1/generate", "/v1/score"):
+    reply = client.post(path, json={"text": "oak", "candidates": ["a"]})
+    assert reply.status_code == 503 and "shutting down" in reply.json()["detail"], reply.text
+    assert reply.headers["connection"] == "close" and reply.headers["retry-after"] == "1"

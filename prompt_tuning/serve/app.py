@@ -10,12 +10,17 @@
     DELETE /v1/prompts/{id}
     GET    /healthz, /metrics (Prometheus), /docs (OpenAPI)
 
-Errors: unknown prompt 404; a prompt of the wrong width, with NaN, or of a
-method the backbone cannot take 400 (the message says which); an input longer
+Access (`prompt_tuning.serve.access`): PUT and DELETE need `Authorization: Bearer <admin token>` (401 without it or
+with another token; 403 when the server has no admin token or runs with --read_only: its library cannot change);
+with an API token configured, generate, score and the library's GETs need it (or the admin token), 401 without.
+A change is written to the library folder before it is answered (`prompt_tuning.serve.library_files`).
+
+Errors: an empty input (text of only whitespace, or token ids of only EOS) 400; unknown prompt 404; a prompt of
+the wrong width, with NaN, or of a method the backbone cannot take 400 (the message says which); an input longer
 than the server's maximum 413 (with the limit); malformed JSON 422; a library
 over its byte cap 507; a request the model could not compute (non-finite
 outputs under its prompt, named in the message) 500, the others in its batch
-unaffected.
+unaffected; a request arriving while the server drains after SIGTERM 503.
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from prompt_tuning.serve.batcher import Batcher, GenerateJob, ScoreJob
+from prompt_tuning.serve.access import ADMIN_TOKEN_ENV, API_TOKEN_ENV, Tokens, token_matches
+from prompt_tuning.serve.batcher import Batcher, GenerateJob, ScoreJob, ShuttingDown
 from prompt_tuning.serve.engine import Engine, EngineError
 from prompt_tuning.serve.metrics import ServeMetrics
 from prompt_tuning.serve.store import DeviceCache, PromptError, PromptLibrary, check_id, read_entry_file
@@ -83,12 +91,34 @@ class Server:
   metrics: ServeMetrics
   vocabulary: Any
   prompts_dir: Path | None = None
+  tokens: Tokens = Tokens()
+  changes_refused: str | None = None  # why the library cannot change (the 403's message); None: it can
+  draining: Callable[[], bool] = lambda: False  # true once SIGTERM came: new requests are refused with 503
+
+
+_ADMIN_SCHEME = HTTPBearer(
+  scheme_name="admin token",
+  description=f"Needed by PUT and DELETE /v1/prompts/{{id}}: the token the operator set in {ADMIN_TOKEN_ENV} or "
+  "--admin_token_file. Without one the server's library is read-only.",
+  auto_error=False,
+)
+_API_SCHEME = HTTPBearer(
+  scheme_name="API token",
+  description=f"Needed by generate, score and the library's GETs when the operator set {API_TOKEN_ENV} or "
+  "--api_token_file (the admin token is accepted too); open otherwise.",
+  auto_error=False,
+)
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
 def _input_tokens(server: Server, text: str | None, token_ids: list[int] | None) -> np.ndarray:
   if (text is None) == (token_ids is None):
     raise HTTPException(400, "give exactly one of 'text' and 'token_ids'.")
   if text is not None:
+    if not text.strip():
+      raise HTTPException(
+        400, f"the input text is {'empty' if not text else 'only whitespace'}; send the text to read."
+      )
     ids = list(server.vocabulary.encode(text)) + [EOS_ID]
   else:
     ids = list(token_ids)
@@ -96,6 +126,10 @@ def _input_tokens(server: Server, text: str | None, token_ids: list[int] | None)
     bad = [t for t in ids if not 0 < t < vocab]
     if not ids or bad:
       raise HTTPException(400, f"token_ids must be 1..{vocab - 1} (0 is padding); got {bad[:5] or 'none'}.")
+  if all(t == EOS_ID for t in ids):
+    raise HTTPException(
+      400, f"the input is empty: its tokens are only EOS ({EOS_ID}); send the tokens of the text to read, then EOS."
+    )
   limit = server.engine.shapes.max_input_length
   if len(ids) > limit:
     raise HTTPException(413, f"the input has {len(ids)} tokens (EOS included); this server takes at most {limit}.")
@@ -131,7 +165,40 @@ def create_app(server: Server) -> FastAPI:
     yield
     await asyncio.get_running_loop().run_in_executor(None, server.batcher.stop)
 
-  app = FastAPI(title="prompt-tuning serve", lifespan=lifespan, version="1")
+  async def require_admin(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_ADMIN_SCHEME)]) -> None:
+    if server.changes_refused is not None:
+      raise HTTPException(403, server.changes_refused)
+    if not token_matches(credentials.credentials if credentials else None, server.tokens.admin):
+      raise HTTPException(
+        401,
+        "changing the library needs 'Authorization: Bearer <admin token>' with the token the operator set in "
+        f"{ADMIN_TOKEN_ENV} or --admin_token_file.",
+        headers=_UNAUTHORIZED,
+      )
+
+  async def require_api(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_API_SCHEME)]) -> None:
+    tokens = server.tokens
+    if tokens.api is not None and not token_matches(
+      credentials.credentials if credentials else None, *vars(tokens).values()
+    ):
+      raise HTTPException(
+        401,
+        f"this server needs 'Authorization: Bearer <API token>' with the token the operator set in {API_TOKEN_ENV} "
+        "or --api_token_file.",
+        headers=_UNAUTHORIZED,
+      )
+
+  async def accepting() -> None:
+    if server.draining():
+      raise ShuttingDown("the server is shutting down (SIGTERM); send the request again, to another replica.")
+
+  admin, api = [Depends(require_admin)], [Depends(require_api)]
+  work = [Depends(accepting), *api]  # generate and score: refused with 503 once the server drains
+  app = FastAPI(title="prompt-tuning serve", lifespan=lifespan, version="1", description=__doc__)
+
+  @app.exception_handler(ShuttingDown)
+  async def shutting_down(request: Request, e: ShuttingDown):
+    return JSONResponse({"detail": str(e)}, status_code=503, headers={"Connection": "close", "Retry-After": "1"})
 
   @app.exception_handler(PromptError)
   async def prompt_error(request: Request, e: PromptError):
@@ -150,7 +217,7 @@ def create_app(server: Server) -> FastAPI:
     _update_library_metrics(server)
     return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
 
-  @app.post("/v1/generate")
+  @app.post("/v1/generate", dependencies=work)
   async def generate(body: GenerateBody):
     shapes = server.engine.shapes
     tokens = _input_tokens(server, body.text, body.token_ids)
@@ -176,11 +243,13 @@ def create_app(server: Server) -> FastAPI:
       "method": body.method,
     }
 
-  @app.post("/v1/score")
+  @app.post("/v1/score", dependencies=work)
   async def score(body: ScoreBody):
     shapes = server.engine.shapes
     tokens = _input_tokens(server, body.text, body.token_ids)
     entries = [_entry(server, p) for p in body.prompt_ids]
+    if not all(c.strip() for c in body.candidates):
+      raise HTTPException(400, "a candidate is empty or only whitespace; give each candidate's text.")
     candidates = [list(server.vocabulary.encode(c)) + [EOS_ID] for c in body.candidates]
     longest = max(len(c) for c in candidates)
     if longest > shapes.max_target_length:
@@ -215,15 +284,15 @@ def create_app(server: Server) -> FastAPI:
       "prompt_versions": [e.version if e else None for e in entries],
     }
 
-  @app.get("/v1/prompts")
+  @app.get("/v1/prompts", dependencies=api)
   async def list_prompts():
     return {"ids": server.library.ids(), "bytes": server.library.nbytes}
 
-  @app.get("/v1/prompts/{prompt_id}")
+  @app.get("/v1/prompts/{prompt_id}", dependencies=api)
   async def get_prompt(prompt_id: str):
     return server.library.get(prompt_id).describe()
 
-  @app.put("/v1/prompts/{prompt_id}")
+  @app.put("/v1/prompts/{prompt_id}", dependencies=admin)
   async def put_prompt(prompt_id: str, body: PromptBody):
     check_id(prompt_id)
     if body.source is not None:
@@ -251,7 +320,7 @@ def create_app(server: Server) -> FastAPI:
     _update_library_metrics(server)
     return entry.describe()
 
-  @app.delete("/v1/prompts/{prompt_id}")
+  @app.delete("/v1/prompts/{prompt_id}", dependencies=admin)
   async def delete_prompt(prompt_id: str):
     entry = server.library.delete(prompt_id)
     _update_library_metrics(server)

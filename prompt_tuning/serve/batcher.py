@@ -38,6 +38,10 @@ from prompt_tuning.serve.store import DeviceCache, PromptEntry
 log = logging.getLogger(__name__)
 
 
+class ShuttingDown(RuntimeError):
+  """A request submitted after the server began to stop (the app answers 503)."""
+
+
 @dataclasses.dataclass(eq=False)
 class GenerateJob:
   """One generation request: int tokens [T] (EOS included) under `entry` (None: the frozen model)."""
@@ -99,7 +103,7 @@ class Batcher:
 
   def submit(self, job: GenerateJob | ScoreJob) -> concurrent.futures.Future:
     if self._stop.is_set():
-      job.future.set_exception(RuntimeError("the server is shutting down."))
+      job.future.set_exception(ShuttingDown("the server is shutting down; send the request again to another replica."))
     else:
       self._queue.put(job)
       self.metrics.queue_depth.inc()

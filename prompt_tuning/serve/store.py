@@ -175,14 +175,19 @@ def save_entry(path: str | Path, method: str, arrays: Mapping[str, Any]) -> Path
 
 
 class PromptLibrary:
-  """The live library: id -> newest entry, capped in host bytes; thread-safe."""
+  """The live library: id -> newest entry, capped in host bytes; thread-safe.
 
-  def __init__(self, limits: Limits, max_library_bytes: int):
-    self.limits, self.max_bytes = limits, max_library_bytes
+  With `files` (a writable `prompt_tuning.serve.library_files.LibraryFolder`) every put and delete is written
+  through to the library folder before it returns; changes are serialized, so the file and the entry agree.
+  """
+
+  def __init__(self, limits: Limits, max_library_bytes: int, files=None):
+    self.limits, self.max_bytes, self.files = limits, max_library_bytes, files
     self._entries: dict[str, PromptEntry] = {}
     self._versions: dict[str, int] = collections.defaultdict(int)
     self._bytes = 0
     self._lock = threading.Lock()
+    self._change_lock = threading.Lock()  # one put or delete at a time: its version, its file, its entry
 
   @property
   def nbytes(self) -> int:
@@ -204,48 +209,56 @@ class PromptLibrary:
       raise PromptError(f"no prompt {prompt_id!r} in the library; PUT /v1/prompts/{prompt_id} first.", status=404)
     return entry
 
-  def put(self, prompt_id: str, method: str, arrays: Mapping[str, Any], source: str = "upload") -> PromptEntry:
-    """Adds or replaces an entry (new version). Raises PromptError (400; 507 when the library is full)."""
+  def put(
+    self,
+    prompt_id: str,
+    method: str,
+    arrays: Mapping[str, Any],
+    source: str = "upload",
+    version: int | None = None,
+    write: bool = True,
+  ) -> PromptEntry:
+    """Adds or replaces an entry (the next version, or `version` when restoring one), written through to `files`
+    unless `write=False`. Raises PromptError (400; 507 when the library is full)."""
     check_id(prompt_id)
-    with self._lock:
-      version = self._versions[prompt_id] + 1
-    entry = make_entry(prompt_id, method, arrays, self.limits, version, source)
-    with self._lock:
-      old = self._entries.get(prompt_id)
-      grown = self._bytes + entry.nbytes - (old.nbytes if old else 0)
-      if grown > self.max_bytes:
-        raise PromptError(
-          f"the library holds {self._bytes} of {self.max_bytes} bytes and this prompt needs {entry.nbytes}; delete "
-          "prompts or restart with a larger --max_library_bytes.",
-          status=507,
-        )
-      self._versions[prompt_id] = max(self._versions[prompt_id], version)
-      self._entries[prompt_id], self._bytes = entry, grown
+    with self._change_lock:
+      with self._lock:
+        version = version or self._versions[prompt_id] + 1
+      entry = make_entry(prompt_id, method, arrays, self.limits, version, source)
+      with self._lock:
+        old = self._entries.get(prompt_id)
+        grown = self._bytes + entry.nbytes - (old.nbytes if old else 0)
+        if grown > self.max_bytes:
+          raise PromptError(
+            f"the library holds {self._bytes} of {self.max_bytes} bytes and this prompt needs {entry.nbytes}; "
+            "delete prompts or restart with a larger --max_library_bytes.",
+            status=507,
+          )
+      if write and self.files is not None:
+        self.files.write(prompt_id, entry.method, entry.arrays, version)  # kept before it is served or answered
+      with self._lock:
+        self._versions[prompt_id] = max(self._versions[prompt_id], version)
+        self._entries[prompt_id], self._bytes = entry, grown
     return entry
 
   def delete(self, prompt_id: str) -> PromptEntry:
-    """Removes an entry (requests holding it finish with it). Raises PromptError (404)."""
-    entry = self.get(prompt_id)
-    with self._lock:
-      if self._entries.get(prompt_id) is entry:
+    """Removes an entry, and its files from `files` (requests holding it finish with it). Raises PromptError (404)."""
+    with self._change_lock:
+      entry = self.get(prompt_id)
+      if self.files is not None:
+        self.files.remove(prompt_id)
+      with self._lock:
         del self._entries[prompt_id]
         self._bytes -= entry.nbytes
     return entry
 
   def load_folder(self, folder: str | Path) -> list[str]:
-    """Adds every entry of a library folder; returns the ids. Raises PromptError naming the bad file."""
-    loaded = []
-    for path in sorted(Path(folder).iterdir()):
-      if path.name.startswith("."):
-        continue
-      prompt_id = path.name if path.is_dir() else path.stem
-      try:
-        method, arrays = read_entry_file(path)
-        self.put(prompt_id, method, arrays, source=str(path))
-      except (PromptError, ValueError, KeyError, FileNotFoundError) as e:
-        raise PromptError(f"cannot load {path} into the library: {e}") from e
-      loaded.append(prompt_id)
-    return loaded
+    """Adds every entry of a library folder with its recorded version; returns the ids. Raises PromptError naming
+    the bad file."""
+    from prompt_tuning.serve import library_files
+
+    files = self.files if self.files is not None and Path(folder) == self.files.folder else None
+    return library_files.restore(self, files or library_files.LibraryFolder(folder, writable=False))
 
 
 def device_bytes(tree: Any) -> int:
