@@ -20,6 +20,7 @@ from typing import Any
 
 import gin
 import jax
+import numpy as np
 
 from prompt_tuning import locks, optim, partitioning, validation
 from prompt_tuning.checkpoints import training as training_checkpoints
@@ -41,8 +42,7 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.D
     locks.FolderInUseError: the lock file was deleted or replaced (another writer may have started).
     CheckpointWriteError: the checkpoint could not be written (what it left behind is removed).
   """
-  if lock is not None:
-    lock.check()
+  _check_lock(lock)
   meta = {
     "data_position": data_position,
     "backbone_fingerprint": run.fingerprint,
@@ -58,6 +58,25 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.D
   if jax.process_index() == 0:
     with run.checkpoints.writing(step):
       export_methods(run.tuned, trainable, Path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}")
+
+
+def _check_lock(lock: locks.DirectoryLock | None) -> None:
+  """Raises FolderInUseError on every process when process 0's lock on MODEL_DIR is no longer held (its file was
+  deleted or replaced): all processes stop before the checkpoint, none waits in a save the others never join."""
+  problem = None
+  if lock is not None:
+    try:
+      lock.check()
+    except locks.FolderInUseError as e:
+      problem = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    lost = bool(multihost_utils.broadcast_one_to_all(np.asarray(problem is not None)))
+    if lost and problem is None:
+      raise locks.FolderInUseError("process 0 lost the lock on MODEL_DIR (its .lock file was deleted or replaced)")
+  if problem is not None:
+    raise problem
 
 
 def export_methods(tuned: TunedT5, trainable: dict[str, Any], folder: Path) -> list[Path]:

@@ -225,7 +225,7 @@ def check_resume(model_dir: str | os.PathLike, num_train_steps: int) -> None:
   checkpoint moved aside as damaged (a new run would start at step 0 and overwrite numpy_checkpoints/)."""
   folder = Path(model_dir) / "checkpoints"
   entries = sorted(folder.iterdir()) if folder.is_dir() else []
-  links = [p for p in entries if p.is_symlink()]
+  links = [p for p in entries if p.is_symlink() and p.name.isdigit()]
   if links:
     raise SettingError(
       f"{links[0]} is a symbolic link (to {os.readlink(links[0])}): training checkpoints must be folders inside "

@@ -180,6 +180,7 @@ class TrainingCheckpoints:
     self.keep = keep
     self._failed = False
     _drop_orbax_background_tracebacks()
+    _drop_closed_loop_callbacks()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(
       self.model_dir.absolute() / "checkpoints", options=options, item_names=("state", "meta")
@@ -213,8 +214,7 @@ class TrainingCheckpoints:
     call) into one CheckpointWriteError naming the folder and what to do, after removing what the failed save left
     behind: orbax's temporary folders and the numpy exports newer than the last finished checkpoint."""
     try:
-      with _quiet_failed_reads():
-        yield
+      yield
     except CheckpointError:
       raise
     except Exception as e:  # noqa: BLE001 - orbax, tensorstore and the OS raise many types for one failed write
@@ -241,7 +241,10 @@ class TrainingCheckpoints:
     kept = max(finished) if finished else None
     if jax.process_index() == 0:
       for leftover in (self.model_dir / "checkpoints").glob("*.orbax-checkpoint-tmp*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        if leftover.is_symlink() or not leftover.is_dir():
+          leftover.unlink(missing_ok=True)
+        else:
+          shutil.rmtree(leftover, ignore_errors=True)
       for folder in (self.model_dir / "numpy_checkpoints").glob("checkpoint_*"):
         step = folder.name[len("checkpoint_") :]
         if step.isdigit() and (kept is None or int(step) > kept):
@@ -480,6 +483,16 @@ def _quiet_failed_reads():
   any time after the failure. So the filter stays installed from the first read onward (once per hook chain), and
   drops only that error raised by asyncio's thread-safe scheduling; everything else goes to the previous hook.
   """
+  _drop_closed_loop_callbacks()
+  try:
+    yield
+  finally:
+    gc.collect()
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """Installs the unraisable-error filter of _quiet_failed_reads (once per hook chain); failed writes leave the same
+  late results behind."""
   if not getattr(sys.unraisablehook, "_drops_closed_loop_callbacks", False):
     previous = sys.unraisablehook
 
@@ -489,10 +502,6 @@ def _quiet_failed_reads():
 
     hook._drops_closed_loop_callbacks = True
     sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    gc.collect()
 
 
 def _is_closed_loop_callback(unraisable) -> bool:
