@@ -240,8 +240,46 @@ def _dispatch(command: str, argv: list[str]) -> int:
   return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, program: bool | None = None) -> int:
+  """Runs `prompt-tuning ARGV` and returns its exit status.
+
+  Args:
+    argv: the arguments (default: sys.argv[1:]).
+    program: whether this call is the whole process (default: when argv is None, as the console scripts call it).
+      A program that failed ends within seconds even if a library's thread would keep it alive (`_end_process`).
+  """
+  program = argv is None if program is None else program
+  code = _main(list(sys.argv[1:] if argv is None else argv))
+  if program and code != 0:
+    _end_process(code)
+  return code
+
+
+# Seconds a failed program waits for other threads to end before it ends itself without them.
+THREAD_GRACE_S = 5.0
+
+
+def _end_process(code: int) -> None:
+  """Ends a failed program, even when a library's non-daemon threads would keep the interpreter waiting for them at
+  exit forever: orbax's background save threads, after a failed save, wait for a signal that never comes. Waits for
+  them up to THREAD_GRACE_S, then flushes the output and exits with `code` (nothing is left to write: the
+  checkpoint that failed was cleaned up when its error was raised)."""
+  import threading
+  import time
+
+  deadline = time.monotonic() + THREAD_GRACE_S
+  for thread in threading.enumerate():
+    if thread is not threading.main_thread() and not thread.daemon:
+      with contextlib.suppress(Exception):  # orbax's threads raise TimeoutError from join(timeout)
+        thread.join(max(0.0, deadline - time.monotonic()))
+  if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _main(argv: list[str]) -> int:
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(USAGE)
     return 0 if argv else 2

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -77,7 +78,21 @@ class DirectoryLock:
       log.warning("%s is not a local folder; it is not locked against a second writer.", self.folder)
       return self
     self.folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      # O_NOFOLLOW: a link planted as the lock file would make us truncate and write the file it points to.
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+      if os.path.islink(self.path):
+        raise FolderInUseError(
+          f"{self.path} is a symbolic link (to {os.readlink(self.path)}), not a lock file: it is never followed, so "
+          f"that file is not touched. Remove the link (rm {self.path}) and start again."
+        ) from None
+      raise FolderInUseError(
+        f"cannot open the lock file {self.path} ({e.strerror}): fix it, or use another folder."
+      ) from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+      os.close(fd)
+      raise FolderInUseError(f"{self.path} is not a regular file: remove it and start again.")
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -106,6 +121,26 @@ class DirectoryLock:
     os.fsync(fd)
     self._fd = fd
     return self
+
+  def check(self) -> None:
+    """Raises FolderInUseError unless the lock file in the folder is still the one this lock holds: when it was
+    deleted or replaced, a second writer can take a new lock on the new file, and both would write the folder.
+    Train calls this at every checkpoint, before writing it.
+    """
+    if self._fd is None:
+      return
+    held = os.fstat(self._fd)
+    try:
+      now = os.lstat(self.path)
+    except FileNotFoundError:
+      now = None
+    if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+      change = "deleted" if now is None else "replaced"
+      raise FolderInUseError(
+        f"the lock file {self.path} was {change} while this {self.what} held it, so another process may now write "
+        f"{self.folder}: stopped before writing into it. Make sure no other process uses the folder, then run the "
+        "same command again (it resumes from the last finished checkpoint)."
+      )
 
   def release(self) -> None:
     """Releases the lock; the file stays (unlinking a lock file lets two processes lock different inodes)."""

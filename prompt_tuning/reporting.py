@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -11,27 +12,48 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
+log = logging.getLogger(__name__)
+
 
 def drop_records_after(path: Path, step: int) -> None:
   """Removes the records of steps after `step` from a metrics.jsonl: a resumed run writes them again.
 
   A run killed after step 7 but checkpointed at 4 resumes at 4 and logs 5-7 anew; without this each would appear
-  twice. Lines that do not parse are kept as they are.
+  twice. Other lines that do not parse (or are not UTF-8) are kept byte for byte, with a warning naming the file and
+  line; a torn last line (a write cut short by the kill, no newline at its end) is removed, so that the next record
+  starts a line of its own.
   """
   if not path.is_file():
     return
-  lines = path.read_text().splitlines(keepends=True)
-  kept = []
-  for line in lines:
+  lines = path.read_bytes().splitlines(keepends=True)
+  kept, unreadable = [], []
+  for number, line in enumerate(lines, 1):
+    if not line.endswith(b"\n") and number == len(lines):
+      try:
+        json.loads(line)
+      except (UnicodeDecodeError, json.JSONDecodeError):
+        log.warning("%s line %d is a torn record (cut short by a kill); removed: %r", path, number, line[:80])
+        continue
+      line += b"\n"
     try:
       record_step = json.loads(line).get("step")
-    except (json.JSONDecodeError, AttributeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
       record_step = None
+      if line.strip():
+        unreadable.append(number)
     if not isinstance(record_step, int) or record_step <= step:
       kept.append(line)
-  if len(kept) != len(lines):
+  if unreadable:
+    log.warning(
+      "%s has %d line(s) that are not JSON records in UTF-8 (line %s%s); kept as they are, and skipped by readers.",
+      path,
+      len(unreadable),
+      unreadable[0],
+      ", ..." if len(unreadable) > 1 else "",
+    )
+  if kept != lines:
     tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(kept))
+    tmp.write_bytes(b"".join(kept))
     os.replace(tmp, path)
 
 

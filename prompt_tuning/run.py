@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 import optax
 
 from prompt_tuning import combine, optim, partitioning, trainer, validation
+from prompt_tuning.checkpoints.errors import CheckpointError
 from prompt_tuning.checkpoints.training import (
   TrainingCheckpoints,
   backbone_fingerprint,
@@ -138,6 +140,11 @@ class RunConfig:
         "INITIAL_CHECKPOINT_PATH=None (random initialization) needs MODEL_SIZE: include a models/ and a "
         "models/sizes/ gin file, or set RunConfig.model_size."
       )
+    # '~/runs/x' is the user's home, as in a shell; unexpanded it would create a folder named '~' here.
+    for name in ("model_dir", "initial_checkpoint_path"):
+      value = getattr(self, name)
+      if isinstance(value, str) and value.startswith("~"):
+        setattr(self, name, os.path.expanduser(value))
     self.methods = tuple(self.methods)
     combine.check_mode(self.prompt_combination)
     validation.check_run_config(self)
@@ -216,6 +223,29 @@ def load_backbone(cfg: RunConfig):
   return config, params
 
 
+def check_backbone_finite(backbone, path: str | None) -> None:
+  """Refuses a backbone holding NaN or infinite values (a damaged copy): otherwise the first step's loss is NaN, and
+  the learning rate gets the blame. One reduction per array, on device, where the array lies.
+
+  Raises:
+    CheckpointError: naming INITIAL_CHECKPOINT_PATH and the arrays, and what to do.
+  """
+  from prompt_tuning.checkpoints.errors import format_list
+
+  if path is None:
+    return
+  flat = optim._flat(backbone)
+  floats = {name: x for name, x in flat.items() if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)}
+  finite = jax.device_get(jax.jit(lambda xs: {k: jax.numpy.all(jax.numpy.isfinite(x)) for k, x in xs.items()})(floats))
+  bad = sorted(name for name, ok in finite.items() if not ok)
+  if bad:
+    raise CheckpointError(
+      f"the backbone at INITIAL_CHECKPOINT_PATH {path} holds NaN or infinite values in:\n{format_list(bad, limit=5)}\n"
+      "A trained checkpoint never does: its files were damaged (a bad copy, download or disk). Copy or download "
+      "it again."
+    )
+
+
 def abstract_vectors(tuned: TunedT5, backbone_shapes):
   return jax.eval_shape(tuned.init_vectors, jax.random.key(0), backbone_shapes)
 
@@ -246,7 +276,6 @@ def planned_config(cfg: RunConfig):
   Raises:
     ValueError: neither is available, saying what to set.
   """
-  import os
 
   from prompt_tuning.models.configs import get_config
 
@@ -431,6 +460,7 @@ def build_training(cfg: RunConfig) -> Run:
   shardings, optimizer = layout.shardings, layout.optimizer
   backbone = partitioning.with_sharding(backbone_host, shardings["t5"])
   del backbone_host
+  check_backbone_finite(backbone, cfg.initial_checkpoint_path)
   vector_shardings = {k: v for k, v in shardings.items() if k != "t5"}
   vectors = jax.jit(tuned.init_vectors, out_shardings=vector_shardings)(jax.random.key(cfg.seed), backbone)
   # Nothing trainable is allowed here (eval/infer of the frozen model as it is); train() refuses it.
@@ -525,11 +555,35 @@ def _restore_trainable(cfg: RunConfig, tuned: TunedT5, backbone, pattern: str):
   if folder is not None:
     try:
       loaded = {m.name: jax.tree.map(np.asarray, m.load(folder, tuned.config)) for m in tuned.methods}
-      return loaded, step, f"the exports of step {step} in {folder}"
     except FileNotFoundError:
       return None
+    except (CheckpointError, ValueError) as e:  # a damaged export: the training checkpoint holds the same vectors
+      log.warning("the exports in %s cannot be used (%s); reading training checkpoint %d instead.", folder, e, step)
+      return None
+    expected = jax.eval_shape(lambda b: tuned.fold(tuned.init_vectors(jax.random.key(0), b)), backbone)
+    differing = _differing_shapes(expected, loaded)
+    if differing:
+      log.warning(
+        "the exports in %s do not fit this run (%s); reading training checkpoint %d instead.", folder, differing, step
+      )
+      return None
+    return loaded, step, f"the exports of step {step} in {folder}"
   vectors = jax.jit(tuned.init_vectors)(jax.random.key(cfg.seed), backbone)
   return tuned.fold(jax.device_get(vectors)), 0, "the initializers (no checkpoint in MODEL_DIR)"
+
+
+def _differing_shapes(expected, loaded) -> str:
+  """'prompt: (5, 256), expected (20, 256)' for each array whose path or shape differs; '' when all fit."""
+
+  def shapes(tree):
+    return {jax.tree_util.keystr(path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  want, have = shapes(expected), shapes(loaded)
+  return "; ".join(
+    f"{key}: {have.get(key, 'missing')}, expected {want.get(key, 'nothing')}"
+    for key in sorted(set(want) | set(have))
+    if want.get(key) != have.get(key)
+  )
 
 
 def build_inference(cfg: RunConfig) -> Inference:
@@ -557,6 +611,7 @@ def build_inference(cfg: RunConfig) -> Inference:
     params = partitioning.with_sharding(
       {"t5": backbone_host, **vectors}, partitioning.shardings_for(axes, mesh, partitioning.logical_rules())
     )
+    check_backbone_finite(params["t5"], cfg.initial_checkpoint_path)
     trainable, frozen = optim.partition(params, pattern, allow_empty=True)
   log.info("trainable vectors from %s", source)
   shardings = jax.tree.map(lambda x: x.sharding, (trainable, frozen))

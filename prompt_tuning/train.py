@@ -20,6 +20,7 @@ from typing import Any
 
 import gin
 import jax
+import numpy as np
 
 from prompt_tuning import locks, optim, partitioning, validation
 from prompt_tuning.checkpoints import training as training_checkpoints
@@ -34,7 +35,14 @@ class TrainingError(RuntimeError):
   """A run that cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
-def _save(run: Run, cfg: RunConfig, step: int, data_position: int) -> None:
+def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.DirectoryLock | None = None) -> None:
+  """Writes the checkpoint of `step` and the methods' exports, after checking this run still holds MODEL_DIR's lock.
+
+  Raises:
+    locks.FolderInUseError: the lock file was deleted or replaced (another writer may have started).
+    CheckpointWriteError: the checkpoint could not be written (what it left behind is removed).
+  """
+  _check_lock(lock)
   meta = {
     "data_position": data_position,
     "backbone_fingerprint": run.fingerprint,
@@ -48,7 +56,27 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int) -> None:
   trainable = run.state.trainable if isinstance(run.state.trainable, dict) else {}
   run.checkpoints.save(step, run.state, meta, prompt=trainable.get("prompt"))
   if jax.process_index() == 0:
-    export_methods(run.tuned, trainable, Path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}")
+    with run.checkpoints.writing(step):
+      export_methods(run.tuned, trainable, Path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}")
+
+
+def _check_lock(lock: locks.DirectoryLock | None) -> None:
+  """Raises FolderInUseError on every process when process 0's lock on MODEL_DIR is no longer held (its file was
+  deleted or replaced): all processes stop before the checkpoint, none waits in a save the others never join."""
+  problem = None
+  if lock is not None:
+    try:
+      lock.check()
+    except locks.FolderInUseError as e:
+      problem = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    lost = bool(multihost_utils.broadcast_one_to_all(np.asarray(problem is not None)))
+    if lost and problem is None:
+      raise locks.FolderInUseError("process 0 lost the lock on MODEL_DIR (its .lock file was deleted or replaced)")
+  if problem is not None:
+    raise problem
 
 
 def export_methods(tuned: TunedT5, trainable: dict[str, Any], folder: Path) -> list[Path]:
@@ -102,10 +130,10 @@ def train(
   # One writer per MODEL_DIR; the processes of one multi-process run share it, process 0 holds the lock.
   lock = locks.DirectoryLock(cfg.model_dir, what="training run") if jax.process_index() == 0 else None
   with lock or contextlib.nullcontext():
-    return _train(cfg, schedule)
+    return _train(cfg, schedule, lock)
 
 
-def _train(cfg: RunConfig, schedule: dict[str, Any]) -> dict[str, Any]:
+def _train(cfg: RunConfig, schedule: dict[str, Any], lock: locks.DirectoryLock | None = None) -> dict[str, Any]:
   from prompt_tuning import inputs, reporting
 
   validation.check_writable(cfg.model_dir)
@@ -146,13 +174,13 @@ def _train(cfg: RunConfig, schedule: dict[str, Any]) -> dict[str, Any]:
     prompt_slots=run.tuned.prompt_length,
   )
   try:
-    return _loop(run, cfg, schedule, batches, reporter)
+    return _loop(run, cfg, schedule, batches, reporter, lock)
   finally:
     reporter.close()
     run.checkpoints.close()
 
 
-def _loop(run: Run, cfg: RunConfig, schedule: dict[str, Any], batches, reporter) -> dict[str, Any]:
+def _loop(run: Run, cfg: RunConfig, schedule: dict[str, Any], batches, reporter, lock=None) -> dict[str, Any]:
   rng = jax.random.key(cfg.seed + 1)
   step, position = run.start_step, run.data_position
   end = schedule["num_train_steps"]
@@ -169,9 +197,13 @@ def _loop(run: Run, cfg: RunConfig, schedule: dict[str, Any], batches, reporter)
       run.checkpoints.wait()
       good = run.checkpoints.latest_step()
       what = f"loss is {loss}" if not math.isfinite(loss) else "the updated parameters are not finite"
+      kept = (
+        f"The last good checkpoint (step {good}) is in {cfg.model_dir}: resume from it"
+        if good is not None
+        else f"No checkpoint was written yet in {cfg.model_dir}"
+      )
       raise TrainingError(
-        f"{what} at step {step}; stopped without saving this state. The last good checkpoint "
-        f"(step {good}) is in {cfg.model_dir}. Lower the learning rate, check the data, or resume from it."
+        f"{what} at step {step}; stopped without saving this state. {kept}. Lower the learning rate or check the data."
       )
     elapsed, tic = time.perf_counter() - tic, time.perf_counter()
     reporter.step(step, loss, float(metrics["num_tokens"]) / max(elapsed, 1e-9))
@@ -179,7 +211,7 @@ def _loop(run: Run, cfg: RunConfig, schedule: dict[str, Any], batches, reporter)
       last = {k: float(v) for k, v in jax.device_get(metrics).items()}
       reporter.scalars(step, last, prefix="train/")
     if step % schedule["checkpoint_every"] == 0 or step == end:
-      _save(run, cfg, step, position)
+      _save(run, cfg, step, position, lock)
     if schedule["eval_every"] and (step % schedule["eval_every"] == 0 or step == end):
       last.update(_evaluate(run, cfg, schedule, reporter, step))
   run.checkpoints.wait()
@@ -207,4 +239,4 @@ if __name__ == "__main__":  # python -m prompt_tuning.train --gin_file=... (same
 
   from prompt_tuning import cli
 
-  raise SystemExit(cli.main(["train", *sys.argv[1:]]))
+  raise SystemExit(cli.main(["train", *sys.argv[1:]], program=True))

@@ -213,19 +213,40 @@ def check_schedule(
 
 
 def newest_checkpoint_step(model_dir: str | os.PathLike) -> int | None:
-  """The highest finished step folder in MODEL_DIR/checkpoints (orbax's temporary folders are not counted)."""
+  """The highest finished step folder in MODEL_DIR/checkpoints (orbax's temporary folders, and files named like a
+  step, are not counted)."""
   folder = Path(model_dir) / "checkpoints"
-  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir()] if folder.is_dir() else []
   return max(steps) if steps else None
 
 
 def check_resume(model_dir: str | os.PathLike, num_train_steps: int) -> None:
-  """Refuses TRAIN_STEPS below the step a MODEL_DIR has already reached (the run would silently do nothing)."""
+  """Refuses to train on in a MODEL_DIR whose checkpoints cannot be resumed as they are: TRAIN_STEPS below the step
+  reached (the run would silently do nothing), a step folder that is a link (orbax cannot prune it), or every
+  checkpoint moved aside as damaged (a new run would start at step 0 and overwrite numpy_checkpoints/)."""
+  folder = Path(model_dir) / "checkpoints"
+  entries = sorted(folder.iterdir()) if folder.is_dir() else []
+  links = [p for p in entries if p.is_symlink() and p.name.isdigit()]
+  if links:
+    raise SettingError(
+      f"{links[0]} is a symbolic link (to {os.readlink(links[0])}): training checkpoints must be folders inside "
+      "MODEL_DIR, which the run writes and deletes (keep_checkpoints) itself. Replace the link by a copy of its "
+      "folder, or remove it."
+    )
+  for stray in (p for p in entries if p.name.isdigit() and not p.is_dir()):
+    log.warning("%s is a file, not a checkpoint folder: it is not a checkpoint, and is left alone.", stray)
   newest = newest_checkpoint_step(model_dir)
   if newest is not None and newest > num_train_steps:
     raise SettingError(
       f"{model_dir} holds a checkpoint at step {newest}, past TRAIN_STEPS {num_train_steps}: set TRAIN_STEPS above "
       f"{newest} to train on, or use a fresh MODEL_DIR."
+    )
+  damaged = Path(model_dir) / "damaged_checkpoints"
+  if newest is None and damaged.is_dir() and any(damaged.iterdir()):
+    raise SettingError(
+      f"{model_dir} has no intact training checkpoint left: every one was found damaged and moved to {damaged}. "
+      "Training here would start again at step 0 and overwrite numpy_checkpoints/. Use a fresh MODEL_DIR (start it "
+      f"from a saved prompt with prompts.from_file), or delete {damaged} to train again from step 0 here."
     )
 
 
@@ -237,6 +258,10 @@ def check_writable(folder: str | os.PathLike) -> None:
   import tempfile
 
   for path in (Path(folder), Path(folder) / "checkpoints", Path(folder) / "numpy_checkpoints"):
+    if path.exists() and not path.is_dir():
+      raise SettingError(
+        f"{path} is a file, where the run keeps a folder of checkpoints: move it away, or set another MODEL_DIR."
+      )
     if not path.is_dir():
       continue
     try:
@@ -369,8 +394,23 @@ def check_has_checkpoint(cfg: Any, latest_step: int | None, command: str) -> Non
   )
 
 
+def hub_cache_repo(folder: Path) -> Path | None:
+  """The Hugging Face cache repository (`.../models--org--name`) holding `folder` in one of its snapshots
+  (`<repo>/snapshots/<revision>/...`), else None. Snapshot files are links into `<repo>/blobs/`, where the cache
+  keeps each file once."""
+  for snapshot in (folder, *folder.parents):
+    repo = snapshot.parent.parent
+    if snapshot.parent.name == "snapshots" and repo.name.startswith(("models--", "datasets--", "spaces--")):
+      return repo
+  return None
+
+
 def resolve_inside(folder: str | os.PathLike, name: str, what: str) -> Path:
   """`folder / name`, refused when it resolves (through `..` or links) outside `folder`.
+
+  A Hugging Face cache snapshot (`models--org--name/snapshots/<revision>/`) is the one exception: its files are
+  links to `models--org--name/blobs/<sha256>` (huggingface_hub's layout), so there a link may resolve anywhere
+  inside that repository's cache folder. A name that climbs out with `..` or is absolute is refused everywhere.
 
   Raises:
     CheckpointError: naming `what` (the file that named it) and the escaping name.
@@ -379,7 +419,11 @@ def resolve_inside(folder: str | os.PathLike, name: str, what: str) -> Path:
 
   base = Path(folder).resolve()
   target = (base / name).resolve()
-  if target != base and base not in target.parents:
+  lexical = os.path.normpath(name)
+  climbs = os.path.isabs(name) or lexical == ".." or lexical.startswith(".." + os.sep)
+  root = None if climbs else (hub_cache_repo(Path(os.path.abspath(folder))) or hub_cache_repo(base))
+  allowed = [base] if root is None else [base, root.resolve()]
+  if not any(target == place or place in target.parents for place in allowed):
     raise CheckpointError(
       f"{what} names {name!r}, which resolves to {target}, outside {base}: a checkpoint's files must be in its "
       "own folder. The file was altered or crafted; download the checkpoint again."

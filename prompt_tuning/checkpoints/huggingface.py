@@ -19,10 +19,13 @@ differs from `shared.weight` even with scaling on; no published T5 has one.)
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -186,8 +189,42 @@ def _safetensors_error(file: str, error: Exception) -> CheckpointError:
   )
 
 
+_SHA256_NAME = re.compile(r"[0-9a-f]{64}")
+
+
+@functools.cache
+def check_cache_blob(file: str) -> None:
+  """Checks a weight file of a Hugging Face cache snapshot against the checksum the cache names it by.
+
+  The hub cache keeps each large (LFS) file once, as `blobs/<sha256 of its bytes>`, and links it into
+  `snapshots/<revision>/`. safetensors and PyTorch files carry no checksum of their own, so this is what finds a
+  bit flipped on disk after the download. Files outside such a cache (a plain copy) cannot be checked. Once per
+  file and process (hashing reads the whole file, as loading it does).
+
+  Raises:
+    CheckpointError: the bytes do not match, naming the file and what to do.
+  """
+  blob = os.path.realpath(file)
+  if not (os.path.islink(file) and os.path.basename(os.path.dirname(blob)) == "blobs"):
+    return
+  expected = os.path.basename(blob)
+  if not _SHA256_NAME.fullmatch(expected):
+    return  # a small file stored by its git hash (sha1 of a header and the bytes), not a weight file
+  digest = hashlib.sha256()
+  with open(blob, "rb") as f:
+    while chunk := f.read(1 << 24):
+      digest.update(chunk)
+  if digest.hexdigest() != expected:
+    raise CheckpointError(
+      f"{file} is damaged: its bytes ({blob}) do not match the sha256 the Hugging Face cache recorded at download "
+      f"({expected}; now {digest.hexdigest()}). Delete {blob} and download the model again."
+    )
+
+
 def _read_safetensors_file(file: str) -> Arrays:
   from safetensors import safe_open
+
+  check_cache_blob(file)
 
   def read(name: str) -> np.ndarray:
     try:
@@ -279,6 +316,7 @@ def _read_torch_file(file: str) -> Arrays:
       f"  T5ForConditionalGeneration.from_pretrained({folder!r}).save_pretrained({folder!r}, "
       "safe_serialization=True)"
     ) from e
+  check_cache_blob(file)
   try:
     state_dict = torch.load(file, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:

@@ -78,13 +78,42 @@ def _latest_numpy_checkpoint(model_dir: Path) -> Path | None:
   return max(steps)[1] if steps else None
 
 
+def _check_npy_size(path: Path) -> None:
+  """Refuses a .npy file whose header asks for more bytes than the file holds, before anything is allocated (a
+  128-byte file claiming a [10**9, 256] array would otherwise be a 954 GiB MemoryError naming no file).
+
+  Headers numpy cannot parse are left to np.load, which says what is wrong with them.
+
+  Raises:
+    CheckpointError: naming the file, the shape it claims and the bytes it holds.
+  """
+  with open(path, "rb") as f:
+    try:
+      version = np.lib.format.read_magic(f)
+      read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+      shape, _, dtype = read_header(f)
+    except (ValueError, EOFError, OSError):
+      return
+    if dtype.hasobject:
+      return  # pickled objects: np.load refuses them (allow_pickle=False)
+    needed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    held = os.fstat(f.fileno()).st_size - f.tell()
+  if needed > held:
+    raise CheckpointError(
+      f"{path} claims an array of shape {shape} ({dtype}, {needed:,} bytes) but holds {held:,} bytes after its "
+      "header: it is truncated or crafted. Save or copy it again."
+    )
+
+
 def read_npy(path: Path) -> np.ndarray:
   """np.load without pickles, its errors turned into ours (naming the file, saying what to do).
 
   Raises:
-    CheckpointError: a truncated or non-.npy file, or one holding pickled objects.
+    CheckpointError: a truncated or non-.npy file (its size checked against its header before anything is
+      allocated), or one holding pickled objects.
   """
   _check_npy_magic(path)
+  _check_npy_size(path)
   try:
     return np.load(path, allow_pickle=False)
   except ValueError as e:

@@ -24,11 +24,13 @@ them: the saved data position means nothing on other data.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -122,6 +124,49 @@ def legacy_backbone_fingerprint(params: PyTree) -> str:
   )
 
 
+# The checksum of a checkpoint's arrays, written into its meta with each save and verified at restore: a bit
+# flipped on disk (or in a copy) that still reads is found, and the checkpoint is skipped like any damaged one.
+CHECKSUM_VERSION = 1
+
+
+def _raw_bits(x: jax.Array) -> jax.Array:
+  """The exact bit patterns of `x` as uint32 (every dtype: a float's bits, not its value; a key's data)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)  # 8-byte values: two uint32 [..., 2]
+
+
+def _mix(x: jax.Array) -> jax.Array:
+  """murmur3's 32-bit finalizer: a bijection on uint32 in which every input bit reaches every output bit."""
+  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def state_checksum(state: PyTree) -> str:
+  """A checksum of every array of a (training) state: its paths, shapes and exact bits, each element's bits mixed
+  with its position before two sums (mod 2**32), so that a flipped bit always changes it and moved or negated values
+  do (unlike a linear sum, where such changes can cancel). Computed on device, where the arrays lie."""
+
+  def sums(x):
+    bits = _raw_bits(x)
+    position = jnp.zeros(bits.shape, jnp.uint32)
+    for axis, size in enumerate(bits.shape):
+      position = position * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis)
+    first = _mix(bits ^ _mix(position * jnp.uint32(_GOLDEN) + jnp.uint32(1)))
+    second = _mix(first + position)
+    return jnp.sum(first, dtype=jnp.uint32), jnp.sum(second, dtype=jnp.uint32)
+
+  return _digest(state, sums, lambda x, first, second: f"{x.shape}|{int(first)}|{int(second)}")
+
+
+class CheckpointWriteError(CheckpointError):
+  """A checkpoint could not be written (a full disk, a file size limit, a file where a folder should be)."""
+
+
 class TrainingCheckpoints:
   """Saves and restores training state in MODEL_DIR.
 
@@ -134,33 +179,89 @@ class TrainingCheckpoints:
   def __init__(self, model_dir: str | os.PathLike, keep: int | None = 3, async_save: bool = True):
     self.model_dir = Path(model_dir)
     self.keep = keep
+    self._failed = False
+    _drop_orbax_background_tracebacks()
+    _drop_closed_loop_callbacks()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(
       self.model_dir.absolute() / "checkpoints", options=options, item_names=("state", "meta")
     )
 
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    """The steps of the checkpoint folders (a stray file named like a step is not a checkpoint)."""
+    return [step for step in self._manager.all_steps() if self.step_folder(step).is_dir()]
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return max(steps) if steps else None
 
   def save(self, step: int, state: PyTree, meta: dict[str, Any], prompt: jax.Array | None = None) -> None:
-    """Writes `state` (any pytree of arrays) and `meta` (JSON-able) for `step`."""
-    meta = {**meta, "step": int(step)}
-    self._manager.save(
-      int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    )
-    if prompt is not None and jax.process_index() == 0:
-      self._write_numpy_prompt(int(step), prompt)
+    """Writes `state` (any pytree of arrays) and `meta` (JSON-able) for `step`, with the checksum of the arrays.
+
+    Raises:
+      CheckpointWriteError: this or an earlier (background) save failed; see `writing`.
+    """
+    meta = {**meta, "step": int(step), "state_checksum": state_checksum(state), "checksum_version": CHECKSUM_VERSION}
+    with self.writing(step):
+      self._manager.save(
+        int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+      )
+      if prompt is not None and jax.process_index() == 0:
+        self._write_numpy_prompt(int(step), prompt)
+
+  @contextlib.contextmanager
+  def writing(self, step: int | None = None):
+    """Turns any failure to write a checkpoint (here, or in orbax's background threads, which report it on the next
+    call) into one CheckpointWriteError naming the folder and what to do, after removing what the failed save left
+    behind: orbax's temporary folders and the numpy exports newer than the last finished checkpoint."""
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001 - orbax, tensorstore and the OS raise many types for one failed write
+      self._failed = True
+      with contextlib.suppress(Exception):  # let a background save still writing end (it fails the same way) first
+        self._manager.wait_until_finished()
+      kept = self._remove_unfinished()
+      where = f"while saving step {step}" if step is not None else "in the background"
+      kept_line = (
+        f"The last finished checkpoint (step {kept}) is kept and the unfinished ones removed: run the same command "
+        "again to resume from it."
+        if kept is not None
+        else "No checkpoint was finished, and the unfinished ones are removed: run the same command again."
+      )
+      raise CheckpointWriteError(
+        f"a training checkpoint could not be written into {self.model_dir / 'checkpoints'} {where} "
+        f"({_describe(e)}).\n{_write_advice(e)} {kept_line}"
+      ) from e
+
+  def _remove_unfinished(self) -> int | None:
+    """Removes orbax's temporary step folders and the numpy exports past the newest finished checkpoint (process 0;
+    the others' writes are to the same folders); returns that step."""
+    finished = [int(p.name) for p in (self.model_dir / "checkpoints").glob("*") if p.name.isdigit() and p.is_dir()]
+    kept = max(finished) if finished else None
+    if jax.process_index() == 0:
+      for leftover in (self.model_dir / "checkpoints").glob("*.orbax-checkpoint-tmp*"):
+        if leftover.is_symlink() or not leftover.is_dir():
+          leftover.unlink(missing_ok=True)
+        else:
+          shutil.rmtree(leftover, ignore_errors=True)
+      for folder in (self.model_dir / "numpy_checkpoints").glob("checkpoint_*"):
+        step = folder.name[len("checkpoint_") :]
+        if step.isdigit() and (kept is None or int(step) > kept):
+          shutil.rmtree(folder, ignore_errors=True)
+    return kept
 
   def _write_numpy_prompt(self, step: int, prompt: jax.Array) -> None:
     folder = self.model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "prompt.npy.tmp"
-    with open(tmp, "wb") as f:
-      np.save(f, np.asarray(jax.device_get(prompt)))
-    os.replace(tmp, folder / "prompt.npy")
+    try:
+      with open(tmp, "wb") as f:
+        np.save(f, np.asarray(jax.device_get(prompt)))
+      os.replace(tmp, folder / "prompt.npy")
+    finally:
+      tmp.unlink(missing_ok=True)
     self._prune_numpy_prompts()
 
   def _prune_numpy_prompts(self) -> None:
@@ -176,10 +277,20 @@ class TrainingCheckpoints:
       shutil.rmtree(folders[step], ignore_errors=True)
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the background saves.
+
+    Raises:
+      CheckpointWriteError: one of them failed.
+    """
+    with self.writing():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    """Ends the manager's background work; after a failed save there is nothing more to wait for (its threads
+    wait for a signal that never comes: the CLI ends the process, cli.main)."""
+    if not self._failed:
+      with self.writing():
+        self._manager.close()
 
   def step_folder(self, step: int) -> Path:
     return self.model_dir / "checkpoints" / str(int(step))
@@ -262,7 +373,14 @@ class TrainingCheckpoints:
         failure = _describe(e)
     if failure is not None:
       raise DamagedCheckpointError(f"its arrays cannot be read ({failure})")
-    return restored["state"], dict(restored["meta"])
+    state, meta = restored["state"], dict(restored["meta"])
+    saved = meta.get("state_checksum")  # checkpoints written before checksums were recorded have none
+    if saved is not None and saved != state_checksum(state):
+      raise DamagedCheckpointError(
+        f"its arrays read back, but do not match the checksum written with them ({saved}): a bit changed on disk "
+        "or in a copy"
+      )
+    return state, meta
 
   def restore_newest_intact(self, abstract_state: PyTree) -> tuple[PyTree, dict[str, Any]] | None:
     """Restores the newest checkpoint that reads back whole; None when there is none at all.
@@ -319,6 +437,38 @@ def newest_meta(model_dir: str | os.PathLike) -> dict[str, Any] | None:
   return None
 
 
+def _write_advice(error: Exception) -> str:
+  """What to do about a failed write, from its cause (the OS's errno, or tensorstore's text for it)."""
+  causes = [error, *(c for c in (error.__cause__, error.__context__) if c is not None)]
+  numbers = {getattr(c, "errno", None) for c in causes}
+  text = " ".join(str(c) for c in causes)
+  # numpy reports a short write as "N requested and M written", without an errno.
+  if numbers & {errno.ENOSPC, errno.EFBIG, errno.EDQUOT} or re.search(
+    r"No space|File too large|quota|requested and \d+ written", text
+  ):
+    return "The disk is full (or a file size limit or quota was reached): free space or set another MODEL_DIR."
+  if numbers & {errno.ENOTDIR, errno.EEXIST} or "Not a directory" in text:
+    return "A file stands where a checkpoint folder should be: move it out of MODEL_DIR/checkpoints."
+  if numbers & {errno.EACCES, errno.EPERM, errno.EROFS} or "ermission denied" in text:
+    return "The folder is not writable: fix its permissions, or set another MODEL_DIR."
+  return "Check that MODEL_DIR is writable and has free space."
+
+
+class _OrbaxBackgroundTracebacks(logging.Filter):
+  """Drops the tracebacks orbax's background save threads log when a write fails: orbax raises the same error again
+  to the trainer (on its next save or wait), which reports it once, as a CheckpointWriteError."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
+    return not (from_orbax and record.levelno >= logging.ERROR and record.exc_info)
+
+
+def _drop_orbax_background_tracebacks() -> None:
+  target = logging.getLogger("absl")  # orbax logs through absl's logger
+  if not any(isinstance(f, _OrbaxBackgroundTracebacks) for f in target.filters):
+    target.addFilter(_OrbaxBackgroundTracebacks())
+
+
 def _describe(error: Exception) -> str:
   reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
   return f"{type(error).__name__}: {reason}"
@@ -334,6 +484,16 @@ def _quiet_failed_reads():
   any time after the failure. So the filter stays installed from the first read onward (once per hook chain), and
   drops only that error raised by asyncio's thread-safe scheduling; everything else goes to the previous hook.
   """
+  _drop_closed_loop_callbacks()
+  try:
+    yield
+  finally:
+    gc.collect()
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """Installs the unraisable-error filter of _quiet_failed_reads (once per hook chain); failed writes leave the same
+  late results behind."""
   if not getattr(sys.unraisablehook, "_drops_closed_loop_callbacks", False):
     previous = sys.unraisablehook
 
@@ -343,10 +503,6 @@ def _quiet_failed_reads():
 
     hook._drops_closed_loop_callbacks = True
     sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    gc.collect()
 
 
 def _is_closed_loop_callback(unraisable) -> bool:
