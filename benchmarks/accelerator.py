@@ -83,7 +83,7 @@ DRY_RUN = Scale(
   inputs=16,
   targets=4,
   prompt=4,
-  xxl_size="t5_1_1_demo_3m",
+  xxl_size="t5_1_1_demo_1m",
   xxl_batch=8,
   xxl_device=DRY_RUN_DEVICE,
   decode_sizes=("t5_1_1_demo_1m",),
@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   info = device_info(1.0 if args.dry_run and args.peak_tflops is None else args.peak_tflops)
   sys.path.insert(0, str(HERE))  # common.py
   result: dict[str, Any] = {
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "command": " ".join(["python", "benchmarks/accelerator.py", *(argv if argv is not None else sys.argv[1:])]),
     "dry_run": args.dry_run,
     "repeats": args.repeats,

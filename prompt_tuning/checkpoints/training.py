@@ -54,6 +54,7 @@ DATA_SETTINGS = {
   "seed": "SEED",
   "shuffle": "RunConfig.shuffle",
   "pack": "PACK",
+  "bucket_by_length": "BUCKET_BY_LENGTH",
 }
 
 
