@@ -87,12 +87,16 @@ def _dataset(examples):
   return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
 
 
-def batches(examples, lengths, rows: int, pack: bool, prompt_slots: int) -> list[dict[str, np.ndarray]]:
-  """Full batches of `rows` rows from the project's pipeline (`inputs.feature_converter`), packed or not."""
+def batches(examples, lengths, rows: int, pack: bool, prompt_slots: int, bucket=False) -> list[dict[str, np.ndarray]]:
+  """Full batches of `rows` rows from the project's pipeline (`inputs.feature_converter`), packed or not, or
+  unpacked and bucketed by length (`bucket`: BUCKET_BY_LENGTH's `inputs.length_bucketed`)."""
   from prompt_tuning import inputs
 
   converter = inputs.feature_converter(False, pack=pack, prompt_slots=prompt_slots)
   names = inputs.MODEL_FEATURES_ENC_DEC + (inputs.PACKED_FEATURES if pack else ())
+  if bucket:
+    ds = converter(_dataset(examples), lengths).map(lambda row: {name: row[name] for name in names})
+    return list(inputs.length_bucketed(ds, rows).as_numpy_iterator())
   converted = list(converter(_dataset(examples), lengths).as_numpy_iterator())
   return [
     {name: np.stack([row[name] for row in converted[i : i + rows]]) for name in names}
@@ -156,9 +160,18 @@ class Ours:
     self.state = trainer.TrainState.create(trainable, optimizer)
     step = jax.jit(functools.partial(trainer.train_step, forward=forward, optimizer=optimizer), donate_argnums=(0,))
     self.rng = jax.random.key(0)
-    self.compiled = step.lower(self.state, self.frozen, self.batches[0], self.rng).compile()
-    analysis = self.compiled.cost_analysis()
-    self.flops = float((analysis[0] if isinstance(analysis, list) else analysis).get("flops", 0.0))
+    # One compiled step per batch shape (bucketed batches come in a few; the others in one).
+    self.compiled_by_shape = {}
+    for batch in self.batches:
+      shape = batch["encoder_input_tokens"].shape
+      if shape not in self.compiled_by_shape:
+        self.compiled_by_shape[shape] = step.lower(self.state, self.frozen, batch, self.rng).compile()
+    self.compiled = self.compiled_by_shape[self.batches[0]["encoder_input_tokens"].shape]
+    flops = [c.cost_analysis() for c in self.compiled_by_shape.values()]
+    flops = [float((a[0] if isinstance(a, list) else a).get("flops", 0.0)) for a in flops]
+    # FLOPs of a step: the mean over the cycle of batches (per shape for bucketed ones).
+    by_shape = dict(zip(self.compiled_by_shape, flops))
+    self.flops = float(np.mean([by_shape[b["encoder_input_tokens"].shape] for b in self.batches]))
     self.index = 0
 
   def step(self) -> int:
@@ -166,7 +179,8 @@ class Ours:
 
     batch = self.batches[self.index % len(self.batches)]
     self.index += 1
-    self.state, metrics = self.compiled(self.state, self.frozen, batch, self.rng)
+    compiled = self.compiled_by_shape[batch["encoder_input_tokens"].shape]
+    self.state, metrics = compiled(self.state, self.frozen, batch, self.rng)
     jax.block_until_ready(metrics["loss"])
     return real_tokens(batch)
 
@@ -265,6 +279,8 @@ RATIOS = [
   ("packed / unpacked (ours)", "ours packed", "ours unpacked"),
   ("packed ours / PEFT", "ours packed", "PEFT unpacked"),
   ("unpacked ours / PEFT", "ours unpacked", "PEFT unpacked"),
+  ("bucketed ours / PEFT", "ours bucketed (BUCKET_BY_LENGTH)", "PEFT unpacked"),
+  ("bucketed / unpacked (ours)", "ours bucketed (BUCKET_BY_LENGTH)", "ours unpacked"),
   ("mixed / shared prompts (unpacked)", "ours mixed (8 prompts, 4 lengths)", "ours unpacked"),
   ("bf16 activations / f32 (packed)", "ours packed, bf16 activations", "ours packed"),
   ("bf16 activations and backbone / f32 (packed)", "ours packed, bf16 activations + backbone", "ours packed"),
@@ -284,6 +300,7 @@ def scenario(name, args, threads):
     unpacked_lengths = {"inputs": 64, "targets": 4}
     packed_lengths = {"inputs": args.wordnet_packed_inputs, "targets": args.wordnet_packed_targets}
   unpacked = batches(examples, unpacked_lengths, rows, False, prompt_length)
+  bucketed = batches(examples, unpacked_lengths, rows, False, prompt_length, bucket=True)
   packed = batches(examples, packed_lengths, packed_rows, True, prompt_length)
   per_row = np.mean([b["encoder_segment_ids"].max(axis=1).mean() for b in packed])
   inputs_mean = np.mean([len(e["inputs"]) for e in examples])
@@ -294,10 +311,12 @@ def scenario(name, args, threads):
   )
   runners = {
     "ours unpacked": Ours(size, prompt_length, unpacked[:4]),
+    "ours bucketed (BUCKET_BY_LENGTH)": Ours(size, prompt_length, bucketed[: args.bucketed_batches]),
     "ours packed": Ours(size, prompt_length, packed[:4]),
-    "ours mixed (8 prompts, 4 lengths)": Ours(size, prompt_length, unpacked[:4], mixed_prompts=8),
   }
-  if not args.skip_bf16:
+  if not args.skip_packed_extras:
+    runners["ours mixed (8 prompts, 4 lengths)"] = Ours(size, prompt_length, unpacked[:4], mixed_prompts=8)
+  if not args.skip_bf16 and not args.skip_packed_extras:
     runners["ours packed, bf16 activations"] = Ours(size, prompt_length, packed[:4], dtype="bfloat16")
     runners["ours packed, bf16 activations + backbone"] = Ours(
       size, prompt_length, packed[:4], dtype="bfloat16", frozen_dtype="bfloat16"
@@ -321,6 +340,10 @@ def main():
   parser.add_argument("--wordnet_packed_targets", type=int, default=12)
   parser.add_argument("--wordnet_packed_rows", type=int, default=16)
   parser.add_argument("--skip_peft", action="store_true")
+  parser.add_argument("--skip_packed_extras", action="store_true", help="no mixed-prompt and bfloat16 runners")
+  parser.add_argument(
+    "--bucketed_batches", type=int, default=4, help="bucketed batches in the cycle (from the first examples)"
+  )
   parser.add_argument("--skip_bf16", action="store_true")
   args = parser.parse_args()
   warnings.filterwarnings("ignore", category=FutureWarning)

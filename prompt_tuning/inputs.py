@@ -140,9 +140,11 @@ def train_batches(
   split: str = "train",
   pack: bool = False,
   prompt_slots: int = 0,
+  bucket_by_length: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless batches of this process's shard of the training data; packed rows when `pack` (each example with
-  `prompt_slots` positions for its prompt; see the module docstring).
+  `prompt_slots` positions for its prompt; see the module docstring); with `bucket_by_length` (unpacked), batches of
+  examples of similar length, each padded to its power-of-two bucket (`length_bucketed`).
 
   The order is a pure function of `seed` and the number of processes, so a
   resumed run that skips `start_batch` batches sees exactly what an
@@ -151,7 +153,10 @@ def train_batches(
   ds = _converted(
     task_name, feature_lengths, decoder_only, split, pack, prompt_slots, shuffle=shuffle, num_epochs=None, seed=seed
   )
-  ds = ds.batch(local_batch_size, drop_remainder=True)
+  if bucket_by_length:
+    ds = length_bucketed(ds, local_batch_size)
+  else:
+    ds = ds.batch(local_batch_size, drop_remainder=True)
   if start_batch:
     ds = ds.skip(start_batch)
   return ds.prefetch(2).as_numpy_iterator()
@@ -197,6 +202,52 @@ def bucket_length(used: int, full: int, smallest: int = SMALLEST_BUCKET) -> int:
   while length < used:
     length *= 2
   return min(length, full)
+
+
+def bucket_lengths(full: int, smallest: int = SMALLEST_BUCKET) -> list[int]:
+  """Every length `bucket_length` returns for a feature of length `full`: the powers of two from `smallest` below
+  `full`, and `full`."""
+  lengths = [smallest]
+  while lengths[-1] < full:
+    lengths.append(lengths[-1] * 2)
+  return [n for n in lengths if n < full] + [full]
+
+
+def _bucketed_side(features) -> str:
+  """The features a bucket pads to its length: the encoder's (encoder-decoder), else the decoder's (prefix LM)."""
+  return "encoder" if "encoder_input_tokens" in features else "decoder"
+
+
+def length_bucketed(ds: tf.data.Dataset, batch_size: int, smallest: int | None = None) -> tf.data.Dataset:
+  """Batches of `batch_size` rows of examples of similar length, from unpacked seqio-converted rows (`ds`, every
+  feature padded to its full length): tf.data's `bucket_by_sequence_length` groups the examples by the bucket of
+  their real length (`bucket_lengths` of the full length: powers of two), in the order they come, and pads each
+  batch's bucketed features (the encoder's; a prefix LM's decoder) to its bucket; the other side keeps its full
+  length. So a step compiles once per bucket, and the order is a pure function of the input order (resuming by
+  skipping batches stays exact). Zeros past a row's end are padding, masked and weighing nothing, so an example
+  gets the loss and gradients it gets at the full length.
+  """
+  side = _bucketed_side(ds.element_spec)
+  full = {name: spec.shape[0] for name, spec in ds.element_spec.items()}
+  length = max(n for name, n in full.items() if name.startswith(side))
+  key = f"{side}_input_tokens" if side == "encoder" else "decoder_target_tokens"
+
+  def trim(example):
+    positions = tf.range(1, length + 1)
+    used = tf.reduce_max(tf.where(example[key] != 0, positions, 0))
+    return {name: v[:used] if name.startswith(side) else v for name, v in example.items()}
+
+  buckets = bucket_lengths(length, SMALLEST_BUCKET if smallest is None else smallest)
+  # A bucket holds lengths below its boundary and pads to the boundary - 1 (pad_to_bucket_boundary); every length
+  # is at most the full one, so the open-ended bucket past the last boundary stays empty.
+  return ds.map(trim).bucket_by_sequence_length(
+    lambda example: tf.shape(example[key])[0],
+    bucket_boundaries=[n + 1 for n in buckets],
+    bucket_batch_sizes=[batch_size] * (len(buckets) + 1),
+    padded_shapes={name: [None] if name.startswith(side) else [full[name]] for name in full},
+    pad_to_bucket_boundary=True,
+    drop_remainder=True,
+  )
 
 
 def used_length(values: np.ndarray) -> int:

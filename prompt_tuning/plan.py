@@ -58,11 +58,28 @@ DEVICES: dict[str, tuple[float, float]] = {
   "v3": (16, 123),
   "v4": (32, 275),
   "v5e": (16, 197),
+  "v5p": (95, 459),
   "a100-40": (40, 312),
   "a100-80": (80, 312),
   "h100": (80, 989),
+  "h100-pcie": (80, 756),
   "h200": (141, 989),
 }
+# JAX's `device_kind` (e.g. "NVIDIA H100 80GB HBM3", "TPU v5 lite") -> a DEVICES name: the first pattern found in it
+# (case-insensitive) wins, so the more specific patterns come first.
+DEVICE_KINDS: tuple[tuple[str, str], ...] = (
+  ("h200", "h200"),
+  ("h100 pcie", "h100-pcie"),
+  ("h100", "h100"),
+  ("a100-sxm4-80gb", "a100-80"),
+  ("a100 80gb", "a100-80"),
+  ("a100", "a100-40"),
+  ("tpu v5 lite", "v5e"),
+  ("tpu v5e", "v5e"),
+  ("tpu v5", "v5p"),
+  ("tpu v4", "v4"),
+  ("tpu v3", "v3"),
+)
 USABLE_FRACTION = 0.9
 # Models of at most this many layers (encoder + decoder) are compiled whole; deeper ones at 1 and 2 layers per stack.
 FULL_COMPILE_MAX_LAYERS = 8
@@ -161,6 +178,12 @@ def check_device(name: str) -> str:
   if name not in DEVICES:
     raise ValueError(f"--device={name!r} is not known: use one of {', '.join(DEVICES)}.")
   return name
+
+
+def device_name(device_kind: str) -> str | None:
+  """The DEVICES name of a JAX `device_kind`, or None for a device the table does not know (e.g. a CPU)."""
+  kind = device_kind.lower()
+  return next((name for pattern, name in DEVICE_KINDS if pattern in kind), None)
 
 
 def _shard_bytes(x, sharding) -> int:

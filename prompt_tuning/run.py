@@ -100,6 +100,11 @@ class RunConfig:
       prompt (`prompt_tuning.inputs`, `prompt_tuning.combine.join_packed`) and attention kept within it, so each
       example gets the loss and gradients it gets unpacked. BATCH_SIZE counts rows, as in T5X, so a packed step
       sees more examples. Encoder-decoder models only; decoding and scoring (eval's metrics, infer) never pack.
+    bucket_by_length: unpacked training batches of examples of similar length, each padded to a power-of-two bucket
+      length instead of the full inputs length (BUCKET_BY_LENGTH; `prompt_tuning.inputs.length_bucketed`: tf.data's
+      bucket_by_sequence_length): the step compiles once per bucket, and each example gets the loss and gradients
+      it gets at the full length. The data order is deterministic (a resume stays exact) but not the unbucketed
+      one. One process only (each process would pick its own bucket); not with PACK (packed rows are full).
   """
 
   model_dir: str = gin.REQUIRED
@@ -129,6 +134,7 @@ class RunConfig:
   num_partitions: int = 1
   mesh_shape: tuple[int, int] | None = None
   pack: bool = False
+  bucket_by_length: bool = False
 
   def __post_init__(self):
     for name in ("model_dir", "initial_checkpoint_path", "mixture_or_task_name", "task_feature_lengths"):

@@ -162,6 +162,7 @@ def _train(cfg: RunConfig, schedule: dict[str, Any], lock: locks.DirectoryLock |
       f"resumed a run trained against the frozen backbone in {run.resumed_backbone_dtype}, now in "
       f"{run.backbone_dtype} (FROZEN_DTYPE): the same weights at another precision"
     )
+  validation.check_length_buckets(cfg.bucket_by_length, jax.process_count())
   batches = inputs.train_batches(
     cfg.mixture_or_task_name,
     cfg.task_feature_lengths,
@@ -172,6 +173,7 @@ def _train(cfg: RunConfig, schedule: dict[str, Any], lock: locks.DirectoryLock |
     shuffle=cfg.shuffle,
     pack=cfg.pack,
     prompt_slots=run.tuned.prompt_length,
+    bucket_by_length=cfg.bucket_by_length,
   )
   try:
     return _loop(run, cfg, schedule, batches, reporter, lock)

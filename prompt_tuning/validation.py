@@ -165,6 +165,13 @@ def check_run_config(cfg: Any) -> None:
   require_int(cfg.num_partitions, "NUM_PARTITIONS", minimum=1)
   if not isinstance(cfg.pack, bool):
     raise SettingError(f"PACK must be True or False, got {cfg.pack!r}.")
+  if not isinstance(cfg.bucket_by_length, bool):
+    raise SettingError(f"BUCKET_BY_LENGTH must be True or False, got {cfg.bucket_by_length!r}.")
+  if cfg.bucket_by_length and cfg.pack:
+    raise SettingError(
+      "BUCKET_BY_LENGTH = True pads unpacked rows to their length bucket, and PACK = True fills every row to the "
+      "full length: set one of them to False (PACK gains more where many examples fit a row)."
+    )
   if cfg.mesh_shape is not None and (
     len(tuple(cfg.mesh_shape)) != 2 or not all(_is_int(n) and n >= 1 for n in cfg.mesh_shape)
   ):
@@ -180,6 +187,16 @@ def check_run_config(cfg: Any) -> None:
     re.compile(cfg.trainable_pattern)
   except re.error as e:
     raise SettingError(f"TRAINABLE_PATTERN {cfg.trainable_pattern!r} is not a valid regular expression: {e}.") from e
+
+
+def check_length_buckets(bucket_by_length: bool, process_count: int) -> None:
+  """Refuses BUCKET_BY_LENGTH in a run of several processes: each would pick its own bucket for its rows of a step,
+  and a step's global batch has one shape."""
+  if bucket_by_length and process_count > 1:
+    raise SettingError(
+      f"BUCKET_BY_LENGTH = True buckets each process's rows on their own, and this run has {process_count} "
+      "processes, whose rows of one step must share a shape: set BUCKET_BY_LENGTH = False (or PACK = True)."
+    )
 
 
 def check_packing(pack: bool, decoder_only: bool) -> None:

@@ -20,6 +20,7 @@ from prompt_tuning.methods import IA3, LoRA, PerLayerPrompt, PrefixSettings  # n
 
 DEMO_VOCAB = Path(pt.__file__).resolve().parent / "assets" / "demo_t5" / "sentencepiece.model"
 TASK = "method_runs_odd_even"
+VARIED_TASK = "method_runs_odd_even_varied_lengths"
 VOCAB_SIZE = 8192  # the demo vocabulary's 8,092 pieces, rounded up
 METHODS = ("prompt", "prefix", "per_layer_prompt", "ia3", "model")
 # The subprocess that trains the methods (kill -9, 8 simulated devices), and its environment.
@@ -45,32 +46,35 @@ def write_backbone(folder: Path) -> Path:
   return folder
 
 
-def register_task() -> str:
-  """Registers TASK once: "is <word> number <i> odd?" -> yes / no."""
+def register_task(varied_lengths: bool = False) -> str:
+  """Registers TASK once: "is <word> number <i> odd?" -> yes / no; or with `varied_lengths`, VARIED_TASK, whose
+  inputs repeat the word 1 to 12 times (about 7 to 20 tokens: several length buckets of 16 inputs)."""
   import seqio
   import tensorflow as tf
 
-  if TASK in seqio.TaskRegistry.names():
-    return TASK
+  name = VARIED_TASK if varied_lengths else TASK
+  if name in seqio.TaskRegistry.names():
+    return name
 
   def examples(split, shuffle_files, seed=None):
     del shuffle_files, seed
     count, offset = {"train": 96, "validation": 16}[split], {"train": 0, "validation": 1000}[split]
     numbers = range(offset, offset + count)
-    inputs = [f"is {WORDS[i % 10]} number {i} odd?" for i in numbers]
+    words = [" ".join([WORDS[i % 10]] * (1 + (i * 7 % 12 if varied_lengths else 0))) for i in numbers]
+    inputs = [f"is {word} number {i} odd?" for word, i in zip(words, numbers)]
     return tf.data.Dataset.from_tensor_slices(
       {"inputs": inputs, "targets": ["yes" if i % 2 else "no" for i in numbers]}
     )
 
   vocab = seqio.SentencePieceVocabulary(str(DEMO_VOCAB), extra_ids=0)
   seqio.TaskRegistry.add(
-    TASK,
+    name,
     seqio.FunctionDataSource(examples, splits=["train", "validation"]),
     preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
     output_features={k: seqio.Feature(vocab, add_eos=True) for k in ("inputs", "targets")},
     metric_fns=[],
   )
-  return TASK
+  return name
 
 
 def method_settings(method: str) -> dict:

@@ -47,15 +47,18 @@ def _kill_after_checkpoint(model_dir: Path, proc: subprocess.Popen, step: int) -
   proc.wait()
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_resume_after_kill_9_equals_an_uninterrupted_run(backbone, tmp_path, method):
+@pytest.mark.parametrize("method, bucket", [(m, False) for m in METHODS] + [("prompt", True)])
+def test_resume_after_kill_9_equals_an_uninterrupted_run(backbone, tmp_path, method, bucket):
   # The killed run is set for far more steps than it gets: it is killed once a checkpoint past the first exists
   # (before 16), and both the resumed and the uninterrupted run stop at 16 (a constant learning rate: the number
-  # of steps planned changes nothing before it).
+  # of steps planned changes nothing before it). With `bucket`: BUCKET_BY_LENGTH on a task of varied lengths, whose
+  # batches come in two shapes (test_length_buckets.py).
   steps, settings = 16, dict(dropout_rate=0.1)
+  if bucket:
+    settings |= dict(bucket_by_length=True, mixture_or_task_name=method_runs.register_task(varied_lengths=True))
   cmd = [sys.executable, str(SCRIPT), str(tmp_path / "killed"), str(backbone), method, "1000"]
   proc = subprocess.Popen(
-    cmd + ["--checkpoint_every", "4", "--dropout", "0.1"],
+    cmd + ["--checkpoint_every", "4", "--dropout", "0.1"] + (["--bucket"] if bucket else []),
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
     env=method_runs.subprocess_env(),

@@ -1,7 +1,7 @@
 """Trains one or every tuning method on the tiny task of tests/method_runs.py (subprocess helper).
 
     python tests/scripts/method_train.py ROOT BACKBONE METHODS STEPS [--checkpoint_every N] [--dropout R]
-                                         [--mesh D,M] [--out FILE.npz]
+                                         [--mesh D,M] [--out FILE.npz] [--bucket]
 
 METHODS is a comma-separated list of tests/method_runs.METHODS; each trains in ROOT/<method>. --out writes every
 method's final trainable leaves ("<method>:<path>") and per-step losses ("<method>:loss") to an npz file.
@@ -25,6 +25,7 @@ def main():
   parser.add_argument("--dropout", type=float, default=0.0)
   parser.add_argument("--mesh", default=None)
   parser.add_argument("--out", default=None)
+  parser.add_argument("--bucket", action="store_true", help="BUCKET_BY_LENGTH on the varied-length task")
   args = parser.parse_args()
 
   import method_runs
@@ -36,7 +37,10 @@ def main():
   results = {}
   for method in args.methods.split(","):
     model_dir = Path(args.root) / method
-    cfg = method_runs.run_config(model_dir, Path(args.backbone), method, dropout_rate=args.dropout, mesh_shape=mesh)
+    bucket = {"bucket_by_length": True, "mixture_or_task_name": method_runs.register_task(True)} if args.bucket else {}
+    cfg = method_runs.run_config(
+      model_dir, Path(args.backbone), method, dropout_rate=args.dropout, mesh_shape=mesh, **bucket
+    )
     train.train(cfg, num_train_steps=args.steps, checkpoint_every=args.checkpoint_every, log_every=1)
     if args.out:
       for path, value in method_runs.final_trainable(cfg).items():
