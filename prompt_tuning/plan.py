@@ -262,9 +262,8 @@ def analytic_flops(config, rows: int, encoder_length: int, decoder_length: int, 
   d, joined, f, v = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim, config.vocab_size
   mlp = (len(config.mlp_activations) + 1) * d * f  # weights a token meets in one feed-forward block
   te, td = encoder_length, decoder_length
-  encoder_layers = 0 if config.decoder_only else config.num_encoder_layers
-  encoder = encoder_layers * (te * (4 * d * joined + mlp) + 2 * te * te * joined)
-  cross = 0 if config.decoder_only else td * 2 * d * joined + te * 2 * d * joined + 2 * td * te * joined
+  encoder = config.encoder_depth * (te * (4 * d * joined + mlp) + 2 * te * te * joined)
+  cross = (td * 2 * d * joined + te * 2 * d * joined + 2 * td * te * joined) if config.encoder_depth else 0
   decoder = config.num_decoder_layers * (td * (4 * d * joined + mlp) + 2 * td * td * joined + cross)
   layers = 2 * rows * (encoder + decoder)
   forward = layers + 2 * rows * td * d * v
@@ -301,7 +300,7 @@ class Planner:
     self.trains_backbone = any(
       re.search(run.pattern_of(cfg, tuned), f"t5/{path}") for path in optim._flat(run.backbone_shapes(self.config))
     )
-    enc = 0 if self.config.decoder_only else self.config.num_encoder_layers
+    enc = self.config.encoder_depth
     self.depth = (enc, self.config.num_decoder_layers)
     small = (min(enc, 1), 1), (min(enc, 2), 2)
     self.layer_variants = list(small) if enc in (0, self.depth[1]) else [(1, 1), (2, 1), (1, 2)]

@@ -458,8 +458,7 @@ def build_training(cfg: RunConfig) -> Run:
   validation.check_vocabulary(task, config.vocab_size)
   tuned = tuned_model(cfg, config)
   pattern = pattern_of(cfg, tuned)
-  if not config.decoder_only:
-    tuned.check_lengths(cfg.task_feature_lengths["inputs"], cfg.max_encoder_length)
+  tuned.check_lengths(cfg.task_feature_lengths, cfg.max_encoder_length)
 
   abstract_backbone = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), backbone_host)
   layout = training_layout(cfg, tuned, abstract_backbone, mesh)
@@ -602,8 +601,7 @@ def build_inference(cfg: RunConfig) -> Inference:
   validation.check_packing(cfg.pack, config.decoder_only)
   validation.check_vocabulary(task, config.vocab_size)
   tuned = tuned_model(cfg, config)
-  if not config.decoder_only:
-    tuned.check_lengths(cfg.task_feature_lengths["inputs"], cfg.max_encoder_length)
+  tuned.check_lengths(cfg.task_feature_lengths, cfg.max_encoder_length)
   pattern = pattern_of(cfg, tuned)
   output_ids = class_label_ids(cfg.mixture_or_task_name) if cfg.class_label_softmax else None
   restored = _restore_trainable(cfg, tuned, backbone_host, pattern)

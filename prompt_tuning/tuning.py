@@ -13,6 +13,7 @@ backbone as `T5.apply(..., adapters=...)`, never as parameters hidden inside it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -109,14 +110,19 @@ class TunedT5:
       **kwargs,
     )
 
-  def check_lengths(self, input_length: int, max_encoder_length: int | None) -> None:
-    """Refuses a prompt + input longer than the encoder is meant to see.
+  def check_lengths(self, task_feature_lengths: Mapping[str, int], max_encoder_length: int | None) -> None:
+    """Refuses a prompt + input longer than the encoder is meant to see (a decoder-only model has no encoder).
+
+    Args:
+      task_feature_lengths: the task's {"inputs": ..., "targets": ...} (TASK_FEATURE_LENGTHS).
+      max_encoder_length: MAX_ENCODER_LENGTH; None: no limit.
 
     Raises:
       ValueError: saying which knob to turn.
     """
-    if max_encoder_length is None:
+    if max_encoder_length is None or not self.config.encoder_depth:
       return
+    input_length = task_feature_lengths["inputs"]
     total = self.prompt_length + input_length
     if total > max_encoder_length:
       raise ValueError(

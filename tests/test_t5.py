@@ -209,3 +209,20 @@ def test_decoder_only_prefix_lm():
   assert with_prompt.shape == (2, 8, 128) and not np.allclose(with_prompt, causal)
   with pytest.raises(ValueError, match="decoder-only"):
     model.apply({"params": params}, tokens, tokens)
+
+
+def test_a_decoder_only_model_has_no_encoder_length_to_check():
+  """`T5Config.encoder_depth` is what callers ask instead of branching on decoder_only: 0 without an encoder, where
+  MAX_ENCODER_LENGTH does not apply."""
+  from prompt_tuning import prompts
+  from prompt_tuning.methods import Prompt
+  from prompt_tuning.tuning import TunedT5
+
+  prompt = Prompt(4, prompts.random_uniform())
+  decoder_only, encoder_decoder = pt.get_config("decoder_only_tiny"), pt.get_config("t5_1_1_tiny")
+  assert decoder_only.encoder_depth == 0
+  assert encoder_decoder.encoder_depth == encoder_decoder.num_encoder_layers > 0
+  lengths = {"inputs": 8, "targets": 4}
+  TunedT5(decoder_only, (prompt,)).check_lengths(lengths, max_encoder_length=8)
+  with pytest.raises(ValueError, match=r"prompt length 4 \+ input 8 exceeds max 8"):
+    TunedT5(encoder_decoder, (prompt,)).check_lengths(lengths, max_encoder_length=8)

@@ -107,6 +107,12 @@ class T5Config:
   def parameter_dtype(self) -> Any:
     return jnp.dtype(self.param_dtype)
 
+  @property
+  def encoder_depth(self) -> int:
+    """Encoder blocks the model runs: `num_encoder_layers`, or 0 for a decoder-only model (which has no encoder and
+    no cross-attention)."""
+    return 0 if self.decoder_only else self.num_encoder_layers
+
   def replace(self, **changes) -> T5Config:
     return dataclasses.replace(self, **changes)
 
