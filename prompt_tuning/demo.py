@@ -20,8 +20,7 @@ softmax over the labels' tokens as every row is trained (RunConfig.class_label_s
 match of greedily decoded text, over the whole vocabulary (a column shown only then): 0% for every row of a full run,
 as rows trained over the labels' tokens learn to choose among them, not to put them above the rest of the vocabulary.
 TensorFlow's, XLA's and absl's start-up lines are hidden, as the command line hides them (`--verbose` shows them).
-All five rows run live
-(about 8 minutes on 2 CPU cores); a full run's results are kept as a reference in
+All five rows run live (about 11 minutes on 2 CPU cores); a full run's results are kept as a reference in
 prompt_tuning/assets/demo_t5/demo_results.json (`--record` rewrites it).
 
 The two trained vector rows are left in a serving library (`--library`, default `demo_library/`): the prompt as

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # Command lines that cannot run inside the test suite, and why.
 NOT_RUN = {
-  "make demo": "the full demo (8 minutes); tests/test_demo.py runs the same entry point with --quick",
+  "make demo": "the full demo (11 minutes); tests/test_demo.py runs the same entry point with --quick",
   "make test": "runs this very test suite",
 }
 # Command lines another test runs, against what they need (a server process), and which test.
