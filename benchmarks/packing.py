@@ -49,8 +49,11 @@ EOS = 1
 PEFT_IGNORE = -100  # Hugging Face's label id for positions without loss
 
 
-def boolq_examples(count: int, rng: np.random.Generator, max_inputs: int = 512) -> list[dict[str, np.ndarray]]:
-  """Synthetic BoolQ rows with the lengths of the module docstring (token ids are random, lengths are not)."""
+def boolq_examples(
+  count: int, rng: np.random.Generator, max_inputs: int = 512, vocab: int = 32000
+) -> list[dict[str, np.ndarray]]:
+  """Synthetic BoolQ rows with the lengths of the module docstring (token ids are random below `vocab`, lengths
+  are not)."""
   pieces_per_word, template = 1.35, 8  # "boolq passage: ... question: ..." is 8 pieces in the T5 vocabulary
   examples = []
   for _ in range(count):
@@ -58,7 +61,7 @@ def boolq_examples(count: int, rng: np.random.Generator, max_inputs: int = 512) 
     question = rng.lognormal(np.log(8.9) - 0.3**2 / 2, 0.3)
     n_inputs = min(int(round((passage + question) * pieces_per_word)) + template + 1, max_inputs)
     n_targets = 2 if rng.random() < 0.62 else 4  # "True" (1 piece) or "False" (3 pieces), and EOS
-    inputs, targets = rng.integers(3, 32000, n_inputs), rng.integers(3, 32000, n_targets)
+    inputs, targets = rng.integers(3, vocab, n_inputs), rng.integers(3, vocab, n_targets)
     inputs[-1] = targets[-1] = EOS
     examples.append({"inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32)})
   return examples
@@ -289,8 +292,11 @@ RATIOS = [
 
 def scenario(name, args, threads):
   if name == "boolq":
-    size, prompt_length, rows, packed_rows = "t5_1_1_small", 100, args.boolq_rows, args.boolq_rows
-    examples = boolq_examples(400, np.random.default_rng(0))
+    size, prompt_length, rows, packed_rows = args.boolq_size, 100, args.boolq_rows, args.boolq_rows
+    import prompt_tuning as pt
+
+    vocab = min(32000, pt.get_config(size).vocab_size)
+    examples = boolq_examples(400, np.random.default_rng(0), vocab=vocab)
     # T5's SuperGLUE input length; packed rows get room for the targets of several examples.
     unpacked_lengths, packed_lengths = {"inputs": 512, "targets": 8}, {"inputs": 512, "targets": 16}
   else:
@@ -333,6 +339,7 @@ def main():
   parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration and repeat")
   parser.add_argument("--only", default="boolq,wordnet")
   parser.add_argument("--boolq_rows", type=int, default=4)
+  parser.add_argument("--boolq_size", default="t5_1_1_small", help="the model of the BoolQ scenario")
   parser.add_argument("--wordnet_rows", type=int, default=32)
   # Longer packed rows (the demo's 64 input tokens + 20 prompt positions hold one of its examples, 35 + 20 on
   # average): 148 + 20 holds up to three, and each example's 3 target tokens need 12 positions for them.
