@@ -192,7 +192,7 @@ class TrainingCheckpoints:
 
   def all_steps(self) -> list[int]:
     """The steps of the checkpoint folders (a stray file named like a step is not a checkpoint)."""
-    return [step for step in self._manager.all_steps() if self.step_folder(step).is_dir()]
+    return [step for step in self._manager.all_steps() if not self.step_folder(step).is_file()]
 
   def latest_step(self) -> int | None:
     steps = self.all_steps()
