@@ -19,6 +19,10 @@ optimizer). `restore_newest_intact` skips damaged ones, newest first, moving eac
 MODEL_DIR/damaged_checkpoints/ (never deleting it) and saying why; a mismatched one is refused. The meta also
 records the task and data settings (`data_settings`), and `check_data_settings` refuses a resume that changes
 them: the saved data position means nothing on other data.
+
+The meta also holds a checksum of the state's arrays (`state_checksum`), verified at restore: a bit flipped on disk
+that still reads back makes the checkpoint damaged, not a silent NaN later. A save that fails (a full disk), here or
+in orbax's background threads, becomes one CheckpointWriteError after the unfinished files are removed (`writing`).
 """
 
 from __future__ import annotations
@@ -190,7 +194,7 @@ class TrainingCheckpoints:
 
   def all_steps(self) -> list[int]:
     """The steps of the checkpoint folders (a stray file named like a step is not a checkpoint)."""
-    return [step for step in self._manager.all_steps() if self.step_folder(step).is_dir()]
+    return [step for step in self._manager.all_steps() if not self.step_folder(step).is_file()]
 
   def latest_step(self) -> int | None:
     steps = self.all_steps()
