@@ -41,7 +41,7 @@ import os
 import re
 import sys
 
-from prompt_tuning import distributed, gin_config
+from prompt_tuning import distributed, gin_config, startup
 
 GIN_COMMANDS = {
   "train": ("prompt_tuning.train", "train"),
@@ -64,69 +64,15 @@ def _gin_parser(command: str) -> argparse.ArgumentParser:
   return parser
 
 
-@contextlib.contextmanager
-def native_stderr_hidden():
-  """Sends what native code writes to file descriptor 2 to /dev/null for the duration (Python's exceptions still
-  propagate, and are printed after it)."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  try:
-    with open(os.devnull, "w") as devnull:
-      os.dup2(devnull.fileno(), 2)
-      yield
-  finally:
-    sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
-def quiet_start_up(touch_devices: bool = True) -> None:
-  """Hides TensorFlow's, XLA's and absl's start-up lines unless --verbose: "oneDNN custom operations are on", "Could
-  not find cuda drivers", "failed call to cuInit", "All log messages before absl::InitializeLog()". They say nothing
-  is wrong, and look like failures. TensorFlow 2.21 writes them from C++ whatever TF_CPP_MIN_LOG_LEVEL says, while
-  it is imported and when its devices are set up, so both happen here, with native stderr hidden. The gin commands
-  pass `touch_devices=False` and set devices up after `jax.distributed` (`_start_devices`), which must come first."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-  os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-  with native_stderr_hidden():
-    import tensorflow  # noqa: F401
-
-    from prompt_tuning.data import tensorflow_setup
-
-    tensorflow_setup.hide_accelerators_from_tensorflow()
-    if touch_devices:
-      _start_devices()
-  from absl import logging as absl_logging
-
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("absl").addFilter(_hide_inapplicable_advice)
-
-
-# Third-party warnings that do not apply here, hidden unless --verbose: seqio's advice to cache a FunctionDataset
-# "since it often results in insufficient shuffling on restarts" (our resumes restore the data pipeline's position
-# and seed: a resumed run equals an uninterrupted one, tests/test_method_resume.py).
-_INAPPLICABLE_ADVICE = ("Using an uncached FunctionDataset for training",)
-
-
-def _hide_inapplicable_advice(record: logging.LogRecord) -> bool:
-  return not str(record.msg).startswith(_INAPPLICABLE_ADVICE)
-
-
-def _start_devices() -> None:
-  import jax
-
-  jax.devices()  # XLA's CUDA probe (cuInit) logs here when a CUDA plugin is installed without a GPU
-
-
 def _run_gin_command(command: str, argv: list[str]) -> int:
   bindings, rest = gin_config.split_gin_flags(argv)
   args = _gin_parser(command).parse_args(rest)
   distributed.initialize_from_flags(args)  # Before anything touches a device.
   if args.verbose:
-    _start_devices()
+    startup.start_devices()
   else:
-    with native_stderr_hidden():
-      _start_devices()
+    with startup.native_stderr_hidden():
+      startup.start_devices()
   from prompt_tuning import compilation_cache
 
   compilation_cache.enable()
@@ -209,8 +155,8 @@ def _run_plan(argv: list[str]) -> int:
   meshes = [b for a, b in zip(["", *argv], argv) if a == "--mesh"] + [a[7:] for a in argv if a.startswith("--mesh=")]
   model = max((int(m.group(1)) for x in meshes if (m := re.fullmatch(r"\s*\d+\s*[x,]\s*(\d+)\s*", x))), default=1)
   jax.config.update("jax_num_cpu_devices", max(plan.HOST_DEVICES, model))
-  with native_stderr_hidden():
-    _start_devices()
+  with startup.native_stderr_hidden():
+    startup.start_devices()
   compilation_cache.enable()
   return plan.main(argv)
 
@@ -286,7 +232,7 @@ def _main(argv: list[str]) -> int:
   command, rest = argv[0], argv[1:]
   debug = "--debug" in rest
   if "--verbose" not in rest and command in (*GIN_COMMANDS, "inspect", "export", "tasks", "sweep", "serve", "plan"):
-    quiet_start_up(touch_devices=command not in (*GIN_COMMANDS, "plan"))
+    startup.quiet_start_up(touch_devices=command not in (*GIN_COMMANDS, "plan"))
   elif command not in GIN_COMMANDS:
     rest = [a for a in rest if a != "--verbose"]
   try:

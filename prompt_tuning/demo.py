@@ -291,10 +291,10 @@ def main(argv=None) -> int:
   if problem:
     print(f"error: {problem}", file=sys.stderr)
     return 2
-  from prompt_tuning import cli, compilation_cache
+  from prompt_tuning import compilation_cache, startup
 
   if not args.verbose:
-    cli.quiet_start_up()
+    startup.quiet_start_up()
   compilation_cache.enable()
   start = time.perf_counter()
   work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="prompt_tuning_demo_"))

@@ -252,14 +252,6 @@ class PromptLibrary:
         self._bytes -= entry.nbytes
     return entry
 
-  def load_folder(self, folder: str | Path) -> list[str]:
-    """Adds every entry of a library folder with its recorded version; returns the ids. Raises PromptError naming
-    the bad file."""
-    from prompt_tuning.serve import library_files
-
-    files = self.files if self.files is not None and Path(folder) == self.files.folder else None
-    return library_files.restore(self, files or library_files.LibraryFolder(folder, writable=False))
-
 
 def device_bytes(tree: Any) -> int:
   """Bytes of a tree of arrays (a device row is padded to the server's tables: more than the entry's arrays)."""
