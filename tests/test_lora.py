@@ -389,3 +389,45 @@ def test_bfloat16_activations_keep_step_0_exact_and_the_deltas(tiny_decoder_mode
   frozen_gap = np.abs(reference - np.asarray(_logits(config)(frozen, None, *batch))).max()
   error = np.abs(got - reference).max()
   assert error < 0.1 * frozen_gap, (error, frozen_gap)  # the deltas survive bfloat16, far above its rounding
+
+
+def test_lora_rows_are_served_mixed_with_prompt_rows(tiny_decoder_model, tmp_path):
+  """The server's engine and library take LoRA exports as they are (the library entry is the export) and pad them
+  by the site contract: rows of rank 2 and 3 under a width of 4, a soft prompt's row and the frozen model's, in one
+  scoring batch, each score what the row's own vectors give alone."""
+  from prompt_tuning import partitioning
+  from prompt_tuning.methods.base import PromptError
+  from prompt_tuning.serve.engine import Engine, EngineShapes
+  from prompt_tuning.serve.store import PromptLibrary, read_entry_file
+
+  config, frozen = tiny_decoder_model
+  shapes = EngineShapes(
+    slots=2, input_buckets=(8,), max_prompt_length=4, max_prefix_length=0, max_rank=4, max_decode_length=4,
+    admit_buckets=(1,), score_buckets=(4,), max_target_length=5, beam_buckets=(1,), methods=("prompt", "lora"),
+  )  # fmt: skip
+  engine = Engine(config, frozen, partitioning.make_mesh(), shapes)
+  library = PromptLibrary(engine.limits(), max_library_bytes=1 << 20)
+  own = {}
+  for name, method, seed in (("r2", LoRA(rank=2), 1), ("r3", LoRA(rank=3, targets=("decoder cross_attention",)), 2)):
+    params = _trained(method, frozen, config, seed)
+    method.export(params, config, tmp_path / name)
+    library.put(name, *read_entry_file(tmp_path / name / "lora.safetensors"))
+    own[name] = method.adapters(params, config)
+  prompt = jax.random.uniform(jax.random.key(3), (3, config.emb_dim), minval=-0.5, maxval=0.5)
+  library.put("prompt", "prompt", {"prompt": np.asarray(prompt)})
+  own["prompt"] = {"input": {"prompt": prompt}}
+  with pytest.raises(PromptError, match="rank axis of method 'lora' is 5 long; this server takes 1 to 4"):
+    method = LoRA(rank=5)
+    method.export(_trained(method, frozen, config, 4), config, tmp_path / "r5")
+    library.put("r5", *read_entry_file(tmp_path / "r5" / "lora.safetensors"))
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(2, 64, (4, 8)).astype(np.int32)
+  targets = rng.integers(2, 64, (4, 5)).astype(np.int32)
+  targets[:, -1] = 1
+  order = ["r3", "prompt", None, "r2"]
+  scores = engine.score(tokens, targets, [engine.row_vectors(None if n is None else library.get(n)) for n in order])
+  for i, name in enumerate(order):
+    adapters = None if name is None else own[name]
+    alone = decoding.sequence_log_probs(config, frozen, tokens[i : i + 1], targets[i : i + 1], adapters=adapters)
+    np.testing.assert_allclose(scores[i], np.asarray(alone)[0], rtol=1e-4, atol=1e-4, err_msg=str(name))
+  assert len({round(float(s), 3) for s in scores}) == 4  # every row's vectors took part

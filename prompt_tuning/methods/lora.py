@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.checkpoints import hf_names
-from prompt_tuning.methods.base import Method, PyTree, read_tree
+from prompt_tuning.methods.base import Limits, Method, PromptError, PyTree, read_tree
 from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.configs import T5Config
 
@@ -180,6 +180,20 @@ class LoRA(Method):
     tree = read_tree(self.name, folder)
     self.check_factors(tree, config)
     return tree
+
+  @classmethod
+  def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
+    """An upload's factors: the site contract's checks (names, shapes, one rank within the server's width), then
+    LoRA's own (both factors of each projection of an attention, finite values).
+
+    Raises:
+      PromptError: saying which array is wrong and what was expected.
+    """
+    super().check(arrays, limits)
+    try:
+      cls.check_factors(arrays, limits.config)
+    except ValueError as e:
+      raise PromptError(str(e)) from None
 
   @classmethod
   def check_factors(cls, arrays: Mapping[str, Any], config: T5Config) -> None:
