@@ -145,25 +145,21 @@ seed/axis.values = [0]
 """
   sweep_file = write_sweep(tmp_path, "tiny_fail", steps=4, axes=axes, extra_bindings=["BATCH_SIZE = 3"])
   sweep_dir = tmp_path / "out"
-  # num_microbatches 2 does not divide batch 3: the run itself refuses it at start-up.
-  code = cli.main(
-    [
-      "sweep",
-      "run",
-      str(sweep_file),
-      f"--sweep_dir={sweep_dir}",
-      "--attempts",
-      "2",
-      "--gin.RunConfig.num_microbatches=2",
-    ]
-  )
+  # num_microbatches 2 does not divide batch 3: a setting the run would refuse is refused by the plan, up front.
+  argv = ["sweep", "run", str(sweep_file), f"--sweep_dir={sweep_dir}", "--attempts", "2"]
+  assert cli.main([*argv, "--gin.RunConfig.num_microbatches=2"]) == 1
+  assert "SettingError: BATCH_SIZE 3 must be a multiple of NUM_MICROBATCHES 2" in capsys.readouterr().err
+  assert not sweep_dir.exists()
+  # A backbone that is not there is only found by the run itself (planning reads no checkpoint): it fails, twice.
+  missing = tmp_path / "no_such_checkpoint"
+  code = cli.main([*argv, f"--gin.INITIAL_CHECKPOINT_PATH='{missing}'"])
   out = capsys.readouterr().out
   assert code == 1
   assert "FAILED seed=0" in out and "2 attempts" in out
   assert cli.main(["sweep", "status", str(sweep_dir)]) == 0
   status = capsys.readouterr().out
   assert "failed" in status.splitlines()[0]
-  assert "error: SettingError: BATCH_SIZE 3 must be a multiple of NUM_MICROBATCHES 2" in status
+  assert "error: " in status and str(missing) in status
   assert "error: error:" not in status
   assert "done 0  running 0  failed 1" in status
   attempts = records.read_attempts(records.run_dir(sweep_dir, "seed=0"))
