@@ -1,6 +1,11 @@
-"""Shared test set-up: quiet TensorFlow, CPU only, the reference artifacts."""
+"""Shared test set-up: quiet TensorFlow, CPU only, the reference artifacts, and what several test files reuse: the
+command line run in this process (`_cli`) and one tiny trained run (`trained_run`)."""
 
+import contextlib
+import io
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -13,10 +18,42 @@ import pytest  # noqa: E402
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
+# The test files that take longest, longest first (measured alone on 2 cores: 1 to 5 minutes of CPU each).
+# `make test` hands whole files to its two workers in collection order (--dist loadfile --no-loadscope-reorder):
+# these start first and the short files fill in behind them, so the workers finish within a short file of each
+# other, instead of one starting a long file when the other is nearly done. A new long file belongs here.
+LONGEST_FILES_FIRST = (
+  "test_method_invariants.py",
+  "test_readme.py",
+  "test_packing.py",
+  "test_method_resume.py",
+  "test_sweeps_runs.py",
+  "test_trainer.py",
+  "test_plan.py",
+  "test_demo.py",
+  "test_serve.py",
+  "test_demo_build.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache_in_tmp(tmp_path_factory):
-  """Commands the tests start cache compiled programs under pytest's temporary folder, not the user's ~/.cache."""
-  os.environ.setdefault("PROMPT_TUNING_COMPILATION_CACHE", str(tmp_path_factory.mktemp("jax_compilation_cache")))
+  """JAX's persistent compilation cache under pytest's temporary folder (not the user's ~/.cache), for the commands
+  the tests start and for the tests' own process: a program compiled once (the same tiny model's train and eval
+  steps, built again test after test) is read back instead of compiled again. PROMPT_TUNING_COMPILATION_CACHE=off
+  switches it off (set, it is respected)."""
+  from jax.experimental.compilation_cache import compilation_cache as jax_cache
+
+  from prompt_tuning import compilation_cache
+
+  os.environ.setdefault(compilation_cache.ENV, str(tmp_path_factory.mktemp("jax_compilation_cache")))
+  if compilation_cache.enable() is not None:
+    jax_cache.reset_cache()  # JAX decides once per process whether it uses the cache: decide again, with a folder
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +104,99 @@ def batch():
   targets = rng.integers(2, 64, (3, 5))
   targets[2, 3:] = 0
   return enc, np.pad(targets[:, :-1], ((0, 0), (1, 0))), targets
+
+
+@pytest.fixture
+def _cli(capfd):
+  """`prompt-tuning ARGS` in this process (tests/cli_runs.py): `_cli(*args, check=True, extra_path=None)` returns
+  its Result; with `check`, a failed command, or one that printed an ERROR line, fails the test."""
+  from cli_runs import run_cli
+
+  def run(*args, check=True, extra_path=None):
+    out = run_cli(capfd, *args, extra_path=extra_path)
+    if check:
+      assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-4000:]}"
+      assert "ERROR" not in out.stderr and "ERROR" not in out.stdout, out.stderr[-3000:]
+    return out
+
+  return run
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+  """A finished 4-step prompt-tuning run of configs/test/prompt_tiny.gin on tests/tiny_task.py's task and the
+  reference tiny T5X checkpoint, trained by `prompt-tuning train` with a checkpoint every step, the newest 2 kept
+  (checkpoints 3 and 4, numpy_checkpoints/checkpoint_3 and _4).
+
+  Shared by every test of the session (and both xdist workers): read `model_dir`, never write to it; a test that
+  resumes, evaluates into or damages a run works on `copy(tmp_path)`.
+  """
+
+  model_dir: Path
+  log: str  # what the train command printed (stderr)
+  flags: tuple[str, ...]  # the command line's flags that trained it, less --gin.MODEL_DIR
+
+  def copy(self, folder: Path) -> Path:
+    """A writable copy of the run in `folder`/run (its released lock file left out)."""
+    from prompt_tuning import locks
+
+    target = Path(folder) / "run"
+    shutil.copytree(self.model_dir, target, ignore=shutil.ignore_patterns(locks.LOCK_NAME))
+    return target
+
+  @staticmethod
+  def config(model_dir, **overrides):
+    """The run's settings as the `RunConfig` the command line builds from `flags`, for `model_dir`."""
+    import tiny_task
+
+    return tiny_task.run_config(model_dir, **{"keep_checkpoints": 2, **overrides})
+
+
+def _shared_tmp(tmp_path_factory) -> Path:
+  """The session's temporary folder that every xdist worker of this session sees (a worker's own is below it)."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def trained_run(reference_dir, tmp_path_factory) -> TrainedRun:
+  """The session's one tiny trained run (TrainedRun): trained once, by whichever worker asks first, under a file
+  lock; the other worker reads it from disk."""
+  import fcntl
+
+  import gin
+  import tiny_task
+
+  from prompt_tuning import cli
+
+  tiny_task.register()  # in this process too: tests resume and evaluate the run on its task
+  root = _shared_tmp(tmp_path_factory) / "trained_run"
+  root.mkdir(exist_ok=True)
+  flags = (
+    "--gin_file=test/prompt_tiny.gin",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{tiny_task.T5X_TINY}'",
+    f"--gin.MIXTURE_OR_TASK_NAME='{tiny_task.TASK}'",
+    "--gin.CHECKPOINT_EVERY=1",
+    "--gin.RunConfig.keep_checkpoints=2",
+  )
+  model_dir, log_file = root / "run", root / "train.log"
+  with open(root / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not log_file.is_file():
+      shutil.rmtree(model_dir, ignore_errors=True)
+      saved_cache = os.environ.get("PROMPT_TUNING_COMPILATION_CACHE")
+      os.environ["PROMPT_TUNING_COMPILATION_CACHE"] = "off"  # as tests/cli_runs.py: the tests' cache stays
+      stderr = io.StringIO()
+      gin.clear_config()
+      try:
+        with contextlib.redirect_stderr(stderr):
+          code = cli.main(["train", *flags, f"--gin.MODEL_DIR='{model_dir}'"])
+      finally:
+        gin.clear_config()
+        if saved_cache is None:
+          os.environ.pop("PROMPT_TUNING_COMPILATION_CACHE")
+        else:
+          os.environ["PROMPT_TUNING_COMPILATION_CACHE"] = saved_cache
+      assert code == 0, f"the shared tiny run failed to train:\n{stderr.getvalue()[-4000:]}"
+      log_file.write_text(stderr.getvalue())  # last: its presence marks a finished run
+  return TrainedRun(model_dir, log_file.read_text(), flags)

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import prompt_tuning as pt  # noqa: E402
 from prompt_tuning import optim, train  # noqa: E402
 from prompt_tuning.methods import IA3, LoRA, PerLayerPrompt, PrefixSettings  # noqa: E402
+from prompt_tuning.prompts import random_uniform  # noqa: E402
 
 DEMO_VOCAB = Path(pt.__file__).resolve().parent / "assets" / "demo_t5" / "sentencepiece.model"
 TASK = "method_runs_odd_even"
@@ -34,8 +35,7 @@ def subprocess_env(devices: int = 1) -> dict:
 WORDS = ["apple", "house", "river", "green", "music", "stone", "cloud", "light", "table", "night"]
 
 
-def uniform_init(rng, embedding, length):
-  return jax.random.uniform(rng, (length, embedding.shape[1]), minval=-0.5, maxval=0.5)
+uniform_init = random_uniform(0.5)  # Lester et al.'s uniform in [-0.5, 0.5], the project's own initializer
 
 
 def write_backbone(folder: Path) -> Path:

@@ -10,21 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runs import run_cli
 from local_task_files import cli_flags
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def _cli(capfd):
-  def run(*args, check=True):
-    out = run_cli(capfd, *args)
-    if check:
-      assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-4000:]}"
-    return out
-
-  return run
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +20,22 @@ def local_task(reference_dir, tmp_path_factory):
   return cli_flags(reference_dir, tmp_path_factory.mktemp("data"), "cli_yes_no")
 
 
-def test_train_eval_infer_inspect_export(local_task, reference_dir, tmp_path, _cli):
-  model_dir = tmp_path / "run"
-  flags = [*local_task, f"--gin.MODEL_DIR='{model_dir}'"]
-  train = _cli("train", *flags)
-  assert "trainable parameters: 12 of 257,868" in train.stderr
-  metrics = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
+def test_train_eval_infer_inspect_export(trained_run, local_task, reference_dir, tmp_path, _cli):
+  # `prompt-tuning train` made the session's shared tiny run (conftest.trained_run: test/prompt_tiny.gin, 4 steps).
+  assert "trainable parameters: 12 of 257,868" in trained_run.log
+  metrics = [json.loads(x) for x in (trained_run.model_dir / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics if "train/loss" in m] == [1, 2, 3, 4]
-  prompt_file = model_dir / "numpy_checkpoints" / "checkpoint_4" / "prompt.npy"
+  prompt_file = trained_run.model_dir / "numpy_checkpoints" / "checkpoint_4" / "prompt.npy"
   assert np.load(prompt_file).shape == (3, 4)
 
   # Resuming the finished run: restored at step 4 of 4, nothing to do.
-  again = _cli("train", *flags)
+  model_dir = trained_run.copy(tmp_path)
+  again = _cli("train", *trained_run.flags, f"--gin.MODEL_DIR='{model_dir}'")
   assert "4/4" in again.stderr
   assert len([x for x in (model_dir / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]) == 4
 
+  # Its prompt evaluated and used on a task read from local files (the same vocabulary, the same kind of question).
+  flags = [*local_task, f"--gin.MODEL_DIR='{model_dir}'"]
   evaluation = _cli("eval", "--gin_file=runs/prompt_eval.gin", *flags)
   assert "cli_yes_no/accuracy" in evaluation.stdout and "loss" in evaluation.stdout
   assert (model_dir / "eval_metrics.jsonl").is_file()

@@ -36,20 +36,7 @@ def _clean_gin():
 
 
 def _config(model_dir, **overrides) -> train.RunConfig:
-  settings = dict(
-    model_dir=str(model_dir),
-    initial_checkpoint_path=str(tiny_task.T5X_TINY),
-    model_size="t5_1_1_tiny",
-    mixture_or_task_name=tiny_task.register(),
-    task_feature_lengths={"inputs": 16, "targets": 4},
-    prompt_length=3,
-    prompt_init=tiny_task.uniform_init,
-    batch_size=8,
-    dropout_rate=0.0,
-    keep_checkpoints=2,
-  )
-  settings.update(overrides)
-  return train.RunConfig(**settings)
+  return tiny_task.run_config(model_dir, **{"keep_checkpoints": 2, **overrides})  # conftest.trained_run's settings
 
 
 def _main(capsys, *argv) -> tuple[int, str]:
@@ -58,18 +45,10 @@ def _main(capsys, *argv) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, reference_dir):
-  """A finished 4-step run: checkpoints 3 and 4 kept (keep_checkpoints 2), a checkpoint every step."""
-  model_dir = tmp_path_factory.mktemp("trained") / "run"
-  train.train(_config(model_dir), num_train_steps=4, checkpoint_every=1, log_every=1)
-  return model_dir
-
-
-def _copy(trained, tmp_path) -> Path:
-  target = tmp_path / "run"
-  shutil.copytree(trained, target)
-  (target / locks.LOCK_NAME).unlink(missing_ok=True)
-  return target
+def trained(trained_run):
+  """The shared finished 4-step run (conftest.trained_run): checkpoints 3 and 4 kept (keep_checkpoints 2), a
+  checkpoint every step. Read-only: the tests that resume or damage it work on `trained.copy(tmp_path)`."""
+  return trained_run
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -195,13 +174,13 @@ def test_a_task_whose_targets_are_all_empty_is_refused(tmp_path):
 
 
 def test_train_steps_below_the_resumed_step_is_refused(trained, tmp_path):
-  model_dir = _copy(trained, tmp_path)
+  model_dir = trained.copy(tmp_path)
   with pytest.raises(validation.SettingError, match="checkpoint at step 4, past TRAIN_STEPS 3"):
     train.train(_config(model_dir), num_train_steps=3, checkpoint_every=1)
 
 
 def test_resume_with_another_task_or_batch_is_refused(trained, tmp_path):
-  model_dir = _copy(trained, tmp_path)
+  model_dir = trained.copy(tmp_path)
   other = _config(model_dir, mixture_or_task_name=tiny_task.register(class_labels=True))
   with pytest.raises(CheckpointError, match="trained with MIXTURE_OR_TASK_NAME = 'tiny_yes_no'"):
     train.train(other, num_train_steps=6)
@@ -236,7 +215,7 @@ def _empty_state(step_dir: Path) -> None:
 
 @pytest.mark.parametrize("damage", [_truncate_arrays, _garbage_meta, _no_tree_metadata, _no_manifest, _empty_state])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(trained, tmp_path, caplog, monkeypatch, damage):
-  model_dir = _copy(trained, tmp_path)
+  model_dir = trained.copy(tmp_path)
   damage(model_dir / "checkpoints" / "4")
   unraisable = []  # what would print as tracebacks ("Event loop is closed" from the failed read's leftovers)
   monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
@@ -255,7 +234,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(trained, tmp
 
 
 def test_training_resumes_past_a_damaged_checkpoint(trained, tmp_path):
-  model_dir = _copy(trained, tmp_path)
+  model_dir = trained.copy(tmp_path)
   _truncate_arrays(model_dir / "checkpoints" / "4")
   train.train(_config(model_dir), num_train_steps=5, checkpoint_every=1, log_every=1)
   assert sorted(int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 5]
@@ -263,7 +242,7 @@ def test_training_resumes_past_a_damaged_checkpoint(trained, tmp_path):
 
 
 def test_a_mismatched_checkpoint_is_refused_not_skipped(trained, tmp_path):
-  model_dir = _copy(trained, tmp_path)
+  model_dir = trained.copy(tmp_path)
   with pytest.raises(CheckpointError, match=r"trainable.prompt: saved \(3, 4\), this run \(5, 4\)"):
     train.build(_config(model_dir, prompt_length=5))
   assert sorted(p.name for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "4"]
@@ -275,13 +254,13 @@ def test_a_mismatched_checkpoint_is_refused_not_skipped(trained, tmp_path):
 
 
 def test_numpy_prompts_are_pruned_with_the_checkpoints(trained):
-  orbax = sorted(p.name for p in (trained / "checkpoints").iterdir() if p.name.isdigit())
-  numpy = sorted(p.name for p in (trained / "numpy_checkpoints").iterdir())
+  orbax = sorted(p.name for p in (trained.model_dir / "checkpoints").iterdir() if p.name.isdigit())
+  numpy = sorted(p.name for p in (trained.model_dir / "numpy_checkpoints").iterdir())
   assert orbax == ["3", "4"] and numpy == ["checkpoint_3", "checkpoint_4"]
 
 
 def test_metrics_have_no_repeated_steps_after_a_resume(trained, tmp_path):
-  model_dir = _copy(trained, tmp_path)
+  model_dir = trained.copy(tmp_path)
   # As after a kill between the metrics of step 4 and its checkpoint: the run resumes at 3 and redoes 4.
   shutil.rmtree(model_dir / "checkpoints" / "4")
   train.train(_config(model_dir), num_train_steps=5, checkpoint_every=1, log_every=1)
@@ -387,7 +366,7 @@ def test_a_gin_file_in_the_current_folder_does_not_shadow_the_library(tmp_path, 
 
 
 def test_a_second_training_on_a_locked_model_dir_is_refused(trained, tmp_path):
-  model_dir = _copy(trained, tmp_path)
+  model_dir = trained.copy(tmp_path)
   with locks.DirectoryLock(model_dir, what="training run"):
     with pytest.raises(locks.FolderInUseError, match=rf"in use by PID {os.getpid()} on .*kill {os.getpid()}"):
       train.train(_config(model_dir), num_train_steps=6)

@@ -7,6 +7,7 @@ plain clone: a tiny T5 written by our own writer and a task on the shipped demo 
 - the compiled prompt-tuning step computes no gradient of a frozen weight (its FLOPs against model tuning's).
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,17 +63,30 @@ def test_a_step_changes_only_the_trainable_tree_and_the_backbone_is_the_loaded_o
       np.testing.assert_array_equal(after[path], value, err_msg=path)
 
 
-def test_8_devices_data_and_model_parallel_give_the_losses_and_vectors_of_1(backbone, tmp_path):
-  outputs = {}
-  for devices, mesh in ((1, []), (8, ["--mesh", "4,2"])):
-    out = tmp_path / f"{devices}.npz"
-    cmd = [sys.executable, str(SCRIPT), str(tmp_path / str(devices)), str(backbone), ",".join(METHODS), "3"]
-    done = subprocess.run(
-      cmd + mesh + ["--out", str(out)], capture_output=True, text=True, env=method_runs.subprocess_env(devices)
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    outputs[devices] = dict(np.load(out))
-  one, eight = outputs[1], outputs[8]
+@pytest.fixture(scope="module")
+def one_device(backbone, tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+  """Every method trained 3 steps on 1 device in this process, as tests/scripts/method_train.py trains them (a
+  checkpoint and its exports at the end): (the runs' root folder, their final trainable leaves "<method>:<path>" and
+  per-step losses "<method>:loss")."""
+  assert jax.device_count() == 1, f"the one-device side needs 1 device, this process has {jax.device_count()}"
+  root = tmp_path_factory.mktemp("one_device")
+  results = {}
+  for method in METHODS:
+    cfg = method_runs.run_config(root / method, backbone, method)
+    train.train(cfg, num_train_steps=3, checkpoint_every=100, log_every=1)
+    results |= {f"{method}:{path}": value for path, value in method_runs.final_trainable(cfg).items()}
+    lines = [json.loads(x) for x in (root / method / "metrics.jsonl").read_text().splitlines()]
+    results[f"{method}:loss"] = np.array([x["train/loss"] for x in lines if "train/loss" in x])
+  return root, results
+
+
+def test_8_devices_data_and_model_parallel_give_the_losses_and_vectors_of_1(backbone, one_device, tmp_path):
+  # The 8 simulated devices need their own process (XLA_FLAGS is read when JAX starts); 1 device is this one's.
+  out = tmp_path / "8.npz"
+  cmd = [sys.executable, str(SCRIPT), str(tmp_path / "8"), str(backbone), ",".join(METHODS), "3", "--mesh", "4,2"]
+  done = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, env=method_runs.subprocess_env(8))
+  assert done.returncode == 0, done.stderr[-4000:]
+  one, eight = one_device[1], dict(np.load(out))
   assert set(one) == set(eight) and {k.split(":")[0] for k in one} == set(METHODS)
   for key, value in one.items():
     # Vectors: three steps of Adafactor at the paper's learning rate turn the model-parallel reductions' float32
@@ -102,20 +116,19 @@ def test_the_prompt_tuning_step_computes_no_frozen_weight_gradients(backbone, tm
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_the_inference_build_serves_what_training_left(backbone, tmp_path, method):
+def test_the_inference_build_serves_what_training_left(backbone, one_device, method):
   from prompt_tuning.run import build_inference
 
-  cfg = method_runs.run_config(tmp_path / "run", backbone, method)
-  train.train(cfg, num_train_steps=2, checkpoint_every=2)
-  export = tmp_path / "run" / "numpy_checkpoints" / "checkpoint_2"
+  cfg = method_runs.run_config(one_device[0] / method, backbone, method)  # 3 steps, a checkpoint at the end
+  export = one_device[0] / method / "numpy_checkpoints" / "checkpoint_3"
   training = train.build(cfg)
   training.checkpoints.close()
   served = build_inference(cfg)
-  assert served.step == 2
+  assert served.step == 3
   if method == "model":  # the trained backbone lives in the training checkpoint only
     assert served.source == "the training checkpoint"
   else:
-    assert served.source.startswith("the exports of step 2") and not hasattr(served, "state")
+    assert served.source.startswith("the exports of step 3") and not hasattr(served, "state")
     assert set(served.trainable) == {method}
     assert (export / ("prompt.npy" if method == "prompt" else f"{method}.safetensors")).is_file()
   if method == "prefix":  # folded (Li & Liang, section 4.3): keys and values, no MLP

@@ -13,11 +13,10 @@ from prompt_tuning import decoding
 from prompt_tuning.decoding import DecodingSettings
 from prompt_tuning.methods import IA3, PerLayerPrompt, PrefixSettings, Prompt
 from prompt_tuning.models import adapters as sites
+from prompt_tuning.prompts import random_uniform
 from prompt_tuning.tuning import TunedT5
 
-
-def _uniform(rng, embedding, length):
-  return jax.random.uniform(rng, (length, embedding.shape[1]), minval=-0.5, maxval=0.5)
+_uniform = random_uniform(0.5)  # Lester et al.'s uniform in [-0.5, 0.5], the project's own initializer
 
 
 def _random_like(tree, key):

@@ -19,6 +19,7 @@ import tensorflow as tf
 import prompt_tuning as pt
 from prompt_tuning import combine, inputs, optim, trainer
 from prompt_tuning.methods import IA3, PerLayerPrompt, PrefixSettings, Prompt
+from prompt_tuning.prompts import random_uniform
 from prompt_tuning.tuning import TunedT5
 
 LENGTHS = {"inputs": 20, "targets": 6}
@@ -28,8 +29,7 @@ FEATURES = inputs.MODEL_FEATURES_ENC_DEC
 _jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
-def _uniform(rng, embedding, length):
-  return jax.random.uniform(rng, (length, embedding.shape[1]), minval=-0.5, maxval=0.5)
+_uniform = random_uniform(0.5)  # Lester et al.'s uniform in [-0.5, 0.5], the project's own initializer
 
 
 @pytest.fixture(scope="module")
@@ -288,19 +288,6 @@ def test_segment_ids_go_together_and_only_in_teacher_forcing(model):
   tokens = jnp.ones((1, 4), jnp.int32)
   with pytest.raises(ValueError, match="both encoder_segment_ids and decoder_segment_ids"):
     pt.T5(config).apply({"params": params}, tokens, tokens, tokens, encoder_segment_ids=tokens)
-
-
-@pytest.fixture
-def _cli(capfd):
-  from cli_runs import run_cli
-
-  def run(*args, check=True):
-    out = run_cli(capfd, *args)
-    if check:
-      assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-4000:]}"
-    return out
-
-  return run
 
 
 def test_packed_training_and_evaluation_from_the_command_line(reference_dir, vocabulary, tmp_path, _cli):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runs import run_cli
 
 from prompt_tuning.checkpoints import prompt_files
 
@@ -36,19 +35,6 @@ def test_reference_prompt_file_and_model_dir_are_read(tmp_path, reference_dir):
   not_npy.write_text("hello")
   with pytest.raises(ValueError, match="unknown extension '.prompt'"):
     prompt_files.load_prompt_file(not_npy)
-
-
-@pytest.fixture
-def _cli(capfd):
-  """The command line's entry point in this process (tests/cli_runs.py); the user's module folder on the path."""
-
-  def run(*args, extra_path=None):
-    out = run_cli(capfd, *args, extra_path=extra_path)
-    assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-4000:]}"
-    assert "ERROR" not in out.stderr and "ERROR" not in out.stdout, out.stderr[-3000:]
-    return out
-
-  return run
 
 
 USER_TASK_MODULE = '''"""A user's own seqio task, as a reference user registers it (no class labels declared)."""

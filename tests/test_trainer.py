@@ -24,28 +24,15 @@ def task(reference_dir):
 
 
 def _config(model_dir, **overrides):
-  settings = dict(
-    model_dir=str(model_dir),
-    initial_checkpoint_path=str(tiny_task.T5X_TINY),
-    model_size="t5_1_1_tiny",
-    mixture_or_task_name=tiny_task.TASK,
-    task_feature_lengths={"inputs": 16, "targets": 4},
-    prompt_length=3,
-    prompt_init=tiny_task.uniform_init,
-    batch_size=8,
-    dropout_rate=0.0,
-  )
-  settings.update(overrides)
-  return train.RunConfig(**settings)
+  return tiny_task.run_config(model_dir, **overrides)
 
 
-def test_only_the_prompt_changes_and_frozen_weights_equal_the_checkpoint(task, tmp_path, capsys):
-  cfg = _config(tmp_path / "run")
-  train.train(cfg, num_train_steps=3, checkpoint_every=3)
-  assert "trainable parameters: 12 of 257,868" in capsys.readouterr().err
-  run = train.build(cfg)  # restores step 3
+def test_only_the_prompt_changes_and_frozen_weights_equal_the_checkpoint(task, trained_run):
+  assert "trainable parameters: 12 of 257,868" in trained_run.log
+  cfg = trained_run.config(trained_run.model_dir)
+  run = train.build(cfg)  # restores step 4
   run.checkpoints.close()
-  assert int(run.state.step) == 3
+  assert int(run.state.step) == 4
   _, on_disk = pt.load_pretrained(tiny_task.T5X_TINY, config="t5_1_1_tiny")
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.frozen["t5"]), on_disk)
   # ...and not a random initialization of the same shapes.
@@ -252,15 +239,14 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(task, tmp_path):
   assert int(run.state.step) == 2 and np.isfinite(run.state.trainable["prompt"]).all()
 
 
-def test_resume_against_another_backbone_is_refused(task, tmp_path):
-  cfg = _config(tmp_path / "run")
-  train.train(cfg, num_train_steps=1, checkpoint_every=1)
+def test_resume_against_another_backbone_is_refused(task, trained_run, tmp_path):
+  model_dir = trained_run.copy(tmp_path)
   config, params = pt.load_pretrained(tiny_task.T5X_TINY, config="t5_1_1_tiny")
   params["encoder"]["encoder_norm"]["scale"] = params["encoder"]["encoder_norm"]["scale"] * 1.01
   other = tmp_path / "other_backbone"
   save_hf_pretrained(other, config, params)
   with pytest.raises(CheckpointError, match="another frozen backbone"):
-    train.build(_config(tmp_path / "run", initial_checkpoint_path=str(other), model_size=None))
+    train.build(trained_run.config(model_dir, initial_checkpoint_path=str(other), model_size=None))
 
 
 def test_prompt_plus_input_longer_than_the_maximum_is_refused(task, tmp_path):

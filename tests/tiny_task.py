@@ -1,4 +1,5 @@
-"""A tiny in-memory seqio task on the real T5 SentencePiece model, for trainer tests."""
+"""A tiny in-memory seqio task on the real T5 SentencePiece model, and the tiny prompt-tuning run on it (the settings
+of configs/test/prompt_tiny.gin), for trainer tests."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import jax  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from prompt_tuning.prompts import random_uniform  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 VOCAB_PATH = REFERENCE / "t5_spm_32000.model"
@@ -49,5 +51,25 @@ def register(class_labels: bool = False) -> str:
   return name
 
 
-def uniform_init(rng, embedding, length):
-  return jax.random.uniform(rng, (length, embedding.shape[1]), minval=-0.5, maxval=0.5)
+# The tests' prompt initializer: Lester et al.'s uniform in [-0.5, 0.5] (prompts/random.gin's, the project's own).
+uniform_init = random_uniform(0.5)
+
+
+def run_config(model_dir, **overrides):
+  """The `RunConfig` of configs/test/prompt_tiny.gin on TASK and the reference tiny T5X checkpoint (a 3-token
+  uniform prompt, batch 8, no dropout), for `model_dir`; `overrides`: other RunConfig fields."""
+  from prompt_tuning import train
+
+  settings = dict(
+    model_dir=str(model_dir),
+    initial_checkpoint_path=str(T5X_TINY),
+    model_size="t5_1_1_tiny",
+    mixture_or_task_name=register(),
+    task_feature_lengths={"inputs": 16, "targets": 4},
+    prompt_length=3,
+    prompt_init=uniform_init,
+    batch_size=8,
+    dropout_rate=0.0,
+  )
+  settings.update(overrides)
+  return train.RunConfig(**settings)
