@@ -23,6 +23,7 @@ REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "referen
 # these start first and the short files fill in behind them, so the workers finish within a short file of each
 # other, instead of one starting a long file when the other is nearly done. A new long file belongs here.
 LONGEST_FILES_FIRST = (
+  "test_faults_sweeps.py",
   "test_method_invariants.py",
   "test_readme.py",
   "test_packing.py",
@@ -33,6 +34,11 @@ LONGEST_FILES_FIRST = (
   "test_demo.py",
   "test_serve.py",
   "test_demo_build.py",
+  "test_lora.py",
+  "test_faults_checkpoints.py",
+  "test_length_buckets.py",
+  "test_benchmarks_accelerator.py",
+  "test_site_contract.py",
 )
 
 

@@ -110,3 +110,22 @@ def test_without_network_the_user_gets_our_error(name, tmp_path, no_network, ref
   assert "ModuleNotFoundError" not in error
   assert f"`tfds build {name}" in error and "--tfds_data_dir" in error
   assert elapsed < 60, f"preparing without network took {elapsed:.0f} s to fail"
+
+
+def test_a_generation_task_without_its_data_gives_our_error(tmp_path, no_network):
+  """XSum (`xsum_v110`): tfds fetches its split lists, then needs the articles downloaded by hand; offline, reading it
+  is our error naming the dataset, `tfds build` and --tfds_data_dir (the QA and generation tasks read tfds through
+  the same source as GLUE)."""
+  import seqio
+
+  from prompt_tuning import data
+
+  source = seqio.get_mixture_or_task("xsum_v110").source
+  data.set_tfds_data_dir(str(tmp_path))
+  try:
+    with pytest.raises(
+      data.DataConfigError, match=r"xsum:1.1.0 \[validation\].*tfds build xsum:1.1.0.*--tfds_data_dir"
+    ):
+      source.get_dataset("validation", shuffle=False)
+  finally:
+    data.set_tfds_data_dir(None)

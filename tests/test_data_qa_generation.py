@@ -17,7 +17,6 @@ import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-import prompt_tuning.data as data  # noqa: E402
 from prompt_tuning.data import benchmarks, metrics, registry, tensorflow_setup, vocab  # noqa: E402
 
 tensorflow_setup.limit_tensorflow_threads(2)
@@ -269,16 +268,3 @@ def test_squad_to_mrqa_mixture_trains_on_squad_and_evaluates_out_of_domain():
   assert "train" not in seqio.get_mixture_or_task("mrqa_textbookqa_v001").splits
   everything = seqio.get_mixture_or_task("task_index_squad_to_mrqa")
   assert len(everything.tasks) == 1 + len(benchmarks.MRQA_OUT_OF_DOMAIN)
-
-
-def test_preparing_without_the_data_gives_our_error(tmp_path):
-  # XSum's articles must be downloaded by hand (tfds's manual download): with none, reading fails at once, offline.
-  source = seqio.get_mixture_or_task("xsum_v110").source
-  data.set_tfds_data_dir(str(tmp_path))
-  try:
-    with pytest.raises(
-      data.DataConfigError, match=r"xsum:1.1.0 \[validation\].*tfds build xsum:1.1.0.*--tfds_data_dir"
-    ):
-      source.get_dataset("validation", shuffle=False)
-  finally:
-    data.set_tfds_data_dir(None)
