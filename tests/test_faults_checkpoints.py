@@ -21,13 +21,25 @@ import gin
 import numpy as np
 import pytest
 import tiny_task
-from test_faults import _config, _copy
 
 from prompt_tuning import locks, run, train, validation
 from prompt_tuning.checkpoints import CheckpointError
 from prompt_tuning.checkpoints import training as training_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(model_dir, **overrides) -> train.RunConfig:
+  """The tiny run's RunConfig (tiny_task.run_config), keeping its 2 newest checkpoints."""
+  return tiny_task.run_config(model_dir, **{"keep_checkpoints": 2, **overrides})
+
+
+def _copy(trained, tmp_path) -> Path:
+  """A copy of a trained MODEL_DIR, without its lock."""
+  target = tmp_path / "run"
+  shutil.copytree(trained, target)
+  (target / locks.LOCK_NAME).unlink(missing_ok=True)
+  return target
 
 
 @pytest.fixture(autouse=True)

@@ -18,12 +18,16 @@ import numpy as np
 import pytest
 import tiny_task
 from cli_runs import run_cli
-from test_faults import _config
 
 from prompt_tuning import prompts, train
 from prompt_tuning.checkpoints import CheckpointError, huggingface, load_pretrained, peft
 
 DEMO_T5 = Path(__file__).resolve().parents[1] / "prompt_tuning" / "assets" / "demo_t5"
+
+
+def _config(model_dir, **overrides) -> train.RunConfig:
+  """The tiny run's RunConfig (tiny_task.run_config), keeping its 2 newest checkpoints."""
+  return tiny_task.run_config(model_dir, **{"keep_checkpoints": 2, **overrides})
 
 
 @pytest.fixture(autouse=True)

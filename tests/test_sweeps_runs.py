@@ -153,9 +153,9 @@ seed/axis.values = [0]
   # A backbone that is not there is only found by the run itself (planning reads no checkpoint): it fails, twice.
   missing = tmp_path / "no_such_checkpoint"
   code = cli.main([*argv, f"--gin.INITIAL_CHECKPOINT_PATH='{missing}'"])
-  out = capsys.readouterr().out
+  out, err = capsys.readouterr()
   assert code == 1
-  assert "FAILED seed=0" in out and "2 attempts" in out
+  assert "FAILED seed=0" in out and "2 attempts" in out, f"stdout: {out[-2000:]}\nstderr: {err[-3000:]}"
   assert cli.main(["sweep", "status", str(sweep_dir)]) == 0
   status = capsys.readouterr().out
   assert "failed" in status.splitlines()[0]
