@@ -652,8 +652,9 @@ def _wait_for(condition, seconds: float, what: str) -> None:
 
 def test_uploads_survive_restart_and_kill_9_mid_upload(demo, tmp_path):
   """Every answered change is on disk: a restart restores each entry with its id and version, a DELETE stays
-  deleted, a kill -9 between an upload's write and its rename leaves the old entry whole, and concurrent PUTs of one
-  id leave one complete file, the one served. The API token guards generate and score."""
+  deleted (and the id's next upload continues its versions), a kill -9 between an upload's write and its rename
+  leaves the old entry whole, and concurrent PUTs of one id leave one complete file, the one served. The API token
+  guards generate and score."""
   from prompt_tuning.serve import library_files
 
   config = demo[0]
@@ -687,6 +688,7 @@ def test_uploads_survive_restart_and_kill_9_mid_upload(demo, tmp_path):
   finally:
     stop_server(process)
   assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".partial")) == [
+    ".gone.deleted",  # the deleted id's last version, so its next upload is not version 1 again
     "kept.safetensors",
     "operator.safetensors",
   ]
@@ -702,6 +704,7 @@ def test_uploads_survive_restart_and_kill_9_mid_upload(demo, tmp_path):
     assert restored["version"] == 2 and restored["arrays"] == {"prompt": [3, config.emb_dim]}
     assert httpx.get(f"{url}/v1/prompts/operator", headers=ADMIN).json()["version"] == 2
     assert not list(folder.glob(".*.partial"))  # what the crash left is cleaned at start
+    assert put(url, "gone", prompt(1)).json()["version"] == 2  # deleted at version 1 before the restart
     # The restored entry is the uploaded one: greedy decoding under it equals decoding under the arrays alone.
     body = {"text": INPUTS[0], "prompt_id": "kept"}
     for headers in ({}, {"Authorization": "Bearer wrong"}):

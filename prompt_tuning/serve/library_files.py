@@ -10,6 +10,9 @@ answered, and a restart restores every entry with its id and version.
   (a PEFT adapter, an export folder, a MODEL_DIR) is never destroyed: it is moved into `.removed/` beside the
   entries (hidden, never loaded). A PUT over an id held by another file (`<id>.npy`, `<id>/`) does the same with
   the old file once the new one is in place.
+- A DELETE also records the entry's last version in a hidden `.<id>.deleted` file (written like an entry, before
+  the entry's files go), so an id uploaded again after a restart continues from that version: a client that kept
+  `(id, version)` never sees one version number name two different prompts.
 - At start-up, temporary files a crash left are removed; when a crash between the two steps above left two files
   for one id, the one with the higher recorded version is served and the other moved into `.removed/`.
 
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_SUFFIX = ".safetensors"
 PARTIAL_SUFFIX = ".partial"
+DELETED_SUFFIX = ".deleted"
 REMOVED_FOLDER = ".removed"
 # Test-only fault injection: seconds to sleep between a PUT's fsynced temporary file and its rename, so a test can
 # kill -9 the server mid-write. Unset (the default) it does nothing.
@@ -174,9 +178,21 @@ class LibraryFolder:
       self._paths[prompt_id] = [target]
     return target
 
-  def remove(self, prompt_id: str) -> None:
-    """Removes an entry's files: its own `.safetensors`/`.npy` unlinked, a folder moved into `.removed/`."""
+  def deleted_versions(self) -> dict[str, int]:
+    """The last version of every id deleted from this folder (its `.<id>.deleted` record), by id."""
+    versions = {}
+    for record in self.folder.glob(f".*{DELETED_SUFFIX}"):
+      text = record.read_text(errors="replace").strip()
+      if not text.isdigit():
+        raise PromptError(f"{record} should hold the version of a deleted entry, not {text[:40]!r}; remove the file.")
+      versions[record.name[1 : -len(DELETED_SUFFIX)]] = int(text)
+    return versions
+
+  def remove(self, prompt_id: str, version: int) -> None:
+    """Removes an entry's files (its own `.safetensors`/`.npy` unlinked, a folder moved into `.removed/`), first
+    recording `version` as the id's last, so the id's next upload, after a restart too, is `version + 1`."""
     with self._lock:
+      _write_file(self.folder / f".{prompt_id}{DELETED_SUFFIX}", str(version).encode())
       for path in self._paths.pop(prompt_id, []):
         self._set_aside(path)
 
@@ -225,7 +241,9 @@ def open_folder(folder: str | Path, changes: bool) -> LibraryFolder:
 
 
 def restore(library, files: LibraryFolder) -> list[str]:
-  """Puts every entry of the folder into `library` (a `PromptLibrary`) with its recorded version; returns the ids."""
+  """Puts every entry of the folder into `library` (a `PromptLibrary`) with its recorded version, and the last
+  version of every deleted id (an upload under it continues from there); returns the ids of the entries."""
+  library.continue_versions(files.deleted_versions())
   ids = []
   for stored in files.scan():
     try:

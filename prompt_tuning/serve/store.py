@@ -241,12 +241,18 @@ class PromptLibrary:
         self._entries[prompt_id], self._bytes = entry, grown
     return entry
 
+  def continue_versions(self, versions: Mapping[str, int]) -> None:
+    """Starts each id's version count at least at `versions[id]` (deleted entries' last versions, from disk)."""
+    with self._lock:
+      for prompt_id, version in versions.items():
+        self._versions[prompt_id] = max(self._versions[prompt_id], version)
+
   def delete(self, prompt_id: str) -> PromptEntry:
     """Removes an entry, and its files from `files` (requests holding it finish with it). Raises PromptError (404)."""
     with self._change_lock:
       entry = self.get(prompt_id)
       if self.files is not None:
-        self.files.remove(prompt_id)
+        self.files.remove(prompt_id, entry.version)
       with self._lock:
         del self._entries[prompt_id]
         self._bytes -= entry.nbytes
