@@ -37,6 +37,7 @@ def test_a_smaller_member_is_pretrained_exported_lm_adapted_and_exported_again(b
   # Only demo_t5 carries the family's vocabulary; the others name it in their card.
   assert sorted(p.name for p in span.iterdir()) == [
     "MODEL_CARD.md",
+    "SHA256SUMS",  # checked at load: a flipped bit in a copy is refused
     "config.json",
     "model.safetensors",
     "pretraining.json",

@@ -21,6 +21,7 @@ from cli_runs import run_cli
 
 from prompt_tuning import prompts, train
 from prompt_tuning.checkpoints import CheckpointError, huggingface, load_pretrained, peft
+from prompt_tuning.checkpoints.param_tree import flatten
 
 DEMO_T5 = Path(__file__).resolve().parents[1] / "prompt_tuning" / "assets" / "demo_t5"
 
@@ -119,7 +120,7 @@ def test_a_cache_snapshot_still_refuses_names_that_climb_out_and_links_that_leav
 
 def test_a_bit_flipped_blob_in_the_hub_cache_is_refused_by_its_sha256(tmp_path):
   # Probe 10: a flipped safetensors backbone trained silently (the format has no checksum). The cache names each
-  # weight file by its sha256, which is checked; a plain copy of a folder has nothing to check against.
+  # weight file by its sha256, which is checked (a copy of a folder we wrote is checked by its SHA256SUMS, below).
   shutil.copy(DEMO_T5 / "model.safetensors", tmp_path / "model.safetensors")
   shutil.copy(DEMO_T5 / "config.json", tmp_path / "config.json")
   snapshot = _into_cache(
@@ -133,6 +134,39 @@ def test_a_bit_flipped_blob_in_the_hub_cache_is_refused_by_its_sha256(tmp_path):
   blob.write_bytes(bytes(data))
   with pytest.raises(CheckpointError, match=rf"model.safetensors is damaged: its bytes \({blob}\) do not match the"):
     load_pretrained(snapshot)
+
+
+def test_a_bit_flipped_copy_of_a_folder_we_wrote_is_refused_by_its_sha256sums(tmp_path, capfd):
+  # Probe 10 as reproduced: a copy of the shipped demo model with flipped bytes trained silently. Every folder this
+  # project writes (export, the shipped demo models) carries SHA256SUMS, checked at load; training stops before its
+  # first step, naming the file and what to do.
+  folder = tmp_path / "h5"
+  shutil.copytree(DEMO_T5, folder)
+  assert huggingface.listed_sums(str(folder)) == {
+    "model.safetensors": hashlib.sha256((DEMO_T5 / "model.safetensors").read_bytes()).hexdigest()
+  }
+  data = bytearray((folder / "model.safetensors").read_bytes())
+  header = struct.unpack("<Q", data[:8])[0]
+  data[8 + header + 1000] ^= 0x01
+  (folder / "model.safetensors").write_bytes(bytes(data))
+  args = [
+    "train",
+    "--gin_file=demo/prompt.gin",
+    "--gin.TRAIN_STEPS=2",
+    "--gin.BATCH_SIZE=4",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{folder}'",
+    f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+  ]
+  out = run_cli(capfd, *args)
+  assert out.returncode == 1
+  assert f"{folder / 'model.safetensors'} is damaged: its sha256" in out.stderr
+  assert "SHA256SUMS" in out.stderr and not (tmp_path / "run" / "checkpoints").exists()
+  # A folder written by export carries the sums too; one without them (saved by transformers) still loads.
+  (folder / "model.safetensors").write_bytes((DEMO_T5 / "model.safetensors").read_bytes())
+  (folder / huggingface.CHECKSUMS_FILE).unlink()
+  config, params = load_pretrained(folder)
+  huggingface.write_folder(str(tmp_path / "written"), config, flatten(params))
+  assert huggingface.listed_sums(str(tmp_path / "written")).keys() == {"model.safetensors"}
 
 
 def test_a_t5x_backbone_with_nan_weights_is_blamed_not_the_learning_rate(tmp_path):

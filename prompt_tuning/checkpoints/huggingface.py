@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
+# The sha256 of the weight files, in `sha256sum`'s format ("<hex>  <name>" a line; `sha256sum -c SHA256SUMS` checks
+# them by hand): written with every folder this project writes (export, the shipped demo models) and checked when
+# read, since safetensors keeps no checksum. A folder without it (one saved by transformers) cannot be checked.
+CHECKSUMS_FILE = "SHA256SUMS"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 FLAX_FILE = "flax_model.msgpack"
 TORCH_FILE = "pytorch_model.bin"
@@ -221,6 +225,58 @@ def check_cache_blob(file: str) -> None:
     )
 
 
+def _sha256_of(file: str) -> str:
+  digest = hashlib.sha256()
+  with open(file, "rb") as f:
+    while chunk := f.read(1 << 24):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def listed_sums(folder: str) -> dict[str, str]:
+  """{file name: sha256} from the folder's `SHA256SUMS` ({} without one)."""
+  path = os.path.join(folder, CHECKSUMS_FILE)
+  if not os.path.isfile(path):
+    return {}
+  sums = {}
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for number, line in enumerate(f, 1):
+      match = re.fullmatch(r"([0-9a-f]{64}) [ *](\S.*)", line.rstrip("\n"))
+      if line.strip() and not match:
+        raise CheckpointError(f"{path} line {number} is not '<sha256>  <file name>'; restore the file or delete it.")
+      if match:
+        sums[match.group(2)] = match.group(1)
+  return sums
+
+
+@functools.cache
+def _check_listed_sum(file: str, size: int, mtime_ns: int) -> None:
+  expected = listed_sums(os.path.dirname(file)).get(os.path.basename(file))
+  if expected is not None and (found := _sha256_of(file)) != expected:
+    raise CheckpointError(
+      f"{file} is damaged: its sha256 ({found}) is not the one {CHECKSUMS_FILE} beside it records ({expected}), so "
+      "its weights changed after they were written. Copy the folder again from where it came from (for the shipped "
+      "demo models: reinstall the package)."
+    )
+
+
+def check_listed_sum(file: str) -> None:
+  """Checks a weight file against the `SHA256SUMS` of its folder, when the folder has one and lists it (once per
+  file, size and modification time in a process: hashing reads the whole file, as loading it does).
+
+  Raises:
+    CheckpointError: the bytes do not match, naming the file and what to do.
+  """
+  stat = os.stat(file)
+  _check_listed_sum(os.path.realpath(file), stat.st_size, stat.st_mtime_ns)
+
+
+def write_sums(folder: str, names: list[str]) -> None:
+  """Writes `SHA256SUMS` for the files `names` of `folder`."""
+  with open(os.path.join(folder, CHECKSUMS_FILE), "w", encoding="utf-8") as f:
+    f.writelines(f"{_sha256_of(os.path.join(folder, name))}  {name}\n" for name in sorted(names))
+
+
 def _read_safetensors_file(file: str) -> Arrays:
   from safetensors import safe_open
 
@@ -240,6 +296,7 @@ def _read_safetensors_file(file: str) -> Arrays:
     raise CheckpointError(f"Cannot read {file}: {e}") from e
   except Exception as e:
     raise _safetensors_error(file, e) from e
+  check_listed_sum(file)  # after the header is read: a truncated file gets safetensors' own message
   source = os.path.basename(file)
   return {name: LazyArray(shape, lambda name=name: read(name), f"{source}: {name}") for name, shape in shapes.items()}
 
@@ -317,6 +374,7 @@ def _read_torch_file(file: str) -> Arrays:
       "safe_serialization=True)"
     ) from e
   check_cache_blob(file)
+  check_listed_sum(file)
   try:
     state_dict = torch.load(file, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
@@ -479,6 +537,7 @@ def write_folder(folder: str, config: T5Config, flat_params: Mapping[str, Any]) 
   hf_config = hf_config_from(config, dtype=dtypes.pop() if len(dtypes) == 1 else "float32")
   os.makedirs(folder, exist_ok=True)
   save_file(tensors, os.path.join(folder, SAFETENSORS_FILE), metadata={"format": "pt"})
+  write_sums(folder, [SAFETENSORS_FILE])
   with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
     json.dump(hf_config, f, indent=2, sort_keys=True)
     f.write("\n")
