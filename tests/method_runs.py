@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import simulated_devices
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
@@ -29,7 +31,7 @@ TRAIN_SCRIPT = Path(__file__).resolve().parent / "scripts" / "method_train.py"
 
 
 def subprocess_env(devices: int = 1) -> dict:
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", XLA_FLAGS=simulated_devices.xla_flags(devices))
 
 
 WORDS = ["apple", "house", "river", "green", "music", "stone", "cloud", "light", "table", "night"]

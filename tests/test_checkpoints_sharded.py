@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import simulated_devices
 
 from prompt_tuning.checkpoints import CheckpointError, load_pretrained, pretrained_config
 
@@ -53,7 +54,7 @@ SCRIPT = textwrap.dedent(
 
 def _run_8_devices(path: Path, size: str, mesh: str) -> dict:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  env["XLA_FLAGS"] = simulated_devices.xla_flags(8)
   done = subprocess.run(
     [sys.executable, "-c", SCRIPT, str(path), size, mesh], capture_output=True, text=True, env=env, timeout=300
   )

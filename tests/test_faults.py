@@ -19,6 +19,7 @@ from pathlib import Path
 import gin
 import numpy as np
 import pytest
+import simulated_devices
 import tiny_task
 
 from prompt_tuning import cli, gin_config, locks, prompts, train, validation
@@ -429,7 +430,7 @@ print("equal")
 
 
 def test_dropout_masks_do_not_depend_on_the_mesh():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, XLA_FLAGS=simulated_devices.xla_flags(8), TF_CPP_MIN_LOG_LEVEL="3")
   done = subprocess.run(
     [sys.executable, "-c", _MASKS.format(root=str(ROOT))], capture_output=True, text=True, env=env, timeout=300
   )

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import simulated_devices
 from local_task_files import cli_flags
 
 from prompt_tuning import distributed
@@ -38,7 +39,7 @@ def flags(reference_dir, tmp_path_factory) -> list[str]:
 
 def _train(model_dir: Path, flags: list[str], extra: list[str] = ()) -> subprocess.Popen:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["XLA_FLAGS"] = simulated_devices.xla_flags(1)
   cmd = [sys.executable, "-m", "prompt_tuning.cli", "train", *flags, f"--gin.MODEL_DIR='{model_dir}'", *extra]
   return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env)
 

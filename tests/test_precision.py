@@ -293,7 +293,7 @@ mode, path = sys.argv[1], sys.argv[2]
 if mode == "one_core":
   os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 else:
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 from prompt_tuning.checkpoints import load_pretrained
