@@ -58,7 +58,11 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.D
   if jax.process_index() == 0:
     with run.checkpoints.writing(step):
       folder = Path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}"
-      backbone = {"backbone_fingerprint": run.fingerprint, "backbone_path": str(cfg.initial_checkpoint_path)}
+      backbone = {
+        "backbone_fingerprint": run.fingerprint,
+        "backbone_fingerprint_version": str(training_checkpoints.FINGERPRINT_VERSION),
+        "backbone_path": str(cfg.initial_checkpoint_path),
+      }
       export_methods(run.tuned, trainable, folder, backbone)
 
 

@@ -123,6 +123,11 @@ def read_source(spec: str, libraries: list[str | Path] | None = None) -> Source:
 
   path = Path(spec)
   if path.exists():
+    if libraries:
+      raise TransferError(
+        f"{spec} is a file or folder, so --library {' '.join(map(str, libraries))} is not read: leave it out, or "
+        "name a library entry by its id."
+      )
     method, arrays = read_entry_file(path)
     source = _source(spec, path, method, arrays)
   else:
@@ -306,7 +311,7 @@ def rank_command(
     raise TransferError(f"the libraries {', '.join(map(str, libraries))} hold several sources named {twice}.")
   backbone = run_backbone(cfg)
   target_path = Path(target) if target is not None else tune_target(cfg)
-  target_source = read_source(str(target_path))
+  target_source = read_source(str(target_path))  # a path: no library is read
   check_source(target_source, backbone)
   ranked, refused = [], []
   for source in sources:
@@ -382,6 +387,8 @@ def ranked_source(
   Raises (when the prompt is initialized):
     TransferError: `task` or a source run missing or untrained (train the sources first), or no source left.
   """
+  import jax
+
   from prompt_tuning import prompts
 
   if pick not in ("best", "worst"):
@@ -417,10 +424,11 @@ def ranked_source(
     if not rows:
       raise TransferError(f"no source prompt can start the task {task} (refused: {dict(refused)}).")
     chosen = rows[0] if pick == "best" else rows[-1]
-    out = Path(model_dir) / RANK_FOLDER / "ranking.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"target": str(target.path), "metric": metric, "pick": pick, "chosen": chosen["name"], "ranking": rows}
-    out.write_text(json.dumps({**record, "refused": dict(refused)}, indent=1) + "\n")
+    if jax.process_index() == 0:
+      out = Path(model_dir) / RANK_FOLDER / "ranking.json"
+      out.parent.mkdir(parents=True, exist_ok=True)
+      record = {"target": str(target.path), "metric": metric, "pick": pick, "chosen": chosen["name"], "ranking": rows}
+      out.write_text(json.dumps({**record, "refused": dict(refused)}, indent=1) + "\n")
     return prompts.from_file(chosen["path"])(rng, embedding, length)
 
   return init

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import transfer
-from prompt_tuning.checkpoints.prompt_files import load_prompt_file, save_prompt_file
+from prompt_tuning.checkpoints.prompt_files import BACKBONE_KEYS, load_prompt_file, save_prompt_file
 from prompt_tuning.demo_data import DEMO_LIBRARY_DIR
 from prompt_tuning.serve.store import save_entry
 
@@ -48,12 +48,12 @@ def library(trained_run, tmp_path_factory):
   export of step 3 (the best), a prompt 8 wide, one that records another backbone, and a prefix entry."""
   folder = tmp_path_factory.mktemp("library")
   meta = json.loads((trained_run.model_dir / "checkpoints" / "4" / "meta" / "metadata").read_text())
-  backbone = {"backbone_fingerprint": meta["backbone_fingerprint"], "backbone_path": meta["backbone_path"]}
+  backbone = {key: str(meta[key]) for key in BACKBONE_KEYS}
   target = _step_prompt(trained_run.model_dir, 4)
   save_prompt_file(folder / "opposite.safetensors", -2 * target, backbone)
   save_entry(folder / "step3.safetensors", "prompt", {"prompt": _step_prompt(trained_run.model_dir, 3)}, backbone)
   save_entry(folder / "wide.safetensors", "prompt", {"prompt": np.ones((3, 8), np.float32)})
-  other = {"backbone_fingerprint": "0" * 32, "backbone_path": "/models/another_t5"}
+  other = {**backbone, "backbone_fingerprint": "0" * 32, "backbone_path": "/models/another_t5"}
   save_entry(folder / "elsewhere.safetensors", "prompt", {"prompt": target}, other)
   save_entry(folder / "a_prefix.safetensors", "prefix", {"encoder/key": np.ones((2, 2, 4), np.float32)})
   return folder
@@ -93,6 +93,12 @@ def test_rank_orders_the_library_and_refuses_by_name(trained_run, library, tmp_p
     )
     assert out.returncode == 1 and name in out.stderr and words in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / name / "checkpoints").exists()
+  # A path as SOURCE reads no library: a --library beside it is refused, not ignored.
+  model_dir = f"--gin.MODEL_DIR='{tmp_path / 'path_and_library'}'"
+  out = _cli(
+    "transfer", library / "step3.safetensors", *trained_run.flags, model_dir, "--library", library, check=False
+  )
+  assert out.returncode == 1 and "is not read" in out.stderr, out.stderr[-2000:]
 
 
 def test_transfer_starts_from_a_file_and_a_model_dir(trained_run, library, tmp_path, _cli):
@@ -103,7 +109,7 @@ def test_transfer_starts_from_a_file_and_a_model_dir(trained_run, library, tmp_p
   }
   for i, (source, expected) in enumerate(sources.items()):
     model_dir = tmp_path / f"run{i}"
-    _cli("transfer", source, *trained_run.flags, *FROZEN_STEP, f"--gin.MODEL_DIR='{model_dir}'", "--library", library)
+    _cli("transfer", source, *trained_run.flags, *FROZEN_STEP, f"--gin.MODEL_DIR='{model_dir}'")
     np.testing.assert_array_equal(_step_prompt(model_dir), expected, err_msg=source)
 
 

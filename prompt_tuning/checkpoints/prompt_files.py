@@ -227,19 +227,21 @@ def save_prompt_file(path: str | os.PathLike, prompt, metadata: dict[str, str] |
 
 
 # What a prompt records of the backbone it was trained on: the training checkpoint's meta (a MODEL_DIR) and the
-# header of a method's export file hold these keys (`prompt_tuning.checkpoints.training.backbone_fingerprint`, and
-# INITIAL_CHECKPOINT_PATH to name it).
-BACKBONE_KEYS = ("backbone_fingerprint", "backbone_path")
+# header of a method's export file hold these keys (`prompt_tuning.checkpoints.training.backbone_fingerprint` and its
+# version, and INITIAL_CHECKPOINT_PATH to name it).
+BACKBONE_KEYS = ("backbone_fingerprint", "backbone_fingerprint_version", "backbone_path")
 
 
 def recorded_backbone(path: str | os.PathLike) -> dict[str, str] | None:
-  """{"backbone_fingerprint", "backbone_path"} that a prompt file or folder records, or None where it records none.
+  """{BACKBONE_KEYS: str} that a prompt file or folder records, or None where it records none that can be compared.
 
   A MODEL_DIR records them in its newest training checkpoint's meta, and a step folder
-  (MODEL_DIR/numpy_checkpoints/checkpoint_<step>) in its run's; a `.safetensors` export in its header (files written
-  before the backbone was recorded, .npy files and PEFT folders record none).
+  (MODEL_DIR/numpy_checkpoints/checkpoint_<step>) in its run's; a `.safetensors` export in its header. Files written
+  before the backbone was recorded, .npy files and PEFT folders record none; nor, for comparing, do records of
+  another fingerprint version than this one's (`training.FINGERPRINT_VERSION`: the same backbone fingerprints
+  differently under another version).
   """
-  from prompt_tuning.checkpoints.training import newest_meta
+  from prompt_tuning.checkpoints.training import FINGERPRINT_VERSION, newest_meta
 
   path = Path(path)
   meta: dict | None = None
@@ -252,5 +254,7 @@ def recorded_backbone(path: str | os.PathLike) -> dict[str, str] | None:
     with safe_open(str(path), "np") as f:
       meta = dict(f.metadata() or {})
   if not meta or not meta.get("backbone_fingerprint"):
+    return None
+  if str(meta.get("backbone_fingerprint_version")) != str(FINGERPRINT_VERSION):
     return None
   return {key: str(meta.get(key) or "") for key in BACKBONE_KEYS}
