@@ -3,6 +3,8 @@
     prompt-tuning train  --gin_file=configs/prompt_base.gin --gin.MODEL_DIR="'/tmp/run'" [--gin.NAME=VALUE ...]
     prompt-tuning eval   --gin_file=... (same flags; evaluates the latest checkpoint in MODEL_DIR)
     prompt-tuning infer  --gin_file=... (writes predictions as JSONL)
+    prompt-tuning transfer SOURCE|rank --gin_file=... [--library DIR] (SPoT: start from, or rank, library prompts;
+                         see prompt_tuning/transfer.py)
     prompt-tuning inspect PROMPT --checkpoint BACKBONE [--size NAME] [--vocab SPM] [--k 5]
     prompt-tuning export  PROMPT OUT [--format peft|npy]
     prompt-tuning tasks   list [PATTERN] | show NAME
@@ -47,7 +49,11 @@ GIN_COMMANDS = {
   "train": ("prompt_tuning.train", "train"),
   "eval": ("prompt_tuning.eval", "evaluate"),
   "infer": ("prompt_tuning.infer", "infer"),
+  "transfer": ("prompt_tuning.transfer", "main"),
 }
+# Gin commands with flags of their own: the module's `add_flags(parser)` declares them and its function takes the
+# parsed flags.
+COMMANDS_WITH_FLAGS = ("transfer",)
 USAGE = __doc__
 
 
@@ -66,7 +72,11 @@ def _gin_parser(command: str) -> argparse.ArgumentParser:
 
 def _run_gin_command(command: str, argv: list[str]) -> int:
   bindings, rest = gin_config.split_gin_flags(argv)
-  args = _gin_parser(command).parse_args(rest)
+  module_name, function_name = GIN_COMMANDS[command]
+  parser = _gin_parser(command)
+  if command in COMMANDS_WITH_FLAGS:
+    importlib.import_module(module_name).add_flags(parser)
+  args = parser.parse_args(rest)
   distributed.initialize_from_flags(args)  # Before anything touches a device.
   if args.verbose:
     startup.start_devices()
@@ -86,8 +96,8 @@ def _run_gin_command(command: str, argv: list[str]) -> int:
     seqio.add_global_cache_dirs([p for p in args.seqio_additional_cache_dirs.split(",") if p])
   all_bindings = gin_config.configure_from_flags(args, bindings, check_unread=True)
   gin_config.apply_code_read_macros()
-  module_name, function_name = GIN_COMMANDS[command]
-  result = getattr(importlib.import_module(module_name), function_name)()
+  function = getattr(importlib.import_module(module_name), function_name)
+  result = function(args) if command in COMMANDS_WITH_FLAGS else function()
   gin_config.warn_unread_bindings(all_bindings)
   if result is not None:
     print(result if not isinstance(result, dict) else "\n".join(f"{k}: {v}" for k, v in sorted(result.items())))

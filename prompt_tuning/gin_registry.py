@@ -26,6 +26,7 @@ from prompt_tuning import (  # noqa: F401
   prompts,
   reference,
   train,
+  transfer,
 )
 
 gin.external_configurable(decoding.DecodingSettings, module="prompt_tuning.decoding")

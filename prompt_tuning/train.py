@@ -57,7 +57,13 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.D
   run.checkpoints.save(step, run.state, meta, prompt=trainable.get("prompt"))
   if jax.process_index() == 0:
     with run.checkpoints.writing(step):
-      export_methods(run.tuned, trainable, Path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}")
+      folder = Path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}"
+      backbone = {
+        "backbone_fingerprint": run.fingerprint,
+        "backbone_fingerprint_version": str(training_checkpoints.FINGERPRINT_VERSION),
+        "backbone_path": str(cfg.initial_checkpoint_path),
+      }
+      export_methods(run.tuned, trainable, folder, backbone)
 
 
 def _check_lock(lock: locks.DirectoryLock | None) -> None:
@@ -79,13 +85,16 @@ def _check_lock(lock: locks.DirectoryLock | None) -> None:
     raise problem
 
 
-def export_methods(tuned: TunedT5, trainable: dict[str, Any], folder: Path) -> list[Path]:
-  """Writes every trained method except the prompt (the checkpoint writes prompt.npy) in its folded, portable
-  form: the prefix without its MLP (Li & Liang, section 4.3), IA3 scales, per-layer prompts; npy and safetensors."""
+def export_methods(
+  tuned: TunedT5, trainable: dict[str, Any], folder: Path, metadata: dict[str, str] | None = None
+) -> list[Path]:
+  """Writes every trained method except the prompt (the checkpoint writes prompt.npy; its backbone is in the
+  checkpoint's meta) in its folded, portable form: the prefix without its MLP (Li & Liang, section 4.3), IA3 scales,
+  per-layer prompts; npy and safetensors, whose header records `metadata` (the backbone)."""
   written = []
   for method in tuned.methods:
     if method.name in trainable and method.name != "prompt":
-      written += method.export(jax.device_get(trainable[method.name]), tuned.config, folder)
+      written += method.export(jax.device_get(trainable[method.name]), tuned.config, folder, metadata)
   return written
 
 

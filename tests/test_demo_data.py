@@ -226,3 +226,39 @@ def test_category_task_is_registered_with_class_labels():
   first = _category_rows("test")[0]
   assert example["inputs"].decode() == f"{first['word']}: {first['definition']}. {first['question']} <extra_id_0>"
   assert example["targets"].decode() == first["target"]
+
+
+def test_derived_tasks_are_rebuilt_from_the_shipped_files_and_hold_no_word_twice(tmp_path):
+  import shutil
+
+  for source in (demo_data.WORDNET_TASK_DIR, demo_data.WORDNET_CATEGORY_TASK_DIR):
+    shutil.copytree(source, tmp_path / source.name)
+  written = wordnet_task.write_derived_tasks(tmp_path)
+  for folder, paths in written.items():
+    for split, path in paths.items():
+      assert path.read_bytes() == (demo_data.ASSETS / folder / f"{split}.jsonl").read_bytes(), (folder, split)
+  gloss = {
+    split: [json.loads(line) for line in p.read_text().splitlines()]
+    for split, p in written[demo_data.WORDNET_GLOSS_TO_WORD_DIR.name].items()
+  }
+  words = Counter(r["word"] for rows in gloss.values() for r in rows)
+  assert max(words.values()) == 1 and len(words) > 5000  # each word once, in one split
+  for split in SPLITS:  # the word-to-category target is the word's positive category in the hypernymy task
+    positive = {r["word"]: r["category"] for r in _rows(split) if r["answer"] == "yes"}
+    named = [
+      json.loads(line) for line in written[demo_data.WORDNET_WORD_TO_CATEGORY_DIR.name][split].read_text().splitlines()
+    ]
+    assert {r["word"]: r["category"] for r in named} == positive
+    assert all(r["target"] == f"<extra_id_0> {r['category']}" for r in named)
+
+
+def test_demo_family_of_tasks_is_registered():
+  import seqio
+
+  names = demo_data.register_demo_tasks()
+  assert names == ["wordnet_animal_or_plant", "wordnet_hypernymy", "wordnet_word_to_category", "wordnet_gloss_to_word"]
+  example = next(seqio.get_mixture_or_task(names[2]).source.get_dataset("test", shuffle=False).as_numpy_iterator())
+  assert example["inputs"].decode().endswith(" is a kind of <extra_id_0>")
+  assert example["targets"].decode().startswith("<extra_id_0> ")
+  example = next(seqio.get_mixture_or_task(names[3]).source.get_dataset("test", shuffle=False).as_numpy_iterator())
+  assert example["inputs"].decode().startswith("<extra_id_0>: ")

@@ -77,6 +77,9 @@ def stand_ins(reference_dir, tmp_path_factory):
   builder = tfds.builder("super_glue/boolq", data_dir=str(tfds_dir))
   _place_in_download_cache(builder, downloads, ARCHIVES["super_glue/boolq"])
   builder.download_and_prepare(download_dir=str(downloads))
+  cola = tfds.builder("glue/cola", data_dir=str(tfds_dir))  # the transfer example's target task
+  _place_in_download_cache(cola, downloads, ARCHIVES["glue/cola"])
+  cola.download_and_prepare(download_dir=str(downloads))
   checkpoint = str(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3")
   # The demo sweep's stand-in: two tiny runs of 2 steps, prompt and model tuning (tests/sweep_files.py).
   sweep_file = write_sweep(tmp / "sweep", "readme_sweep", steps=2, axes=README_SWEEP_AXES)
@@ -86,6 +89,9 @@ def stand_ins(reference_dir, tmp_path_factory):
     "/ckpts/t5_1_1_lm100k_xxl/checkpoint_1100000": checkpoint,
     "/ckpts/t5_spm_32000.model": str(reference_dir / "t5_spm_32000.model"),
     "/runs/boolq_xxl": str(tmp / "boolq"),
+    "/runs/cola_xxl": str(tmp / "cola"),
+    "/runs/cola_from_boolq_xxl": str(tmp / "cola_from_boolq"),
+    "tune_target.steps=500": "tune_target.steps=2",
     "/out/peft_adapter": str(tmp / "peft_adapter"),
     "/data/tfds": str(tfds_dir),
     "checkpoint_30000": "checkpoint_4",  # configs/test/readme_tiny.gin trains 4 steps

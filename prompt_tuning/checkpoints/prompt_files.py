@@ -18,7 +18,8 @@ Formats read by `load_prompt_file`, chosen from the path:
 - a folder with `numpy_checkpoints/checkpoint_<step>/` holding either: a
   training run's MODEL_DIR, ours or the reference's; its latest step is read.
 
-`save_prompt_file` writes `.npy` or `.safetensors` (tensor `prompt`).
+`save_prompt_file` writes `.npy` or `.safetensors` (tensor `prompt`; its header records {"method": "prompt"} and
+what the writer adds, such as the backbone the prompt was trained on: `BACKBONE_KEYS`, read by `recorded_backbone`).
 """
 
 from __future__ import annotations
@@ -205,8 +206,12 @@ def load_prompt_file(path: str | os.PathLike, embed_dim: int | None = None) -> n
   return check_prompt_array(_read(path), embed_dim, source=f"the prompt in {path}")
 
 
-def save_prompt_file(path: str | os.PathLike, prompt) -> Path:
-  """Writes `prompt` [P, D] as float32 `.npy` or `.safetensors` (tensor "prompt"), by the path's extension."""
+def save_prompt_file(path: str | os.PathLike, prompt, metadata: dict[str, str] | None = None) -> Path:
+  """Writes `prompt` [P, D] as float32 `.npy` or `.safetensors` (tensor "prompt"), by the path's extension.
+
+  A `.safetensors` file records {"method": "prompt"} and `metadata` (strings, e.g. `BACKBONE_KEYS`) in its header, so
+  it is a library entry of the server as it is; a `.npy` file records nothing.
+  """
   path = Path(path)
   prompt = check_prompt_array(np.asarray(prompt))
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +220,41 @@ def save_prompt_file(path: str | os.PathLike, prompt) -> Path:
   elif path.suffix == ".safetensors":
     from safetensors.numpy import save_file
 
-    save_file({"prompt": prompt}, str(path))
+    save_file({"prompt": prompt}, str(path), {"method": "prompt", **(metadata or {})})
   else:
     raise ValueError(f"cannot write a prompt to {path}: use a .npy or .safetensors path.")
   return path
+
+
+# What a prompt records of the backbone it was trained on: the training checkpoint's meta (a MODEL_DIR) and the
+# header of a method's export file hold these keys (`prompt_tuning.checkpoints.training.backbone_fingerprint` and its
+# version, and INITIAL_CHECKPOINT_PATH to name it).
+BACKBONE_KEYS = ("backbone_fingerprint", "backbone_fingerprint_version", "backbone_path")
+
+
+def recorded_backbone(path: str | os.PathLike) -> dict[str, str] | None:
+  """{BACKBONE_KEYS: str} that a prompt file or folder records, or None where it records none that can be compared.
+
+  A MODEL_DIR records them in its newest training checkpoint's meta, and a step folder
+  (MODEL_DIR/numpy_checkpoints/checkpoint_<step>) in its run's; a `.safetensors` export in its header. Files written
+  before the backbone was recorded, .npy files and PEFT folders record none; nor, for comparing, do records of
+  another fingerprint version than this one's (`training.FINGERPRINT_VERSION`: the same backbone fingerprints
+  differently under another version).
+  """
+  from prompt_tuning.checkpoints.training import FINGERPRINT_VERSION, newest_meta
+
+  path = Path(path)
+  meta: dict | None = None
+  if path.is_dir():
+    step_folder = re.fullmatch(r"checkpoint_(\d+)", path.name) and path.parent.name == "numpy_checkpoints"
+    meta = newest_meta(path.parent.parent if step_folder else path)
+  elif path.suffix == ".safetensors":
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+      meta = dict(f.metadata() or {})
+  if not meta or not meta.get("backbone_fingerprint"):
+    return None
+  if str(meta.get("backbone_fingerprint_version")) != str(FINGERPRINT_VERSION):
+    return None
+  return {key: str(meta.get(key) or "") for key in BACKBONE_KEYS}

@@ -8,6 +8,7 @@ Everything ships in `prompt_tuning/assets/` and is rebuilt from Debian packages 
 - `pretraining.py` the span-corruption seqio task over the corpus (`configs/pretrain_demo.gin`);
 - `wordnet_task.py` the "Is a poodle a kind of canine?" task, its files and its seqio registration;
 - `wordnet_categories.py` the demo's "Is a cachalot an animal or a plant?" task, likewise;
+  `wordnet_task.py` also derives two generation tasks from the two (word to category, gloss to word);
 - `build.py`       the steps in order, and the export of the shipped checkpoint.
 
 Importing this package reads nothing; `register_wordnet_task()` registers the task (once).
@@ -21,8 +22,12 @@ from prompt_tuning.demo_data.locations import (
   ASSETS,
   WORDNET_CATEGORY_TASK_DIR,
   WORDNET_CATEGORY_TASK_NAME,
+  WORDNET_GLOSS_TO_WORD_DIR,
+  WORDNET_GLOSS_TO_WORD_NAME,
   WORDNET_TASK_DIR,
   WORDNET_TASK_NAME,
+  WORDNET_WORD_TO_CATEGORY_DIR,
+  WORDNET_WORD_TO_CATEGORY_NAME,
 )
 
 DEMO_MODEL_DIR = ASSETS / "demo_t5"
@@ -72,6 +77,19 @@ def register_wordnet_category_task(*args, **kwargs) -> str:
   return wordnet_categories.register_wordnet_category_task(*args, **kwargs)
 
 
+def register_demo_tasks() -> list[str]:
+  """Registers the demo family of tasks, for transfer between them (`prompt_tuning.transfer`): animal or plant,
+  hypernymy, word to category and gloss to word (`wordnet_task`'s docstring); returns their names."""
+  from prompt_tuning.demo_data import wordnet_task
+
+  return [
+    register_wordnet_category_task(),
+    register_wordnet_task(),
+    wordnet_task.register_word_to_category_task(),
+    wordnet_task.register_gloss_to_word_task(),
+  ]
+
+
 __all__ = [
   "ASSETS",
   "DEMO_FAMILY",
@@ -81,11 +99,16 @@ __all__ = [
   "DEMO_VOCABULARY",
   "WORDNET_CATEGORY_TASK_DIR",
   "WORDNET_CATEGORY_TASK_NAME",
+  "WORDNET_GLOSS_TO_WORD_DIR",
+  "WORDNET_GLOSS_TO_WORD_NAME",
   "WORDNET_TASK_DIR",
   "WORDNET_TASK_NAME",
+  "WORDNET_WORD_TO_CATEGORY_DIR",
+  "WORDNET_WORD_TO_CATEGORY_NAME",
   "demo_model_dir",
   "demo_model_path",
   "demo_vocabulary_path",
+  "register_demo_tasks",
   "register_wordnet_category_task",
   "register_wordnet_task",
 ]

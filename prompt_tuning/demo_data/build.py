@@ -214,6 +214,8 @@ def build_task() -> None:
   ):
     paths = module.write_task(folder)
     print(f"task ({name}): " + ", ".join(f"{k} {sum(1 for _ in open(v))} examples" for k, v in paths.items()))
+  for name, paths in wordnet_task.write_derived_tasks(demo_data.ASSETS).items():
+    print(f"task ({name}): " + ", ".join(f"{k} {sum(1 for _ in open(v))} examples" for k, v in paths.items()))
 
 
 def _parse(argv):

@@ -24,6 +24,19 @@ of the word's most frequent sense), category, level (steps from the word's synse
 (the pair's number). They ship in prompt_tuning/assets/wordnet_task. The seqio task poses the question alone
 (`QUESTION_ONLY`) or after the definition (`WITH_DEFINITION`, gin:
 `prompt_tuning.demo_data.register_wordnet_task.input_template`).
+
+The demo family of tasks (SPoT-style transfer between them: `prompt_tuning.transfer`) adds two generation tasks
+derived from the shipped files of this task and of the animal-or-plant one (`write_derived_tasks`; they ship in
+prompt_tuning/assets/wordnet_word_to_category and wordnet_gloss_to_word), posed as the pretraining corpus writes a
+dictionary entry, with the answer as the masked span:
+
+- `wordnet_word_to_category`: "poodle: an intelligent dog ... A poodle is a kind of <extra_id_0>" -> "<extra_id_0>
+  canine", one row per query word (its positive category: WordNet hypernymy up to `MAX_LEVELS` levels);
+- `wordnet_gloss_to_word`: "<extra_id_0>: an intelligent dog with ..." -> "<extra_id_0> poodle", one row per word of
+  either task (a word found in two splits of the two tasks is left out).
+
+Every shipped word is a noun, so a part-of-speech task has nothing to draw on. `prompt_tuning.demo_data.
+register_demo_tasks` registers the four tasks and returns their names.
 """
 
 from __future__ import annotations
@@ -60,10 +73,14 @@ _ONE_WORD = re.compile(r"^[a-z]{3,}$")
 _SYNSETS: dict[int, dict] = {}
 
 
+def article(word: str) -> str:
+  """ "an" before a vowel, else "a"."""
+  return "an" if word[0] in "aeiou" else "a"
+
+
 def question(word: str, category: str) -> str:
   """The input text: "Is a poodle a kind of canine?" ("an" before a vowel)."""
-  article = "an" if word[0] in "aeiou" else "a"
-  return f"Is {article} {word} a kind of {category}?"
+  return f"Is {article(word)} {word} a kind of {category}?"
 
 
 def definition(synset: wordnet.Synset) -> str:
@@ -282,3 +299,91 @@ def register_wordnet_task(
     target_column="target",
     class_labels=list(CLASS_LABELS),
   )
+
+
+DERIVED_SPLITS = ("train", "validation", "test")
+
+
+def _read_rows(folder: Path) -> dict[str, list[dict]]:
+  return {
+    split: [json.loads(line) for line in (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+    for split in DERIVED_SPLITS
+  }
+
+
+def word_to_category_rows(hypernymy: dict[str, list[dict]]) -> dict[str, list[dict]]:
+  """{split: rows} of `wordnet_word_to_category` from this task's rows: each word's positive category, in the order
+  of the words' pairs."""
+  out = {}
+  for split, rows in hypernymy.items():
+    positives = sorted((r for r in rows if r["answer"] == "yes"), key=lambda r: r["pair"])
+    out[split] = [
+      {
+        "input": f"{r['word']}: {r['definition']}. {article(r['word']).capitalize()} {r['word']} is a kind of "
+        + SENTINEL,
+        "target": f"{SENTINEL} {r['category']}",
+        "word": r["word"],
+        "category": r["category"],
+      }
+      for r in positives
+    ]
+  return out
+
+
+def gloss_to_word_rows(*sources: dict[str, list[dict]]) -> dict[str, list[dict]]:
+  """{split: rows} of `wordnet_gloss_to_word`: each word of the sources once, in the split the sources agree on
+  (a word two sources put in different splits is left out, so no word is both trained on and tested), sorted."""
+  splits_of: dict[str, set[str]] = collections.defaultdict(set)
+  definitions: dict[str, str] = {}
+  for source in sources:
+    for split, rows in source.items():
+      for r in rows:
+        splits_of[r["word"]].add(split)
+        definitions.setdefault(r["word"], r["definition"])
+  out: dict[str, list[dict]] = {split: [] for split in DERIVED_SPLITS}
+  for word in sorted(splits_of):
+    if len(splits_of[word]) == 1:
+      (split,) = splits_of[word]
+      out[split].append({"input": f"{SENTINEL}: {definitions[word]}.", "target": f"{SENTINEL} {word}", "word": word})
+  return out
+
+
+def write_derived_tasks(assets: str | Path = locations.ASSETS) -> dict[str, dict[str, Path]]:
+  """Writes the derived tasks' files from the shipped hypernymy and animal-or-plant files under `assets`; returns
+  {task folder: {split: path}}."""
+  assets = Path(assets)
+  hypernymy = _read_rows(assets / locations.WORDNET_TASK_DIR.name)
+  categories = _read_rows(assets / locations.WORDNET_CATEGORY_TASK_DIR.name)
+  return {
+    locations.WORDNET_WORD_TO_CATEGORY_DIR.name: write_splits(
+      assets / locations.WORDNET_WORD_TO_CATEGORY_DIR.name, word_to_category_rows(hypernymy)
+    ),
+    locations.WORDNET_GLOSS_TO_WORD_DIR.name: write_splits(
+      assets / locations.WORDNET_GLOSS_TO_WORD_DIR.name, gloss_to_word_rows(hypernymy, categories)
+    ),
+  }
+
+
+def _register_derived(name: str, folder: Path) -> str:
+  from prompt_tuning.data import register_local_task
+
+  return register_local_task(
+    name=name,
+    train=str(folder / "train.jsonl"),
+    validation=str(folder / "validation.jsonl"),
+    test=str(folder / "test.jsonl"),
+    input_column="input",
+    target_column="target",
+  )
+
+
+@gin.configurable(module="prompt_tuning.demo_data")
+def register_word_to_category_task() -> str:
+  """Registers `wordnet_word_to_category` (free text: the category's name after the sentinel); returns its name."""
+  return _register_derived(locations.WORDNET_WORD_TO_CATEGORY_NAME, locations.WORDNET_WORD_TO_CATEGORY_DIR)
+
+
+@gin.configurable(module="prompt_tuning.demo_data")
+def register_gloss_to_word_task() -> str:
+  """Registers `wordnet_gloss_to_word` (free text: the word after the sentinel); returns its name."""
+  return _register_derived(locations.WORDNET_GLOSS_TO_WORD_NAME, locations.WORDNET_GLOSS_TO_WORD_DIR)

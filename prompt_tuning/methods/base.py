@@ -18,8 +18,8 @@ What a configured method (an instance, with its settings) gives:
   error;
 - `fold(params, config)`: its serving form (the prefix MLP folded away; the identity for the others), which
   `adapters` accepts as well;
-- `export(params, config, folder)` / `load(folder, config)`: its portable files (`<name>.safetensors` with the
-  metadata {"method": name}, and npy), read back as the folded tree.
+- `export(params, config, folder, metadata=None)` / `load(folder, config)`: its portable files (`<name>.safetensors`
+  with the metadata {"method": name} and the backbone it was trained on, and npy), read back as the folded tree.
 
 What the method itself (its class, no settings needed: a server knows a method by its name) gives, for vectors
 handed in by a user (an upload to the server, a library file):
@@ -160,9 +160,12 @@ class Method(abc.ABC):
     del config
     return params
 
-  def export(self, params: PyTree, config: T5Config, folder: str | Path) -> list[Path]:
-    """Writes the folded parameters into `folder` (see `write_tree`); returns the paths written."""
-    return write_tree(self.fold(params, config), self.name, folder)
+  def export(
+    self, params: PyTree, config: T5Config, folder: str | Path, metadata: dict[str, str] | None = None
+  ) -> list[Path]:
+    """Writes the folded parameters into `folder` (see `write_tree`); returns the paths written. `metadata`
+    (strings: train gives the backbone, `prompt_files.BACKBONE_KEYS`) is recorded in the export file's header."""
+    return write_tree(self.fold(params, config), self.name, folder, metadata)
 
   def load(self, folder: str | Path, config: T5Config) -> PyTree:
     """Reads what `export` wrote (the folded tree)."""

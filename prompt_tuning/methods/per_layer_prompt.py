@@ -90,8 +90,10 @@ class PerLayerPrompt(Method):
   def logical_axes(self, shapes: PyTree) -> PyTree:
     return {"prompts": PartitionSpec(None, *prompts.PROMPT_AXES)}
 
-  def export(self, params: PyTree, config: T5Config, folder: str | Path) -> list[Path]:
-    return write_tree(self.fold(params, config), self.name, folder, metadata={"mode": self.mode})
+  def export(
+    self, params: PyTree, config: T5Config, folder: str | Path, metadata: dict[str, str] | None = None
+  ) -> list[Path]:
+    return write_tree(self.fold(params, config), self.name, folder, metadata={**(metadata or {}), "mode": self.mode})
 
   def adapters(self, params: PyTree, config: T5Config, task_ids: jax.Array | None = None) -> sites.Adapters:
     del task_ids

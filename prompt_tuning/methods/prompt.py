@@ -58,11 +58,16 @@ class Prompt(Method):
     del config, task_ids
     return {"input": {"prompt": params}}
 
-  def export(self, params: PyTree, config: T5Config, folder: str | Path) -> list[Path]:
+  def export(
+    self, params: PyTree, config: T5Config, folder: str | Path, metadata: dict[str, str] | None = None
+  ) -> list[Path]:
     from prompt_tuning.checkpoints.prompt_files import save_prompt_file
 
     folder = Path(folder)
-    return [save_prompt_file(folder / "prompt.npy", params), save_prompt_file(folder / "prompt.safetensors", params)]
+    return [
+      save_prompt_file(folder / "prompt.npy", params),
+      save_prompt_file(folder / "prompt.safetensors", params, metadata),
+    ]
 
   def load(self, folder: str | Path, config: T5Config) -> PyTree:
     from prompt_tuning.checkpoints.prompt_files import load_prompt_file

@@ -164,13 +164,17 @@ def read_entry_file(path: Path) -> tuple[str, dict[str, np.ndarray]]:
   raise PromptError(f"{path} is no tuning method's export or file; see prompt_tuning.serve.store for the formats.")
 
 
-def save_entry(path: str | Path, method: str, arrays: Mapping[str, Any]) -> Path:
-  """Writes (method, arrays) as `path` (.safetensors with the method in its metadata), readable by the library."""
+def save_entry(
+  path: str | Path, method: str, arrays: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+) -> Path:
+  """Writes (method, arrays) as `path` (.safetensors with the method in its metadata), readable by the library;
+  `metadata` (strings, e.g. the backbone: `prompt_tuning.checkpoints.prompt_files.BACKBONE_KEYS`) is recorded too."""
   from safetensors.numpy import save_file
 
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  save_file({n: np.ascontiguousarray(a, np.float32) for n, a in arrays.items()}, str(path), {"method": method})
+  tensors = {n: np.ascontiguousarray(a, np.float32) for n, a in arrays.items()}
+  save_file(tensors, str(path), {**(metadata or {}), "method": method})
   return path
 
 
