@@ -38,6 +38,7 @@ def teacher_forced(
     max_batches=max_batches,
     pack=pack,
     prompt_slots=run.tuned.prompt_length,
+    task_count=run.tuned.task_count,
   )
   bucketed = jax.process_count() == 1  # Processes must agree on shapes; one process may trim its own.
   for batch in distributed.equal_batch_counts(batches):  # Uneven shards: the shorter ones pad with empty batches.
