@@ -117,6 +117,32 @@ def test_the_reference_combinations_make_each_task_prompt():
     MultiTaskPrompt(3, 2, "concat_features", shared_features=d, task_features=4).init(rng, backbone, config)
 
 
+@pytest.mark.parametrize(
+  "gin_file,bindings,expected",
+  [
+    ("prompts/mpt.gin", ["MPT_RANKS = 2"], {"length": 4, "num_tasks": 3, "num_ranks": 2, "factor_stddev": 0.02}),
+    (
+      "prompts/multitask_prompt.gin",
+      ["MULTITASK_PROMPT_COMBINATION = 'concat'", "prompt_tuning.methods.MultiTaskPrompt.task_length = 2"],
+      {"length": 4, "num_tasks": 3, "combination": "concat", "task_length": 2, "input_length": 6},
+    ),
+  ],
+)
+def test_each_method_gin_file_configures_it(gin_file, bindings, expected):
+  import gin
+
+  from prompt_tuning import gin_config
+
+  gin_config.configure_gin([gin_file], ["PROMPT_LENGTH = 4", "NUM_TASKS = 3", *bindings], [])
+  try:
+    method = (MultitaskPromptTuning if gin_file.endswith("/mpt.gin") else MultiTaskPrompt)()
+    assert gin.query_parameter("RunConfig.methods")[0].selector.endswith(type(method).__name__)
+  finally:
+    with gin.unlock_config():
+      gin.clear_config()
+  assert {k: getattr(method, k) for k in expected} == expected
+
+
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
   pytest.importorskip("seqio")
