@@ -215,9 +215,12 @@ def test_a_multitask_run_trains_on_a_task_index_mixture_packed_or_not(backbone, 
 def test_per_task_prompts_are_served_mixed_in_one_batch(backbone, tmp_path):
   """MPT's per-task prompts, exported as plain prompts, are library entries of method "prompt"; rows of both tasks
   and the frozen model share one scoring batch, each row scoring what the multi-task method gives its task."""
-  from prompt_tuning import decoding, partitioning
+  from prompt_tuning import decoding, partitioning, trainer
+  from prompt_tuning import eval as evaluation
+  from prompt_tuning.run import Inference
   from prompt_tuning.serve.engine import Engine, EngineShapes
   from prompt_tuning.serve.store import PromptLibrary, read_entry_file
+  from prompt_tuning.tuning import TunedT5
 
   config, frozen = pt.load_pretrained(str(backbone))
   method = RUNS["mpt"]
@@ -249,6 +252,14 @@ def test_per_task_prompts_are_served_mixed_in_one_batch(backbone, tmp_path):
     alone = decoding.sequence_log_probs(config, frozen, tokens[i : i + 1], targets[i : i + 1], adapters=adapters)
     np.testing.assert_allclose(scores[i], np.asarray(alone)[0], rtol=1e-4, atol=1e-4, err_msg=str(name))
   assert len({round(float(s), 3) for s in scores}) == 4  # every row's vectors took part
+  # eval's and infer's Predictor on the multi-task run itself: each row's task read from its sentinel.
+  tuned = TunedT5(config, (method,))
+  score = functools.partial(trainer.score_step, forward=tuned.forward)
+  run = Inference(tuned, engine.mesh, {"t5": frozen}, {"mpt": params}, None, score, None, 0, "test")
+  predictor = evaluation.Predictor(run, decoding.DecodingSettings(), 4, vocab_size=VOCAB_SIZE)
+  batch = {"encoder_input_tokens": tokens, "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0)))}
+  by_task = predictor.score({**batch, "decoder_target_tokens": targets})
+  np.testing.assert_allclose(by_task[[0, 1, 3]], scores[[0, 1, 3]], rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
