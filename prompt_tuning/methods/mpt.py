@@ -63,6 +63,7 @@ class MultitaskPromptTuning(Method):
   initializer: prompts.Initializer | None = None
   factor_stddev: float = 0.02
   name = "mpt"
+  leaves = (("input", "prompt"),)  # it feeds the input site; a server takes its per-task prompts as "prompt" rows
 
   def __post_init__(self):
     if not isinstance(self.length, int) or self.length < 1:

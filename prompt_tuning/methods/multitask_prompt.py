@@ -70,6 +70,7 @@ class MultiTaskPrompt(Method):
   initializer: prompts.Initializer | None = None
   init_scale: float = 0.5
   name = "multitask_prompt"
+  leaves = (("input", "prompt"),)  # it feeds the input site; a server takes its per-task prompts as "prompt" rows
 
   def __post_init__(self):
     if self.combination not in COMBINATIONS:
