@@ -162,7 +162,8 @@ def seqio_metrics(
   )
   if not evaluator.eval_tasks:
     return {}
-  predictor = Predictor(run, settings, batch_size, vocab_size=inputs.vocab_size_of(task_name))
+  vocab_size = inputs.vocab_size_of(task_name) if run.tuned.task_count else None  # a multi-task run's sentinels
+  predictor = Predictor(run, settings, batch_size, vocab_size=vocab_size)
   future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predictor.predict_fn, score_fn=predictor.score_fn)
   flat = {}
   for task, metrics in future.result().items():
