@@ -114,8 +114,13 @@ def task_ids(batch: Mapping[str, np.ndarray], vocab_size: int, task_count: int, 
 
   Raises:
     ValueError: an example whose first input token is not the sentinel of a task 0 .. task_count - 1, saying which
-      tasks the run knows and what data to train on.
+      tasks the run knows and what data to train on; a decoder-only batch (no encoder input).
   """
+  if "encoder_input_tokens" not in batch:
+    raise ValueError(
+      "multi-task methods read each example's task from its encoder input; this backbone is decoder-only (a prefix "
+      "LM): tune it with a single-task method."
+    )
   tokens = np.asarray(batch["encoder_input_tokens"])
   segment_ids = batch.get("encoder_segment_ids")
   if segment_ids is None:
