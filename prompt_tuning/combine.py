@@ -232,12 +232,12 @@ def join_packed(
 ) -> Joined:
   """Joins `prompt` to every segment of packed rows, in the segments' `PROMPT_SLOT` positions (module docstring).
 
-  A row's segments share the row's prompt: [P, D] for every row or [B, P, D] one per row, and row b's segments
-  use its first `prompt_lengths[b]` vectors. Per-segment prompts (examples of different tasks in one packed row)
-  are not supported: pack each task's examples apart, or leave mixed batches unpacked.
+  A row's segments share the row's prompt: [P, D] for every row or [B, P, D] one per row, or each segment has its
+  own, [B, S, P, D] (examples of different tasks in one packed row: segment k takes prompt[b, k - 1]; S at least
+  the row's number of segments); row b's segments use its first `prompt_lengths[b]` vectors.
 
   Args:
-    prompt: [P, D] or [B, P, D], or None (no prompt, and no slots).
+    prompt: [P, D], [B, P, D] or [B, S, P, D], or None (no prompt, and no slots).
     embedded: [B, T, D] the embedded packed tokens (a slot's embedding is never used).
     tokens: int [B, T] the packed tokens: each segment's real tokens, then its P PROMPT_SLOT tokens.
     segment_ids: int [B, T] seqio's segment ids (1, 2, ... per example; 0: padding).
@@ -261,8 +261,16 @@ def join_packed(
   if prompt is None:
     no_prompt = jnp.zeros((batch, length), bool)
     return Joined(embedded, real, no_prompt, ~no_prompt, i, i, jnp.zeros((batch, length), jnp.int32))
-  prompt = _as_batched_prompt(jnp.asarray(prompt), batch, emb_dim, embedded.dtype)  # [B, P, D]
-  prompt_length = prompt.shape[1]
+  prompt = jnp.asarray(prompt)
+  segments = 1
+  if prompt.ndim == 4:  # [B, S, P, D]: one prompt per segment, laid end to end as [B, S * P, D]
+    if prompt.shape[0] != batch or prompt.shape[-1] != emb_dim:
+      raise ValueError(f"per-segment prompts have shape {prompt.shape}; expected [{batch}, S, P, {emb_dim}].")
+    _, segments, prompt_length, _ = prompt.shape
+    prompt = prompt.reshape(batch, segments * prompt_length, emb_dim).astype(embedded.dtype)
+  else:
+    prompt = _as_batched_prompt(prompt, batch, emb_dim, embedded.dtype)  # [B, P, D]
+    prompt_length = prompt.shape[1]
   used = jnp.full((batch, 1), prompt_length, jnp.int32)
   if prompt_lengths is not None:
     used = jnp.clip(jnp.broadcast_to(jnp.asarray(prompt_lengths, jnp.int32), (batch,)), 0, prompt_length)[:, None]
@@ -284,7 +292,10 @@ def join_packed(
   token_source = jnp.where(in_segment, start + jnp.where(local < s, local, local - used), i)
   token_source = jnp.clip(token_source, 0, length - 1)
   prompt_source = jnp.clip(jnp.where(is_prompt, local - s, local - n), 0, prompt_length - 1)
-  joined = jnp.where(is_token[..., None], _take_rows(embedded, token_source), _take_rows(prompt, prompt_source))
+  segment_offset = jnp.clip(segment_ids - 1, 0, segments - 1) * prompt_length  # 0 when segments share the prompt
+  joined = jnp.where(
+    is_token[..., None], _take_rows(embedded, token_source), _take_rows(prompt, prompt_source + segment_offset)
+  )
   mask = jnp.where(is_token, _take_rows(real, token_source), is_prompt)
   # The inverse map, for every packed position: a real token moves past the prompt when it follows it; slot j
   # lands where prompt vector j went (used) or at the segment's end (unused).

@@ -38,6 +38,7 @@ def teacher_forced(
     max_batches=max_batches,
     pack=pack,
     prompt_slots=run.tuned.prompt_length,
+    task_count=run.tuned.task_count,
   )
   bucketed = jax.process_count() == 1  # Processes must agree on shapes; one process may trim its own.
   for batch in distributed.equal_batch_counts(batches):  # Uneven shards: the shorter ones pad with empty batches.
@@ -66,21 +67,42 @@ class Predictor:
   With `bucket_lengths` (the default in a single-process run) the examples go in sorted by length and each
   batch is trimmed to a power-of-two bucket length (`inputs.trim_to_buckets`): a bounded set of compiled shapes,
   the same predictions and scores as full-length batches, less padding computed.
+
+  A multi-task run (`TunedT5.task_count`) gives each row its task's vectors, the task read from the sentinel the
+  row's input opens with, as in training (`inputs.task_ids`); `vocab_size` (the task's vocabulary, its sentinels'
+  top) is then required.
   """
 
-  def __init__(self, run, settings: decoding.DecodingSettings, batch_size: int, bucket_lengths: bool | None = None):
+  def __init__(
+    self,
+    run,
+    settings: decoding.DecodingSettings,
+    batch_size: int,
+    bucket_lengths: bool | None = None,
+    vocab_size: int | None = None,
+  ):
     self.run, self.settings, self.batch_size = run, settings, batch_size
     self.bucket_lengths = jax.process_count() == 1 if bucket_lengths is None else bucket_lengths
     self._params = optim.merge(run.trainable, run.frozen)
-    self._adapters = run.tuned.adapters(self._params)
+    self._task_count, self._vocab_size = run.tuned.task_count, vocab_size
+    if self._task_count and vocab_size is None:
+      raise ValueError("a multi-task run's Predictor reads each row's task sentinel: give it the task's vocab_size.")
+    self._adapters = None if self._task_count else run.tuned.adapters(self._params)
+
+  def _task_ids(self, encoder_input_tokens: np.ndarray) -> np.ndarray:
+    batch = {"encoder_input_tokens": np.asarray(encoder_input_tokens)}
+    return inputs.task_ids(batch, self._vocab_size, self._task_count)
 
   def generate(self, encoder_input_tokens: np.ndarray) -> np.ndarray:
     tuned = self.run.tuned
+    adapters = self._adapters
+    if self._task_count:
+      adapters = tuned.adapters(self._params, jax.numpy.asarray(self._task_ids(encoder_input_tokens)))
     out = decoding.generate(
       tuned.config,
       self._params["t5"],
       encoder_input_tokens,
-      adapters=self._adapters,
+      adapters=adapters,
       prompt_combination=tuned.prompt_combination,
       settings=self.settings,
     )
@@ -88,6 +110,8 @@ class Predictor:
 
   def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
     """log p(decoder_target_tokens | inputs) per row."""
+    if self._task_count:
+      batch = {**batch, "task_ids": self._task_ids(batch["encoder_input_tokens"])}
     batch = partitioning.shard_batch(batch, self.run.mesh)
     return np.asarray(jax.device_get(self.run.score_step(self.run.trainable, self.run.frozen, batch)))
 
@@ -138,7 +162,8 @@ def seqio_metrics(
   )
   if not evaluator.eval_tasks:
     return {}
-  predictor = Predictor(run, settings, batch_size)
+  vocab_size = inputs.vocab_size_of(task_name) if run.tuned.task_count else None  # a multi-task run's sentinels
+  predictor = Predictor(run, settings, batch_size, vocab_size=vocab_size)
   future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predictor.predict_fn, score_fn=predictor.score_fn)
   flat = {}
   for task, metrics in future.result().items():

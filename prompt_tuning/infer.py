@@ -145,7 +145,7 @@ def infer(
   path = Path(output_file) if output_file else Path(cfg.model_dir) / "inference" / f"{name}_{split}.jsonl"
   path.parent.mkdir(parents=True, exist_ok=True)
   if prompt_files is None:
-    predictor = evaluation.Predictor(run, decoding_settings, cfg.batch_size)
+    predictor = evaluation.Predictor(run, decoding_settings, cfg.batch_size, vocab_size=vocabulary.vocab_size)
     examples = list(_examples(cfg.mixture_or_task_name, cfg.task_feature_lengths, split, num_examples))
     lines = _single_prompt_lines(predictor, examples, cfg, vocabulary, labels, label_targets)
   else:
@@ -244,14 +244,16 @@ def _check_prompt_settings(prompt_files, ensemble, input_file, mode: str) -> Non
 
 
 def _backbone_only(cfg):
-  """The run config without its own tuned vectors: the prompt files take their place.
+  """The run config without its own tuned vectors: the prompt files take their place (a multi-task method's
+  per-task prompts, `<method>_tasks/task_K.npy` of its export, are such files).
 
   Raises:
     ValueError: the config tunes more than a prompt (prefix, IA3, per-layer prompts).
   """
   import dataclasses
 
-  others = [type(m).__name__ for m in cfg.methods] + (["prefix"] if cfg.prefix is not None else [])
+  others = [type(m).__name__ for m in cfg.methods if not m.task_count]
+  others += ["prefix"] if cfg.prefix is not None else []
   if others or cfg.trainable_pattern == ".*":
     what = ", ".join(others) if others else "model tuning (TRAINABLE_PATTERN = '.*')"
     raise ValueError(
@@ -259,7 +261,7 @@ def _backbone_only(cfg):
       "config (e.g. runs/prompt_infer.gin with a prompt_*.gin), or serve mixed methods with `prompt-tuning serve`."
     )
   log.info("infer.prompt_files replace the run's own prompt (PROMPT_LENGTH=%d)", cfg.prompt_length)
-  return dataclasses.replace(cfg, prompt_length=0, prompt_init=None)
+  return dataclasses.replace(cfg, prompt_length=0, prompt_init=None, methods=())
 
 
 def _load_prompts(prompt_files, embed_dim: int) -> dict[str, np.ndarray]:

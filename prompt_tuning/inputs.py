@@ -7,6 +7,13 @@ for it: `prompt_slots` (the prompt length P) `combine.PROMPT_SLOT` tokens after 
 length L as unpacked, and rows are packed to L + P encoder positions, the encoder length of an unpacked row with
 its prompt. An example as long as L fills a row alone, as it would unpacked; shorter ones share rows. Decoding and
 scoring (eval's seqio metrics, infer) always run unpacked.
+
+Task ids (`task_count` > 0: a multi-task method is in use, `Method.task_count`): every batch gets "task_ids", each
+example's task read from the sentinel its inputs open with, as the reference implementation's multi-task prompts
+read it (`task_index_` tasks and mixtures, `prompt_tuning.data.registry`: "<extra_id_K> ..." is task K, the token
+id vocab_size - 1 - K). Unpacked rows: int [B]; packed rows: int [B, S], segment k's task at [:, k - 1] (S =
+`segment_capacity`; 0 past a row's last segment), so each packed example gets its own task's prompt
+(`prompt_tuning.combine.join_packed`). An example whose first token names no task below `task_count` is refused.
 """
 
 from __future__ import annotations
@@ -96,6 +103,68 @@ def _model_features(decoder_only: bool, pack: bool = False) -> tuple[str, ...]:
   return MODEL_FEATURES_ENC_DEC + (PACKED_FEATURES if pack else ())
 
 
+def segment_capacity(encoder_length: int, prompt_slots: int) -> int:
+  """The most examples a packed row of `encoder_length` positions holds: each has at least one input token (its
+  task's sentinel) and its `prompt_slots` prompt positions."""
+  return max(encoder_length // (prompt_slots + 1), 1)
+
+
+def task_ids(batch: Mapping[str, np.ndarray], vocab_size: int, task_count: int, prompt_slots: int = 0) -> np.ndarray:
+  """Each row's (packed: each segment's) task: int [B] or [B, S] (module docstring); all-padding rows get 0.
+
+  Raises:
+    ValueError: an example whose first input token is not the sentinel of a task 0 .. task_count - 1, saying which
+      tasks the run knows and what data to train on; a decoder-only batch (no encoder input).
+  """
+  if "encoder_input_tokens" not in batch:
+    raise ValueError(
+      "multi-task methods read each example's task from its encoder input; this backbone is decoder-only (a prefix "
+      "LM): tune it with a single-task method."
+    )
+  tokens = np.asarray(batch["encoder_input_tokens"])
+  segment_ids = batch.get("encoder_segment_ids")
+  if segment_ids is None:
+    rows, columns = np.nonzero(tokens[:, :1] != 0)
+    ids = np.zeros(tokens.shape[0], np.int32)
+    where = (rows,)
+  else:
+    segment_ids = np.asarray(segment_ids)
+    starts = (segment_ids > 0) & (segment_ids != np.pad(segment_ids, ((0, 0), (1, 0)))[:, :-1])
+    rows, columns = np.nonzero(starts)
+    segments = segment_ids[rows, columns] - 1
+    ids = np.zeros((tokens.shape[0], segment_capacity(tokens.shape[1], prompt_slots)), np.int32)
+    if segments.size and segments.max() >= ids.shape[1]:
+      raise ValueError(
+        f"a packed row holds {segments.max() + 1} examples, more than the {ids.shape[1]} its length allows with "
+        "one input token each: an example has empty inputs, so no task sentinel."
+      )
+    where = (rows, segments)
+  first = tokens[rows, columns]
+  found = vocab_size - 1 - first.astype(np.int64)
+  bad = (found < 0) | (found >= task_count)
+  if bad.any():
+    token = int(first[bad][0])
+    named = f"<extra_id_{vocab_size - 1 - token}>" if 0 <= vocab_size - 1 - token < 1000 else f"token id {token}"
+    raise ValueError(
+      f"an example opens with {named}, which names no task of this run: its multi-task method knows tasks 0 .. "
+      f"{task_count - 1} (<extra_id_0> .. <extra_id_{task_count - 1}>). Train it on task_index_ tasks or mixtures "
+      "(e.g. task_index_glue_v200_proportional_examples), whose inputs open with their task's sentinel, and set "
+      "its num_tasks above every task index they use."
+    )
+  ids[where] = found
+  return ids
+
+
+def _with_task_ids(batches, vocab_size: int, task_count: int, prompt_slots: int):
+  for batch in batches:
+    yield {**batch, "task_ids": task_ids(batch, vocab_size, task_count, prompt_slots)}
+
+
+def vocab_size_of(task_name: str) -> int:
+  """The size of the task's (or mixture's) input vocabulary, extra ids included (the sentinels' top)."""
+  return int(get_task(task_name).output_features["inputs"].vocabulary.vocab_size)
+
+
 def get_task(name: str) -> seqio.Task | seqio.Mixture:
   """The registered task or mixture; an unknown name raises with close names suggested."""
   from prompt_tuning import data  # registers the project's tasks on first use
@@ -141,10 +210,12 @@ def train_batches(
   pack: bool = False,
   prompt_slots: int = 0,
   bucket_by_length: bool = False,
+  task_count: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless batches of this process's shard of the training data; packed rows when `pack` (each example with
   `prompt_slots` positions for its prompt; see the module docstring); with `bucket_by_length` (unpacked), batches of
-  examples of similar length, each padded to its power-of-two bucket (`length_bucketed`).
+  examples of similar length, each padded to its power-of-two bucket (`length_bucketed`); with `task_count`, each
+  batch's "task_ids" (module docstring).
 
   The order is a pure function of `seed` and the number of processes, so a
   resumed run that skips `start_batch` batches sees exactly what an
@@ -159,7 +230,10 @@ def train_batches(
     ds = ds.batch(local_batch_size, drop_remainder=True)
   if start_batch:
     ds = ds.skip(start_batch)
-  return ds.prefetch(2).as_numpy_iterator()
+  batches = ds.prefetch(2).as_numpy_iterator()
+  if task_count:
+    return _with_task_ids(batches, vocab_size_of(task_name), task_count, prompt_slots if pack else 0)
+  return batches
 
 
 def eval_batches(
@@ -172,15 +246,18 @@ def eval_batches(
   max_batches: int | None = None,
   pack: bool = False,
   prompt_slots: int = 0,
+  task_count: int = 0,
 ) -> list[dict[str, np.ndarray]]:
   """One pass over an evaluation split, the last batch padded with empty rows (zero loss weight); packed rows when
-  `pack` (as `train_batches`)."""
+  `pack` (as `train_batches`), with "task_ids" when `task_count` (as `train_batches`)."""
   ds = _converted(task_name, feature_lengths, decoder_only, split, pack, prompt_slots, shuffle=False, num_epochs=1)
   batches = []
   for batch in ds.batch(local_batch_size).as_numpy_iterator():
     batches.append(pad_rows(batch, local_batch_size))
     if max_batches is not None and len(batches) >= max_batches:
       break
+  if task_count:
+    batches = list(_with_task_ids(batches, vocab_size_of(task_name), task_count, prompt_slots if pack else 0))
   return batches
 
 
@@ -263,9 +340,13 @@ def trim_to_buckets(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   lengths = {}
   for name, values in batch.items():
     side = name.split("_", 1)[0]
-    lengths[side] = max(lengths.get(side, 0), used_length(values))
+    if side in ("encoder", "decoder"):  # not "task_ids": one per row (segment), never trimmed
+      lengths[side] = max(lengths.get(side, 0), used_length(values))
   return {
-    name: values[:, : bucket_length(lengths[name.split("_", 1)[0]], values.shape[1])] for name, values in batch.items()
+    name: values[:, : bucket_length(lengths[side], values.shape[1])]
+    if (side := name.split("_", 1)[0]) in lengths
+    else values
+    for name, values in batch.items()
   }
 
 

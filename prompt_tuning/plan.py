@@ -215,7 +215,11 @@ def abstract_batch(cfg: run.RunConfig, decoder_only: bool, rows: int, sharding=N
     shapes = {"encoder_input_tokens": int(lengths["inputs"])}
     decoder = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
     shapes |= dict.fromkeys(decoder, int(lengths["targets"]))
-  return {k: jax.ShapeDtypeStruct((rows, n), jnp.int32, sharding=sharding) for k, n in shapes.items()}
+  batch = {k: jax.ShapeDtypeStruct((rows, n), jnp.int32, sharding=sharding) for k, n in shapes.items()}
+  # A multi-task method reads each row's task (one per row: the plan models unpacked batches).
+  if any(m.task_count for m in run.tuning_methods(cfg)):
+    batch["task_ids"] = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=sharding)
+  return batch
 
 
 def _dropout_key() -> jax.Array:

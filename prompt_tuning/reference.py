@@ -142,6 +142,15 @@ _REFERENCE_GIN_FILES = (
   (r"(?:.*/)?prompt_tuning/configs/prompts/from_sampled_vocab(_numpy)?\.gin", "prompts/sampled_vocab.gin"),
   (r"(?:.*/)?prompt_tuning/configs/prompts/from_file\.gin", "prompts/from_file.gin"),
   (r"(?:.*/)?prompt_tuning/configs/runs/prompt_(finetune|eval|infer)\.gin", r"runs/prompt_\1.gin"),
+  (
+    r"(?:.*/)?prompt_tuning/configs/extended/models/multi_task_(t5_1_1|mt5)_(small|base|large|xl|xxl)_prompt\.gin",
+    r"models/\1.gin + models/sizes/\2.gin + prompts/multitask_prompt.gin (NUM_TASKS, MULTITASK_PROMPT_COMBINATION)",
+  ),
+  (
+    r"(?:.*/)?prompt_tuning/configs/extended/models/multi_task_(t5_1_1|mt5)_prompt\.gin",
+    r"models/\1.gin + prompts/multitask_prompt.gin (NUM_TASKS, MULTITASK_PROMPT_COMBINATION)",
+  ),
+  (r"(?:.*/)?prompt_tuning/configs/extended/runs/multitask_prompt_finetune\.gin", "runs/prompt_finetune.gin"),
   (r"(?:.*/)?t5x/configs/runs/finetune\.gin", "runs/prompt_finetune.gin"),
   (r"(?:.*/)?t5x/configs/runs/(eval|infer)\.gin", r"runs/prompt_\1.gin"),
 )

@@ -183,6 +183,7 @@ def _train(cfg: RunConfig, schedule: dict[str, Any], lock: locks.DirectoryLock |
     pack=cfg.pack,
     prompt_slots=run.tuned.prompt_length,
     bucket_by_length=cfg.bucket_by_length,
+    task_count=run.tuned.task_count,
   )
   try:
     return _loop(run, cfg, schedule, batches, reporter, lock)

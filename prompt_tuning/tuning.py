@@ -62,6 +62,11 @@ class TunedT5:
     """Positions the methods add to the input (soft prompt or per-layer prompt)."""
     return sum(m.input_length for m in self.methods)
 
+  @property
+  def task_count(self) -> int:
+    """The tasks the multi-task methods tell apart (0: none is multi-task, and batches carry no task ids)."""
+    return max((m.task_count for m in self.methods), default=0)
+
   def method(self, name: str) -> Method | None:
     return next((m for m in self.methods if m.name == name), None)
 
@@ -92,7 +97,8 @@ class TunedT5:
 
   def forward(self, params: PyTree, batch: dict[str, jax.Array], enable_dropout: bool, rng: jax.Array) -> jax.Array:
     """Teacher-forced logits [B, T, vocab] for a seqio-converted batch, packed (with seqio's segment ids; see
-    `prompt_tuning.inputs`) or not; its "task_ids" (int [B]), when it has them, reach the methods."""
+    `prompt_tuning.inputs`) or not; its "task_ids" (int [B]; packed: [B, S], one per segment), when it has them,
+    reach the methods."""
     rngs = {"dropout": rng} if enable_dropout else {}
     encoder_tokens = None if self.config.decoder_only else batch["encoder_input_tokens"]
     kwargs = {name: batch[name] for name in PACKED_FEATURES if name in batch}

@@ -41,6 +41,7 @@ LONGEST_FILES_FIRST = (
   "test_serve.py",
   "test_demo_build.py",
   "test_lora.py",
+  "test_multitask.py",
   "test_faults_checkpoints.py",
   "test_length_buckets.py",
   "test_benchmarks_accelerator.py",

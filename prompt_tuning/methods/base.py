@@ -12,10 +12,12 @@ What a configured method (an instance, with its settings) gives:
 - `init(rng, backbone, config)`: its fresh float32 parameters;
 - `logical_axes(shapes)`: a PartitionSpec of logical axis names per leaf (replicated, unfactored by default);
 - `input_length`: positions it adds to the input (a prompt's P; 0 for methods that add none);
+- `task_count`: the tasks a multi-task method tells apart (0: single-task), so the data path gives every batch
+  its rows' (packed: segments') "task_ids";
 - `adapters(params, config, task_ids=None)`: what it feeds the frozen T5, an adapters pytree keyed by site
-  (`prompt_tuning.models.adapters`); `task_ids` (int [B], from the batch's "task_ids" when it has them) lets a
-  multi-task method give each row its own vectors; methods are merged, and two methods feeding one leaf is an
-  error;
+  (`prompt_tuning.models.adapters`); `task_ids` (int [B], from the batch's "task_ids" when it has them; int
+  [B, S] for packed rows: one per segment) lets a multi-task method give each row (segment) its own vectors;
+  methods are merged, and two methods feeding one leaf is an error;
 - `fold(params, config)`: its serving form (the prefix MLP folded away; the identity for the others), which
   `adapters` accepts as well;
 - `export(params, config, folder, metadata=None)` / `load(folder, config)`: its portable files (`<name>.safetensors`
@@ -142,6 +144,12 @@ class Method(abc.ABC):
   @property
   def input_length(self) -> int:
     """Positions the method adds to the input (a prompt's length); 0: none."""
+    return 0
+
+  @property
+  def task_count(self) -> int:
+    """Tasks a multi-task method tells apart: each row's (packed: each segment's) `task_ids` are 0 .. count - 1,
+    read from the data (`prompt_tuning.inputs`); 0 (the default): a single-task method, fed no task ids."""
     return 0
 
   @abc.abstractmethod

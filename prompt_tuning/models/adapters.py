@@ -4,7 +4,8 @@ Every tuning method (`prompt_tuning.methods`) turns its trainable tree into an
 *adapters* pytree; the backbone reads it by site and knows nothing of methods:
 
     adapters = {
-      "input": {"prompt": [P, D] | [B, P, D],        # joins the embedded input (prompt_tuning.combine)
+      "input": {"prompt": [P, D] | [B, P, D],        # joins the embedded input (prompt_tuning.combine); packed
+                                                      # rows also take [B, S, P, D], one per segment
                 "prompt_lengths": int [B]},           # optional: prompt vectors used by each row
       "encoder": {                                    # per-layer sites; every leaf leads with [layers]
         "self_attention": {"prefix_key": [L, P, H, Dh], "prefix_value": [L, P, H, Dh], "prefix_mask": bool [L, P],
