@@ -118,9 +118,11 @@ class MultitaskPromptTuning(Method):
     del config
     return {task_prompts.FOLDED: self.task_table(params)}
 
-  def export(self, params: PyTree, config: T5Config, folder: str | Path) -> list[Path]:
-    metadata = {"num_tasks": str(self.num_tasks), "num_ranks": str(self.num_ranks)}
-    return task_prompts.export(self.task_table(params), self.name, folder, metadata)
+  def export(
+    self, params: PyTree, config: T5Config, folder: str | Path, metadata: dict[str, str] | None = None
+  ) -> list[Path]:
+    own = {"num_tasks": str(self.num_tasks), "num_ranks": str(self.num_ranks)}
+    return task_prompts.export(self.task_table(params), self.name, folder, own, metadata)
 
   def load(self, folder: str | Path, config: T5Config) -> PyTree:
     return task_prompts.load(self.name, folder, self.num_tasks, config.emb_dim)

@@ -192,9 +192,11 @@ class MultiTaskPrompt(Method):
     del config
     return {task_prompts.FOLDED: self.task_table(params)}
 
-  def export(self, params: PyTree, config: T5Config, folder: str | Path) -> list[Path]:
-    metadata = {"combination": self.combination, "num_tasks": str(self.num_tasks)}
-    return task_prompts.export(self.task_table(params), self.name, folder, metadata)
+  def export(
+    self, params: PyTree, config: T5Config, folder: str | Path, metadata: dict[str, str] | None = None
+  ) -> list[Path]:
+    own = {"combination": self.combination, "num_tasks": str(self.num_tasks)}
+    return task_prompts.export(self.task_table(params), self.name, folder, own, metadata)
 
   def load(self, folder: str | Path, config: T5Config) -> PyTree:
     return task_prompts.load(self.name, folder, self.num_tasks, config.emb_dim)

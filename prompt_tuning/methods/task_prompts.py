@@ -58,18 +58,21 @@ def select(table: jax.Array, task_ids: jax.Array | None, name: str, num_tasks: i
   return {"input": {"prompt": jnp.take(table, jnp.asarray(task_ids, jnp.int32), axis=0, mode="clip")}}
 
 
-def export(table, name: str, folder: str | Path, metadata: dict[str, str]) -> list[Path]:
-  """Writes the folded table as `<name>.safetensors` (what `load` reads) and every task's prompt as a plain prompt
-  file, `<name>_tasks/task_<k>.npy` and `.safetensors` ([P, D], the prompt method's format)."""
+def export(
+  table, name: str, folder: str | Path, own: dict[str, str], metadata: dict[str, str] | None = None
+) -> list[Path]:
+  """Writes the folded table as `<name>.safetensors` (what `load` reads; `own`, the method's settings, and `metadata`
+  in its header) and every task's prompt as a plain prompt file, `<name>_tasks/task_<k>.npy` and `.safetensors`
+  ([P, D], the prompt method's format; `metadata`, e.g. the backbone train records, in the header)."""
   from prompt_tuning.checkpoints.prompt_files import save_prompt_file
 
   table = np.asarray(jax.device_get(table), np.float32)  # [T, P, D]
-  written = write_tree({FOLDED: table}, name, folder, metadata)
+  written = write_tree({FOLDED: table}, name, folder, {**own, **(metadata or {})})
   tasks = Path(folder) / tasks_folder(name)
   for k, prompt in enumerate(table):
     written += [
       save_prompt_file(tasks / f"task_{k}.npy", prompt),
-      save_prompt_file(tasks / f"task_{k}.safetensors", prompt),
+      save_prompt_file(tasks / f"task_{k}.safetensors", prompt, metadata),
     ]
   return written
 
