@@ -22,7 +22,7 @@ import gin
 import jax
 import numpy as np
 
-from prompt_tuning import locks, optim, partitioning, validation
+from prompt_tuning import locks, optim, partitioning, storage, validation
 from prompt_tuning.checkpoints import training as training_checkpoints
 from prompt_tuning.run import Run, RunConfig, pattern_of, plan  # noqa: F401  (train.plan: the planner's entry)
 from prompt_tuning.run import build_training as build
@@ -57,7 +57,20 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.D
   run.checkpoints.save(step, run.state, meta, prompt=trainable.get("prompt"))
   if jax.process_index() == 0:
     with run.checkpoints.writing(step):
-      export_methods(run.tuned, trainable, Path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}")
+      _export(run.tuned, trainable, storage.path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}")
+
+
+def _export(tuned: TunedT5, trainable: dict[str, Any], folder) -> None:
+  """`export_methods` into a local folder, or for gs:// into a local staging folder then uploaded (the methods
+  write their files with numpy and safetensors, which write local files only)."""
+  if not storage.is_remote(folder):
+    export_methods(tuned, trainable, folder)
+    return
+  import tempfile
+
+  with tempfile.TemporaryDirectory(prefix="prompt_tuning_export_") as staging:
+    if export_methods(tuned, trainable, Path(staging)):
+      storage.upload_folder(staging, folder)
 
 
 def _check_lock(lock: locks.DirectoryLock | None) -> None:
@@ -126,7 +139,10 @@ def train(
     "stop_after": stop_after,
   }
   validation.check_schedule(num_train_steps, checkpoint_every, eval_every, log_every, stop_after, eval_max_batches)
-  Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
+  if storage.is_remote(cfg.model_dir):
+    validation.check_writable(cfg.model_dir)  # a missing or read-only bucket: refused before the lock and backbone
+  else:
+    Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
   # One writer per MODEL_DIR; the processes of one multi-process run share it, process 0 holds the lock.
   lock = locks.DirectoryLock(cfg.model_dir, what="training run") if jax.process_index() == 0 else None
   with lock or contextlib.nullcontext():
