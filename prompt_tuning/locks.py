@@ -16,7 +16,8 @@ A gs:// folder (a pod's shared MODEL_DIR) has no flock: `BucketLock` (what `Dire
 folder) is a lock object `<folder>/.lock` created only if absent (a generation precondition, ifGenerationMatch=0:
 of two writers racing, Cloud Storage lets one create it), holding the writer's host, PID and a heartbeat that a
 background thread renews every `HEARTBEAT_S` (each renewal conditional on the generation it wrote last). A dead
-writer cannot release it, so a lock whose heartbeat is older than `STALE_AFTER_S` is taken over, with a message;
+writer cannot release it, so a lock whose heartbeat is older than `STALE_AFTER_S` is taken over, with a message
+(at once when its holder was a process of this host that is gone: a run killed and started again on one machine);
 a live one refuses a second writer as the local lock does. The lock is read back after every write and compared
 by a random token, so a writer whose lock was replaced (or a store that ignores preconditions, such as the GCS
 emulator) stops at its next checkpoint rather than writing beside another. Other URLs are not locked (a warning).
@@ -190,6 +191,19 @@ def _record(what: str, token: str, started: float) -> dict:
   }
 
 
+def _pid_alive(pid) -> bool:
+  """Whether a process of this host has this PID (a holder on this host that is gone needs no heartbeat wait)."""
+  if not isinstance(pid, int) or pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's live process
+    return True
+  return True
+
+
 class BucketLock(DirectoryLock):
   """The lock of a gs:// folder (see the module docstring); made by `DirectoryLock(\"gs://...\")`.
 
@@ -283,15 +297,17 @@ class BucketLock(DirectoryLock):
     holder, generation = self._read()
     if holder is not None:
       beat = holder.get("heartbeat")
-      if isinstance(beat, (int, float)) and time.time() - beat < self.stale_after_s:
+      dead_here = holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid"))
+      if isinstance(beat, (int, float)) and time.time() - beat < self.stale_after_s and not dead_here:
         raise self._in_use(holder)
       self.stale_holder = holder
-      log.warning(
-        "took over the stale lock of %s in %s: no heartbeat for %s.",
-        describe_holder(holder),
-        self.folder,
-        f"{(time.time() - beat) / 60:.1f} minutes" if isinstance(beat, (int, float)) else "ever (unreadable lock)",
-      )
+      if dead_here:
+        why = "that process is no longer running on this host"
+      elif isinstance(beat, (int, float)):
+        why = f"no heartbeat for {(time.time() - beat) / 60:.1f} minutes"
+      else:
+        why = "it holds no heartbeat (an unreadable lock)"
+      log.warning("took over the stale lock of %s in %s: %s.", describe_holder(holder), self.folder, why)
     token, started = uuid.uuid4().hex, time.time()
     try:
       written = self._write(_record(self.what, token, started), "0" if holder is None else generation)
@@ -344,8 +360,13 @@ class BucketLock(DirectoryLock):
     self._stop.set()
     if self._thread is not None:
       self._thread.join(timeout=5)
+    from prompt_tuning import storage
+
     with self._mutex:
       token, self._token, self._fd = self._token, None, None
+      if storage.lost() is not None:
+        log.warning("the lock %s stays (the bucket stopped answering); a next run takes it over.", self.path)
+        return
       try:
         holder, generation = self._read()
         if holder is not None and holder.get("token") == token:

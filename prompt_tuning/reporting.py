@@ -110,7 +110,7 @@ class Reporter:
     self._upload_events()
 
   def _upload_events(self) -> None:
-    if self._staging is not None:
+    if self._staging is not None and storage.lost() is None:
       self._writer.flush()
       storage.upload_folder(self._staging.name, self._events)
 

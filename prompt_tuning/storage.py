@@ -40,6 +40,42 @@ class StorageError(RuntimeError):
   """A run folder that cannot be reached or written (a missing bucket, no access, the network gone)."""
 
 
+# The error that ended a run's access to its gs:// folder, once requests were retried and gave up: after it the run
+# stops, and what is left to tidy (its lock, TensorBoard's last events, a half-written step) is not tried again:
+# each would wait out its own retries, and a half-written step is never taken as finished (commit_success.txt).
+_lost: Exception | None = None
+
+
+def mark_lost(error: Exception) -> None:
+  global _lost
+  _lost = error
+
+
+def lost() -> Exception | None:
+  """The network error that ended this process's access to Cloud Storage, or None."""
+  return _lost
+
+
+def is_unreachable(error: BaseException) -> bool:
+  """Whether `error` (or what caused it) says the storage server could not be reached or stopped answering, after
+  the retries of gcsfs or tensorstore, rather than refused a request."""
+  import asyncio
+
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+      return True
+    name = type(error).__name__
+    if type(error).__module__.startswith("aiohttp") and ("Connect" in name or "Disconnected" in name):
+      return True
+    text = str(error)
+    if "UNAVAILABLE" in text or "DEADLINE_EXCEEDED" in text or "Connect call failed" in text:
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
 def is_remote(path: str | os.PathLike) -> bool:
   """Whether `path` is an object-store URL (gs://...) rather than a local (or mounted) folder."""
   return "://" in os.fspath(path)
@@ -80,8 +116,15 @@ def _configure() -> None:
       gpath._is_tf_installed.cache_clear()
   # Without Google credentials (an emulator, a public bucket) gcsfs warns at every file that it cannot ask which
   # kind of bucket this is, and goes on with the standard kind: true, and not the user's concern.
-  logging.getLogger("gcsfs").addFilter(lambda record: "Could not determine bucket type" not in record.getMessage())
+  # gcsfs also logs each request that runs out of retries with its traceback, before raising it: the run reports it
+  # once, as a StorageError saying what to do.
+  logging.getLogger("gcsfs").addFilter(_quiet_gcsfs)
   _bound_tensorstore_retries()
+
+
+def _quiet_gcsfs(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  return not ("Could not determine bucket type" in message or "out of retries" in message or "non-retriable" in message)
 
 
 def _bound_tensorstore_retries() -> None:

@@ -193,6 +193,12 @@ def _train(cfg: RunConfig, schedule: dict[str, Any], lock: locks.DirectoryLock |
   )
   try:
     return _loop(run, cfg, schedule, batches, reporter, lock)
+  except Exception as e:
+    if storage.is_remote(cfg.model_dir) and storage.is_unreachable(e):
+      storage.mark_lost(e)
+      run.checkpoints.abandon()
+      raise storage.StorageError(storage.describe_failure(cfg.model_dir, e)) from None
+    raise
   finally:
     reporter.close()
     run.checkpoints.close()

@@ -226,6 +226,8 @@ class TrainingCheckpoints:
     except CheckpointError:
       raise
     except Exception as e:  # noqa: BLE001 - orbax, tensorstore and the OS raise many types for one failed write
+      if storage.is_remote(self.model_dir) and storage.is_unreachable(e):
+        raise  # the bucket is gone: nothing can be tidied there (train reports it as a StorageError)
       self._failed = True
       with contextlib.suppress(Exception):  # let a background save still writing end (it fails the same way) first
         self._manager.wait_until_finished()
@@ -321,6 +323,11 @@ class TrainingCheckpoints:
     """
     with self.writing():
       self._manager.wait_until_finished()
+
+  def abandon(self) -> None:
+    """Gives up on the background saves after the storage stopped answering: `close` then waits for none (a save
+    cut short stays unfinished, without commit_success.txt, and is never restored)."""
+    self._failed = True
 
   def close(self) -> None:
     """Ends the manager's background work; after a failed save there is nothing more to wait for (its threads
