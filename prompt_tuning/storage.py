@@ -124,7 +124,8 @@ def _configure() -> None:
 
 def _quiet_gcsfs(record: logging.LogRecord) -> bool:
   message = record.getMessage()
-  return not ("Could not determine bucket type" in message or "out of retries" in message or "non-retriable" in message)
+  quiet = ("Could not determine bucket type", "out of retries", "non-retriable", "moveTo API")
+  return not any(text in message for text in quiet)
 
 
 def _bound_tensorstore_retries() -> None:

@@ -63,6 +63,26 @@ def compilation_cache_in_tmp(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+  """gs://BUCKET on one real GCS emulator process for the session (tests/gcs_emulator.py); tensorstore and gcsfs
+  are pointed at it for the session."""
+  import gcs_emulator as emulator
+
+  proc, url = emulator.start(tmp_path_factory.mktemp("gcs_emulator") / "server.log")
+  previous = {name: os.environ.get(name) for name in emulator.env(url)}
+  os.environ.update(emulator.env(url))
+  try:
+    yield f"gs://{emulator.BUCKET}"
+  finally:
+    for name, value in previous.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
+    emulator.stop(proc)
+
+
+@pytest.fixture(scope="session")
 def reference_dir() -> Path:
   if not REFERENCE_DIR.is_dir():
     pytest.skip(f"reference artifacts not found at {REFERENCE_DIR} (they sit beside the project in CI)")

@@ -190,8 +190,22 @@ class TrainingCheckpoints:
     _drop_orbax_background_tracebacks()
     _drop_closed_loop_callbacks()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
-    root = self.model_dir if storage.is_remote(self.model_dir) else self.model_dir.absolute()
-    self._manager = ocp.CheckpointManager(root / "checkpoints", options=options, item_names=("state", "meta"))
+    if not storage.is_remote(self.model_dir):
+      self._manager = ocp.CheckpointManager(
+        self.model_dir.absolute() / "checkpoints", options=options, item_names=("state", "meta")
+      )
+      return
+    # On gs://, each array in its own zarr folder rather than orbax's default OCDBT database: OCDBT commits with
+    # conditional writes (object generations), which GCS-compatible stores without generations (the GCS emulator
+    # among them) refuse at random, while a trainable state of a few small arrays gains nothing from one database.
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    state = ocp.StandardCheckpointHandler(use_ocdbt=False)
+    registry.add("state", ocp.args.StandardSave, state)
+    registry.add("state", ocp.args.StandardRestore, state)
+    meta = ocp.JsonCheckpointHandler()
+    registry.add("meta", ocp.args.JsonSave, meta)
+    registry.add("meta", ocp.args.JsonRestore, meta)
+    self._manager = ocp.CheckpointManager(self.model_dir / "checkpoints", options=options, handler_registry=registry)
 
   def all_steps(self) -> list[int]:
     """The steps of the checkpoint folders (a stray file named like a step is not a checkpoint)."""
@@ -360,7 +374,8 @@ class TrainingCheckpoints:
     Raises:
       DamagedCheckpointError: the metadata is missing or unreadable.
     """
-    directory = (self.step_folder(step) / "state").absolute()
+    directory = self.step_folder(step) / "state"
+    directory = directory if storage.is_remote(directory) else directory.absolute()
     failure = None
     with _quiet_failed_reads():
       try:
