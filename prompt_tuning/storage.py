@@ -107,6 +107,12 @@ def _configure() -> None:
   if _configured:
     return
   _configured = True
+  import fsspec
+
+  # No listings cache: other processes (the other hosts of a pod, a resumed run, `eval` beside `train`) add and
+  # delete checkpoints; a listing remembered from before would show steps that are gone or hide new ones.
+  for protocol in ("gcs", "gs"):
+    fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
   if "EPATH_USE_TF" not in os.environ:
     os.environ["EPATH_USE_TF"] = "false"
     from etils.epath import gpath
