@@ -46,7 +46,7 @@ class StorageError(RuntimeError):
 _lost: Exception | None = None
 
 
-def mark_lost(error: Exception) -> None:
+def mark_lost(error: Exception | None) -> None:
   global _lost
   _lost = error
 

@@ -140,6 +140,7 @@ def train(
   }
   validation.check_schedule(num_train_steps, checkpoint_every, eval_every, log_every, stop_after, eval_max_batches)
   if storage.is_remote(cfg.model_dir):
+    storage.mark_lost(None)  # an earlier run of this process may have lost its bucket; this one starts afresh
     validation.check_writable(cfg.model_dir)  # a missing or read-only bucket: refused before the lock and backbone
   else:
     Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ LONGEST_FILES_FIRST = (
   "test_faults_sweeps.py",
   "test_method_invariants.py",
   "test_readme.py",
+  "test_storage_gcs.py",
   "test_packing.py",
   "test_method_resume.py",
   "test_sweeps_runs.py",
