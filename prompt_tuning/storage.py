@@ -215,12 +215,15 @@ def rmtree(folder: Any) -> None:
 
 
 def move(source: Any, target: Any) -> None:
-  """Moves a folder (on gs://: copied object by object, then removed; gs:// has no rename)."""
+  """Moves a folder (on gs://: copied object by object, then removed; gs:// has no rename). gcsfs's `mv` tries
+  Cloud Storage's moveTo first, one object at a time; stores without it (emulators, older buckets) answer each try
+  with an error after a wait, so the copy is asked for directly."""
   if not is_remote(source):
     shutil.move(os.fspath(source), os.fspath(target))
     return
   fs = _fs()
-  fs.mv(os.fspath(source), os.fspath(target), recursive=True)
+  fs.copy(os.fspath(source), os.fspath(target), recursive=True)
+  fs.rm(os.fspath(source), recursive=True)
 
 
 def upload_folder(local: str | os.PathLike, target: Any) -> None:

@@ -168,3 +168,22 @@ def test_a_bucket_that_stops_answering_ends_the_run_with_our_error_in_bounded_ti
   assert "resumes from the last finished checkpoint" in errors[0]
   assert "Traceback" not in out, out[-3000:]
   assert seconds < 120
+
+
+def test_a_damaged_checkpoint_in_gs_is_moved_aside_and_the_previous_one_restored(gcs_emulator, trained_run, caplog):
+  from prompt_tuning import train
+
+  model_dir = f"{gcs_emulator}/damaged_run"
+  storage.upload_folder(trained_run.model_dir, model_dir)  # as `gcloud storage cp -r` would
+  for step in (3, 4):  # orbax marks each finished step so on gs:// (a local folder is renamed into place instead)
+    storage.path(f"{model_dir}/checkpoints/{step}/commit_success.txt").write_text("")
+  storage.path(f"{model_dir}/checkpoints/4/state/_METADATA").unlink()  # a copy cut short
+  build = train.build(trained_run.config(model_dir))
+  try:
+    assert build.start_step == 3
+    np.testing.assert_array_equal(np.asarray(build.state.trainable["prompt"]), _bucket_prompt(model_dir, 3))
+  finally:
+    build.checkpoints.close()
+  assert "skipped damaged training checkpoint 4" in caplog.text
+  assert storage.path(f"{model_dir}/damaged_checkpoints/4/meta/metadata").exists()  # moved aside, not deleted
+  assert not storage.path(f"{model_dir}/checkpoints/4").exists()
