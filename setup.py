@@ -24,6 +24,10 @@ INSTALL_REQUIRES = [
   "clu==0.0.12",
   "tensorboard==2.21.0",
   "tensorstore==0.1.86",
+  # MODEL_DIR on gs:// (prompt_tuning/storage.py): etils' epath reaches Cloud Storage through fsspec and gcsfs
+  # (tf.io.gfile cannot be pointed at an emulator or another endpoint); fsspec pinned at what gcsfs needs.
+  "gcsfs==2026.10.1",
+  "fsspec==2026.9.0",
   "msgpack==1.2.4",
   "safetensors==0.8.0",
   "scipy==1.17.1",

@@ -194,9 +194,12 @@ def evaluate(
     run, cfg.mixture_or_task_name, cfg.task_feature_lengths, split, decoding_settings, cfg.batch_size, num_examples
   )
   if jax.process_index() == 0:
-    Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(cfg.model_dir) / "eval_metrics.jsonl", "a") as f:
-      f.write(json.dumps({"step": run.step, "split": split, **metrics}) + "\n")
+    from prompt_tuning import storage
+
+    if not storage.is_remote(cfg.model_dir):
+      Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
+    record = json.dumps({"step": run.step, "split": split, **metrics}) + "\n"
+    storage.append_text(storage.path(cfg.model_dir) / "eval_metrics.jsonl", record)
   return metrics
 
 

@@ -37,7 +37,7 @@ import gin
 import jax
 import numpy as np
 
-from prompt_tuning import decoding, inputs
+from prompt_tuning import decoding, inputs, storage
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,10 @@ def infer(
       raise ValueError(f"task {cfg.mixture_or_task_name!r} declares no class labels; use mode='predict'.")
     label_targets = _label_targets(labels, vocabulary, cfg.task_feature_lengths["targets"])
   name = task.name if input_file is None else Path(input_file).stem
-  path = Path(output_file) if output_file else Path(cfg.model_dir) / "inference" / f"{name}_{split}.jsonl"
-  path.parent.mkdir(parents=True, exist_ok=True)
+  default = storage.path(cfg.model_dir) / "inference" / f"{name}_{split}.jsonl"
+  path = storage.path(output_file) if output_file else default
+  if not storage.is_remote(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
   if prompt_files is None:
     predictor = evaluation.Predictor(run, decoding_settings, cfg.batch_size, vocab_size=vocabulary.vocab_size)
     examples = list(_examples(cfg.mixture_or_task_name, cfg.task_feature_lengths, split, num_examples))
@@ -157,9 +159,7 @@ def infer(
       examples = _file_examples(input_file, vocabulary, cfg.task_feature_lengths, list(rows.names), num_examples)
       lines = _mixed_lines(rows, examples, cfg, vocabulary, labels, label_targets)
   if jax.process_index() == 0:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    tmp.replace(path)
+    storage.write_bytes(path, "".join(json.dumps(line) + "\n" for line in lines).encode())
   return path
 
 

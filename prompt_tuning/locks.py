@@ -10,8 +10,17 @@ flock when its process dies, however it dies (kill -9, OOM killer, power loss of
 be left held by a dead process and no one has to guess whether a PID in a file is stale, or race another process
 to delete it. The PID in the file is only information: when the lock is free and the file names a process, that
 process ended without releasing it (it was killed), which is logged as a stale lock taken over. flock works
-between processes on one machine and on most local file systems; on NFS it depends on the mount, and object
-stores (gs://) have no locks at all: such folders are not locked (with a warning).
+between processes on one machine and on most local file systems; on NFS it depends on the mount.
+
+A gs:// folder (a pod's shared MODEL_DIR) has no flock: `BucketLock` (what `DirectoryLock` becomes for a gs://
+folder) is a lock object `<folder>/.lock` created only if absent (a generation precondition, ifGenerationMatch=0:
+of two writers racing, Cloud Storage lets one create it), holding the writer's host, PID and a heartbeat that a
+background thread renews every `HEARTBEAT_S` (each renewal conditional on the generation it wrote last). A dead
+writer cannot release it, so a lock whose heartbeat is older than `STALE_AFTER_S` is taken over, with a message
+(at once when its holder was a process of this host that is gone: a run killed and started again on one machine);
+a live one refuses a second writer as the local lock does. The lock is read back after every write and compared
+by a random token, so a writer whose lock was replaced (or a store that ignores preconditions, such as the GCS
+emulator) stops at its next checkpoint rather than writing beside another. Other URLs are not locked (a warning).
 """
 
 from __future__ import annotations
@@ -23,12 +32,17 @@ import os
 import socket
 import stat
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+# A gs:// lock's heartbeat is renewed this often; one not renewed for STALE_AFTER_S belongs to a dead writer.
+HEARTBEAT_S = 60.0
+STALE_AFTER_S = 600.0
 
 
 class FolderInUseError(RuntimeError):
@@ -58,6 +72,11 @@ class DirectoryLock:
     folder: the folder to lock (created if missing).
     what: what holds it, for the message a second writer gets ("training run", "sweep", "prompt store").
   """
+
+  def __new__(cls, folder: str | os.PathLike, what: str = "training run", **kwargs):
+    if cls is DirectoryLock and os.fspath(folder).startswith("gs://"):
+      return super().__new__(BucketLock)
+    return super().__new__(cls)
 
   def __init__(self, folder: str | os.PathLike, what: str = "training run"):
     self.folder = Path(folder)
@@ -158,3 +177,200 @@ class DirectoryLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def _record(what: str, token: str, started: float) -> dict:
+  return {
+    "pid": os.getpid(),
+    "host": socket.gethostname(),
+    "what": what,
+    "started": started,
+    "heartbeat": time.time(),
+    "token": token,
+    "command": " ".join(sys.argv)[:500],
+  }
+
+
+def _pid_alive(pid) -> bool:
+  """Whether a process of this host has this PID (a holder on this host that is gone needs no heartbeat wait)."""
+  if not isinstance(pid, int) or pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's live process
+    return True
+  return True
+
+
+class BucketLock(DirectoryLock):
+  """The lock of a gs:// folder (see the module docstring); made by `DirectoryLock(\"gs://...\")`.
+
+  Args:
+    folder: the gs:// folder.
+    what: what holds it, for the message a second writer gets.
+    stale_after_s: a lock whose heartbeat is older than this is a dead writer's, and is taken over.
+    heartbeat_s: how often the heartbeat is renewed while held.
+  """
+
+  def __init__(
+    self,
+    folder: str | os.PathLike,
+    what: str = "training run",
+    stale_after_s: float = STALE_AFTER_S,
+    heartbeat_s: float = HEARTBEAT_S,
+  ):
+    self.folder = os.fspath(folder).rstrip("/")
+    self.path = f"{self.folder}/{LOCK_NAME}"
+    self.what = what
+    self.stale_after_s = stale_after_s
+    self.heartbeat_s = heartbeat_s
+    self.stale_holder = None
+    self._fd = None  # `held` is True while a token is held
+    self._token: str | None = None
+    self._generation: str | None = None
+    self._started = 0.0
+    self._lost: str | None = None
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+    self._mutex = threading.Lock()
+
+  def _fs(self):
+    from prompt_tuning import storage
+
+    return storage._fs()
+
+  def _bucket_key(self) -> tuple[str, str]:
+    bucket, _, key = self.path[len("gs://") :].partition("/")
+    return bucket, key
+
+  def _read(self) -> tuple[dict | None, str | None]:
+    """(the lock's record, its generation), (None, None) when there is no lock object."""
+    fs = self._fs()
+    fs.invalidate_cache(self.path)  # gcsfs caches listings; another host may have written the lock since
+    try:
+      info = fs.info(self.path)
+      raw = fs.cat_file(self.path)
+    except FileNotFoundError:
+      return None, None
+    try:
+      holder = json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      holder = {}
+    return (holder if isinstance(holder, dict) else {}), str(info.get("generation") or "")
+
+  def _write(self, record: dict, if_generation: str) -> str:
+    """Uploads the record only if the object's generation is `if_generation` ("0": only if absent); its new one."""
+    bucket, key = self._bucket_key()
+    fs = self._fs()
+    # A multipart upload (metadata, then the body): the JSON API's one request that carries a precondition and is
+    # understood by Cloud Storage and its emulators alike.
+    body = (
+      f"--==lock==\nContent-Type: application/json; charset=UTF-8\n\n{json.dumps({'name': key})}\n--==lock==\n"
+      f"Content-Type: application/json\n\n{json.dumps(record)}\n--==lock==--"
+    ).encode()
+    out = fs.call(
+      "POST",
+      f"{fs._location}/upload/storage/v1/b/{bucket}/o",
+      uploadType="multipart",
+      ifGenerationMatch=if_generation,
+      headers={"Content-Type": 'multipart/related; boundary="==lock=="'},
+      data=body,
+      json_out=True,
+    )
+    return str(out.get("generation") or "")
+
+  def _in_use(self, holder: dict) -> FolderInUseError:
+    beat = holder.get("heartbeat")
+    age = f", last heartbeat {time.time() - beat:.0f} s ago" if isinstance(beat, (int, float)) else ""
+    return FolderInUseError(
+      f"{self.folder} is in use by {describe_holder(holder)}{age}: one {self.what} writes a folder at a time. Wait "
+      f"for it to finish or stop it. A writer that died leaves its lock, which is taken over once its heartbeat is "
+      f"{self.stale_after_s / 60:.0f} minutes old (or delete {self.path} when you are sure it is gone)."
+    )
+
+  def acquire(self) -> BucketLock:
+    """Takes the lock, or raises FolderInUseError naming the live writer that holds it."""
+    if self._token is not None:
+      raise RuntimeError(f"{self.path} is already held by this lock")
+    holder, generation = self._read()
+    if holder is not None:
+      beat = holder.get("heartbeat")
+      dead_here = holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid"))
+      if isinstance(beat, (int, float)) and time.time() - beat < self.stale_after_s and not dead_here:
+        raise self._in_use(holder)
+      self.stale_holder = holder
+      if dead_here:
+        why = "that process is no longer running on this host"
+      elif isinstance(beat, (int, float)):
+        why = f"no heartbeat for {(time.time() - beat) / 60:.1f} minutes"
+      else:
+        why = "it holds no heartbeat (an unreadable lock)"
+      log.warning("took over the stale lock of %s in %s: %s.", describe_holder(holder), self.folder, why)
+    token, started = uuid.uuid4().hex, time.time()
+    try:
+      written = self._write(_record(self.what, token, started), "0" if holder is None else generation)
+    except FileExistsError:  # another writer created or renewed it between our read and write
+      raise self._in_use(self._read()[0] or {}) from None
+    now, now_generation = self._read()
+    if now is None or now.get("token") != token:  # a store that ignores preconditions: the last writer won
+      raise self._in_use(now or {})
+    self._token, self._generation, self._started, self._fd = token, now_generation or written, started, -1
+    self._thread = threading.Thread(target=self._beat, name=f"lock heartbeat {self.folder}", daemon=True)
+    self._thread.start()
+    return self
+
+  def _renew(self) -> None:
+    with self._mutex:
+      if self._token is None or self._lost:
+        return
+      holder, generation = self._read()
+      if holder is None or holder.get("token") != self._token:
+        self._lost = "deleted" if holder is None else f"taken by {describe_holder(holder)}"
+        return
+      try:
+        self._generation = self._write(_record(self.what, self._token, self._started), generation)
+      except FileExistsError:
+        self._lost = "replaced"
+
+  def _beat(self) -> None:
+    while not self._stop.wait(self.heartbeat_s):
+      try:
+        self._renew()
+      except Exception as e:  # noqa: BLE001 - a network error: the next beat, or the checkpoint's check, retries
+        log.warning("could not renew the lock %s (%s); trying again in %.0f s.", self.path, e, self.heartbeat_s)
+
+  def check(self) -> None:
+    """Renews the heartbeat; raises FolderInUseError when the lock was deleted or taken by another writer."""
+    if self._token is None:
+      return
+    self._renew()
+    if self._lost:
+      raise FolderInUseError(
+        f"the lock {self.path} was {self._lost} while this {self.what} held it, so another process may now write "
+        f"{self.folder}: stopped before writing into it. Make sure no other process uses the folder, then run the "
+        "same command again (it resumes from the last finished checkpoint)."
+      )
+
+  def release(self) -> None:
+    """Stops the heartbeat and deletes the lock object, if it is still this writer's."""
+    if self._token is None:
+      return
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join(timeout=5)
+    from prompt_tuning import storage
+
+    with self._mutex:
+      token, self._token, self._fd = self._token, None, None
+      if storage.lost() is not None:
+        log.warning("the lock %s stays (the bucket stopped answering); a next run takes it over.", self.path)
+        return
+      try:
+        holder, generation = self._read()
+        if holder is not None and holder.get("token") == token:
+          bucket, key = self._bucket_key()
+          self._fs().call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=generation)
+      except Exception as e:  # noqa: BLE001 - the lock goes stale and is taken over: say so, do not fail the run
+        log.warning("could not remove the lock %s (%s): the next writer takes it over when it is stale.", self.path, e)

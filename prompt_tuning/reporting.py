@@ -12,10 +12,12 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
+from prompt_tuning import storage
+
 log = logging.getLogger(__name__)
 
 
-def drop_records_after(path: Path, step: int) -> None:
+def drop_records_after(path, step: int) -> None:
   """Removes the records of steps after `step` from a metrics.jsonl: a resumed run writes them again.
 
   A run killed after step 7 but checkpointed at 4 resumes at 4 and logs 5-7 anew; without this each would appear
@@ -52,20 +54,22 @@ def drop_records_after(path: Path, step: int) -> None:
       ", ..." if len(unreadable) > 1 else "",
     )
   if kept != lines:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_bytes(b"".join(kept))
-    os.replace(tmp, path)
+    storage.write_bytes(path, b"".join(kept))
 
 
 class Reporter:
   """Progress bar (step, loss, tokens/s, ETA), MODEL_DIR/metrics.jsonl, TensorBoard events.
 
-  Only process 0 writes or prints; other processes stay quiet.
+  Only process 0 writes or prints; other processes stay quiet. For a gs:// MODEL_DIR, TensorBoard's events are
+  written to a local staging folder and uploaded to MODEL_DIR/tensorboard at every write (TensorBoard reads them
+  from the bucket): the summary writer writes through TensorFlow's file system, which `storage` does not use.
   """
 
   def __init__(self, model_dir: str | os.PathLike, total_steps: int, start_step: int = 0):
     self.primary = jax.process_index() == 0
-    self.path = Path(model_dir) / "metrics.jsonl"
+    self.path = storage.path(model_dir) / "metrics.jsonl"
+    self._events = storage.path(model_dir) / "tensorboard"
+    self._staging = None
     if self.primary:
       drop_records_after(self.path, start_step)
     self._bar = tqdm(
@@ -81,7 +85,13 @@ class Reporter:
     if self.primary:
       from clu import metric_writers
 
-      self._writer = metric_writers.SummaryWriter(str(Path(model_dir) / "tensorboard"))
+      events = self._events
+      if storage.is_remote(events):
+        import tempfile
+
+        self._staging = tempfile.TemporaryDirectory(prefix="prompt_tuning_tensorboard_")
+        events = Path(self._staging.name)
+      self._writer = metric_writers.SummaryWriter(str(events))
 
   def text(self, message: str) -> None:
     if self.primary:
@@ -95,12 +105,21 @@ class Reporter:
     if not self.primary:
       return
     named = {f"{prefix}{k}": float(v) for k, v in metrics.items()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), "time": time.time(), **named}) + "\n")
+    storage.append_text(self.path, json.dumps({"step": int(step), "time": time.time(), **named}) + "\n")
     self._writer.write_scalars(int(step), named)
+    self._upload_events()
+
+  def _upload_events(self) -> None:
+    if self._staging is not None and storage.lost() is None:
+      self._writer.flush()
+      storage.upload_folder(self._staging.name, self._events)
 
   def close(self) -> None:
     self._bar.close()
     if self._writer is not None:
       self._writer.flush()
       self._writer.close()
+      self._upload_events()
+      if self._staging is not None:
+        self._staging.cleanup()
+        self._staging = None

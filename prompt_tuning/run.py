@@ -539,8 +539,8 @@ class Inference:
 
 def _latest_export(model_dir: Path, step: int | None) -> Path | None:
   """MODEL_DIR/numpy_checkpoints/checkpoint_<step> of the latest training checkpoint, if it was exported."""
-  if step is None:
-    return None
+  if step is None or "://" in str(model_dir):
+    return None  # gs://: the methods read their exports from local files; the training checkpoint holds the same
   folder = model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
   return folder if folder.is_dir() else None
 
@@ -554,7 +554,7 @@ def _restore_trainable(cfg: RunConfig, tuned: TunedT5, backbone, pattern: str):
   checkpoints = TrainingCheckpoints(cfg.model_dir, keep=None, async_save=False)
   step = checkpoints.latest_step()
   checkpoints.close()
-  folder = _latest_export(Path(cfg.model_dir), step)
+  folder = _latest_export(cfg.model_dir if "://" in str(cfg.model_dir) else Path(cfg.model_dir), step)
   if step is not None and folder is None:
     return None  # a checkpoint without exports (an older run): the training build restores it
   if folder is not None:

@@ -22,7 +22,7 @@ import gin
 import jax
 import numpy as np
 
-from prompt_tuning import locks, optim, partitioning, validation
+from prompt_tuning import locks, optim, partitioning, storage, validation
 from prompt_tuning.checkpoints import training as training_checkpoints
 from prompt_tuning.run import Run, RunConfig, pattern_of, plan  # noqa: F401  (train.plan: the planner's entry)
 from prompt_tuning.run import build_training as build
@@ -57,13 +57,27 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.D
   run.checkpoints.save(step, run.state, meta, prompt=trainable.get("prompt"))
   if jax.process_index() == 0:
     with run.checkpoints.writing(step):
-      folder = Path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}"
       backbone = {
         "backbone_fingerprint": run.fingerprint,
         "backbone_fingerprint_version": str(training_checkpoints.FINGERPRINT_VERSION),
         "backbone_path": str(cfg.initial_checkpoint_path),
       }
-      export_methods(run.tuned, trainable, folder, backbone)
+      folder = storage.path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}"
+      _export(run.tuned, trainable, folder, backbone)
+
+
+def _export(tuned: TunedT5, trainable: dict[str, Any], folder, metadata: dict[str, str]) -> None:
+  """`export_methods` into a local folder, or for gs:// into a local staging folder then uploaded (the methods
+  write their files with numpy and safetensors, which write local files only). `metadata`: the backbone, recorded in
+  each export's header."""
+  if not storage.is_remote(folder):
+    export_methods(tuned, trainable, folder, metadata)
+    return
+  import tempfile
+
+  with tempfile.TemporaryDirectory(prefix="prompt_tuning_export_") as staging:
+    if export_methods(tuned, trainable, Path(staging), metadata):
+      storage.upload_folder(staging, folder)
 
 
 def _check_lock(lock: locks.DirectoryLock | None) -> None:
@@ -135,7 +149,11 @@ def train(
     "stop_after": stop_after,
   }
   validation.check_schedule(num_train_steps, checkpoint_every, eval_every, log_every, stop_after, eval_max_batches)
-  Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
+  if storage.is_remote(cfg.model_dir):
+    storage.mark_lost(None)  # an earlier run of this process may have lost its bucket; this one starts afresh
+    validation.check_writable(cfg.model_dir)  # a missing or read-only bucket: refused before the lock and backbone
+  else:
+    Path(cfg.model_dir).mkdir(parents=True, exist_ok=True)
   # One writer per MODEL_DIR; the processes of one multi-process run share it, process 0 holds the lock.
   lock = locks.DirectoryLock(cfg.model_dir, what="training run") if jax.process_index() == 0 else None
   with lock or contextlib.nullcontext():
@@ -187,6 +205,12 @@ def _train(cfg: RunConfig, schedule: dict[str, Any], lock: locks.DirectoryLock |
   )
   try:
     return _loop(run, cfg, schedule, batches, reporter, lock)
+  except Exception as e:
+    if storage.is_remote(cfg.model_dir) and storage.is_unreachable(e):
+      storage.mark_lost(e)
+      run.checkpoints.abandon()
+      raise storage.StorageError(storage.describe_failure(cfg.model_dir, e)) from None
+    raise
   finally:
     reporter.close()
     run.checkpoints.close()

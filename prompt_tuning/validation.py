@@ -137,12 +137,11 @@ def check_run_config(cfg: Any) -> None:
   """
   if not isinstance(cfg.model_dir, (str, os.PathLike)):
     raise SettingError(f"MODEL_DIR must be a folder path (a string), got {cfg.model_dir!r}.")
-  if "://" in str(cfg.model_dir):
-    # Path("gs://b/run") is the local folder "gs:/b/run": without this check a run would write there silently.
+  if "://" in str(cfg.model_dir) and not str(cfg.model_dir).startswith("gs://"):
+    # Path("s3://b/run") is the local folder "s3:/b/run": without this check a run would write there silently.
     raise SettingError(
-      f"MODEL_DIR {cfg.model_dir} is a remote URL; training writes its checkpoints, exports, metrics and lock to a "
-      "local (or mounted, e.g. gcsfuse) folder: set MODEL_DIR to one and copy it to the bucket afterwards. "
-      "INITIAL_CHECKPOINT_PATH may be gs:// or a Hugging Face hub id."
+      f"MODEL_DIR {cfg.model_dir} is a URL this project does not write to: set MODEL_DIR to a local (or mounted) "
+      "folder, or to Google Cloud Storage (gs://bucket/run)."
     )
   if not isinstance(cfg.mixture_or_task_name, str):
     raise SettingError(f"MIXTURE_OR_TASK_NAME must be a task name (a string), got {cfg.mixture_or_task_name!r}.")
@@ -232,8 +231,11 @@ def check_schedule(
 def newest_checkpoint_step(model_dir: str | os.PathLike) -> int | None:
   """The highest finished step folder in MODEL_DIR/checkpoints (orbax's temporary folders, and files named like a
   step, are not counted)."""
-  folder = Path(model_dir) / "checkpoints"
-  steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir()] if folder.is_dir() else []
+  from prompt_tuning import storage
+
+  folder = storage.path(model_dir) / "checkpoints"
+  entries = folder.iterdir() if folder.is_dir() else []
+  steps = [int(p.name) for p in entries if p.name.isdigit() and storage.is_finished_step(p)]
   return max(steps) if steps else None
 
 
@@ -241,9 +243,11 @@ def check_resume(model_dir: str | os.PathLike, num_train_steps: int) -> None:
   """Refuses to train on in a MODEL_DIR whose checkpoints cannot be resumed as they are: TRAIN_STEPS below the step
   reached (the run would silently do nothing), a step folder that is a link (orbax cannot prune it), or every
   checkpoint moved aside as damaged (a new run would start at step 0 and overwrite numpy_checkpoints/)."""
-  folder = Path(model_dir) / "checkpoints"
-  entries = sorted(folder.iterdir()) if folder.is_dir() else []
-  links = [p for p in entries if p.is_symlink() and p.name.isdigit()]
+  from prompt_tuning import storage
+
+  folder = storage.path(model_dir) / "checkpoints"
+  entries = sorted(folder.iterdir(), key=str) if folder.is_dir() else []
+  links = [p for p in entries if isinstance(p, Path) and p.is_symlink() and p.name.isdigit()]
   if links:
     raise SettingError(
       f"{links[0]} is a symbolic link (to {os.readlink(links[0])}): training checkpoints must be folders inside "
@@ -258,7 +262,7 @@ def check_resume(model_dir: str | os.PathLike, num_train_steps: int) -> None:
       f"{model_dir} holds a checkpoint at step {newest}, past TRAIN_STEPS {num_train_steps}: set TRAIN_STEPS above "
       f"{newest} to train on, or use a fresh MODEL_DIR."
     )
-  damaged = Path(model_dir) / "damaged_checkpoints"
+  damaged = storage.path(model_dir) / "damaged_checkpoints"
   if newest is None and damaged.is_dir() and any(damaged.iterdir()):
     raise SettingError(
       f"{model_dir} has no intact training checkpoint left: every one was found damaged and moved to {damaged}. "
@@ -270,9 +274,19 @@ def check_resume(model_dir: str | os.PathLike, num_train_steps: int) -> None:
 def check_writable(folder: str | os.PathLike) -> None:
   """Refuses a MODEL_DIR (or its checkpoints/ and numpy_checkpoints/) where this process cannot create a file.
 
-  Tried, not inferred from permission bits: read-only mounts and ACLs count too.
+  Tried, not inferred from permission bits: read-only mounts and ACLs count too. A gs:// folder is tried the same
+  way, in its bucket (`storage.check_bucket`).
   """
   import tempfile
+
+  from prompt_tuning import storage
+
+  if storage.is_remote(folder):
+    try:
+      storage.check_bucket(folder)
+    except storage.StorageError as e:
+      raise SettingError(str(e)) from None
+    return
 
   for path in (Path(folder), Path(folder) / "checkpoints", Path(folder) / "numpy_checkpoints"):
     if path.exists() and not path.is_dir():

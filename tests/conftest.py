@@ -32,6 +32,7 @@ LONGEST_FILES_FIRST = (
   "test_faults_sweeps.py",
   "test_method_invariants.py",
   "test_readme.py",
+  "test_storage_gcs.py",
   "test_packing.py",
   "test_method_resume.py",
   "test_sweeps_runs.py",
@@ -67,6 +68,26 @@ def compilation_cache_in_tmp(tmp_path_factory):
   os.environ.setdefault(compilation_cache.ENV, str(tmp_path_factory.mktemp("jax_compilation_cache")))
   if compilation_cache.enable() is not None:
     jax_cache.reset_cache()  # JAX decides once per process whether it uses the cache: decide again, with a folder
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+  """gs://BUCKET on one real GCS emulator process for the session (tests/gcs_emulator.py); tensorstore and gcsfs
+  are pointed at it for the session."""
+  import gcs_emulator as emulator
+
+  proc, url = emulator.start(tmp_path_factory.mktemp("gcs_emulator") / "server.log")
+  previous = {name: os.environ.get(name) for name in emulator.env(url)}
+  os.environ.update(emulator.env(url))
+  try:
+    yield f"gs://{emulator.BUCKET}"
+  finally:
+    for name, value in previous.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
+    emulator.stop(proc)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,11 @@
-"""Checkpoints from gs:// (a real GCS emulator process on 127.0.0.1) and from Hugging Face Hub ids (offline cache)."""
+"""Checkpoints from gs:// (a real GCS emulator process on 127.0.0.1: conftest's `gcs_emulator`) and from Hugging
+Face Hub ids (offline cache)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,53 +22,6 @@ from prompt_tuning.checkpoints import (
 )
 from prompt_tuning.checkpoints.param_tree import flatten
 from prompt_tuning.models.configs import get_config
-
-BUCKET = "t5-test-bucket"
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if proc.poll() is not None:
-      raise RuntimeError(f"the GCS emulator exited: {log.read_text()[-2000:]}")
-    with socket.socket() as s:
-      if s.connect_ex(("127.0.0.1", port)) == 0:
-        return
-    time.sleep(0.1)
-  raise RuntimeError(f"the GCS emulator did not listen on 127.0.0.1:{port} within {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def gcs_emulator(tmp_path_factory):
-  """A real `gcp-storage-emulator` server on a free 127.0.0.1 port; tensorstore is pointed at it."""
-  port = _free_port()
-  cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1", f"--port={port}"]
-  # Its request log goes to a file: a pipe nobody reads fills up and stalls the server.
-  log = tmp_path_factory.mktemp("gcs_emulator") / "server.log"
-  with open(log, "wb") as log_file:
-    proc = subprocess.Popen([*cmd, "--in-memory", f"--default-bucket={BUCKET}"], stdout=log_file, stderr=log_file)
-  previous = os.environ.get("TENSORSTORE_GCS_HTTP_URL")
-  try:
-    _wait_for_port(port, proc, log)
-    os.environ["TENSORSTORE_GCS_HTTP_URL"] = f"http://127.0.0.1:{port}"
-    yield f"gs://{BUCKET}"
-  finally:
-    if previous is None:
-      os.environ.pop("TENSORSTORE_GCS_HTTP_URL", None)
-    else:
-      os.environ["TENSORSTORE_GCS_HTTP_URL"] = previous
-    proc.terminate()
-    try:
-      proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
 
 
 def _upload(folder: Path, bucket_path: str) -> None:

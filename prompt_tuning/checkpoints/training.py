@@ -31,6 +31,7 @@ import contextlib
 import errno
 import gc
 import hashlib
+import io
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from prompt_tuning import storage
 from prompt_tuning.checkpoints.errors import CheckpointError, format_list
 
 PyTree = Any
@@ -182,15 +184,28 @@ class TrainingCheckpoints:
   """
 
   def __init__(self, model_dir: str | os.PathLike, keep: int | None = 3, async_save: bool = True):
-    self.model_dir = Path(model_dir)
+    self.model_dir = storage.path(model_dir)  # a local folder, or gs:// (storage: orbax writes there directly)
     self.keep = keep
     self._failed = False
     _drop_orbax_background_tracebacks()
     _drop_closed_loop_callbacks()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(
-      self.model_dir.absolute() / "checkpoints", options=options, item_names=("state", "meta")
-    )
+    if not storage.is_remote(self.model_dir):
+      self._manager = ocp.CheckpointManager(
+        self.model_dir.absolute() / "checkpoints", options=options, item_names=("state", "meta")
+      )
+      return
+    # On gs://, each array in its own zarr folder rather than orbax's default OCDBT database: OCDBT commits with
+    # conditional writes (object generations), which GCS-compatible stores without generations (the GCS emulator
+    # among them) refuse at random, while a trainable state of a few small arrays gains nothing from one database.
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    state = ocp.StandardCheckpointHandler(use_ocdbt=False)
+    registry.add("state", ocp.args.StandardSave, state)
+    registry.add("state", ocp.args.StandardRestore, state)
+    meta = ocp.JsonCheckpointHandler()
+    registry.add("meta", ocp.args.JsonSave, meta)
+    registry.add("meta", ocp.args.JsonRestore, meta)
+    self._manager = ocp.CheckpointManager(self.model_dir / "checkpoints", options=options, handler_registry=registry)
 
   def all_steps(self) -> list[int]:
     """The steps of the checkpoint folders (a stray file named like a step is not a checkpoint)."""
@@ -208,6 +223,7 @@ class TrainingCheckpoints:
     """
     meta = {**meta, "step": int(step), "state_checksum": state_checksum(state), "checksum_version": CHECKSUM_VERSION}
     with self.writing(step):
+      self._drop_unfinished_step(int(step))
       self._manager.save(
         int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
       )
@@ -224,6 +240,8 @@ class TrainingCheckpoints:
     except CheckpointError:
       raise
     except Exception as e:  # noqa: BLE001 - orbax, tensorstore and the OS raise many types for one failed write
+      if storage.is_remote(self.model_dir) and storage.is_unreachable(e):
+        raise  # the bucket is gone: nothing can be tidied there (train reports it as a StorageError)
       self._failed = True
       with contextlib.suppress(Exception):  # let a background save still writing end (it fails the same way) first
         self._manager.wait_until_finished()
@@ -240,12 +258,36 @@ class TrainingCheckpoints:
         f"({_describe(e)}).\n{_write_advice(e)} {kept_line}"
       ) from e
 
+  def _drop_unfinished_step(self, step: int) -> None:
+    """On gs:// orbax writes a step in place and marks it finished last (commit_success.txt): a step folder left
+    unfinished by a killed run is removed before the same step is written again (process 0; all wait for it)."""
+    if not storage.is_remote(self.model_dir):
+      return
+    folder = self.step_folder(step)
+    if jax.process_index() == 0 and folder.exists() and not storage.is_finished_step(folder):
+      log.warning("removing %s: a checkpoint a stopped run left unfinished (no commit_success.txt).", folder)
+      storage.rmtree(folder)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"unfinished step {step} removed")
+
   def _remove_unfinished(self) -> int | None:
     """Removes orbax's temporary step folders and the numpy exports past the newest finished checkpoint (process 0;
     the others' writes are to the same folders); returns that step."""
-    finished = [int(p.name) for p in (self.model_dir / "checkpoints").glob("*") if p.name.isdigit() and p.is_dir()]
+    checkpoints = self.model_dir / "checkpoints"
+    entries = list(checkpoints.iterdir()) if checkpoints.is_dir() else []
+    finished = [int(p.name) for p in entries if p.name.isdigit() and storage.is_finished_step(p)]
     kept = max(finished) if finished else None
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and storage.is_remote(self.model_dir):
+      for folder in entries:
+        if folder.name.isdigit() and (kept is None or int(folder.name) > kept):
+          storage.rmtree(folder)
+      for folder in (self.model_dir / "numpy_checkpoints").glob("checkpoint_*"):
+        step = folder.name[len("checkpoint_") :]
+        if step.isdigit() and (kept is None or int(step) > kept):
+          storage.rmtree(folder)
+    elif jax.process_index() == 0:
       for leftover in (self.model_dir / "checkpoints").glob("*.orbax-checkpoint-tmp*"):
         if leftover.is_symlink() or not leftover.is_dir():
           leftover.unlink(missing_ok=True)
@@ -259,6 +301,12 @@ class TrainingCheckpoints:
 
   def _write_numpy_prompt(self, step: int, prompt: jax.Array) -> None:
     folder = self.model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
+    if storage.is_remote(folder):
+      buffer = io.BytesIO()
+      np.save(buffer, np.asarray(jax.device_get(prompt)))
+      storage.write_bytes(folder / "prompt.npy", buffer.getvalue())
+      self._prune_numpy_prompts()
+      return
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "prompt.npy.tmp"
     try:
@@ -279,7 +327,7 @@ class TrainingCheckpoints:
       if step.isdigit():
         folders[int(step)] = child
     for step in sorted(folders)[: -self.keep]:
-      shutil.rmtree(folders[step], ignore_errors=True)
+      storage.rmtree(folders[step])
 
   def wait(self) -> None:
     """Waits for the background saves.
@@ -289,6 +337,11 @@ class TrainingCheckpoints:
     """
     with self.writing():
       self._manager.wait_until_finished()
+
+  def abandon(self) -> None:
+    """Gives up on the background saves after the storage stopped answering: `close` then waits for none (a save
+    cut short stays unfinished, without commit_success.txt, and is never restored)."""
+    self._failed = True
 
   def close(self) -> None:
     """Ends the manager's background work; after a failed save there is nothing more to wait for (its threads
@@ -321,7 +374,8 @@ class TrainingCheckpoints:
     Raises:
       DamagedCheckpointError: the metadata is missing or unreadable.
     """
-    directory = (self.step_folder(step) / "state").absolute()
+    directory = self.step_folder(step) / "state"
+    directory = directory if storage.is_remote(directory) else directory.absolute()
     failure = None
     with _quiet_failed_reads():
       try:
@@ -423,15 +477,16 @@ class TrainingCheckpoints:
       suffix = 1
       while target.exists():
         target, suffix = self.model_dir / "damaged_checkpoints" / f"{step}.{suffix}", suffix + 1
-      shutil.move(str(self.step_folder(step)), str(target))
+      storage.move(self.step_folder(step), target)
     self._manager.reload()
     return target
 
 
 def newest_meta(model_dir: str | os.PathLike) -> dict[str, Any] | None:
   """The meta of MODEL_DIR's newest checkpoint whose meta reads, found without orbax (before the backbone loads)."""
-  folder = Path(model_dir) / "checkpoints"
-  steps = sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()), reverse=True) if folder.is_dir() else []
+  folder = storage.path(model_dir) / "checkpoints"
+  entries = folder.iterdir() if folder.is_dir() else []
+  steps = sorted((int(p.name) for p in entries if p.name.isdigit() and storage.is_finished_step(p)), reverse=True)
   for step in steps:
     try:
       meta = json.loads((folder / str(step) / "meta" / "metadata").read_text())

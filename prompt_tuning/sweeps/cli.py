@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="prompt-tuning sweep", description=__doc__.splitlines()[0])
   parser.add_argument("subcommand", choices=SUBCOMMANDS)
   parser.add_argument("sweep", help="the sweep file (searched like a --gin_file), or a sweep folder (status, report)")
-  parser.add_argument("--sweep_dir", type=Path, default=None, help="the sweep's folder (default: sweeps/NAME)")
+  parser.add_argument("--sweep_dir", type=_local_folder, default=None, help="the sweep's folder (default: sweeps/NAME)")
   parser.add_argument("--executor", choices=("local", "ray"), default=None, help="run: where (default: local)")
   parser.add_argument("--parallel", type=int, default=None, help="local: runs at a time, each on its own cores (1)")
   parser.add_argument("--gpus_per_run", type=int, default=None, help="GPUs each run gets (local: CUDA_VISIBLE_DEVICES)")
@@ -45,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--attempts", type=int, default=None, help="run: tries of a failing run, in all (3)")
   parser.add_argument("--debug", action="store_true", help="show full tracebacks")
   return parser
+
+
+def _local_folder(text: str) -> Path:
+  """--sweep_dir: a local (or mounted) folder; a URL is refused (Path("gs://b/s") is the local folder "gs:/b/s")."""
+  if "://" in text:
+    raise argparse.ArgumentTypeError(
+      f"{text} is a URL, and sweep folders (records, logs, report) are local or mounted folders for now: give a local "
+      "folder, or mount the bucket (gcsfuse) and give its mount point. A single run trains into gs:// directly "
+      "(MODEL_DIR)."
+    )
+  return Path(text)
 
 
 RUN_OPTIONS = {

@@ -1,0 +1,189 @@
+"""Training into gs:// (MODEL_DIR on Cloud Storage) on a real GCS emulator process on 127.0.0.1: two processes share
+a gs:// MODEL_DIR, are killed with kill -9 and resume, and a third evaluates from the bucket; one writer per gs://
+folder (the lock object); a missing bucket is refused up front; a bucket that stops answering ends the run with our
+error in bounded time."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prompt_tuning import locks, storage
+
+ROOT = Path(__file__).resolve().parents[1]
+# `prompt-tuning` in a fresh process, with the tests' tiny task registered (tests/tiny_task.py).
+PROGRAM = [
+  "-c",
+  f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import tiny_task; tiny_task.register(); "
+  "import runpy; runpy.run_module('prompt_tuning.cli', run_name='__main__')",
+]
+
+
+def _start_training(flags, model_dir: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", **env)
+  command = [sys.executable, *PROGRAM, "train", *flags, f"--gin.MODEL_DIR='{model_dir}'"]
+  with open(log, "wb") as out:
+    return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def _wait_for(path, proc: subprocess.Popen, log: Path, timeout: float = 240.0) -> None:
+  deadline = time.monotonic() + timeout
+  while not storage.path(path).exists():
+    assert proc.poll() is None, f"training ended before {path} appeared:\n{log.read_text()[-3000:]}"
+    assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+    time.sleep(0.05)
+
+
+def _bucket_prompt(model_dir: str, step: int) -> np.ndarray:
+  return np.load(io.BytesIO(storage.path(f"{model_dir}/numpy_checkpoints/checkpoint_{step}/prompt.npy").read_bytes()))
+
+
+def test_two_processes_train_into_gs_are_killed_resume_and_a_third_evaluates(gcs_emulator, trained_run, tmp_path, _cli):
+  import gcs_emulator as emulator
+
+  from prompt_tuning import validation
+
+  # The tiny run, unshuffled: two processes read examples 0,2,4,.. and 1,3,5,..: one process's global batch.
+  flags = [*trained_run.flags, "--gin.RunConfig.shuffle=False"]
+  model_dir = f"{gcs_emulator}/pod_run"
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+  def two_processes(tag: str) -> list[subprocess.Popen]:
+    port = emulator.free_port()
+    return [
+      _start_training(
+        [*flags, f"--coordinator_address=127.0.0.1:{port}", "--process_count=2", f"--process_index={index}"],
+        model_dir,
+        env,
+        tmp_path / f"{tag}_{index}.log",
+      )
+      for index in (0, 1)
+    ]
+
+  procs = two_processes("killed")
+  try:
+    _wait_for(f"{model_dir}/checkpoints/1/commit_success.txt", procs[0], tmp_path / "killed_0.log")
+    for proc in procs:
+      os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    for proc in procs:
+      proc.kill()
+      proc.wait()
+  killed_at = validation.newest_checkpoint_step(model_dir)
+  assert killed_at is not None and killed_at < 4, (tmp_path / "killed_0.log").read_text()[-2000:]
+  assert storage.path(f"{model_dir}/.lock").exists()  # kill -9: process 0's lock object stays behind
+
+  # The same two commands again: process 0 takes over its dead predecessor's lock (this host, PID gone); both resume.
+  procs = two_processes("resumed")
+  for index, proc in enumerate(procs):
+    try:
+      proc.wait(timeout=400)
+    finally:
+      proc.kill()
+    log = (tmp_path / f"resumed_{index}.log").read_text()
+    assert proc.returncode == 0, log[-3000:]
+  assert "took over the stale lock" in (tmp_path / "resumed_0.log").read_text()
+  assert validation.newest_checkpoint_step(model_dir) == 4
+  steps = [json.loads(line)["step"] for line in storage.path(f"{model_dir}/metrics.jsonl").read_text().splitlines()]
+  assert steps == [1, 2, 3, 4]  # written by process 0 only; the steps after the kill's checkpoint once
+  assert [p.name for p in storage.path(f"{model_dir}/tensorboard").iterdir() if "tfevents" in p.name]
+  assert not storage.path(f"{model_dir}/.lock").exists()  # released at the end
+  kept = sorted(p.name for p in storage.path(f"{model_dir}/numpy_checkpoints").iterdir())
+  assert kept == ["checkpoint_3", "checkpoint_4"]  # pruned with the orbax checkpoints (keep 2)
+
+  # The same training in one process without a stop, into a local folder: the same prompt (to float rounding: two
+  # processes sum their gradients in another order).
+  _cli("train", *flags, f"--gin.MODEL_DIR='{tmp_path / 'one'}'")
+  expected = np.load(tmp_path / "one" / "numpy_checkpoints" / "checkpoint_4" / "prompt.npy")
+  np.testing.assert_allclose(_bucket_prompt(model_dir, 4), expected, rtol=1e-5, atol=1e-7)
+
+  # Evaluated from the bucket by a third process (this one).
+  _cli("eval", "--gin_file=runs/prompt_eval.gin", *trained_run.flags[:3], f"--gin.MODEL_DIR='{model_dir}'")
+  record = json.loads(storage.path(f"{model_dir}/eval_metrics.jsonl").read_text().splitlines()[-1])
+  assert record["step"] == 4 and np.isfinite(record["loss"])
+
+
+def test_one_writer_per_gs_folder_and_a_stale_lock_is_taken_over(gcs_emulator, caplog):
+  folder = f"{gcs_emulator}/locked"
+  first = locks.DirectoryLock(folder, what="training run")
+  assert isinstance(first, locks.BucketLock)
+  with first:
+    with pytest.raises(locks.FolderInUseError, match=rf"in use by PID {os.getpid()} on .*heartbeat 0 s ago"):
+      locks.DirectoryLock(folder).acquire()
+    first.check()  # still held: the heartbeat is renewed
+    # Another writer replaced the lock object: the holder stops at its next checkpoint instead of writing beside it.
+    storage.path(f"{folder}/.lock").write_text(json.dumps({"pid": 1, "host": "other", "heartbeat": time.time()}))
+    with pytest.raises(locks.FolderInUseError, match="taken by PID 1 on other"):
+      first.check()
+  # A writer on another host that stopped beating 20 minutes ago: taken over, with a message.
+  stale = {"pid": 4321, "host": "tpu-host-7", "what": "training run", "started": 0, "heartbeat": time.time() - 1200}
+  storage.path(f"{folder}/.lock").write_text(json.dumps(stale))
+  with locks.DirectoryLock(folder) as second:
+    assert second.stale_holder["pid"] == 4321
+    holder = json.loads(storage.path(f"{folder}/.lock").read_text())
+    assert holder["pid"] == os.getpid() and holder["token"]
+  assert "took over the stale lock of PID 4321 on tpu-host-7" in caplog.text and "20.0 minutes" in caplog.text
+  assert not storage.path(f"{folder}/.lock").exists()
+
+
+def test_a_missing_bucket_is_refused_before_the_backbone_loads(gcs_emulator, trained_run, _cli):
+  refused = _cli("train", *trained_run.flags, "--gin.MODEL_DIR='gs://no-such-bucket/run'", check=False)
+  assert refused.returncode == 1 and "Traceback" not in refused.stderr
+  assert "the bucket gs://no-such-bucket does not exist" in refused.stderr
+  assert "trainable parameters" not in refused.stderr  # nothing was built
+
+
+def test_a_bucket_that_stops_answering_ends_the_run_with_our_error_in_bounded_time(trained_run, tmp_path):
+  import gcs_emulator as emulator
+
+  server, url = emulator.start(tmp_path / "server.log")
+  model_dir = f"gs://{emulator.BUCKET}/run"
+  log = tmp_path / "train.log"
+  proc = _start_training([*trained_run.flags, "--gin.TRAIN_STEPS=1000"], model_dir, emulator.env(url), log)
+  try:
+    while "checkpoints/2/commit_success.txt" not in (tmp_path / "server.log").read_text():
+      assert proc.poll() is None, log.read_text()[-3000:]
+      time.sleep(0.05)
+    emulator.stop(server)
+    stopped = time.monotonic()
+    proc.wait(timeout=240)  # gcsfs's 6 tries (about 30 s of back-off) of the request that found it gone, then ours
+    seconds = time.monotonic() - stopped
+  finally:
+    proc.kill()
+    proc.wait()
+    emulator.stop(server)
+  out = log.read_text()
+  errors = [line for line in out.splitlines() if line.startswith("error:")]
+  assert proc.returncode == 1 and len(errors) == 1, out[-3000:]
+  assert "StorageError" in errors[0] and f"{model_dir} stopped answering" in errors[0]
+  assert "resumes from the last finished checkpoint" in errors[0]
+  assert "Traceback" not in out, out[-3000:]
+  assert seconds < 120
+
+
+def test_a_damaged_checkpoint_in_gs_is_moved_aside_and_the_previous_one_restored(gcs_emulator, trained_run, caplog):
+  from prompt_tuning import train
+
+  model_dir = f"{gcs_emulator}/damaged_run"
+  storage.upload_folder(trained_run.model_dir, model_dir)  # as `gcloud storage cp -r` would
+  for step in (3, 4):  # orbax marks each finished step so on gs:// (a local folder is renamed into place instead)
+    storage.path(f"{model_dir}/checkpoints/{step}/commit_success.txt").write_text("")
+  storage.path(f"{model_dir}/checkpoints/4/state/_METADATA").unlink()  # a copy cut short
+  build = train.build(trained_run.config(model_dir))
+  try:
+    assert build.start_step == 3
+    np.testing.assert_array_equal(np.asarray(build.state.trainable["prompt"]), _bucket_prompt(model_dir, 3))
+  finally:
+    build.checkpoints.close()
+  assert "skipped damaged training checkpoint 4" in caplog.text
+  assert storage.path(f"{model_dir}/damaged_checkpoints/4/meta/metadata").exists()  # moved aside, not deleted
+  assert not storage.path(f"{model_dir}/checkpoints/4").exists()
