@@ -59,13 +59,14 @@ def pytest_collection_modifyitems(config, items):
 def compilation_cache_in_tmp(tmp_path_factory):
   """JAX's persistent compilation cache under pytest's temporary folder (not the user's ~/.cache), for the commands
   the tests start and for the tests' own process: a program compiled once (the same tiny model's train and eval
-  steps, built again test after test) is read back instead of compiled again. PROMPT_TUNING_COMPILATION_CACHE=off
-  switches it off (set, it is respected)."""
+  steps, built again test after test) is read back instead of compiled again. One folder for both xdist workers
+  (what one compiled, the other reads). PROMPT_TUNING_COMPILATION_CACHE=off switches it off (set, it is
+  respected)."""
   from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
   from prompt_tuning import compilation_cache
 
-  os.environ.setdefault(compilation_cache.ENV, str(tmp_path_factory.mktemp("jax_compilation_cache")))
+  os.environ.setdefault(compilation_cache.ENV, str(_shared_tmp(tmp_path_factory) / "jax_compilation_cache"))
   if compilation_cache.enable() is not None:
     jax_cache.reset_cache()  # JAX decides once per process whether it uses the cache: decide again, with a folder
 

@@ -27,7 +27,6 @@ import method_runs  # noqa: E402
 from prompt_tuning import train  # noqa: E402
 
 SCRIPT = method_runs.TRAIN_SCRIPT
-METHODS = ("prompt", "prefix")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,10 @@ def _kill_after_checkpoint(model_dir: Path, proc: subprocess.Popen, step: int) -
   proc.wait()
 
 
-@pytest.mark.parametrize("method, bucket", [(m, False) for m in METHODS] + [("prompt", True)])
+# Prompt tuning is killed on the length-bucketed data path (batches of two shapes), prefix tuning on the plain one;
+# prompt tuning killed on the plain path is test_storage_gcs.py's two-process run (kill -9, resumed, compared with an
+# uninterrupted run), so a third case here would prove nothing new.
+@pytest.mark.parametrize("method, bucket", [("prompt", True), ("prefix", False)])
 def test_resume_after_kill_9_equals_an_uninterrupted_run(backbone, tmp_path, method, bucket):
   # The killed run is set for far more steps than it gets: it is killed once a checkpoint past the first exists
   # (before 16), and both the resumed and the uninterrupted run stop at 16 (a constant learning rate: the number
