@@ -192,7 +192,9 @@ def _add_low_rank(projected: Array, x: Array, adapters: Mapping[str, Array], pro
 # A decode step has one query per row, and its keys and values are the cache, [B, L, H, Dh]. A batched dot over
 # (row, head) wants them as [B, H, L, Dh] and XLA copies the whole cache transposed, every layer, every step (on
 # CPU most of a small model's step). A multiply and a sum over the cache as it is laid out read it once instead.
-# Products are taken in float32 (exact for float32 and bfloat16 inputs) and summed in float32, as the dots do.
+# Logits: float32 products (exact for float32 and bfloat16 inputs) summed in float32, as the float32-accumulating
+# dot does. Values: summed in float32 and cast to the values' dtype (the dot returns that dtype; float32 runs agree
+# to rounding, and the project's decoding tests and the HF parity hold).
 
 
 def _one_query_logits(query: Array, key: Array) -> Array:
