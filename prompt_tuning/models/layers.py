@@ -191,7 +191,8 @@ def _add_low_rank(projected: Array, x: Array, adapters: Mapping[str, Array], pro
 
 # A decode step has one query per row, and its keys and values are the cache, [B, L, H, Dh]. A batched dot over
 # (row, head) wants them as [B, H, L, Dh] and XLA copies the whole cache transposed, every layer, every step (on
-# CPU most of a small model's step). A multiply and a sum over the cache as it is laid out read it once instead.
+# CPU most of a small model's step). A multiply and a sum over the cache as it is laid out read it once instead;
+# a prefix's keys and values are attended to beside the cache, never joined to it (a copy of it per step).
 # Logits: float32 products (exact for float32 and bfloat16 inputs) summed in float32, as the float32-accumulating
 # dot does. Values: summed in float32 and cast to the values' dtype (the dot returns that dtype; float32 runs agree
 # to rounding, and the project's decoding tests and the HF parity hold).
@@ -204,9 +205,9 @@ def _one_query_logits(query: Array, key: Array) -> Array:
 
 
 def _one_query_values(weights: Array, value: Array) -> Array:
-  """The weighted values [B, 1, H, Dh] of `weights` [B, H, 1, L] over `value` [B, L, H, Dh], in value's dtype."""
+  """The weighted values, float32 [B, 1, H, Dh], of `weights` [B, H, 1, L] over `value` [B, L, H, Dh]."""
   w = jnp.transpose(weights[:, :, 0, :], (0, 2, 1))[..., None].astype(jnp.float32)  # [B, L, H, 1]
-  return jnp.sum(w * value.astype(jnp.float32), axis=1)[:, None].astype(value.dtype)
+  return jnp.sum(w * value.astype(jnp.float32), axis=1)[:, None]
 
 
 def _prefix_bias(prefix_mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
@@ -316,26 +317,29 @@ class Attention(nn.Module):
       key, value = self._project_kv(inputs_kv, adapters)
 
     bias = jnp.broadcast_to(bias, (batch, self.num_heads, query.shape[1], key.shape[1]))
+    keys, values = [key], [value]  # the prefix's (if any), then the sequence's (the cache's when decoding)
     if "prefix_key" in adapters:
-      prefix_key = _broadcast_prefix(adapters["prefix_key"], batch).astype(key.dtype)
-      prefix_value = _broadcast_prefix(adapters["prefix_value"], batch).astype(value.dtype)
-      key = jnp.concatenate([prefix_key, key], axis=1)
-      value = jnp.concatenate([prefix_value, value], axis=1)
+      keys.insert(0, _broadcast_prefix(adapters["prefix_key"], batch).astype(key.dtype))
+      values.insert(0, _broadcast_prefix(adapters["prefix_value"], batch).astype(value.dtype))
       # Prefix keys: visible unless masked, no position bias.
-      prefix_bias = _prefix_bias(adapters.get("prefix_mask"), bias.shape[:3] + (prefix_key.shape[1],), bias.dtype)
+      prefix_bias = _prefix_bias(adapters.get("prefix_mask"), bias.shape[:3] + (keys[0].shape[1],), bias.dtype)
       bias = jnp.concatenate([prefix_bias, bias], axis=-1)
 
     one_query = decode and query.shape[1] == 1
+    if not one_query:
+      key, value = jnp.concatenate(keys, axis=1), jnp.concatenate(values, axis=1)
     # float32 logits (T5X's float32_attention_logits), from `dtype` queries and keys: the softmax's input.
-    if one_query:
-      logits = _one_query_logits(query, key.astype(query.dtype))
+    if one_query:  # each part on its own: no copy of the cache joined to the prefix at every step
+      logits = jnp.concatenate([_one_query_logits(query, k.astype(query.dtype)) for k in keys], axis=-1)
     else:
       logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(query.dtype), preferred_element_type=jnp.float32)
     logits = logits + bias.astype(jnp.float32)  # [B, H, Tq, Tk]
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [B, H, Tq, Tk]
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
     if one_query:
-      out = _one_query_values(weights, value.astype(self.dtype))
+      splits = np.cumsum([v.shape[1] for v in values])[:-1].tolist()
+      parts = zip(jnp.split(weights, splits, axis=-1), values)
+      out = sum(_one_query_values(w, v.astype(self.dtype)) for w, v in parts).astype(self.dtype)
     else:
       out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
     out = out.reshape(out.shape[:2] + (joined,))
