@@ -21,6 +21,8 @@ latency. Ratios, all from this one run:
   demo model (its HF folder), one prompt at a time: requests grouped by
   prompt, each group generated in batches of up to 32 (the server's slots)
   with the group's longest max_decode_length; our server at concurrency 32.
+  Each repeat of ours is followed by HF's on the same requests (interleaved),
+  and the ratio is taken per repeat: median (min-max).
 
 Each cell is the median of `--repeats` runs (different request draws); the
 spread (min..max) is shown.
@@ -125,57 +127,71 @@ def _requests(args, concurrency: int) -> int:
   return max(args.requests, 2 * concurrency)
 
 
-def bench(url: str, ids: list[str], args, prompts: list[int], concurrency: list[int]) -> dict[tuple[int, int], dict]:
-  table = {}
+def bench(
+  url: str, ids: list[str], args, prompts: list[int], concurrency: list[int], hf: HfPeft | None = None
+) -> tuple[dict[tuple[int, int], dict], dict[tuple[int, int], dict], dict[tuple[int, int], list[float]]]:
+  """(ours, HF's, per-repeat ours / HF req/s): every cell's repeats; with `hf`, at concurrency 32, each repeat of
+  ours is followed by HF's on the same requests (interleaved, so load moving between them hits both alike)."""
+  table, hf_table, ratios = {}, {}, {}
   for distinct in prompts:
     for c in concurrency:
-      runs = [
-        asyncio.run(_load(url, _bodies(ids[:distinct], _requests(args, c), seed), c)) for seed in range(args.repeats)
-      ]
+      runs, hf_runs = [], []
+      for seed in range(args.repeats):
+        bodies = _bodies(ids[:distinct], _requests(args, c), seed)
+        runs.append(asyncio.run(_load(url, bodies, c)))
+        if hf is not None and c == 32:
+          hf_runs.append(hf.run(bodies))
+          print("hf", distinct, {k: round(v, 3) for k, v in hf_runs[-1].items()}, flush=True)
       table[(distinct, c)] = _median_cell(runs)
       print(distinct, c, {k: round(v, 3) for k, v in table[(distinct, c)].items()}, flush=True)
-  return table
+      if hf_runs:
+        hf_table[(distinct, c)] = _median_cell(hf_runs)
+        ratios[(distinct, c)] = [o["requests_per_s"] / h["requests_per_s"] for o, h in zip(runs, hf_runs)]
+  return table, hf_table, ratios
 
 
-def bench_hf(prompts: np.ndarray, ids: list[str], args, distinct: int, concurrency: int, folder: Path) -> dict:
-  """The same requests through HF generate + PEFT prompt tuning, one prompt at a time (module docstring)."""
-  import peft
-  import torch
-  import transformers
+class HfPeft:
+  """HF generate + PEFT prompt tuning on the same requests, one prompt at a time (module docstring)."""
 
-  from prompt_tuning import demo_data
-  from prompt_tuning.checkpoints.peft import export_peft_adapter
-  from prompt_tuning.data import get_vocabulary
+  def __init__(self, prompts: np.ndarray, ids: list[str], folder: Path):
+    import peft
+    import torch
+    import transformers
 
-  torch.set_num_threads(os.cpu_count() or 1)
-  vocabulary = get_vocabulary(str(demo_data.DEMO_VOCABULARY))
-  base = transformers.T5ForConditionalGeneration.from_pretrained(str(demo_data.DEMO_MODEL_DIR)).eval()
-  model = None
-  for prompt_id, prompt in zip(ids[:distinct], prompts):
-    path = export_peft_adapter(prompt, folder / f"peft_{prompt_id}")
-    if model is None:
-      model = peft.PeftModel.from_pretrained(base, str(path), adapter_name=prompt_id)
-    else:
-      model.load_adapter(str(path), adapter_name=prompt_id)
-  model.eval()
-  runs = []
-  for seed in range(args.repeats):
-    bodies = _bodies(ids[:distinct], _requests(args, concurrency), seed)
+    from prompt_tuning import demo_data
+    from prompt_tuning.checkpoints.peft import export_peft_adapter
+    from prompt_tuning.data import get_vocabulary
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    self.torch = torch
+    self.vocabulary = get_vocabulary(str(demo_data.DEMO_VOCABULARY))
+    base = transformers.T5ForConditionalGeneration.from_pretrained(str(demo_data.DEMO_MODEL_DIR)).eval()
+    model = None
+    for prompt_id, prompt in zip(ids, prompts):
+      path = export_peft_adapter(prompt, folder / f"peft_{prompt_id}")
+      if model is None:
+        model = peft.PeftModel.from_pretrained(base, str(path), adapter_name=prompt_id)
+      else:
+        model.load_adapter(str(path), adapter_name=prompt_id)
+    self.model = model.eval()
+
+  def run(self, bodies: list[dict]) -> dict[str, float]:
+    torch = self.torch
     groups: dict[str, list[dict]] = {}
     for body in bodies:
       groups.setdefault(body["prompt_id"], []).append(body)
     latencies, tokens = [], 0
     start = time.perf_counter()
     for prompt_id, group in groups.items():
-      model.set_adapter(prompt_id)
+      self.model.set_adapter(prompt_id)
       for first in range(0, len(group), HF_BATCH):
         chunk = group[first : first + HF_BATCH]
-        rows = [list(vocabulary.encode(b["text"])) + [1] for b in chunk]
+        rows = [list(self.vocabulary.encode(b["text"])) + [1] for b in chunk]
         x = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
         for i, row in enumerate(rows):
           x[i, : len(row)] = torch.tensor(row)
         with torch.no_grad():
-          out = model.generate(
+          out = self.model.generate(
             input_ids=x,
             attention_mask=(x > 0).long(),
             max_new_tokens=max(b["max_decode_length"] for b in chunk),
@@ -187,9 +203,7 @@ def bench_hf(prompts: np.ndarray, ids: list[str], args, distinct: int, concurren
           row = row[: body["max_decode_length"]]
           tokens += row.index(1) + 1 if 1 in row else len(row)
           latencies.append(done)
-    runs.append(_summary(len(bodies), tokens, time.perf_counter() - start, latencies))
-    print("hf", distinct, {k: round(v, 3) for k, v in runs[-1].items()}, flush=True)
-  return _median_cell(runs)
+    return _summary(len(bodies), tokens, time.perf_counter() - start, latencies)
 
 
 def _cell_row(label: str, cell: dict) -> str:
@@ -231,7 +245,10 @@ def main(argv=None) -> int:
     process, url = test_serve.start_server(library, Path(tmp) / "continuous.log")
     try:
       ids = _upload(url, prompts)
-      results["continuous"] = bench(url, ids, args, distinct, concurrency)
+      hf = HfPeft(prompts, ids, Path(tmp)) if args.hf_too and 32 in concurrency else None
+      results["continuous"], hf_table, hf_ratios = bench(url, ids, args, distinct, concurrency, hf)
+      if hf is not None:
+        results["hf_peft"] = hf_table
     finally:
       test_serve.stop_server(process)
     if args.whole_batch_too:
@@ -241,10 +258,6 @@ def main(argv=None) -> int:
         results["whole_batch"] = bench(url, ids, args, [1], [c for c in concurrency if c >= 32])
       finally:
         test_serve.stop_server(process)
-    if args.hf_too:
-      results["hf_peft"] = {
-        (p, 32): bench_hf(prompts, ids, args, p, 32, Path(tmp)) for p in distinct if 32 in concurrency
-      }
   cont = results["continuous"]
   print("\n| distinct prompts, concurrency | req/s median (min..max) | generated tokens/s (min..max) | p50 s | p99 s |")
   print("|---|---|---|---|---|")
@@ -260,8 +273,11 @@ def main(argv=None) -> int:
     ratios["concurrency 32 vs 1 (one prompt), req/s"] = _ratio(cont[(1, 32)], cont[(1, 1)])
   for (p, c), cell in results.get("whole_batch", {}).items():
     ratios[f"continuous vs whole-batch, concurrency {c}, tokens/s"] = _ratio(cont[(p, c)], cell, "tokens_per_s")
-  for (p, c), cell in results.get("hf_peft", {}).items():
-    ratios[f"ours (concurrency {c}) vs HF generate + PEFT, {p} prompts, req/s"] = _ratio(cont[(p, c)], cell)
+  for (p, c), per_repeat in hf_ratios.items():
+    s = sorted(per_repeat)
+    ratios[f"ours (concurrency {c}) vs HF generate + PEFT, {p} prompts, req/s"] = (
+      f"{statistics.median(s):.2f}x (per repeat, interleaved: {s[0]:.2f}-{s[-1]:.2f})"
+    )
   print()
   for name, value in ratios.items():
     print(f"- {name}: {value}")

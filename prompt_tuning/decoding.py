@@ -163,9 +163,22 @@ def _filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
   return logits
 
 
+def argmax(logits: Array) -> Array:
+  """int32 `jnp.argmax` over the last axis of finite logits (the first of equal maxima), as two plain reductions.
+
+  XLA:CPU runs argmax's (value, index) reduction about 2.5x slower than a max and a min (0.75 against 0.3 ms for
+  [32, 8192] here), a share of a small model's decode step. A row with NaN has no maximum equal to itself: it gets
+  the last id (`jnp.argmax` would give the NaN's; its token means nothing either way, and the server fails such rows).
+  """
+  vocab = logits.shape[-1]
+  best = jnp.max(logits, axis=-1, keepdims=True)
+  first = jnp.min(jnp.where(logits == best, jnp.arange(vocab, dtype=jnp.int32), vocab - 1), axis=-1)
+  return first.astype(jnp.int32)
+
+
 def _choose(settings: DecodingSettings, logits: Array, rng: Array) -> Array:
   if settings.method == "greedy" or settings.temperature == 0.0:
-    return jnp.argmax(logits, axis=-1)
+    return argmax(logits)
   logits = _filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
   return jax.random.categorical(rng, logits, axis=-1)
 

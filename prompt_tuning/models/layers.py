@@ -126,20 +126,21 @@ class RelativePositionBias(nn.Module):
 
   @nn.compact
   def __call__(self, query_positions: Array, key_positions: Array) -> Array:
-    """Returns the float32 bias [1, heads, q_len, k_len] for int positions [q_len], [k_len]."""
+    """The float32 bias [1, heads, q_len, k_len] for int positions [q_len], [k_len]; with per-row query positions
+    [B, q_len] (rows decoding at different positions), [B, heads, q_len, k_len]."""
     rel_embedding = self.param(
       "rel_embedding",
       nn.with_logical_partitioning(normal_init(1.0), ("heads", "relpos_buckets")),
       (self.num_heads, self.num_buckets),
       self.param_dtype,
     )
-    relative = key_positions[None, :] - query_positions[:, None]  # [q_len, k_len]
+    relative = key_positions[None, :] - query_positions[..., :, None]  # [q_len, k_len] or [B, q_len, k_len]
     buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
     # A one-hot contraction instead of a gather: cheap at these sizes and it
     # shards cleanly along heads.
-    one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)  # [q, k, buckets]
-    bias = jnp.einsum("hb,qkb->hqk", rel_embedding.astype(jnp.float32), one_hot)
-    return bias[None]  # [1, heads, q_len, k_len]
+    one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)  # [(B,) q, k, buckets]
+    bias = jnp.einsum("hb,...qkb->...hqk", rel_embedding.astype(jnp.float32), one_hot)
+    return bias if query_positions.ndim == 2 else bias[None]  # [B|1, heads, q_len, k_len]
 
 
 def _split_heads(x: Array, num_heads: int, head_dim: int) -> Array:
@@ -186,6 +187,27 @@ def _add_low_rank(projected: Array, x: Array, adapters: Mapping[str, Array], pro
   if delta is None:
     return projected
   return (projected.astype(jnp.float32) + delta).astype(projected.dtype)
+
+
+# A decode step has one query per row, and its keys and values are the cache, [B, L, H, Dh]. A batched dot over
+# (row, head) wants them as [B, H, L, Dh] and XLA copies the whole cache transposed, every layer, every step (on
+# CPU most of a small model's step). A multiply and a sum over the cache as it is laid out read it once instead;
+# a prefix's keys and values are attended to beside the cache, never joined to it (a copy of it per step).
+# Logits: float32 products (exact for float32 and bfloat16 inputs) summed in float32, as the float32-accumulating
+# dot does. Values: summed in float32 and cast to the values' dtype (the dot returns that dtype; float32 runs agree
+# to rounding, and the project's decoding tests and the HF parity hold).
+
+
+def _one_query_logits(query: Array, key: Array) -> Array:
+  """float32 logits [B, H, 1, L] of `query` [B, 1, H, Dh] against `key` [B, L, H, Dh]."""
+  products = query.astype(jnp.float32) * key.astype(jnp.float32)  # [B, L, H, Dh]
+  return jnp.transpose(jnp.sum(products, axis=-1), (0, 2, 1))[:, :, None, :]
+
+
+def _one_query_values(weights: Array, value: Array) -> Array:
+  """The weighted values, float32 [B, 1, H, Dh], of `weights` [B, H, 1, L] over `value` [B, L, H, Dh]."""
+  w = jnp.transpose(weights[:, :, 0, :], (0, 2, 1))[..., None].astype(jnp.float32)  # [B, L, H, 1]
+  return jnp.sum(w * value.astype(jnp.float32), axis=1)[:, None]
 
 
 def _prefix_bias(prefix_mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
@@ -270,7 +292,8 @@ class Attention(nn.Module):
         folded in): query += (inputs_q @ A) @ B, value likewise (before the
         cache, as IA3's scales).
       decode: read (and for self-attention, update) the cache.
-      cache_index: in decode mode, the cache slot of the first new position.
+      cache_index: in decode mode, the cache slot of the first new position: an int scalar, or int [B], each
+        row's own (`write_cache`).
       init_cache_length: create the cache instead of attending: empty slots of
         this length for self-attention (`inputs_kv` is the query input), or the
         projected `inputs_kv` for cross-attention (pass 0; the adapters that
@@ -294,21 +317,31 @@ class Attention(nn.Module):
       key, value = self._project_kv(inputs_kv, adapters)
 
     bias = jnp.broadcast_to(bias, (batch, self.num_heads, query.shape[1], key.shape[1]))
+    keys, values = [key], [value]  # the prefix's (if any), then the sequence's (the cache's when decoding)
     if "prefix_key" in adapters:
-      prefix_key = _broadcast_prefix(adapters["prefix_key"], batch).astype(key.dtype)
-      prefix_value = _broadcast_prefix(adapters["prefix_value"], batch).astype(value.dtype)
-      key = jnp.concatenate([prefix_key, key], axis=1)
-      value = jnp.concatenate([prefix_value, value], axis=1)
+      keys.insert(0, _broadcast_prefix(adapters["prefix_key"], batch).astype(key.dtype))
+      values.insert(0, _broadcast_prefix(adapters["prefix_value"], batch).astype(value.dtype))
       # Prefix keys: visible unless masked, no position bias.
-      prefix_bias = _prefix_bias(adapters.get("prefix_mask"), bias.shape[:3] + (prefix_key.shape[1],), bias.dtype)
+      prefix_bias = _prefix_bias(adapters.get("prefix_mask"), bias.shape[:3] + (keys[0].shape[1],), bias.dtype)
       bias = jnp.concatenate([prefix_bias, bias], axis=-1)
 
+    one_query = decode and query.shape[1] == 1
+    if not one_query:
+      key, value = jnp.concatenate(keys, axis=1), jnp.concatenate(values, axis=1)
     # float32 logits (T5X's float32_attention_logits), from `dtype` queries and keys: the softmax's input.
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(query.dtype), preferred_element_type=jnp.float32)
+    if one_query:  # each part on its own: no copy of the cache joined to the prefix at every step
+      logits = jnp.concatenate([_one_query_logits(query, k.astype(query.dtype)) for k in keys], axis=-1)
+    else:
+      logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(query.dtype), preferred_element_type=jnp.float32)
     logits = logits + bias.astype(jnp.float32)  # [B, H, Tq, Tk]
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [B, H, Tq, Tk]
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
+    if one_query:
+      splits = np.cumsum([v.shape[1] for v in values])[:-1].tolist()
+      parts = zip(jnp.split(weights, splits, axis=-1), values)
+      out = sum(_one_query_values(w, v.astype(self.dtype)) for w, v in parts).astype(self.dtype)
+    else:
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
     out = out.reshape(out.shape[:2] + (joined,))
     return self._project("out", out, self.emb_dim, ("joined_kv", "embed"), joined)
 
@@ -329,12 +362,23 @@ class Attention(nn.Module):
     cached_value = self.variable("cache", "cached_value")
     if inputs_kv is not None:  # self-attention: write the new positions at cache_index.
       new_key, new_value = self._project_kv(inputs_kv, adapters)
-      start = (0, cache_index, 0, 0)
-      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, new_key.astype(cached_key.value.dtype), start)
-      cached_value.value = jax.lax.dynamic_update_slice(
-        cached_value.value, new_value.astype(cached_value.value.dtype), start
-      )
+      cached_key.value = write_cache(cached_key.value, new_key, cache_index)
+      cached_value.value = write_cache(cached_value.value, new_value, cache_index)
     return cached_key.value, cached_value.value
+
+
+def write_cache(cache: Array, new: Array, index: Array) -> Array:
+  """Writes `new` [B, T, ...] into `cache` [B, L, ...] at slots index .. index + T - 1 along axis 1.
+
+  `index` is an int scalar (every row at one slot) or int [B], each row at its own slot (rows of a continuous
+  batch decoding at different positions, in one batched step); a row's slots beyond L are dropped.
+  """
+  new = new.astype(cache.dtype)
+  index = jnp.asarray(index)
+  if index.ndim == 0:
+    return jax.lax.dynamic_update_slice(cache, new, (0, index) + (0,) * (cache.ndim - 2))
+  slots = index[:, None] + jnp.arange(new.shape[1])  # [B, T]
+  return cache.at[jnp.arange(cache.shape[0])[:, None], slots].set(new, mode="drop")
 
 
 _ACTIVATION_FNS = {

@@ -333,7 +333,8 @@ class Decoder(nn.Module):
         padding); Tk is the cache length when decoding.
       adapters: optional tuned vectors (the "decoder" site is read here).
       deterministic: disable dropout.
-      decode_position: when decoding, the position (cache slot) of x's first token.
+      decode_position: when decoding, the position (cache slot) of x's first token: int scalar, or int [B]
+        (each row its own).
       init_cache_length: create the decode cache with this many slots instead
         of computing (the cross-attention cache is filled from `encoded`).
       output_positions: optional int [B, K]: compute logits at these positions
@@ -350,8 +351,8 @@ class Decoder(nn.Module):
     if init_cache_length is not None:
       self_bias = None
     else:
-      start = decode_position if decode else 0
-      query_positions = start + jnp.arange(x.shape[1])
+      start = jnp.asarray(decode_position if decode else 0)
+      query_positions = start[..., None] + jnp.arange(x.shape[1])  # [T], or [B, T] with per-row positions
       self_bias = _mask_bias(self_visible) + self.relpos_bias(query_positions, jnp.arange(self_visible.shape[-1]))
     x = self.dropout(x, deterministic=deterministic)
     for i, layer in enumerate(self.layers):
@@ -487,8 +488,11 @@ class T5(nn.Module):
         positions decode_position .. decode_position + Td - 1.
       decoder_target_tokens: int [B, Td]; positions with 0 are padding.
       adapters: optional tuned vectors by site (the "decoder" site is used here).
-      decode_position: int scalar; decode through the cache made by
-        `init_cache` (call with `mutable=["cache"]`).
+      decode_position: decode through the cache made by `init_cache` (call
+        with `mutable=["cache"]`): an int scalar, every row at that position,
+        or int [B], each row at its own (a continuous batch: rows that joined
+        at different steps, each writing its own cache slot and seeing only
+        its own earlier positions).
       enable_dropout: training mode.
       decoder_key_mask: when decoding, optional bool [B, cache length]: the
         cache slots that hold real keys (from `prefill`).
@@ -514,8 +518,9 @@ class T5(nn.Module):
     length = tokens.shape[1]
     if decode_position is not None:
       cache_length = self._cache_length()
-      query_positions = decode_position + jnp.arange(length)
-      visible = (jnp.arange(cache_length)[None, :] <= query_positions[:, None])[None, None]  # [1, 1, Td, L]
+      query_positions = jnp.asarray(decode_position)[..., None] + jnp.arange(length)  # [Td], or [B, Td]
+      visible = jnp.arange(cache_length) <= query_positions[..., None]  # [Td, L], or [B, Td, L]
+      visible = visible[:, None] if visible.ndim == 3 else visible[None, None]  # [B|1, 1, Td, L]
       if decoder_key_mask is not None:
         visible = visible & jnp.asarray(decoder_key_mask, bool)[:, None, None, :]  # [B, 1, Td, L]
     else:

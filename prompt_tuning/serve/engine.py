@@ -11,12 +11,11 @@ Continuous batching for an encoder-decoder: a fixed number of slots; each
 slot holds its own cross-attention keys/values (computed once, at
 admission), its own tuned vectors, its own decode position and sampling
 settings. `step` runs the frozen decoder on one position of every slot at
-once: `jax.vmap` over slots of a one-row `T5.decode`, so each row reads and
-writes its own cache at its own position with today's model API (a scalar
-`decode_position` per call) -- no model change. A finished slot takes the
-next request at the next step; stale self-attention keys of its previous
-request sit beyond the new request's position and are never visible (causal
-mask).
+once: one batched `T5.decode` with a per-row `decode_position` [slots], so
+each row writes its own self-attention cache slot and attends with its own
+causal mask and relative positions. A finished slot takes the next request
+at the next step; stale self-attention keys of its previous request sit
+beyond the new request's position and are never visible (causal mask).
 
 Every row carries the same padded adapters tree: every leaf that any served
 method may feed (`Method.leaves`), padded to the server's widths from the site
@@ -288,26 +287,20 @@ class Engine:
       state[name] = put(state[name], settings[name])
     return state
 
-  def _row_logits(self, params, cache, token, position, encoder_mask, decoder):
-    """One slot's next-token logits [vocab] and updated cache (vmapped over slots; its adapters shared by its row)."""
-    one = jax.tree.map(lambda x: x[None], cache)
+  def _step_fn(self, params, state, rng):
+    # One batched decoder step over every slot, each at its own position (T5.decode's per-row decode_position:
+    # each row writes its own self-attention cache slot and sees only its own earlier positions).
     logits, mutated = self.model.apply(
-      {"params": params, "cache": one},
+      {"params": params, "cache": state["cache"]},
       None,
-      encoder_mask[None],
-      token.reshape(1, 1),
-      adapters={"decoder": decoder},
-      decode_position=position,
+      state["encoder_mask"],
+      state["token"][:, None],
+      adapters=self._model_kwargs({"decoder": state["decoder"]})["adapters"],
+      decode_position=state["position"],
       method=T5.decode,
       mutable=["cache"],
     )
-    return logits[0, -1], jax.tree.map(lambda x: x[0], mutated["cache"])
-
-  def _step_fn(self, params, state, rng):
-    row = jax.vmap(self._row_logits, in_axes=(None, 0, 0, 0, 0, 0))
-    logits, cache = row(
-      params, state["cache"], state["token"], state["position"], state["encoder_mask"], state["decoder"]
-    )
+    logits, cache = logits[:, -1], mutated["cache"]
     logits = logits.astype(jnp.float32)  # [S, vocab]
     chosen = choose_tokens(logits, state["temperature"], state["top_k"], state["top_p"], rng)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits), chosen[:, None], axis=-1)[:, 0]
@@ -438,7 +431,7 @@ def choose_tokens(logits: Array, temperature: Array, top_k: Array, top_p: Array,
   logits [S, V] float32; temperature, top_p float [S]; top_k int [S]. Returns int32 [S].
   """
   vocab = logits.shape[-1]
-  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  greedy = decoding.argmax(logits)
 
   def sample() -> Array:
     scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
