@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gin
 import numpy as np
 import pytest
 import tiny_task
@@ -28,11 +27,7 @@ from prompt_tuning.data import errors as data_errors
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _config(model_dir, **overrides) -> train.RunConfig:

@@ -24,11 +24,7 @@ from prompt_tuning.data import vocab  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _main(capsys, *argv) -> tuple[int, str, str]:

@@ -420,11 +420,3 @@ def _mixed_lines(rows: RowPrompts, examples, cfg, vocabulary, labels, label_targ
         line["scores"] = {label: float(s) for label, s in zip(labels, scores[i])}
       lines.append(line)
   return lines
-
-
-if __name__ == "__main__":  # python -m prompt_tuning.infer --gin_file=... (same as `prompt-tuning infer`)
-  import sys
-
-  from prompt_tuning import cli
-
-  raise SystemExit(cli.main(["infer", *sys.argv[1:]]))

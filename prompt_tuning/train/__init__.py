@@ -234,11 +234,3 @@ def _evaluate(run: Run, cfg: RunConfig, schedule: dict[str, Any], reporter, step
   )
   reporter.scalars(step, metrics, prefix="eval/")
   return {f"eval/{k}": v for k, v in metrics.items()}
-
-
-if __name__ == "__main__":  # python -m prompt_tuning.train --gin_file=... (same as `prompt-tuning train`)
-  import sys
-
-  from prompt_tuning import cli
-
-  raise SystemExit(cli.main(["train", *sys.argv[1:]], program=True))

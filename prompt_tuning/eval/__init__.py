@@ -173,11 +173,3 @@ def evaluate(
     with open(Path(cfg.model_dir) / "eval_metrics.jsonl", "a") as f:
       f.write(json.dumps({"step": run.step, "split": split, **metrics}) + "\n")
   return metrics
-
-
-if __name__ == "__main__":  # python -m prompt_tuning.eval --gin_file=... (same as `prompt-tuning eval`)
-  import sys
-
-  from prompt_tuning import cli
-
-  raise SystemExit(cli.main(["eval", *sys.argv[1:]]))
