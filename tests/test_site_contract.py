@@ -177,3 +177,14 @@ def test_every_method_declares_its_interface():
       assert callable(getattr(cls, method))
   assert PerLayerPrompt(2, _uniform).input_length == 2 and IA3().input_length == 0
   assert "test_shifted_mlp" in _REGISTRY
+
+
+def test_the_prompt_methods_refuse_more_vectors_than_the_server_takes(tiny_decoder_model):
+  """Prompt and per-layer prompt uploads longer than the server's prompt width name the setting to raise."""
+  config, _ = tiny_decoder_model
+  limits = pt.methods.Limits(config, {"prompt": 2}, ("prompt",), {"prompt": "--gin.EngineShapes.max_prompt_length"})
+  with pytest.raises(PromptError, match=r"'prompt' has 3 vectors; .* at most 2 .*EngineShapes.max_prompt_length"):
+    Prompt.check({"prompt": np.ones((3, config.emb_dim), np.float32)}, limits)
+  layers = np.ones((config.num_encoder_layers, 3, config.emb_dim), np.float32)
+  with pytest.raises(PromptError, match="per-layer prompt has 3 vectors; .* at most 2"):
+    PerLayerPrompt.check({"replace": layers}, limits)

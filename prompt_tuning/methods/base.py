@@ -67,6 +67,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from prompt_tuning.checkpoints.param_tree import unflatten
 from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.adapters import Adapters
 from prompt_tuning.models.configs import T5Config
@@ -111,6 +112,18 @@ class Limits:
 
   def setting(self, axis: str) -> str:
     return self.settings.get(axis, f"the server's width of the {axis} axis")
+
+  def check_prompt_length(self, what: str, length: int) -> None:
+    """Refuses `length` prompt vectors beyond the width the server (or infer) takes.
+
+    Raises:
+      PromptError: naming `what` ("'prompt'", "the per-layer prompt") and the setting to raise.
+    """
+    if length > self.width("prompt"):
+      raise PromptError(
+        f"{what} has {length} vectors; this server takes at most {self.width('prompt')} "
+        f"(restart it with a larger {self.setting('prompt')})."
+      )
 
 
 class Method(abc.ABC):
@@ -215,14 +228,7 @@ class Method(abc.ABC):
   @classmethod
   def entry(cls, arrays: Mapping[str, np.ndarray]) -> Adapters:
     """The adapters pytree of checked arrays (one row, no batch axis); the default reads names as site paths."""
-    tree: Adapters = {}
-    for name, array in arrays.items():
-      node = tree
-      *parents, leaf = name.split("/")
-      for part in parents:
-        node = node.setdefault(part, {})
-      node[leaf] = array
-    return tree
+    return unflatten(arrays)
 
   @classmethod
   def read_export(cls, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> dict[str, np.ndarray]:
@@ -297,14 +303,7 @@ def read_tree(name: str, folder: str | Path) -> PyTree:
   flat = load_file(str(path))
   if set(flat) == {name}:
     return flat[name]
-  tree: dict = {}
-  for key, array in flat.items():
-    node = tree
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = array
-  return tree
+  return unflatten({key.replace(".", "/"): array for key, array in flat.items()})
 
 
 def trainable_pattern(methods: tuple[Method, ...]) -> str:

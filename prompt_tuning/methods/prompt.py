@@ -85,11 +85,7 @@ class Prompt(Method):
         f"'prompt' has width {shape[1]} but this backbone embeds tokens in {limits.emb_dim} dimensions; the prompt "
         "was trained for another model size."
       )
-    if shape[0] > limits.width("prompt"):
-      raise PromptError(
-        f"'prompt' has {shape[0]} vectors; this server takes at most {limits.width('prompt')} "
-        f"(restart it with a larger {limits.setting('prompt')})."
-      )
+    limits.check_prompt_length("'prompt'", shape[0])
 
   @classmethod
   def entry(cls, arrays: Mapping[str, np.ndarray]) -> Adapters:
