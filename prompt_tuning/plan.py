@@ -589,9 +589,11 @@ def planning_run_config() -> run.RunConfig:
 
   from prompt_tuning import prompts
 
-  overrides = {"model_dir": PLACEHOLDER, "mixture_or_task_name": PLACEHOLDER, "prompt_init": prompts.random_uniform()}
+  overrides = {"model_dir": PLACEHOLDER, "mixture_or_task_name": PLACEHOLDER}
   if isinstance(gin.query_parameter("%INITIAL_CHECKPOINT_PATH"), gin.config.ConfigurableReference):
     overrides["initial_checkpoint_path"] = PLACEHOLDER
+  with gin.unlock_config():  # the prompt's shape, not its initializer (bound, as `configured_run_config` binds)
+    gin.bind_parameter("prompt_tuning.methods.Prompt.initializer", prompts.random_uniform())
   return run.configured_run_config(overrides)
 
 

@@ -60,8 +60,8 @@ class RunConfig:
     mixture_or_task_name: a registered seqio task or mixture (MIXTURE_OR_TASK_NAME).
     task_feature_lengths: {"inputs": ..., "targets": ...} (TASK_FEATURE_LENGTHS).
     model_size: named size for T5X checkpoints, which carry no config.
-    prompt_length: soft prompt positions (0: none; Lester et al.: 100); with `prompt_init`, the `Prompt` method.
-    prompt_init: prompt initializer (`prompt_tuning.prompts`).
+    prompt: the soft prompt, `prompt_tuning.methods.Prompt` (gin: `@prompt_tuning.methods.Prompt()`, its length
+      PROMPT_LENGTH and its initializer PROMPT_INIT); None, or a length of 0: no prompt.
     prefix: `prompt_tuning.methods.PrefixSettings` for prefix tuning (`prompt_tuning.methods.prefix`).
     methods: further tuning methods (`prompt_tuning.methods`: IA3, PerLayerPrompt, ...), e.g.
       `RunConfig.methods = [@prompt_tuning.methods.IA3()]`.
@@ -112,8 +112,7 @@ class RunConfig:
   mixture_or_task_name: str = gin.REQUIRED
   task_feature_lengths: Mapping[str, int] = gin.REQUIRED
   model_size: str | None = None
-  prompt_length: int = 100
-  prompt_init: Any = None
+  prompt: Prompt | None = None
   prefix: Any = None
   methods: tuple[Method, ...] = ()
   prompt_combination: str = combine.DEFAULT_MODE
@@ -157,10 +156,11 @@ class RunConfig:
 
 
 def tuning_methods(cfg: RunConfig) -> tuple[Method, ...]:
-  """The methods a run's settings name: the prompt (PROMPT_LENGTH > 0), the prefix, then `methods`."""
+  """The methods a run's settings name: the prompt (when it has vectors: PROMPT_LENGTH > 0), the prefix, then
+  `methods`."""
   methods: list[Method] = []
-  if cfg.prompt_length:
-    methods.append(Prompt(cfg.prompt_length, cfg.prompt_init))
+  if cfg.prompt is not None and cfg.prompt.used:
+    methods.append(cfg.prompt)
   if cfg.prefix is not None:
     methods.append(cfg.prefix)
   return tuple(methods) + tuple(cfg.methods)
@@ -639,8 +639,7 @@ SERVING_PLACEHOLDERS = {
   "model_dir": "(not read by serving)",
   "mixture_or_task_name": "(not read by serving)",
   "task_feature_lengths": {"inputs": 1, "targets": 1},
-  "prompt_length": 0,
-  "prompt_init": None,
+  "prompt": None,
   "prefix": None,
   "methods": (),
   "trainable_pattern": None,

@@ -147,7 +147,7 @@ def check_run_config(cfg: Any) -> None:
   if not isinstance(cfg.mixture_or_task_name, str):
     raise SettingError(f"MIXTURE_OR_TASK_NAME must be a task name (a string), got {cfg.mixture_or_task_name!r}.")
   _check_feature_lengths(cfg.task_feature_lengths)
-  require_int(cfg.prompt_length, "PROMPT_LENGTH", minimum=0)
+  prompt_length = cfg.prompt.length if cfg.prompt is not None else 0  # an integer >= 0: the Prompt checked it
   require_int(cfg.batch_size, "BATCH_SIZE", minimum=1)
   require_int(cfg.num_microbatches, "NUM_MICROBATCHES", minimum=1)
   if cfg.batch_size % cfg.num_microbatches:
@@ -155,7 +155,7 @@ def check_run_config(cfg: Any) -> None:
       f"BATCH_SIZE {cfg.batch_size} must be a multiple of NUM_MICROBATCHES {cfg.num_microbatches}: change either."
     )
   require_int(cfg.max_encoder_length, "MAX_ENCODER_LENGTH", minimum=1, optional=True)
-  _check_encoder_length(cfg.prompt_length, cfg.task_feature_lengths, cfg.max_encoder_length)
+  _check_encoder_length(prompt_length, cfg.task_feature_lengths, cfg.max_encoder_length)
   _require_rate(cfg.dropout_rate, "DROPOUT_RATE")
   check_precision(cfg.activation_dtype, cfg.frozen_dtype, cfg.remat_policy)
   if not _is_number(cfg.z_loss) or cfg.z_loss < 0:
@@ -400,9 +400,10 @@ def check_has_checkpoint(cfg: Any, latest_step: int | None, command: str) -> Non
   """
   if latest_step is not None:
     return
-  from_file = getattr(cfg.prompt_init, "__qualname__", "").startswith("from_file")
+  prompt = cfg.prompt if cfg.prompt is not None and cfg.prompt.used else None
+  from_file = prompt is not None and getattr(prompt.initializer, "__qualname__", "").startswith("from_file")
   other_methods = cfg.prefix is not None or bool(getattr(cfg, "methods", ()))
-  if (cfg.prompt_length == 0 or from_file) and not other_methods:
+  if (prompt is None or from_file) and not other_methods:
     return
   raise SettingError(
     f"{command}: {cfg.model_dir} holds no training checkpoint, so there is no trained prompt to {command}. Train "

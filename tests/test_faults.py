@@ -23,6 +23,7 @@ import tiny_task
 from prompt_tuning import cli, gin_config, locks, prompts, train, validation
 from prompt_tuning.checkpoints import CheckpointError, huggingface
 from prompt_tuning.data import errors as data_errors
+from prompt_tuning.methods import Prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,7 +240,7 @@ def test_training_resumes_past_a_damaged_checkpoint(trained, tmp_path):
 def test_a_mismatched_checkpoint_is_refused_not_skipped(trained, tmp_path):
   model_dir = trained.copy(tmp_path)
   with pytest.raises(CheckpointError, match=r"trainable.prompt: saved \(3, 4\), this run \(5, 4\)"):
-    train.build(_config(model_dir, prompt_length=5))
+    train.build(_config(model_dir, prompt=Prompt(5, tiny_task.uniform_init)))
   assert sorted(p.name for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "4"]
   assert not (model_dir / "damaged_checkpoints").exists()
 

@@ -206,16 +206,23 @@ def load_prompt_file(path: str | os.PathLike, embed_dim: int | None = None) -> n
 
 
 def save_prompt_file(path: str | os.PathLike, prompt) -> Path:
-  """Writes `prompt` [P, D] as float32 `.npy` or `.safetensors` (tensor "prompt"), by the path's extension."""
+  """Writes `prompt` [P, D] as float32 `.npy` or `.safetensors` (tensor "prompt"), by the path's extension, whole or
+  not at all (a temporary file renamed into place: a reader never sees half a prompt)."""
+  from safetensors.numpy import save
+
   path = Path(path)
   prompt = check_prompt_array(np.asarray(prompt))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if path.suffix == ".npy":
-    np.save(path, prompt)
-  elif path.suffix == ".safetensors":
-    from safetensors.numpy import save_file
-
-    save_file({"prompt": prompt}, str(path))
-  else:
+  if path.suffix not in (".npy", ".safetensors"):
     raise ValueError(f"cannot write a prompt to {path}: use a .npy or .safetensors path.")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  try:
+    with open(tmp, "wb") as f:
+      if path.suffix == ".npy":
+        np.save(f, prompt)
+      else:
+        f.write(save({"prompt": prompt}))
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
   return path

@@ -50,14 +50,15 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.D
     "frozen_dtype": run.backbone_dtype,
     "backbone_path": str(cfg.initial_checkpoint_path),
     "trainable_pattern": pattern_of(cfg, run.tuned),
-    "prompt_length": cfg.prompt_length,
+    "methods": [method.name for method in run.tuned.methods],
     **training_checkpoints.data_settings(cfg),
   }
   trainable = run.state.trainable if isinstance(run.state.trainable, dict) else {}
-  run.checkpoints.save(step, run.state, meta, prompt=trainable.get("prompt"))
+  run.checkpoints.save(step, run.state, meta)
   if jax.process_index() == 0:
     with run.checkpoints.writing(step):
-      export_methods(run.tuned, trainable, Path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}")
+      export_methods(run.tuned, trainable, run.checkpoints.export_folder(step))
+      run.checkpoints.prune_exports()
 
 
 def _check_lock(lock: locks.DirectoryLock | None) -> None:
@@ -80,11 +81,12 @@ def _check_lock(lock: locks.DirectoryLock | None) -> None:
 
 
 def export_methods(tuned: TunedT5, trainable: dict[str, Any], folder: Path) -> list[Path]:
-  """Writes every trained method except the prompt (the checkpoint writes prompt.npy) in its folded, portable
-  form: the prefix without its MLP (Li & Liang, section 4.3), IA3 scales, per-layer prompts; npy and safetensors."""
+  """Writes every trained method's export (`Method.export`), its folded, portable form: the prompt's prompt.npy (the
+  reference implementation's format), the prefix without its MLP (Li & Liang, section 4.3), IA3 scales, per-layer
+  prompts, LoRA deltas; npy and safetensors."""
   written = []
   for method in tuned.methods:
-    if method.name in trainable and method.name != "prompt":
+    if method.name in trainable:
       written += method.export(jax.device_get(trainable[method.name]), tuned.config, folder)
   return written
 
