@@ -4,7 +4,7 @@ Every function here is pure (it reads, never changes, what it is given) and rais
 `ValueError`) naming the gin macro or binding to fix:
 
 - `check_run_config(cfg)`: the shared settings of train, eval and infer (types, ranges, consistency);
-- `check_packing(pack, decoder_only)`: PACK against the backbone (known once its config is read);
+- `check_packing(pack, takes_packed_rows)`: PACK against the backbone (known once its config is read);
 - `check_schedule(...)`: train's steps, checkpoint, evaluation and logging periods;
 - `check_resume(...)`: a MODEL_DIR's newest checkpoint against TRAIN_STEPS;
 - `check_task(name)`: the task or mixture exists and its SentencePiece model is readable;
@@ -199,9 +199,10 @@ def check_length_buckets(bucket_by_length: bool, process_count: int) -> None:
     )
 
 
-def check_packing(pack: bool, decoder_only: bool) -> None:
-  """Refuses PACK = True for a decoder-only backbone (packing is for encoder-decoder examples)."""
-  if pack and decoder_only:
+def check_packing(pack: bool, takes_packed_rows: bool) -> None:
+  """Refuses PACK = True for a backbone that takes no packed rows (`T5Config.takes_packed_rows`: a decoder-only one;
+  packing is for encoder-decoder examples)."""
+  if pack and not takes_packed_rows:
     raise SettingError(
       "PACK = True packs encoder-decoder examples; this backbone is decoder-only (a prefix LM), which trains on "
       "unpacked rows: set PACK = False."

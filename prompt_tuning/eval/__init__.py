@@ -33,7 +33,7 @@ def teacher_forced(
     task_name,
     lengths,
     local,
-    decoder_only=run.tuned.config.decoder_only,
+    config=run.tuned.config,
     split=split,
     max_batches=max_batches,
     pack=pack,
@@ -130,7 +130,7 @@ def seqio_metrics(
 
   evaluator = seqio.Evaluator(
     mixture_or_task_name=task_name,
-    feature_converter=inputs.feature_converter(run.tuned.config.decoder_only),
+    feature_converter=inputs.model_converter(run.tuned.config),
     eval_split=split,
     sequence_length=dict(lengths),
     num_examples=num_examples,

@@ -140,7 +140,7 @@ class Method(abc.ABC):
       if known is not None and not issubclass(cls, known):
         raise ValueError(f"two tuning methods are named {name!r} ({known.__qualname__}, {cls.__qualname__}).")
       _REGISTRY[name] = cls
-      sites.paths(cls.leaves, decoder_only=False)  # every leaf it names is declared
+      sites.paths(cls.leaves)  # every leaf it names is declared
 
   # -- a configured method ------------------------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class Method(abc.ABC):
       PromptError: saying which array is wrong and what was expected.
     """
     config = limits.config
-    expected = {"/".join(p): p for p in sites.paths(cls.leaves, config.decoder_only)}
+    expected = {"/".join(p): p for p in sites.paths(cls.leaves, config)}
     unknown = sorted(set(arrays) - set(expected))
     if unknown or not arrays:
       raise PromptError(f"method {cls.name!r} takes arrays named any of {sorted(expected)}; got {unknown or 'none'}.")

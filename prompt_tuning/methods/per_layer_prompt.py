@@ -73,7 +73,7 @@ class PerLayerPrompt(Method):
     return self.length
 
   def init(self, rng: jax.Array, backbone: PyTree, config: T5Config) -> PyTree:
-    if config.decoder_only:
+    if "encoder" not in config.stacks:
       raise ValueError(
         "per-layer prompts rewrite the encoder's prompt positions, and a decoder-only model has no encoder; "
         "use prompt or prefix tuning for it."

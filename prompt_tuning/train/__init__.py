@@ -169,7 +169,7 @@ def _train(cfg: RunConfig, schedule: dict[str, Any], lock: locks.DirectoryLock |
     cfg.mixture_or_task_name,
     cfg.task_feature_lengths,
     local_batch,
-    decoder_only=run.tuned.config.decoder_only,
+    config=run.tuned.config,
     seed=cfg.seed,
     start_batch=run.data_position,
     shuffle=cfg.shuffle,
