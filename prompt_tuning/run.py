@@ -24,7 +24,6 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import gin
@@ -537,14 +536,6 @@ class Inference:
   source: str
 
 
-def _latest_export(model_dir: Path, step: int | None) -> Path | None:
-  """MODEL_DIR/numpy_checkpoints/checkpoint_<step> of the latest training checkpoint, if it was exported."""
-  if step is None:
-    return None
-  folder = model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
-  return folder if folder.is_dir() else None
-
-
 def _restore_trainable(cfg: RunConfig, tuned: TunedT5, backbone, pattern: str):
   """(trainable tree, step, source): the methods' exports of the latest checkpoint, folded (the MLP of a prefix is
   not read: Li & Liang, section 4.3), else fresh initialization (e.g. a prompt from a file); None when the trainable
@@ -553,8 +544,9 @@ def _restore_trainable(cfg: RunConfig, tuned: TunedT5, backbone, pattern: str):
     return None
   checkpoints = TrainingCheckpoints(cfg.model_dir, keep=None, async_save=False)
   step = checkpoints.latest_step()
+  folder = checkpoints.export_folder(step) if step is not None else None  # the methods' exports of that step
+  folder = folder if folder is not None and folder.is_dir() else None
   checkpoints.close()
-  folder = _latest_export(Path(cfg.model_dir), step)
   if step is not None and folder is None:
     return None  # a checkpoint without exports (an older run): the training build restores it
   if folder is not None:
