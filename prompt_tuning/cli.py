@@ -39,7 +39,7 @@ import sys
 
 from prompt_tuning import command as command_runner
 from prompt_tuning import startup
-from prompt_tuning.command import GIN_COMMANDS, error_message, unwrap  # noqa: F401  (cli.error_message: what it prints)
+from prompt_tuning.command import GIN_COMMANDS, error_message  # noqa: F401  (cli.error_message: what it prints)
 
 USAGE = __doc__
 

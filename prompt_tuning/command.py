@@ -124,7 +124,7 @@ def run(command: str, argv: list[str], dispatch: Callable[[str, list[str]], int]
 
 def main(command: str, argv: list[str] | None = None) -> int:
   """`python -m prompt_tuning.<command> ARGV`, a whole process: the same as `prompt-tuning <command> ARGV`."""
-  code = run(command, list(sys.argv[1:] if argv is None else argv), lambda c, a: run_gin_command(c, a))
+  code = run(command, list(sys.argv[1:] if argv is None else argv), run_gin_command)
   if code != 0:
     end_process(code)
   return code
