@@ -7,9 +7,10 @@
 of the task (`prompt_tuning.data.get_class_labels`) and predicts the most
 likely one, which never produces an invalid label.
 
-Several prompts through the one frozen backbone (`infer.prompt_files`, any
-format `prompt_tuning.checkpoints.prompt_files` reads: .npy, .safetensors, a
-reference run's extensionless `encoder.prompt.prompt.prompt`, a MODEL_DIR):
+Several prompts through the one frozen backbone (`infer.prompt_files`, read and
+checked by the prompt method, `Prompt.read_file` and `Prompt.check`, as the
+server reads a library file: .npy, .safetensors, a reference run's extensionless
+`encoder.prompt.prompt.prompt`, a MODEL_DIR, a numpy_checkpoints step folder):
 
 - a list plus `infer.ensemble`: prompt ensembling (Lester et al. 2021, section
   7): each input under each of the K prompts in one batch (row b * K + k),
