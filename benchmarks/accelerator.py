@@ -103,6 +103,7 @@ DRY_RUN = Scale(
 def run_config(size: str, method: str, scale: Scale, batch: int, **settings):
   """The RunConfig of a benchmark run: prompt tuning ("prompt") or model tuning ("model") of `size`."""
   from prompt_tuning import prompts
+  from prompt_tuning.methods import Prompt
   from prompt_tuning.run import RunConfig
 
   return RunConfig(
@@ -111,8 +112,7 @@ def run_config(size: str, method: str, scale: Scale, batch: int, **settings):
     mixture_or_task_name="(benchmark: random tokens)",
     task_feature_lengths={"inputs": scale.inputs, "targets": scale.targets},
     model_size=size,
-    prompt_length=scale.prompt if method == "prompt" else 0,
-    prompt_init=prompts.random_uniform(),
+    prompt=Prompt(scale.prompt, prompts.random_uniform()) if method == "prompt" else None,
     trainable_pattern=None if method == "prompt" else ".*",
     batch_size=batch,
     dropout_rate=0.1,
@@ -158,7 +158,7 @@ class TrainRunner:
     self.devices = len(mesh.devices.flat)
     self.parameters = optim.count(self.frozen) + optim.count(self.state.trainable)
     backbone = optim.count(self.frozen.get("t5", {})) + optim.count(self.state.trainable.get("t5", {}))
-    encoder = (cfg.prompt_length + cfg.task_feature_lengths["inputs"]) if not config.decoder_only else 0
+    encoder = (tuned.prompt_length + cfg.task_feature_lengths["inputs"]) if not config.decoder_only else 0
     decoder = cfg.task_feature_lengths["targets"]
     trains_backbone = backbone > optim.count(self.frozen.get("t5", {}))
     self.tokens = cfg.batch_size * (encoder + decoder)  # every position of the batch, prompt included

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import partitioning, plan, prompts, run
+from prompt_tuning.methods import Prompt
 
 
 def rss():
@@ -37,8 +38,7 @@ def main(size, batch, inputs, targets, prompt_length, max_layers, remat="none"):
     mixture_or_task_name="x",
     task_feature_lengths={"inputs": inputs, "targets": targets},
     model_size=size,
-    prompt_length=prompt_length,
-    prompt_init=prompts.random_uniform(),
+    prompt=Prompt(prompt_length, prompts.random_uniform()),
     batch_size=batch,
     remat_policy=remat,
     dropout_rate=0.1,

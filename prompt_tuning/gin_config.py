@@ -31,7 +31,7 @@ import os
 import re
 import sys
 import tokenize
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import gin
@@ -148,7 +148,8 @@ def configure_gin(
     try:
       parsed = gin.parse_config_file(path)
     except (SyntaxError, ValueError, KeyError, ImportError, OSError) as e:
-      raise ValueError(f"gin file {path}: {_gin_error(e)}\nFix the file (bindings are NAME = VALUE).") from e
+      hint = _renamed_parameter(e, gin_registry.RENAMED_PARAMETERS) or "Fix the file (bindings are NAME = VALUE)."
+      raise ValueError(f"gin file {path}: {_gin_error(e)}\n{hint}") from e
     except Exception as e:  # noqa: BLE001 - tokenize.TokenError and the like name no file
       raise ValueError(f"gin file {path}: {type(e).__name__}: {e}\nFix the file's syntax.") from e
     _log_includes(parsed.includes, search_paths)
@@ -157,6 +158,11 @@ def configure_gin(
       gin.parse_config(binding)
     except (SyntaxError, tokenize.TokenError) as e:
       raise ValueError(_binding_error(binding, e)) from None
+    except ValueError as e:
+      hint = _renamed_parameter(e, gin_registry.RENAMED_PARAMETERS)
+      if hint is None:
+        raise
+      raise ValueError(f"the binding --gin.{binding}: {_gin_error(e)}\n{hint}") from None
   move_deprecated_bindings(gin_registry.DEPRECATED_CONFIGURABLES)
   user_set = changed_macros(snapshot)
   if check_unread:
@@ -263,6 +269,13 @@ def _binding_error(binding: str, error: SyntaxError | tokenize.TokenError) -> st
   else:
     text += " Write a Python literal (quoted string, number, list, dict), a %MACRO or an @configurable reference."
   return text
+
+
+def _renamed_parameter(error: Exception, renamed: Mapping[str, str]) -> str | None:
+  """What sets a parameter gin refused as unknown now (`gin_registry.RENAMED_PARAMETERS`), else None."""
+  match = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", str(error))
+  new = match and renamed.get(f"{match.group(1).rpartition('.')[2]}.{match.group(2)}")
+  return f"{match.group(1)}.{match.group(2)} is now {new}: set that instead." if new else None
 
 
 def _gin_error(error: Exception) -> str:

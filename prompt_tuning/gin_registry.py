@@ -46,6 +46,14 @@ def model_size(family: str = gin.REQUIRED, size: str = gin.REQUIRED) -> str:
   return name
 
 
+# Old parameter of a configurable -> what sets it now: gin refuses the old binding when it parses it (the parameter
+# is gone), and `gin_config.configure_gin` adds the new name to that error.
+RENAMED_PARAMETERS = {
+  "RunConfig.prompt_length": "PROMPT_LENGTH (prompt_tuning.methods.Prompt.length; 0: no prompt)",
+  "RunConfig.prompt_init": "PROMPT_INIT (prompt_tuning.methods.Prompt.initializer, e.g. PROMPT_INIT = "
+  "@prompt_tuning.prompts.sampled_vocab())",
+}
+
 # Old configurable name -> new (`gin_config.move_deprecated_bindings` moves bindings on the old name to the new).
 DEPRECATED_CONFIGURABLES = {"prompt_tuning.prefixes.PrefixSettings": "prompt_tuning.methods.PrefixSettings"}
 

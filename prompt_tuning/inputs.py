@@ -28,6 +28,8 @@ import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from prompt_tuning.models.configs import T5Config  # noqa: E402
+
 # TensorFlow only feeds data here; keep it off accelerators and from
 # competing with XLA for every core.
 tf.config.set_visible_devices([], "GPU")
@@ -95,6 +97,16 @@ def feature_converter(decoder_only: bool, pack: bool = False, prompt_slots: int 
   if pack:
     return PromptPackingConverter(prompt_slots)
   return seqio.EncDecFeatureConverter(pack=False)
+
+
+def _decoder_only(config: T5Config | None) -> bool:
+  # The feature converters are where the two architectures' inputs truly differ: the one place here that asks.
+  return config is not None and config.decoder_only
+
+
+def model_converter(config: T5Config, pack: bool = False, prompt_slots: int = 0) -> seqio.FeatureConverter:
+  """`feature_converter` for the backbone `config` describes."""
+  return feature_converter(_decoder_only(config), pack, prompt_slots)
 
 
 def _model_features(decoder_only: bool, pack: bool = False) -> tuple[str, ...]:
@@ -202,7 +214,7 @@ def train_batches(
   feature_lengths: Mapping[str, int],
   local_batch_size: int,
   *,
-  decoder_only: bool = False,
+  config: T5Config | None = None,
   seed: int = 0,
   start_batch: int = 0,
   shuffle: bool = True,
@@ -217,10 +229,14 @@ def train_batches(
   examples of similar length, each padded to its power-of-two bucket (`length_bucketed`); with `task_count`, each
   batch's "task_ids" (module docstring).
 
+  `config`: the backbone's, whose architecture picks the feature converter (`model_converter`); None: an
+  encoder-decoder model's.
+
   The order is a pure function of `seed` and the number of processes, so a
   resumed run that skips `start_batch` batches sees exactly what an
   uninterrupted run would have seen next.
   """
+  decoder_only = _decoder_only(config)
   ds = _converted(
     task_name, feature_lengths, decoder_only, split, pack, prompt_slots, shuffle=shuffle, num_epochs=None, seed=seed
   )
@@ -241,7 +257,7 @@ def eval_batches(
   feature_lengths: Mapping[str, int],
   local_batch_size: int,
   *,
-  decoder_only: bool = False,
+  config: T5Config | None = None,
   split: str = "validation",
   max_batches: int | None = None,
   pack: bool = False,
@@ -249,7 +265,8 @@ def eval_batches(
   task_count: int = 0,
 ) -> list[dict[str, np.ndarray]]:
   """One pass over an evaluation split, the last batch padded with empty rows (zero loss weight); packed rows when
-  `pack` (as `train_batches`), with "task_ids" when `task_count` (as `train_batches`)."""
+  `pack` (as `train_batches`, `config` too), with "task_ids" when `task_count` (as `train_batches`)."""
+  decoder_only = _decoder_only(config)
   ds = _converted(task_name, feature_lengths, decoder_only, split, pack, prompt_slots, shuffle=False, num_epochs=1)
   batches = []
   for batch in ds.batch(local_batch_size).as_numpy_iterator():

@@ -196,11 +196,9 @@ def tree_device_bytes(tree, shardings) -> int:
 
 
 def sequence_lengths(cfg: run.RunConfig, tuned) -> tuple[int, int]:
-  """(encoder positions with the prompt, decoder positions); decoder-only: (0, prompt + inputs + targets)."""
+  """(encoder positions with the prompt, decoder positions), as the model reads them (`T5Config.sequence_lengths`)."""
   lengths = cfg.task_feature_lengths
-  if tuned.config.decoder_only:
-    return 0, tuned.prompt_length + int(lengths.get("inputs", 0)) + int(lengths["targets"])
-  return tuned.prompt_length + int(lengths["inputs"]), int(lengths["targets"])
+  return tuned.config.sequence_lengths(int(lengths.get("inputs", 0)), int(lengths["targets"]), tuned.prompt_length)
 
 
 def abstract_batch(cfg: run.RunConfig, decoder_only: bool, rows: int, sharding=None) -> dict[str, Any]:
@@ -318,7 +316,7 @@ class Planner:
 
   def _variant(self, depth: tuple[int, int], **changes):
     enc, dec = depth
-    if not self.config.decoder_only:
+    if "encoder" in self.config.stacks:
       changes["num_encoder_layers"] = enc
     return self.config.replace(num_decoder_layers=dec, **changes)
 
@@ -593,9 +591,11 @@ def planning_run_config() -> run.RunConfig:
 
   from prompt_tuning import prompts
 
-  overrides = {"model_dir": PLACEHOLDER, "mixture_or_task_name": PLACEHOLDER, "prompt_init": prompts.random_uniform()}
+  overrides = {"model_dir": PLACEHOLDER, "mixture_or_task_name": PLACEHOLDER}
   if isinstance(gin.query_parameter("%INITIAL_CHECKPOINT_PATH"), gin.config.ConfigurableReference):
     overrides["initial_checkpoint_path"] = PLACEHOLDER
+  with gin.unlock_config():  # the prompt's shape, not its initializer (bound, as `configured_run_config` binds)
+    gin.bind_parameter("prompt_tuning.methods.Prompt.initializer", prompts.random_uniform())
   return run.configured_run_config(overrides)
 
 

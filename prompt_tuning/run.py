@@ -24,7 +24,6 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import gin
@@ -60,8 +59,8 @@ class RunConfig:
     mixture_or_task_name: a registered seqio task or mixture (MIXTURE_OR_TASK_NAME).
     task_feature_lengths: {"inputs": ..., "targets": ...} (TASK_FEATURE_LENGTHS).
     model_size: named size for T5X checkpoints, which carry no config.
-    prompt_length: soft prompt positions (0: none; Lester et al.: 100); with `prompt_init`, the `Prompt` method.
-    prompt_init: prompt initializer (`prompt_tuning.prompts`).
+    prompt: the soft prompt, `prompt_tuning.methods.Prompt` (gin: `@prompt_tuning.methods.Prompt()`, its length
+      PROMPT_LENGTH and its initializer PROMPT_INIT); None, or a length of 0: no prompt.
     prefix: `prompt_tuning.methods.PrefixSettings` for prefix tuning (`prompt_tuning.methods.prefix`).
     methods: further tuning methods (`prompt_tuning.methods`: IA3, PerLayerPrompt, ...), e.g.
       `RunConfig.methods = [@prompt_tuning.methods.IA3()]`.
@@ -112,8 +111,7 @@ class RunConfig:
   mixture_or_task_name: str = gin.REQUIRED
   task_feature_lengths: Mapping[str, int] = gin.REQUIRED
   model_size: str | None = None
-  prompt_length: int = 100
-  prompt_init: Any = None
+  prompt: Prompt | None = None
   prefix: Any = None
   methods: tuple[Method, ...] = ()
   prompt_combination: str = combine.DEFAULT_MODE
@@ -157,10 +155,11 @@ class RunConfig:
 
 
 def tuning_methods(cfg: RunConfig) -> tuple[Method, ...]:
-  """The methods a run's settings name: the prompt (PROMPT_LENGTH > 0), the prefix, then `methods`."""
+  """The methods a run's settings name: the prompt (when it has vectors: PROMPT_LENGTH > 0), the prefix, then
+  `methods`."""
   methods: list[Method] = []
-  if cfg.prompt_length:
-    methods.append(Prompt(cfg.prompt_length, cfg.prompt_init))
+  if cfg.prompt is not None and cfg.prompt.used:
+    methods.append(cfg.prompt)
   if cfg.prefix is not None:
     methods.append(cfg.prefix)
   return tuple(methods) + tuple(cfg.methods)
@@ -454,7 +453,7 @@ def build_training(cfg: RunConfig) -> Run:
   mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
   task = validation.check_task(cfg.mixture_or_task_name)
   config, backbone_host = load_backbone(cfg)
-  validation.check_packing(cfg.pack, config.decoder_only)
+  validation.check_packing(cfg.pack, config.takes_packed_rows)
   validation.check_vocabulary(task, config.vocab_size)
   tuned = tuned_model(cfg, config)
   pattern = pattern_of(cfg, tuned)
@@ -537,14 +536,6 @@ class Inference:
   source: str
 
 
-def _latest_export(model_dir: Path, step: int | None) -> Path | None:
-  """MODEL_DIR/numpy_checkpoints/checkpoint_<step> of the latest training checkpoint, if it was exported."""
-  if step is None or "://" in str(model_dir):
-    return None  # gs://: the methods read their exports from local files; the training checkpoint holds the same
-  folder = model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
-  return folder if folder.is_dir() else None
-
-
 def _restore_trainable(cfg: RunConfig, tuned: TunedT5, backbone, pattern: str):
   """(trainable tree, step, source): the methods' exports of the latest checkpoint, folded (the MLP of a prefix is
   not read: Li & Liang, section 4.3), else fresh initialization (e.g. a prompt from a file); None when the trainable
@@ -553,8 +544,11 @@ def _restore_trainable(cfg: RunConfig, tuned: TunedT5, backbone, pattern: str):
     return None
   checkpoints = TrainingCheckpoints(cfg.model_dir, keep=None, async_save=False)
   step = checkpoints.latest_step()
+  # The methods' exports of that step; on gs:// none (the methods read their exports from local files), so the
+  # training checkpoint, which holds the same vectors, is read.
+  folder = checkpoints.export_folder(step) if step is not None and "://" not in str(cfg.model_dir) else None
+  folder = folder if folder is not None and folder.is_dir() else None
   checkpoints.close()
-  folder = _latest_export(cfg.model_dir if "://" in str(cfg.model_dir) else Path(cfg.model_dir), step)
   if step is not None and folder is None:
     return None  # a checkpoint without exports (an older run): the training build restores it
   if folder is not None:
@@ -598,7 +592,7 @@ def build_inference(cfg: RunConfig) -> Inference:
   mesh = partitioning.make_mesh(cfg.num_partitions, cfg.mesh_shape)
   task = validation.check_task(cfg.mixture_or_task_name)
   config, backbone_host = load_backbone(cfg)
-  validation.check_packing(cfg.pack, config.decoder_only)
+  validation.check_packing(cfg.pack, config.takes_packed_rows)
   validation.check_vocabulary(task, config.vocab_size)
   tuned = tuned_model(cfg, config)
   tuned.check_lengths(cfg.task_feature_lengths, cfg.max_encoder_length)
@@ -639,8 +633,7 @@ SERVING_PLACEHOLDERS = {
   "model_dir": "(not read by serving)",
   "mixture_or_task_name": "(not read by serving)",
   "task_feature_lengths": {"inputs": 1, "targets": 1},
-  "prompt_length": 0,
-  "prompt_init": None,
+  "prompt": None,
   "prefix": None,
   "methods": (),
   "trainable_pattern": None,

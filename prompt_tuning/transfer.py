@@ -251,11 +251,12 @@ def format_ranking(rows: list[dict[str, Any]], refused: list[tuple[str, str]], m
 
 def _check_length(source: Source, cfg) -> None:
   length = source.prompt.shape[0]
-  if not cfg.prompt_length:
+  run_length = cfg.prompt.length if cfg.prompt is not None else 0
+  if not run_length:
     raise TransferError("transfer starts a prompt, and this run has none (PROMPT_LENGTH is 0): set PROMPT_LENGTH.")
-  if cfg.prompt_length != length:
+  if run_length != length:
     raise TransferError(
-      f"source {source.name!r} ({source.path}) has {length} prompt vectors but PROMPT_LENGTH is {cfg.prompt_length}: "
+      f"source {source.name!r} ({source.path}) has {length} prompt vectors but PROMPT_LENGTH is {run_length}: "
       f"set PROMPT_LENGTH = {length} to start from it."
     )
 
@@ -266,7 +267,8 @@ def train_from(source: Source, cfg) -> dict[str, Any]:
 
   _check_length(source, cfg)
   log.info("transfer: the prompt starts from %s (%s), in place of PROMPT_INIT", source.name, source.path)
-  return train.train(run_config=dataclasses.replace(cfg, prompt_init=prompts.from_file(source.path)))
+  prompt = dataclasses.replace(cfg.prompt, initializer=prompts.from_file(source.path))
+  return train.train(run_config=dataclasses.replace(cfg, prompt=prompt))
 
 
 @gin.configurable(module="prompt_tuning.transfer")
@@ -375,7 +377,7 @@ def ranked_source(
   pick: str = "best",
   metric: str = METRICS[0],
 ):
-  """A prompt initializer (`RunConfig.prompt_init`) for sweeps: SPoT's retrieval over runs beside this one.
+  """A prompt initializer (PROMPT_INIT) for sweeps: SPoT's retrieval over runs beside this one.
 
   `sources` maps each task of the sweep to the run (a folder beside MODEL_DIR: SWEEP_DIR/runs/NAME) whose prompt is
   its task embedding. When the run's prompt is initialized, the prompt of this run's `task` (the target) is compared

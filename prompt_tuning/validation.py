@@ -4,7 +4,7 @@ Every function here is pure (it reads, never changes, what it is given) and rais
 `ValueError`) naming the gin macro or binding to fix:
 
 - `check_run_config(cfg)`: the shared settings of train, eval and infer (types, ranges, consistency);
-- `check_packing(pack, decoder_only)`: PACK against the backbone (known once its config is read);
+- `check_packing(pack, takes_packed_rows)`: PACK against the backbone (known once its config is read);
 - `check_schedule(...)`: train's steps, checkpoint, evaluation and logging periods;
 - `check_resume(...)`: a MODEL_DIR's newest checkpoint against TRAIN_STEPS;
 - `check_task(name)`: the task or mixture exists and its SentencePiece model is readable;
@@ -146,7 +146,7 @@ def check_run_config(cfg: Any) -> None:
   if not isinstance(cfg.mixture_or_task_name, str):
     raise SettingError(f"MIXTURE_OR_TASK_NAME must be a task name (a string), got {cfg.mixture_or_task_name!r}.")
   _check_feature_lengths(cfg.task_feature_lengths)
-  require_int(cfg.prompt_length, "PROMPT_LENGTH", minimum=0)
+  prompt_length = cfg.prompt.length if cfg.prompt is not None else 0  # an integer >= 0: the Prompt checked it
   require_int(cfg.batch_size, "BATCH_SIZE", minimum=1)
   require_int(cfg.num_microbatches, "NUM_MICROBATCHES", minimum=1)
   if cfg.batch_size % cfg.num_microbatches:
@@ -154,7 +154,7 @@ def check_run_config(cfg: Any) -> None:
       f"BATCH_SIZE {cfg.batch_size} must be a multiple of NUM_MICROBATCHES {cfg.num_microbatches}: change either."
     )
   require_int(cfg.max_encoder_length, "MAX_ENCODER_LENGTH", minimum=1, optional=True)
-  _check_encoder_length(cfg.prompt_length, cfg.task_feature_lengths, cfg.max_encoder_length)
+  _check_encoder_length(prompt_length, cfg.task_feature_lengths, cfg.max_encoder_length)
   _require_rate(cfg.dropout_rate, "DROPOUT_RATE")
   check_precision(cfg.activation_dtype, cfg.frozen_dtype, cfg.remat_policy)
   if not _is_number(cfg.z_loss) or cfg.z_loss < 0:
@@ -198,9 +198,10 @@ def check_length_buckets(bucket_by_length: bool, process_count: int) -> None:
     )
 
 
-def check_packing(pack: bool, decoder_only: bool) -> None:
-  """Refuses PACK = True for a decoder-only backbone (packing is for encoder-decoder examples)."""
-  if pack and decoder_only:
+def check_packing(pack: bool, takes_packed_rows: bool) -> None:
+  """Refuses PACK = True for a backbone that takes no packed rows (`T5Config.takes_packed_rows`: a decoder-only one;
+  packing is for encoder-decoder examples)."""
+  if pack and not takes_packed_rows:
     raise SettingError(
       "PACK = True packs encoder-decoder examples; this backbone is decoder-only (a prefix LM), which trains on "
       "unpacked rows: set PACK = False."
@@ -414,9 +415,10 @@ def check_has_checkpoint(cfg: Any, latest_step: int | None, command: str) -> Non
   """
   if latest_step is not None:
     return
-  from_file = getattr(cfg.prompt_init, "__qualname__", "").startswith("from_file")
+  prompt = cfg.prompt if cfg.prompt is not None and cfg.prompt.used else None
+  from_file = prompt is not None and getattr(prompt.initializer, "__qualname__", "").startswith("from_file")
   other_methods = cfg.prefix is not None or bool(getattr(cfg, "methods", ()))
-  if (cfg.prompt_length == 0 or from_file) and not other_methods:
+  if (prompt is None or from_file) and not other_methods:
     return
   raise SettingError(
     f"{command}: {cfg.model_dir} holds no training checkpoint, so there is no trained prompt to {command}. Train "

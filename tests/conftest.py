@@ -55,6 +55,17 @@ def pytest_collection_modifyitems(config, items):
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
 
 
+@pytest.fixture
+def clean_gin():
+  """An empty gin configuration before and after the test (for files whose tests configure gin themselves:
+  `pytestmark = pytest.mark.usefixtures("clean_gin")`)."""
+  import gin
+
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache_in_tmp(tmp_path_factory):
   """JAX's persistent compilation cache under pytest's temporary folder (not the user's ~/.cache), for the commands

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 import prompt_tuning as pt  # noqa: E402
 from prompt_tuning import optim, train  # noqa: E402
-from prompt_tuning.methods import IA3, LoRA, PerLayerPrompt, PrefixSettings  # noqa: E402
+from prompt_tuning.methods import IA3, LoRA, PerLayerPrompt, PrefixSettings, Prompt  # noqa: E402
 from prompt_tuning.prompts import random_uniform  # noqa: E402
 
 DEMO_VOCAB = Path(pt.__file__).resolve().parent / "assets" / "demo_t5" / "sentencepiece.model"
@@ -82,13 +82,13 @@ def register_task(varied_lengths: bool = False) -> str:
 def method_settings(method: str) -> dict:
   """The RunConfig settings that select one tuning method."""
   settings = {
-    "prompt": {"prompt_length": 3, "prompt_init": uniform_init},
-    "prefix": {"prompt_length": 0, "prefix": PrefixSettings(2, mlp_width=8)},
-    "per_layer_prompt": {"prompt_length": 0, "methods": (PerLayerPrompt(3, uniform_init),)},
-    "ia3": {"prompt_length": 0, "methods": (IA3(),)},
+    "prompt": {"prompt": Prompt(3, uniform_init)},
+    "prefix": {"prompt": None, "prefix": PrefixSettings(2, mlp_width=8)},
+    "per_layer_prompt": {"prompt": None, "methods": (PerLayerPrompt(3, uniform_init),)},
+    "ia3": {"prompt": None, "methods": (IA3(),)},
     # Not in METHODS (tests/test_lora.py trains it); tests/scripts/method_train.py takes it.
-    "lora": {"prompt_length": 0, "methods": (LoRA(rank=4),), "optimizer": optim.adafactor(learning_rate=1e-2)},
-    "model": {"prompt_length": 0, "trainable_pattern": ".*", "optimizer": optim.adafactor(learning_rate=1e-2)},
+    "lora": {"prompt": None, "methods": (LoRA(rank=4),), "optimizer": optim.adafactor(learning_rate=1e-2)},
+    "model": {"prompt": None, "trainable_pattern": ".*", "optimizer": optim.adafactor(learning_rate=1e-2)},
   }
   return settings[method]
 

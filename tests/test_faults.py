@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gin
 import numpy as np
 import pytest
 import simulated_devices
@@ -25,15 +24,12 @@ import tiny_task
 from prompt_tuning import cli, gin_config, locks, prompts, train, validation
 from prompt_tuning.checkpoints import CheckpointError, huggingface
 from prompt_tuning.data import errors as data_errors
+from prompt_tuning.methods import Prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _config(model_dir, **overrides) -> train.RunConfig:
@@ -245,7 +241,7 @@ def test_training_resumes_past_a_damaged_checkpoint(trained, tmp_path):
 def test_a_mismatched_checkpoint_is_refused_not_skipped(trained, tmp_path):
   model_dir = trained.copy(tmp_path)
   with pytest.raises(CheckpointError, match=r"trainable.prompt: saved \(3, 4\), this run \(5, 4\)"):
-    train.build(_config(model_dir, prompt_length=5))
+    train.build(_config(model_dir, prompt=Prompt(5, tiny_task.uniform_init)))
   assert sorted(p.name for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "4"]
   assert not (model_dir / "damaged_checkpoints").exists()
 

@@ -17,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import gin
 import numpy as np
 import pytest
 import tiny_task
@@ -42,11 +41,7 @@ def _copy(trained, tmp_path) -> Path:
   return target
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.fixture(scope="module")

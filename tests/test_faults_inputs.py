@@ -20,15 +20,12 @@ from prompt_tuning import cli, gin_config, infer, optim, train, validation  # no
 from prompt_tuning import eval as evaluation  # noqa: E402
 from prompt_tuning.checkpoints import CheckpointError  # noqa: E402
 from prompt_tuning.data import vocab  # noqa: E402
+from prompt_tuning.methods import Prompt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _main(capsys, *argv) -> tuple[int, str, str]:
@@ -44,7 +41,7 @@ def _config(tmp_path, **overrides) -> train.RunConfig:
     model_size="t5_1_1_tiny",
     mixture_or_task_name=tiny_task.register(),
     task_feature_lengths={"inputs": 16, "targets": 4},
-    prompt_length=3,
+    prompt=Prompt(3, tiny_task.uniform_init),
     batch_size=8,
   )
   return train.RunConfig(**(settings | overrides))
@@ -184,3 +181,20 @@ def test_an_include_is_not_shadowed_by_the_current_folder(tmp_path, monkeypatch,
   (tmp_path / "extra.gin").write_text("TRAIN_STEPS = 5\n")
   gin_config.configure_gin(["demo/prompt.gin", "./mine.gin"], ["MODEL_DIR = '/tmp/unused'"], [])
   assert gin.query_parameter("%TRAIN_STEPS") == 5
+
+
+def test_infer_prompt_files_are_read_and_checked_by_the_prompt_method(tmp_path):
+  """infer.prompt_files go through Prompt.read_file and Prompt.check, as an upload to the server does: a prompt for
+  another model size is refused naming its entry; an old run's numpy_checkpoints step folder is read."""
+  from prompt_tuning.methods import PromptError
+  from prompt_tuning.models.configs import get_config
+
+  config = get_config("t5_1_1_tiny")
+  np.save(tmp_path / "wide.npy", np.ones((3, config.emb_dim + 1), np.float32))
+  step = tmp_path / "old_run" / "numpy_checkpoints" / "checkpoint_4"
+  step.mkdir(parents=True)
+  np.save(step / "prompt.npy", np.full((2, config.emb_dim), 0.5, np.float32))
+  with pytest.raises(PromptError, match=r"infer.prompt_files\['wide'\]: 'prompt' has width 5 but this backbone .* 4"):
+    infer._load_prompts({"wide": str(tmp_path / "wide.npy")}, config)
+  loaded = infer._load_prompts([str(tmp_path / "old_run")], config)
+  np.testing.assert_array_equal(loaded["0"], np.full((2, config.emb_dim), 0.5, np.float32))

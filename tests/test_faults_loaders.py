@@ -13,7 +13,6 @@ import shutil
 import struct
 from pathlib import Path
 
-import gin
 import numpy as np
 import pytest
 import tiny_task
@@ -31,11 +30,7 @@ def _config(model_dir, **overrides) -> train.RunConfig:
   return tiny_task.run_config(model_dir, **{"keep_checkpoints": 2, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _into_cache(repo: Path, files: dict[str, Path], revision: str = "rev") -> Path:

@@ -115,7 +115,7 @@ def test_operative_configs_are_equal_across_orders(reference_dir):
     gin.clear_config()
     gin_config.configure_gin(files, bindings, [], check_unread=True)
     cfg = train.RunConfig()
-    assert cfg.model_size == "t5_1_1_tiny" and cfg.prompt_length == 3
+    assert cfg.model_size == "t5_1_1_tiny" and cfg.prompt.length == 3
     assert gin.get_bindings("train")["num_train_steps"] is not None
     assert reference.train_steps() == 30000  # called as train's binding calls it: with its gin bindings
     operative.append(gin.operative_config_str())
@@ -346,3 +346,26 @@ def test_every_ready_to_run_config_sets_only_macros_it_reads(name):
   text = (ROOT / "configs" / name).read_text()
   flags = [f for f in [*REQUIRED, "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 2}"] if f.split(" =")[0] not in text]
   gin_config.configure_gin([name], flags, [], check_unread=True)
+
+
+def test_the_prompt_is_a_method_set_by_the_reference_macros_and_its_old_names_say_the_new(tmp_path):
+  """PROMPT_LENGTH and PROMPT_INIT (the reference's macros) set the Prompt method's own settings; PROMPT_LENGTH = 0
+  leaves it out; RunConfig.prompt_length / prompt_init (this project's names before the prompt became a method) are
+  refused naming what sets them now."""
+  from prompt_tuning import methods, prompts, run
+
+  bindings = [*REQUIRED, "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}", "PROMPT_LENGTH = 5"]
+  init = "PROMPT_INIT = @prompt_tuning.prompts.sampled_vocab()"
+  gin_config.configure_gin([*TINY, "runs/prompt_finetune.gin"], [*bindings, init], [], check_unread=True)
+  cfg = run.RunConfig()
+  assert type(cfg.prompt) is methods.Prompt and cfg.prompt.length == 5
+  assert cfg.prompt.initializer.__qualname__.startswith(prompts.sampled_vocab.__qualname__)
+  gin.clear_config()
+  gin_config.configure_gin(["test/prompt_tiny.gin", "prompts/prefix.gin"], REQUIRED, [], check_unread=True)
+  assert [m.name for m in run.tuning_methods(run.RunConfig())] == ["prefix"]
+  old = tmp_path / "old.gin"
+  old.write_text("include 'test/prompt_tiny.gin'\nRunConfig.prompt_init = @prompt_tuning.prompts.random_uniform()\n")
+  for files, extra, new in (([], ["RunConfig.prompt_length = 3"], "PROMPT_LENGTH"), ([str(old)], [], "PROMPT_INIT")):
+    gin.clear_config()
+    with pytest.raises(ValueError, match=rf"RunConfig.prompt_\w+ is now {new} \(prompt_tuning.methods.Prompt"):
+      gin_config.configure_gin(files, [*REQUIRED, *extra], [])

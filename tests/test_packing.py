@@ -280,7 +280,7 @@ def test_decoder_only_packing_is_refused_with_the_setting_to_change():
   from prompt_tuning import validation
 
   with pytest.raises(validation.SettingError, match="set PACK = False"):
-    validation.check_packing(True, decoder_only=True)
+    validation.check_packing(True, takes_packed_rows=False)
 
 
 def test_segment_ids_go_together_and_only_in_teacher_forcing(model):

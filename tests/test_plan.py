@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import partitioning, plan, prompts, run
+from prompt_tuning.methods import Prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +30,7 @@ def _cfg(**changes) -> run.RunConfig:
     mixture_or_task_name=plan.PLACEHOLDER,
     task_feature_lengths={"inputs": 128, "targets": 8},
     model_size="t5_1_1_small",
-    prompt_length=20,
-    prompt_init=prompts.random_uniform(),
+    prompt=Prompt(20, prompts.random_uniform()),
     batch_size=4,
     dropout_rate=0.1,
   )

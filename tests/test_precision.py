@@ -195,8 +195,7 @@ def _run_config(**changes):
     mixture_or_task_name="unused",
     task_feature_lengths={"inputs": 8, "targets": 4},
     model_size="t5_1_1_tiny",
-    prompt_length=2,
-    prompt_init=lambda rng, emb, n: jnp.zeros((n, emb.shape[1])),
+    prompt=Prompt(2, lambda rng, emb, n: jnp.zeros((n, emb.shape[1]))),
   )
   return RunConfig(**{**settings, **changes})
 
@@ -224,7 +223,7 @@ def test_bad_precision_settings_are_one_line_errors(changes, message):
 
 
 def test_frozen_dtype_with_model_tuning_is_refused_before_anything_is_read():
-  cfg = _run_config(frozen_dtype="bfloat16", trainable_pattern=".*", prompt_length=0)
+  cfg = _run_config(frozen_dtype="bfloat16", trainable_pattern=".*", prompt=None)
   # The checkpoint path does not exist: the refusal comes first (MODEL_SIZE says which weights would train).
   with pytest.raises(validation.SettingError, match=r"FROZEN_DTYPE='bfloat16' casts the frozen backbone, but "):
     load_backbone(cfg)

@@ -81,7 +81,7 @@ def _logits(config, params, adapters, batch):
 
 
 def _served(names, config):
-  return sites.paths((pair for n in names for pair in method_class(n).leaves), config.decoder_only)
+  return sites.paths((pair for n in names for pair in method_class(n).leaves), config)
 
 
 def test_the_contract_declares_every_leaf_the_model_reads():
@@ -177,3 +177,26 @@ def test_every_method_declares_its_interface():
       assert callable(getattr(cls, method))
   assert PerLayerPrompt(2, _uniform).input_length == 2 and IA3().input_length == 0
   assert "test_shifted_mlp" in _REGISTRY
+
+
+def test_the_prompt_methods_refuse_more_vectors_than_the_server_takes():
+  """Prompt and per-layer prompt uploads longer than the server's prompt width name the setting to raise."""
+  config = pt.get_config("t5_1_0_tiny")
+  limits = pt.methods.Limits(config, {"prompt": 2}, ("prompt",), {"prompt": "--gin.EngineShapes.max_prompt_length"})
+  with pytest.raises(PromptError, match=r"'prompt' has 3 vectors; .* at most 2 .*EngineShapes.max_prompt_length"):
+    Prompt.check({"prompt": np.ones((3, config.emb_dim), np.float32)}, limits)
+  layers = np.ones((config.num_encoder_layers, 3, config.emb_dim), np.float32)
+  with pytest.raises(PromptError, match="per-layer prompt has 3 vectors; .* at most 2"):
+    PerLayerPrompt.check({"replace": layers}, limits)
+
+
+def test_the_model_says_which_stacks_attentions_and_lengths_it_has():
+  """What methods, the planner and the server ask of the model instead of its decoder_only flag."""
+  enc_dec, dec = pt.get_config("t5_1_0_tiny"), pt.get_config("decoder_only_tiny")
+  assert enc_dec.stacks == ("encoder", "decoder") and dec.stacks == ("decoder",)
+  assert enc_dec.attentions("decoder") == ("self_attention", "cross_attention") and dec.attentions("encoder") == ()
+  assert dec.attentions("decoder") == ("self_attention",) and dec.depth("encoder") == 0
+  assert enc_dec.sequence_lengths(8, 4, prompt=3) == (11, 4) and dec.sequence_lengths(8, 4, prompt=3) == (0, 15)
+  assert enc_dec.takes_packed_rows and not dec.takes_packed_rows
+  assert [p[:2] for p in sites.paths(IA3.leaves, dec)] == [("decoder", "self_attention")] * 2 + [("decoder", "mlp")]
+  assert len(sites.paths(IA3.leaves)) == len(sites.paths(IA3.leaves, enc_dec)) == 8  # None: any model's paths

@@ -257,7 +257,7 @@ def test_prompt_plus_input_longer_than_the_maximum_is_refused(task, tmp_path):
 def test_prompt_initializer_of_the_wrong_shape_is_refused(task, tmp_path):
   bad = lambda rng, emb, length: jnp.zeros((length, 8))
   with pytest.raises(ValueError, match=r"expected \(3, 4\)"):
-    train.build(_config(tmp_path / "run", prompt_init=bad))
+    train.build(_config(tmp_path / "run", prompt=Prompt(3, bad)))
 
 
 def test_missing_required_settings_are_named():
@@ -266,7 +266,7 @@ def test_missing_required_settings_are_named():
 
 
 def test_pretraining_from_random_initialization(task, tmp_path):
-  cfg = _config(tmp_path / "run", initial_checkpoint_path=None, prompt_length=0, trainable_pattern=".*")
+  cfg = _config(tmp_path / "run", initial_checkpoint_path=None, prompt=None, trainable_pattern=".*")
   train.train(cfg, num_train_steps=2, checkpoint_every=2)
   run = train.build(cfg)
   run.checkpoints.close()

@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from prompt_tuning.methods import Prompt  # noqa: E402
 from prompt_tuning.prompts import random_uniform  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
@@ -66,8 +67,7 @@ def run_config(model_dir, **overrides):
     model_size="t5_1_1_tiny",
     mixture_or_task_name=register(),
     task_feature_lengths={"inputs": 16, "targets": 4},
-    prompt_length=3,
-    prompt_init=uniform_init,
+    prompt=Prompt(3, uniform_init),
     batch_size=8,
     dropout_rate=0.0,
   )

@@ -207,22 +207,29 @@ def load_prompt_file(path: str | os.PathLike, embed_dim: int | None = None) -> n
 
 
 def save_prompt_file(path: str | os.PathLike, prompt, metadata: dict[str, str] | None = None) -> Path:
-  """Writes `prompt` [P, D] as float32 `.npy` or `.safetensors` (tensor "prompt"), by the path's extension.
+  """Writes `prompt` [P, D] as float32 `.npy` or `.safetensors` (tensor "prompt"), by the path's extension, whole or
+  not at all (a temporary file renamed into place: a reader never sees half a prompt).
 
   A `.safetensors` file records {"method": "prompt"} and `metadata` (strings, e.g. `BACKBONE_KEYS`) in its header, so
   it is a library entry of the server as it is; a `.npy` file records nothing.
   """
+  from safetensors.numpy import save
+
   path = Path(path)
   prompt = check_prompt_array(np.asarray(prompt))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if path.suffix == ".npy":
-    np.save(path, prompt)
-  elif path.suffix == ".safetensors":
-    from safetensors.numpy import save_file
-
-    save_file({"prompt": prompt}, str(path), {"method": "prompt", **(metadata or {})})
-  else:
+  if path.suffix not in (".npy", ".safetensors"):
     raise ValueError(f"cannot write a prompt to {path}: use a .npy or .safetensors path.")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  try:
+    with open(tmp, "wb") as f:
+      if path.suffix == ".npy":
+        np.save(f, prompt)
+      else:
+        f.write(save({"prompt": prompt}, {"method": "prompt", **(metadata or {})}))
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
   return path
 
 

@@ -9,9 +9,10 @@ The frozen backbone is never saved: it is read from its pretrained path at
 every start, and a resume against a backbone whose fingerprint differs is
 refused. Orbax writes each step into a temporary folder and renames it when
 complete, so a kill at any moment leaves the last finished checkpoint usable.
-Beside each checkpoint a prompt is also written as `.npy`
-(MODEL_DIR/numpy_checkpoints/checkpoint_<step>/prompt.npy), the format of the
-reference implementation; they are pruned with the orbax checkpoints (`keep`).
+Beside each checkpoint train writes every method's export (`Method.export`:
+MODEL_DIR/numpy_checkpoints/checkpoint_<step>/, the prompt's `prompt.npy` in the
+format of the reference implementation); `prune_exports` keeps those of the
+newest `keep` steps, as orbax keeps its checkpoints.
 
 A damaged checkpoint (a file missing, truncated or unreadable: a disk that filled up, a copy cut short) is told
 apart from a mismatched one (readable, but written for other shapes: another prompt length, pattern or
@@ -31,7 +32,6 @@ import contextlib
 import errno
 import gc
 import hashlib
-import io
 import json
 import logging
 import os
@@ -44,7 +44,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -215,7 +214,7 @@ class TrainingCheckpoints:
     steps = self.all_steps()
     return max(steps) if steps else None
 
-  def save(self, step: int, state: PyTree, meta: dict[str, Any], prompt: jax.Array | None = None) -> None:
+  def save(self, step: int, state: PyTree, meta: dict[str, Any]) -> None:
     """Writes `state` (any pytree of arrays) and `meta` (JSON-able) for `step`, with the checksum of the arrays.
 
     Raises:
@@ -227,8 +226,6 @@ class TrainingCheckpoints:
       self._manager.save(
         int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
       )
-      if prompt is not None and jax.process_index() == 0:
-        self._write_numpy_prompt(int(step), prompt)
 
   @contextlib.contextmanager
   def writing(self, step: int | None = None):
@@ -299,26 +296,12 @@ class TrainingCheckpoints:
           shutil.rmtree(folder, ignore_errors=True)
     return kept
 
-  def _write_numpy_prompt(self, step: int, prompt: jax.Array) -> None:
-    folder = self.model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
-    if storage.is_remote(folder):
-      buffer = io.BytesIO()
-      np.save(buffer, np.asarray(jax.device_get(prompt)))
-      storage.write_bytes(folder / "prompt.npy", buffer.getvalue())
-      self._prune_numpy_prompts()
-      return
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "prompt.npy.tmp"
-    try:
-      with open(tmp, "wb") as f:
-        np.save(f, np.asarray(jax.device_get(prompt)))
-      os.replace(tmp, folder / "prompt.npy")
-    finally:
-      tmp.unlink(missing_ok=True)
-    self._prune_numpy_prompts()
+  def export_folder(self, step: int) -> Path:
+    """Where the methods' exports of `step` are written (MODEL_DIR/numpy_checkpoints/checkpoint_<step>)."""
+    return self.model_dir / "numpy_checkpoints" / f"checkpoint_{int(step)}"
 
-  def _prune_numpy_prompts(self) -> None:
-    """Keeps the numpy prompts of the newest `keep` steps, as orbax keeps its checkpoints."""
+  def prune_exports(self) -> None:
+    """Keeps the methods' exports of the newest `keep` steps, as orbax keeps its checkpoints."""
     if self.keep is None:
       return
     folders = {}

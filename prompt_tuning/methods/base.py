@@ -69,6 +69,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from prompt_tuning.checkpoints.param_tree import unflatten
 from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.adapters import Adapters
 from prompt_tuning.models.configs import T5Config
@@ -114,6 +115,18 @@ class Limits:
   def setting(self, axis: str) -> str:
     return self.settings.get(axis, f"the server's width of the {axis} axis")
 
+  def check_prompt_length(self, what: str, length: int) -> None:
+    """Refuses `length` prompt vectors beyond the width the server (or infer) takes.
+
+    Raises:
+      PromptError: naming `what` ("'prompt'", "the per-layer prompt") and the setting to raise.
+    """
+    if length > self.width("prompt"):
+      raise PromptError(
+        f"{what} has {length} vectors; this server takes at most {self.width('prompt')} "
+        f"(restart it with a larger {self.setting('prompt')})."
+      )
+
 
 class Method(abc.ABC):
   """One tuning method; subclasses are frozen dataclasses holding its settings (see the module docstring)."""
@@ -129,7 +142,7 @@ class Method(abc.ABC):
       if known is not None and not issubclass(cls, known):
         raise ValueError(f"two tuning methods are named {name!r} ({known.__qualname__}, {cls.__qualname__}).")
       _REGISTRY[name] = cls
-      sites.paths(cls.leaves, decoder_only=False)  # every leaf it names is declared
+      sites.paths(cls.leaves)  # every leaf it names is declared
 
   # -- a configured method ------------------------------------------------------------------------------------
 
@@ -198,7 +211,7 @@ class Method(abc.ABC):
       PromptError: saying which array is wrong and what was expected.
     """
     config = limits.config
-    expected = {"/".join(p): p for p in sites.paths(cls.leaves, config.decoder_only)}
+    expected = {"/".join(p): p for p in sites.paths(cls.leaves, config)}
     unknown = sorted(set(arrays) - set(expected))
     if unknown or not arrays:
       raise PromptError(f"method {cls.name!r} takes arrays named any of {sorted(expected)}; got {unknown or 'none'}.")
@@ -226,14 +239,7 @@ class Method(abc.ABC):
   @classmethod
   def entry(cls, arrays: Mapping[str, np.ndarray]) -> Adapters:
     """The adapters pytree of checked arrays (one row, no batch axis); the default reads names as site paths."""
-    tree: Adapters = {}
-    for name, array in arrays.items():
-      node = tree
-      *parents, leaf = name.split("/")
-      for part in parents:
-        node = node.setdefault(part, {})
-      node[leaf] = array
-    return tree
+    return unflatten(arrays)
 
   @classmethod
   def read_export(cls, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> dict[str, np.ndarray]:
@@ -308,14 +314,7 @@ def read_tree(name: str, folder: str | Path) -> PyTree:
   flat = load_file(str(path))
   if set(flat) == {name}:
     return flat[name]
-  tree: dict = {}
-  for key, array in flat.items():
-    node = tree
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = array
-  return tree
+  return unflatten({key.replace(".", "/"): array for key, array in flat.items()})
 
 
 def trainable_pattern(methods: tuple[Method, ...]) -> str:

@@ -57,13 +57,12 @@ class IA3(Method):
     del rng, backbone
     kv = config.num_heads * config.head_dim
     tree = {}
-    for stack in sites.stacks(config.decoder_only):
-      layers = config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
+    for stack in config.stacks:
+      layers = config.depth(stack)
       node = {}
       if self.attention:
-        for attention in ATTENTIONS:
-          if attention in sites.STACK_SITES[stack] and not (config.decoder_only and attention == "cross_attention"):
-            node[attention] = {name: jnp.ones((layers, kv), jnp.float32) for name in ("key_scale", "value_scale")}
+        for attention in config.attentions(stack):
+          node[attention] = {name: jnp.ones((layers, kv), jnp.float32) for name in ("key_scale", "value_scale")}
       if self.mlp:
         node["mlp"] = {"scale": jnp.ones((layers, config.mlp_dim), jnp.float32)}
       tree[stack] = node

@@ -61,12 +61,12 @@ def _site_leaf(projection: str, factor: str) -> str:
 
 
 def _layers(stack: str, config: T5Config) -> int:
-  return config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
+  return config.depth(stack)
 
 
 def model_targets(config: T5Config) -> tuple[str, ...]:
-  """The attentions the model has: decoder self-attention only when decoder-only."""
-  return ("decoder self_attention",) if config.decoder_only else TARGETS
+  """The attentions the model has (`TARGETS`' names): decoder self-attention only when decoder-only."""
+  return tuple(f"{stack} {attention}" for stack in config.stacks for attention in config.attentions(stack))
 
 
 @gin.configurable(module="prompt_tuning.methods")
@@ -256,7 +256,7 @@ class LoRA(Method):
     Returns:
       The folder.
     """
-    if config.decoder_only:
+    if "encoder" not in config.stacks:
       raise ValueError(
         "PEFT's LoRA format is written for Hugging Face's encoder-decoder T5; this model is decoder-only."
       )

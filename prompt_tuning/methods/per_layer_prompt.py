@@ -73,7 +73,7 @@ class PerLayerPrompt(Method):
     return self.length
 
   def init(self, rng: jax.Array, backbone: PyTree, config: T5Config) -> PyTree:
-    if config.decoder_only:
+    if "encoder" not in config.stacks:
       raise ValueError(
         "per-layer prompts rewrite the encoder's prompt positions, and a decoder-only model has no encoder; "
         "use prompt or prefix tuning for it."
@@ -120,11 +120,7 @@ class PerLayerPrompt(Method):
         f"{name!r} has shape {list(shape)}; this backbone needs [{layers}, P, {limits.emb_dim}] "
         "(encoder layers, prompt length, embedding width)."
       )
-    if shape[1] > limits.width("prompt"):
-      raise PromptError(
-        f"the per-layer prompt has {shape[1]} vectors; this server takes at most {limits.width('prompt')} "
-        f"(restart it with a larger {limits.setting('prompt')})."
-      )
+    limits.check_prompt_length("the per-layer prompt", shape[1])
 
   @classmethod
   def entry(cls, arrays: Mapping[str, np.ndarray]) -> sites.Adapters:

@@ -112,7 +112,7 @@ class PrefixSettings(Method):
   @classmethod
   def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
     config = limits.config
-    layers = {s: _layers(s, config) for s in (("decoder",) if config.decoder_only else PREFIX_SITES)}
+    layers = {s: _layers(s, config) for s in model_sites(config)}
     expected = {f"{site}/{n}" for site in layers for n in ("key", "value")}
     unknown = set(arrays) - expected
     if unknown or not arrays:
@@ -148,16 +148,22 @@ class PrefixSettings(Method):
     return sites.from_keywords(prefix={s: {n: arrays[f"{s}/{n}"] for n in ("key", "value")} for s in sites_given})
 
 
+def model_sites(config: T5Config) -> tuple[str, ...]:
+  """The prefix sites (`PREFIX_SITES`) the model has: each attention of each of its stacks."""
+  return tuple(s for s in PREFIX_SITES if sites.PREFIX_SITES[s][1] in config.attentions(sites.PREFIX_SITES[s][0]))
+
+
 def _check_sites(settings: PrefixSettings, config: T5Config) -> None:
-  if config.decoder_only and settings.sites != ("decoder",):
+  available = model_sites(config)
+  if set(settings.sites) - set(available):
     raise ValueError(
-      f"prefix sites {settings.sites} on a decoder-only model: it has decoder self-attention only; "
-      "use PrefixSettings(sites=('decoder',))."
+      f"prefix sites {settings.sites} on a model whose attentions are the prefix sites {available} only (a "
+      f"decoder-only model has decoder self-attention only); use PrefixSettings(sites={available})."
     )
 
 
 def _layers(site: str, config: T5Config) -> int:
-  return config.num_encoder_layers if site == "encoder" else config.num_decoder_layers
+  return config.depth(sites.PREFIX_SITES[site][0])
 
 
 def _output_width(site: str, config: T5Config) -> int:

@@ -4,10 +4,20 @@ Parameters: {"prompt": [P, D]} float32, logical axes ("prompt",
 "prompt_embed") (replicated, unfactored). The prompt feeds the "input" site;
 where it joins the tokens is the run's prompt combination
 (`prompt_tuning.combine`). Initializers live in `prompt_tuning.prompts`.
-Export: `prompt.npy` (the reference implementation's format) and
+
+Settings, like every method's, are its own and gin-configurable:
+gin/runs/run_config.gin binds `RunConfig.prompt = @prompt_tuning.methods.Prompt()`
+with `Prompt.length = %PROMPT_LENGTH` and `Prompt.initializer = %PROMPT_INIT`
+(the reference implementation's macro names; a prompts/ gin file sets
+PROMPT_INIT). PROMPT_LENGTH = 0 (prefix and model tuning set it) is a prompt
+of no vectors: the run leaves the method out (`used`).
+
+Export (train writes it beside each checkpoint, MODEL_DIR/numpy_checkpoints/
+checkpoint_<step>/): `prompt.npy` (the reference implementation's format) and
 `prompt.safetensors` (tensor "prompt"). A user hands a prompt in as the array
-"prompt" [P, D], or as any prompt file (`prompt_tuning.checkpoints.prompt_files`:
-.npy, .safetensors, a PEFT folder, a training step folder or a MODEL_DIR).
+"prompt" [P, D], or as any prompt file (`read_file`, through
+`prompt_tuning.checkpoints.prompt_files`: .npy, .safetensors, a PEFT folder, a
+training step folder or a MODEL_DIR, old runs' included).
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from prompt_tuning import prompts
+from prompt_tuning import prompts, validation
 from prompt_tuning.methods.base import Limits, Method, PromptError, PyTree
 from prompt_tuning.models.adapters import Adapters
 from prompt_tuning.models.configs import T5Config
@@ -30,7 +40,12 @@ from prompt_tuning.models.configs import T5Config
 @gin.configurable(module="prompt_tuning.methods")
 @dataclasses.dataclass(frozen=True)
 class Prompt(Method):
-  """A soft prompt of `length` vectors made by `initializer` (e.g. `prompts.sampled_vocab()`)."""
+  """A soft prompt of `length` vectors made by `initializer`.
+
+  Attributes:
+    length: prompt positions P (PROMPT_LENGTH; Lester et al.: 100); 0: no prompt (see `used`).
+    initializer: makes the vectors (PROMPT_INIT), e.g. `prompts.sampled_vocab()`; needed when `length` > 0.
+  """
 
   length: int
   initializer: prompts.Initializer | None = None
@@ -41,11 +56,18 @@ class Prompt(Method):
   def input_length(self) -> int:
     return self.length
 
+  @property
+  def used(self) -> bool:
+    """Whether the prompt has vectors: a run leaves a prompt of length 0 out of its methods."""
+    return self.length > 0
+
   def __post_init__(self):
-    if self.length < 1:
-      raise ValueError(f"prompt length must be >= 1, got {self.length}; set PROMPT_LENGTH to a positive number.")
-    if self.initializer is None:
-      raise ValueError("a prompt needs an initializer: set PROMPT_INIT (e.g. @prompt_tuning.prompts.sampled_vocab()).")
+    validation.require_int(self.length, "PROMPT_LENGTH", minimum=0)
+    if self.used and self.initializer is None:
+      raise ValueError(
+        "a prompt needs an initializer: set PROMPT_INIT (e.g. PROMPT_INIT = @prompt_tuning.prompts.sampled_vocab(), "
+        "or include a prompts/ gin file), or PROMPT_LENGTH = 0 for no prompt."
+      )
 
   def init(self, rng: jax.Array, backbone: PyTree, config: T5Config) -> PyTree:
     del config
@@ -90,11 +112,7 @@ class Prompt(Method):
         f"'prompt' has width {shape[1]} but this backbone embeds tokens in {limits.emb_dim} dimensions; the prompt "
         "was trained for another model size."
       )
-    if shape[0] > limits.width("prompt"):
-      raise PromptError(
-        f"'prompt' has {shape[0]} vectors; this server takes at most {limits.width('prompt')} "
-        f"(restart it with a larger {limits.setting('prompt')})."
-      )
+    limits.check_prompt_length("'prompt'", shape[0])
 
   @classmethod
   def entry(cls, arrays: Mapping[str, np.ndarray]) -> Adapters:

@@ -52,6 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.models.configs import T5Config
+
 Array = jax.Array
 Adapters = dict[str, Any]
 
@@ -144,13 +146,10 @@ PREFIX_SITES["cross"] = ("decoder", "cross_attention")
 Path = tuple[str, ...]  # ("input", name) or (stack, sub-site, name)
 
 
-def stacks(decoder_only: bool) -> tuple[str, ...]:
-  return ("decoder",) if decoder_only else ("encoder", "decoder")
-
-
-def sub_sites(stack: str, decoder_only: bool) -> tuple[str, ...]:
-  """The sub-sites of `stack` in a model (a decoder-only model has no cross-attention)."""
-  return tuple(s for s in STACK_SITES[stack] if not (decoder_only and s == "cross_attention"))
+def sub_sites(stack: str, config: T5Config | None = None) -> tuple[str, ...]:
+  """The sub-sites of `stack` in the model `config` describes (only the attentions it has); None: in any model."""
+  attentions = ("self_attention", "cross_attention") if config is None else config.attentions(stack)
+  return tuple(s for s in STACK_SITES[stack] if s in attentions or not s.endswith("_attention"))
 
 
 def leaf_of(path: Path) -> Leaf:
@@ -158,9 +157,9 @@ def leaf_of(path: Path) -> Leaf:
   return SITE_LEAVES[path[-2]][path[-1]]
 
 
-def paths(leaves: Iterable[tuple[str, str]], decoder_only: bool) -> tuple[Path, ...]:
-  """Every path of a model at which (sub-site, leaf) pairs exist: ("self_attention", "key_scale") is the encoder's
-  and the decoder's; ("input", "prompt") is the input site's."""
+def paths(leaves: Iterable[tuple[str, str]], config: T5Config | None = None) -> tuple[Path, ...]:
+  """Every path of the model `config` describes (None: of any model) at which (sub-site, leaf) pairs exist:
+  ("self_attention", "key_scale") is the encoder's and the decoder's; ("input", "prompt") is the input site's."""
   out = []
   for sub, name in leaves:
     if name not in SITE_LEAVES.get(sub, {}):
@@ -168,7 +167,8 @@ def paths(leaves: Iterable[tuple[str, str]], decoder_only: bool) -> tuple[Path, 
     if sub == "input":
       out.append(("input", name))
       continue
-    out.extend((stack, sub, name) for stack in stacks(decoder_only) if sub in sub_sites(stack, decoder_only))
+    stacks = ("encoder", "decoder") if config is None else config.stacks
+    out.extend((stack, sub, name) for stack in stacks if sub in sub_sites(stack, config))
   return tuple(dict.fromkeys(out))
 
 
@@ -394,7 +394,7 @@ def check(adapters: Adapters | None, config) -> None:
   """
   if not adapters:
     return
-  allowed = ("input",) + stacks(config.decoder_only)
+  allowed = ("input",) + config.stacks
   unknown = set(adapters) - set(allowed)
   if unknown:
     raise ValueError(f"Unknown adapter sites {sorted(unknown)} for this model; use any of {allowed}.")
@@ -407,7 +407,7 @@ def check(adapters: Adapters | None, config) -> None:
     )
   for stack in allowed[1:]:
     layers = config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
-    subs = tuple(s for s in STACK_SITES[stack] if not (config.decoder_only and s == "cross_attention"))
+    subs = sub_sites(stack, config)
     for sub, leaves in adapters.get(stack, {}).items():
       if sub not in subs:
         raise ValueError(f"Unknown adapter site {stack}/{sub} for this model; use any of {subs}.")

@@ -113,6 +113,38 @@ class T5Config:
     no cross-attention)."""
     return 0 if self.decoder_only else self.num_encoder_layers
 
+  # What the model offers, for code outside models/ to ask instead of branching on `decoder_only`.
+
+  @property
+  def stacks(self) -> tuple[str, ...]:
+    """The layer stacks the model has, in order: ("encoder", "decoder"), or ("decoder",) for a decoder-only model."""
+    return ("decoder",) if self.decoder_only else ("encoder", "decoder")
+
+  def depth(self, stack: str) -> int:
+    """Layers of `stack` ("encoder" or "decoder"); 0 for a stack the model does not have."""
+    return self.encoder_depth if stack == "encoder" else self.num_decoder_layers
+
+  def attentions(self, stack: str) -> tuple[str, ...]:
+    """The attentions every layer of `stack` has: self-attention, and cross-attention in an encoder-decoder model's
+    decoder; () for a stack the model does not have."""
+    if stack not in self.stacks:
+      return ()
+    return ("self_attention", "cross_attention") if stack == "decoder" and self.encoder_depth else ("self_attention",)
+
+  @property
+  def takes_packed_rows(self) -> bool:
+    """Whether training rows may pack several examples (seqio's segment ids): the encoder-decoder model takes them;
+    a decoder-only (prefix LM) one trains on unpacked rows."""
+    return not self.decoder_only
+
+  def sequence_lengths(self, inputs: int, targets: int, prompt: int = 0) -> tuple[int, int]:
+    """(encoder positions, decoder positions) of an example of `inputs` and `targets` tokens with `prompt` input
+    vectors: the encoder reads the prompt and inputs, the decoder the targets; a decoder-only model reads all of them
+    in its one sequence (0 encoder positions)."""
+    if self.decoder_only:
+      return 0, prompt + inputs + targets
+    return prompt + inputs, targets
+
   def replace(self, **changes) -> T5Config:
     return dataclasses.replace(self, **changes)
 

@@ -169,7 +169,7 @@ class Engine:
   """The frozen backbone on a mesh and the programs the batcher runs."""
 
   def __init__(self, config: T5Config, params: PyTree, mesh, shapes: EngineShapes):
-    if config.decoder_only:
+    if "encoder" not in config.stacks:
       raise ValueError(
         "prompt-tuning serve runs encoder-decoder backbones; this one is decoder-only (serve it with "
         "prompt_tuning.decoding.generate(decoder_prompt_tokens=...) for now)."
@@ -179,7 +179,7 @@ class Engine:
     self.replicated = partitioning.replicated(mesh)
     # Every leaf any served method feeds, at every site of this model: the layout of every row.
     leaves = (pair for name in shapes.methods for pair in method_class(name).leaves)
-    self.served = sites.paths(leaves, config.decoder_only)
+    self.served = sites.paths(leaves, config)
     self._empty = self._put(self._padded_row(None))
     self._admit = jax.jit(self._admit_fn, donate_argnums=(1,))
     self._step = jax.jit(self._step_fn, donate_argnums=(1,))

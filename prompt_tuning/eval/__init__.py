@@ -33,7 +33,7 @@ def teacher_forced(
     task_name,
     lengths,
     local,
-    decoder_only=run.tuned.config.decoder_only,
+    config=run.tuned.config,
     split=split,
     max_batches=max_batches,
     pack=pack,
@@ -154,7 +154,7 @@ def seqio_metrics(
 
   evaluator = seqio.Evaluator(
     mixture_or_task_name=task_name,
-    feature_converter=inputs.feature_converter(run.tuned.config.decoder_only),
+    feature_converter=inputs.model_converter(run.tuned.config),
     eval_split=split,
     sequence_length=dict(lengths),
     num_examples=num_examples,
@@ -201,11 +201,3 @@ def evaluate(
     record = json.dumps({"step": run.step, "split": split, **metrics}) + "\n"
     storage.append_text(storage.path(cfg.model_dir) / "eval_metrics.jsonl", record)
   return metrics
-
-
-if __name__ == "__main__":  # python -m prompt_tuning.eval --gin_file=... (same as `prompt-tuning eval`)
-  import sys
-
-  from prompt_tuning import cli
-
-  raise SystemExit(cli.main(["eval", *sys.argv[1:]]))

@@ -50,11 +50,11 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.D
     "frozen_dtype": run.backbone_dtype,
     "backbone_path": str(cfg.initial_checkpoint_path),
     "trainable_pattern": pattern_of(cfg, run.tuned),
-    "prompt_length": cfg.prompt_length,
+    "methods": [method.name for method in run.tuned.methods],
     **training_checkpoints.data_settings(cfg),
   }
   trainable = run.state.trainable if isinstance(run.state.trainable, dict) else {}
-  run.checkpoints.save(step, run.state, meta, prompt=trainable.get("prompt"))
+  run.checkpoints.save(step, run.state, meta)
   if jax.process_index() == 0:
     with run.checkpoints.writing(step):
       backbone = {
@@ -62,8 +62,8 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.D
         "backbone_fingerprint_version": str(training_checkpoints.FINGERPRINT_VERSION),
         "backbone_path": str(cfg.initial_checkpoint_path),
       }
-      folder = storage.path(cfg.model_dir) / "numpy_checkpoints" / f"checkpoint_{step}"
-      _export(run.tuned, trainable, folder, backbone)
+      _export(run.tuned, trainable, run.checkpoints.export_folder(step), backbone)
+      run.checkpoints.prune_exports()
 
 
 def _export(tuned: TunedT5, trainable: dict[str, Any], folder, metadata: dict[str, str]) -> None:
@@ -102,12 +102,12 @@ def _check_lock(lock: locks.DirectoryLock | None) -> None:
 def export_methods(
   tuned: TunedT5, trainable: dict[str, Any], folder: Path, metadata: dict[str, str] | None = None
 ) -> list[Path]:
-  """Writes every trained method except the prompt (the checkpoint writes prompt.npy; its backbone is in the
-  checkpoint's meta) in its folded, portable form: the prefix without its MLP (Li & Liang, section 4.3), IA3 scales,
-  per-layer prompts; npy and safetensors, whose header records `metadata` (the backbone)."""
+  """Writes every trained method's export (`Method.export`), its folded, portable form: the prompt's prompt.npy (the
+  reference implementation's format), the prefix without its MLP (Li & Liang, section 4.3), IA3 scales, per-layer
+  prompts, LoRA deltas; npy and safetensors, whose header records `metadata` (the backbone)."""
   written = []
   for method in tuned.methods:
-    if method.name in trainable and method.name != "prompt":
+    if method.name in trainable:
       written += method.export(jax.device_get(trainable[method.name]), tuned.config, folder, metadata)
   return written
 
@@ -194,7 +194,7 @@ def _train(cfg: RunConfig, schedule: dict[str, Any], lock: locks.DirectoryLock |
     cfg.mixture_or_task_name,
     cfg.task_feature_lengths,
     local_batch,
-    decoder_only=run.tuned.config.decoder_only,
+    config=run.tuned.config,
     seed=cfg.seed,
     start_batch=run.data_position,
     shuffle=cfg.shuffle,
@@ -268,11 +268,3 @@ def _evaluate(run: Run, cfg: RunConfig, schedule: dict[str, Any], reporter, step
   )
   reporter.scalars(step, metrics, prefix="eval/")
   return {f"eval/{k}": v for k, v in metrics.items()}
-
-
-if __name__ == "__main__":  # python -m prompt_tuning.train --gin_file=... (same as `prompt-tuning train`)
-  import sys
-
-  from prompt_tuning import cli
-
-  raise SystemExit(cli.main(["train", *sys.argv[1:]], program=True))

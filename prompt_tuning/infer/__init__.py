@@ -7,9 +7,10 @@
 of the task (`prompt_tuning.data.get_class_labels`) and predicts the most
 likely one, which never produces an invalid label.
 
-Several prompts through the one frozen backbone (`infer.prompt_files`, any
-format `prompt_tuning.checkpoints.prompt_files` reads: .npy, .safetensors, a
-reference run's extensionless `encoder.prompt.prompt.prompt`, a MODEL_DIR):
+Several prompts through the one frozen backbone (`infer.prompt_files`, read and
+checked by the prompt method, `Prompt.read_file` and `Prompt.check`, as the
+server reads a library file: .npy, .safetensors, a reference run's extensionless
+`encoder.prompt.prompt.prompt`, a MODEL_DIR, a numpy_checkpoints step folder):
 
 - a list plus `infer.ensemble`: prompt ensembling (Lester et al. 2021, section
   7): each input under each of the K prompts in one batch (row b * K + k),
@@ -151,7 +152,7 @@ def infer(
     examples = list(_examples(cfg.mixture_or_task_name, cfg.task_feature_lengths, split, num_examples))
     lines = _single_prompt_lines(predictor, examples, cfg, vocabulary, labels, label_targets)
   else:
-    rows = RowPrompts(run, decoding_settings, _load_prompts(prompt_files, run.tuned.config.emb_dim))
+    rows = RowPrompts(run, decoding_settings, _load_prompts(prompt_files, run.tuned.config))
     if input_file is None:
       examples = list(_examples(cfg.mixture_or_task_name, cfg.task_feature_lengths, split, num_examples))
       lines = _ensemble_lines(rows, examples, cfg, vocabulary, labels, label_targets, ensemble)
@@ -260,21 +261,33 @@ def _backbone_only(cfg):
       f"infer.prompt_files replaces the run's soft prompt, but this config also uses {what}: infer with a prompt "
       "config (e.g. runs/prompt_infer.gin with a prompt_*.gin), or serve mixed methods with `prompt-tuning serve`."
     )
-  log.info("infer.prompt_files replace the run's own prompt (PROMPT_LENGTH=%d)", cfg.prompt_length)
-  return dataclasses.replace(cfg, prompt_length=0, prompt_init=None, methods=())
+  if cfg.prompt is not None:
+    log.info("infer.prompt_files replace the run's own prompt (PROMPT_LENGTH=%d)", cfg.prompt.length)
+  return dataclasses.replace(cfg, prompt=None, methods=())
 
 
-def _load_prompts(prompt_files, embed_dim: int) -> dict[str, np.ndarray]:
-  """{name: prompt [P, D]} in the given order (a list: names '0', '1', ...), each checked against the backbone."""
-  from prompt_tuning.checkpoints import prompt_files as files
+def _load_prompts(prompt_files, config) -> dict[str, np.ndarray]:
+  """{name: prompt [P, D]} in the given order (a list: names '0', '1', ...), each read and checked against the
+  backbone `config` by the prompt method, as the server reads and checks a library file (`Prompt.read_file`,
+  `Prompt.check`).
 
+  Raises:
+    OSError, ValueError (PromptError, CheckpointError): naming infer.prompt_files[name] and what is wrong.
+  """
+  from prompt_tuning.methods import Limits
+  from prompt_tuning.methods.prompt import Prompt
+
+  # Any prompt length: a batch takes its prompts' longest (`ensembles.stack_prompts`).
+  limits = Limits(config, {"prompt": np.iinfo(np.int32).max}, (Prompt.name,))
   named = dict(prompt_files) if isinstance(prompt_files, Mapping) else {str(i): f for i, f in enumerate(prompt_files)}
   prompts = {}
   for name, file in named.items():
     try:
-      prompts[str(name)] = files.load_prompt_file(file, embed_dim=embed_dim)
+      arrays = Prompt.read_file(Path(file))
+      Prompt.check(arrays, limits)
     except (OSError, ValueError) as e:
       raise type(e)(f"infer.prompt_files[{name!r}]: {e}") from e
+    prompts[str(name)] = arrays["prompt"]
   return prompts
 
 
@@ -422,11 +435,3 @@ def _mixed_lines(rows: RowPrompts, examples, cfg, vocabulary, labels, label_targ
         line["scores"] = {label: float(s) for label, s in zip(labels, scores[i])}
       lines.append(line)
   return lines
-
-
-if __name__ == "__main__":  # python -m prompt_tuning.infer --gin_file=... (same as `prompt-tuning infer`)
-  import sys
-
-  from prompt_tuning import cli
-
-  raise SystemExit(cli.main(["infer", *sys.argv[1:]]))
