@@ -55,6 +55,17 @@ def pytest_collection_modifyitems(config, items):
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _gin_cleared_between_files():
+  """No gin setting outlives its test file: a command run in-process leaves its bindings (VOCABULARY_PATH,
+  MODEL_SIZE, ...), which would otherwise reach the next file's configurables on the same xdist worker."""
+  import gin
+
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
 @pytest.fixture
 def clean_gin():
   """An empty gin configuration before and after the test (for files whose tests configure gin themselves:

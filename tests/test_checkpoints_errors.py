@@ -62,6 +62,7 @@ def _rewrite(folder: pathlib.Path, tensors: dict[str, np.ndarray]) -> None:
   from safetensors.numpy import save_file
 
   save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+  (folder / "SHA256SUMS").unlink()  # weights changed by another tool, which writes no sums (as transformers)
 
 
 def _edit_config(folder: pathlib.Path, **changes) -> None:

@@ -90,7 +90,7 @@ def cli_flags(reference_dir, tmp_path_factory):
     ("PROMPT_LENGTH=-1", "PROMPT_LENGTH must be an integer >= 0, got -1"),
     ("NUM_MICROBATCHES=3", "BATCH_SIZE 8 must be a multiple of NUM_MICROBATCHES 3"),
     ("TRAINABLE_PATTERN='(prompt'", "TRAINABLE_PATTERN '(prompt' is not a valid regular expression"),
-    ("MODEL_DIR='gs://bucket/run'", "MODEL_DIR gs://bucket/run is a remote URL"),
+    ("MODEL_DIR='s3://bucket/run'", "MODEL_DIR s3://bucket/run is a URL this project does not write to"),
   ],
 )
 def test_bad_settings_are_refused_before_the_backbone_loads(cli_flags, capsys, binding, message):
