@@ -69,8 +69,6 @@ def export_peft_adapter(
     The folder.
   """
   prompt = check_prompt_array(np.asarray(prompt), source="the prompt to export")
-  path = Path(path)
-  path.mkdir(parents=True, exist_ok=True)
   config: dict[str, Any] = {
     "peft_type": PROMPT_TUNING,
     "task_type": task_type,
@@ -90,10 +88,18 @@ def export_peft_adapter(
     "modules_to_save": None,
     "auto_mapping": None,
   }
-  (path / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+  return write_adapter_folder(path, config, {WEIGHTS_KEY: prompt})
+
+
+def write_adapter_folder(path: str | os.PathLike, adapter_config: dict[str, Any], tensors: dict[str, Any]) -> Path:
+  """Writes a PEFT adapter folder (any PEFT type): `adapter_config.json` and `adapter_model.safetensors` with
+  `tensors` under PEFT's names, as `PeftModel.from_pretrained` reads them; returns the folder (created)."""
   from safetensors.numpy import save_file
 
-  save_file({WEIGHTS_KEY: prompt}, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+  path = Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / CONFIG_NAME).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+  save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
   return path
 
 

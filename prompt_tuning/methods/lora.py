@@ -293,13 +293,9 @@ class LoRA(Method):
       "base_model_name_or_path": base_model_name_or_path,
       "inference_mode": True,
     }
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / PEFT_CONFIG).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-    from safetensors.numpy import save_file
+    from prompt_tuning.checkpoints.peft import write_adapter_folder
 
-    save_file(tensors, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
-    return folder
+    return write_adapter_folder(folder, adapter_config, tensors)
 
   def load_peft(self, folder: str | Path, config: T5Config) -> PyTree:
     """Reads a PEFT LoRA adapter folder as our folded tree, after checking it was made with these settings

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from pathlib import Path
 
 import gin
@@ -33,8 +32,7 @@ from jax.sharding import PartitionSpec
 
 from prompt_tuning import prompts
 from prompt_tuning.methods import task_prompts
-from prompt_tuning.methods.base import Limits, Method, PyTree
-from prompt_tuning.models.adapters import Adapters
+from prompt_tuning.methods.base import PyTree
 from prompt_tuning.models.configs import T5Config
 
 PEFT_TYPE = "MULTITASK_PROMPT_TUNING"
@@ -46,7 +44,7 @@ PEFT_NAMES = {"shared": "prompt_embeddings", "task_cols": "prefix_task_cols", "t
 
 @gin.configurable(module="prompt_tuning.methods")
 @dataclasses.dataclass(frozen=True)
-class MultitaskPromptTuning(Method):
+class MultitaskPromptTuning(task_prompts.TaskTableMethod):
   """MPT (module docstring).
 
   Attributes:
@@ -82,10 +80,6 @@ class MultitaskPromptTuning(Method):
   def input_length(self) -> int:
     return self.length
 
-  @property
-  def task_count(self) -> int:
-    return self.num_tasks
-
   def init(self, rng: jax.Array, backbone: PyTree, config: T5Config) -> PyTree:
     shared_key, cols_key, rows_key = jax.random.split(rng, 3)
     shared = prompts.init_prompt(shared_key, self.initializer, backbone["token_embedder"]["embedding"], self.length)
@@ -110,30 +104,8 @@ class MultitaskPromptTuning(Method):
     factors = jnp.einsum("tpr,trd->tpd", params["task_cols"], params["task_rows"])  # [T, P, D]
     return params["shared"][None] * factors
 
-  def adapters(self, params: PyTree, config: T5Config, task_ids: jax.Array | None = None) -> Adapters:
-    del config
-    return task_prompts.select(self.task_table(params), task_ids, self.name, self.num_tasks)
-
-  def fold(self, params: PyTree, config: T5Config) -> PyTree:
-    del config
-    return {task_prompts.FOLDED: self.task_table(params)}
-
-  def export(
-    self, params: PyTree, config: T5Config, folder: str | Path, metadata: dict[str, str] | None = None
-  ) -> list[Path]:
-    own = {"num_tasks": str(self.num_tasks), "num_ranks": str(self.num_ranks)}
-    return task_prompts.export(self.task_table(params), self.name, folder, own, metadata)
-
-  def load(self, folder: str | Path, config: T5Config) -> PyTree:
-    return task_prompts.load(self.name, folder, self.num_tasks, config.emb_dim)
-
-  @classmethod
-  def export_file(cls) -> None:
-    return None  # the library takes its per-task prompts (method "prompt"), not the table
-
-  @classmethod
-  def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
-    task_prompts.refuse_upload(cls.name, limits)
+  def settings(self) -> dict[str, str]:
+    return {"num_tasks": str(self.num_tasks), "num_ranks": str(self.num_ranks)}
 
   def export_peft(
     self, params: PyTree, config: T5Config, folder: str | Path, *, base_model_name_or_path: str | None = None
@@ -180,13 +152,9 @@ class MultitaskPromptTuning(Method):
       "modules_to_save": None,
       "auto_mapping": None,
     }
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / PEFT_CONFIG).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-    from safetensors.numpy import save_file
+    from prompt_tuning.checkpoints.peft import write_adapter_folder
 
-    save_file(tensors, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
-    return folder
+    return write_adapter_folder(folder, adapter_config, tensors)
 
 
 def read_peft(folder: str | Path, config: T5Config) -> tuple[MultitaskPromptTuning, PyTree]:

@@ -26,19 +26,15 @@ reference. The serving form and export are every task's prompt (`prompt_tuning.m
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from pathlib import Path
 
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import PartitionSpec
 
 from prompt_tuning import prompts
 from prompt_tuning.methods import task_prompts
-from prompt_tuning.methods.base import Limits, Method, PyTree
-from prompt_tuning.models.adapters import Adapters
+from prompt_tuning.methods.base import PyTree
 from prompt_tuning.models.configs import T5Config
 
 COMBINATIONS = ("add", "concat", "concat_features", "project")
@@ -46,7 +42,7 @@ COMBINATIONS = ("add", "concat", "concat_features", "project")
 
 @gin.configurable(module="prompt_tuning.methods")
 @dataclasses.dataclass(frozen=True)
-class MultiTaskPrompt(Method):
+class MultiTaskPrompt(task_prompts.TaskTableMethod):
   """A shared prompt and per-task parts (module docstring).
 
   Attributes:
@@ -102,10 +98,6 @@ class MultiTaskPrompt(Method):
   @property
   def input_length(self) -> int:
     return self.length + (self.task_length or self.length if self.combination == "concat" else 0)
-
-  @property
-  def task_count(self) -> int:
-    return self.num_tasks
 
   def widths(self, emb_dim: int) -> tuple[int, int]:
     """(H_s, H_t) for this backbone; H_t is the task part's width (project: its output width).
@@ -184,27 +176,5 @@ class MultiTaskPrompt(Method):
     # project: [P, H_s] @ [T, H_s, D] + [T, 1, D] -> [T, P, D]
     return jnp.einsum("ps,tsd->tpd", shared, tasks["kernel"]) + tasks["bias"][:, None, :]
 
-  def adapters(self, params: PyTree, config: T5Config, task_ids: jax.Array | None = None) -> Adapters:
-    del config
-    return task_prompts.select(self.task_table(params), task_ids, self.name, self.num_tasks)
-
-  def fold(self, params: PyTree, config: T5Config) -> PyTree:
-    del config
-    return {task_prompts.FOLDED: self.task_table(params)}
-
-  def export(
-    self, params: PyTree, config: T5Config, folder: str | Path, metadata: dict[str, str] | None = None
-  ) -> list[Path]:
-    own = {"combination": self.combination, "num_tasks": str(self.num_tasks)}
-    return task_prompts.export(self.task_table(params), self.name, folder, own, metadata)
-
-  def load(self, folder: str | Path, config: T5Config) -> PyTree:
-    return task_prompts.load(self.name, folder, self.num_tasks, config.emb_dim)
-
-  @classmethod
-  def export_file(cls) -> None:
-    return None  # the library takes its per-task prompts (method "prompt"), not the table
-
-  @classmethod
-  def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
-    task_prompts.refuse_upload(cls.name, limits)
+  def settings(self) -> dict[str, str]:
+    return {"combination": self.combination, "num_tasks": str(self.num_tasks)}

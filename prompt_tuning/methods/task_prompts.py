@@ -14,14 +14,16 @@ with); a multi-task method given no task ids is an error, never a silent task 0.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.methods.base import Limits, PromptError, PyTree, read_tree, write_tree
+from prompt_tuning.methods.base import Limits, Method, PromptError, PyTree, read_tree, write_tree
 from prompt_tuning.models.adapters import Adapters
+from prompt_tuning.models.configs import T5Config
 
 FOLDED = "task_prompts"  # the folded tree's one leaf: [T, P, D]
 
@@ -101,3 +103,46 @@ def refuse_upload(name: str, limits: Limits) -> None:
     f"method {name!r} is served through its per-task prompts: upload {tasks_folder(name)}/task_<K>.npy of its "
     "export (a plain [P, D] prompt) with method 'prompt'."
   )
+
+
+class TaskTableMethod(Method):
+  """The serving half of a multi-task method whose vectors fold into one prompt per task, a table [T, P, D]: each
+  row takes its task's prompt (`select`), the export is the table plus every task's plain prompt (`export`), and the
+  server takes those per-task prompts, not the table. A subclass gives `num_tasks`, `task_table(params)` and
+  `settings()` (strings recorded in the export's header)."""
+
+  num_tasks: int
+
+  @property
+  def task_count(self) -> int:
+    return self.num_tasks
+
+  def task_table(self, params: PyTree) -> jax.Array:
+    raise NotImplementedError
+
+  def settings(self) -> dict[str, str]:
+    raise NotImplementedError
+
+  def adapters(self, params: PyTree, config: T5Config, task_ids: jax.Array | None = None) -> Adapters:
+    del config
+    return select(self.task_table(params), task_ids, self.name, self.num_tasks)
+
+  def fold(self, params: PyTree, config: T5Config) -> PyTree:
+    del config
+    return {FOLDED: self.task_table(params)}
+
+  def export(
+    self, params: PyTree, config: T5Config, folder: str | Path, metadata: dict[str, str] | None = None
+  ) -> list[Path]:
+    return export(self.task_table(params), self.name, folder, self.settings(), metadata)
+
+  def load(self, folder: str | Path, config: T5Config) -> PyTree:
+    return load(self.name, folder, self.num_tasks, config.emb_dim)
+
+  @classmethod
+  def export_file(cls) -> None:
+    return None  # the library takes its per-task prompts (method "prompt"), not the table
+
+  @classmethod
+  def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
+    refuse_upload(cls.name, limits)
