@@ -465,13 +465,14 @@ def build_training(cfg: RunConfig) -> Run:
   backbone = partitioning.with_sharding(backbone_host, shardings["t5"])
   del backbone_host
   check_backbone_finite(backbone, cfg.initial_checkpoint_path)
+  fingerprint = backbone_fingerprint(backbone)
+  tuned.check_backbone(lambda: fingerprint, cfg.initial_checkpoint_path)
   vector_shardings = {k: v for k, v in shardings.items() if k != "t5"}
   vectors = jax.jit(tuned.init_vectors, out_shardings=vector_shardings)(jax.random.key(cfg.seed), backbone)
   # Nothing trainable is allowed here (eval/infer of the frozen model as it is); train() refuses it.
   trainable, frozen = optim.partition({"t5": backbone, **vectors}, pattern, allow_empty=True)
   state = jax.jit(functools.partial(trainer.TrainState.create, optimizer=optimizer))(trainable)
 
-  fingerprint = backbone_fingerprint(backbone)
   checkpoints = TrainingCheckpoints(cfg.model_dir, keep=cfg.keep_checkpoints)
   data_position, resumed_backbone_dtype = 0, None
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
@@ -610,6 +611,7 @@ def build_inference(cfg: RunConfig) -> Inference:
       {"t5": backbone_host, **vectors}, partitioning.shardings_for(axes, mesh, partitioning.logical_rules())
     )
     check_backbone_finite(params["t5"], cfg.initial_checkpoint_path)
+    tuned.check_backbone(lambda: backbone_fingerprint(params["t5"]), cfg.initial_checkpoint_path)
     trainable, frozen = optim.partition(params, pattern, allow_empty=True)
   log.info("trainable vectors from %s", source)
   shardings = jax.tree.map(lambda x: x.sharding, (trainable, frozen))

@@ -199,6 +199,69 @@ def check_source(source: Source, backbone: Backbone) -> None:
     )
 
 
+# -- frozen sources of a method (ATTEMPT) ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SourcePrompts:
+  """Frozen source prompts a method mixes (ATTEMPT, `prompt_tuning.methods.attempt`), read by `source_prompts`:
+  their names, vectors, and the check of each against a run's backbone, `check_source` as transfer applies it. Equal
+  by identity only (it holds arrays)."""
+
+  sources: tuple[Source, ...]
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(s.name for s in self.sources)
+
+  @property
+  def prompts(self) -> np.ndarray:
+    """The sources stacked, float32 [t, P, D].
+
+    Raises:
+      TransferError: sources of different lengths or widths, naming each.
+    """
+    shapes = {s.name: tuple(s.prompt.shape) for s in self.sources}
+    if len(set(shapes.values())) != 1:
+      raise TransferError(f"the source prompts have shapes {shapes}; a mixture of prompts needs one [P, D] shape.")
+    return np.stack([s.prompt for s in self.sources])
+
+  def check(self, config, fingerprint: str, backbone_path: str | None) -> None:
+    """Refuses a source of another width, or recording another backbone, than `config` / `fingerprint` (the run's
+    INITIAL_CHECKPOINT_PATH `backbone_path`), as `check_source`.
+
+    Raises:
+      TransferError: naming the source and what differs.
+    """
+    backbone = Backbone(config, fingerprint, str(backbone_path))
+    for source in self.sources:
+      check_source(source, backbone)
+
+  def record(self) -> list[dict[str, str | None]]:
+    """What an export records of each source: its name, path and the backbone fingerprint it records."""
+    return [
+      {"name": s.name, "path": str(s.path), "backbone_fingerprint": (s.backbone or {}).get("backbone_fingerprint")}
+      for s in self.sources
+    ]
+
+
+@gin.configurable(module="prompt_tuning.transfer")
+def source_prompts(names: list[str] = gin.REQUIRED, library: str | None = None) -> SourcePrompts:
+  """The prompts `names` (ATTEMPT_SOURCES): ids of the prompt library `library` (ATTEMPT_LIBRARY, the server's
+  `--prompts_dir` format; None: the shipped demo library), or prompt files and MODEL_DIRs when no library is given
+  (`read_source`). Each is checked against the run's backbone when the run is built (`SourcePrompts.check`).
+
+  Raises:
+    TransferError: no names, a name found nowhere, or an entry of another method than the prompt.
+  """
+  if isinstance(names, str) or not names:
+    raise TransferError(f"ATTEMPT_SOURCES is {names!r}: give a list of library ids or prompt files to mix.")
+  if len(set(names)) != len(names):
+    raise TransferError(f"ATTEMPT_SOURCES {list(names)} names a source twice; give each once.")
+  libraries = [library] if library is not None else None
+  return SourcePrompts(tuple(read_source(str(name), libraries) for name in names))
+
+
 # -- similarity (Vu et al. 2022, section 4.1) ------------------------------------------------------------------------
 
 

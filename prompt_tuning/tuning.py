@@ -13,7 +13,8 @@ backbone as `T5.apply(..., adapters=...)`, never as parameters hidden inside it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -85,11 +86,34 @@ class TunedT5:
         axes[m.name] = m.logical_axes(vectors_shapes[m.name])
     return axes
 
-  def adapters(self, params: PyTree, task_ids: jax.Array | None = None) -> sites.Adapters:
+  @property
+  def reads_inputs(self) -> bool:
+    """Whether a method's vectors depend on each row's input (`Method.reads_inputs`): adapters per batch."""
+    return any(m.reads_inputs for m in self.methods)
+
+  def adapters(
+    self, params: PyTree, task_ids: jax.Array | None = None, encoder_input_tokens: jax.Array | None = None
+  ) -> sites.Adapters:
     """The merged adapters pytree of every method present in `params` (trained or folded); `task_ids` (int [B],
-    each row's task) goes to every method (`Method.adapters`)."""
-    trees = (m.adapters(params[m.name], self.config, task_ids) for m in self.methods if m.name in params)
+    each row's task) goes to every method (`Method.adapters`), and `encoder_input_tokens` (int [B, T]) with the
+    frozen token embedding to the methods that read the input (`Method.reads_inputs`)."""
+    trees = []
+    for m in self.methods:
+      if m.name not in params:
+        continue
+      if m.reads_inputs and encoder_input_tokens is not None:
+        inputs = (params["t5"]["token_embedder"]["embedding"], jnp.asarray(encoder_input_tokens))
+        trees.append(m.adapters(params[m.name], self.config, task_ids, inputs=inputs))
+      else:
+        trees.append(m.adapters(params[m.name], self.config, task_ids))
     return sites.merge(*trees)
+
+  def check_backbone(self, fingerprint: Callable[[], str], path: str | None) -> None:
+    """Every method's `Method.check_backbone`: frozen vectors a method reads were trained on this backbone
+    (`fingerprint()` computes its fingerprint, once; `path`: INITIAL_CHECKPOINT_PATH, to name it)."""
+    fingerprint = functools.cache(fingerprint)
+    for m in self.methods:
+      m.check_backbone(self.config, fingerprint, path)
 
   def fold(self, params: PyTree) -> PyTree:
     """Every method's serving form (prefix MLPs folded away); other entries unchanged."""
@@ -102,6 +126,11 @@ class TunedT5:
     rngs = {"dropout": rng} if enable_dropout else {}
     encoder_tokens = None if self.config.decoder_only else batch["encoder_input_tokens"]
     kwargs = {name: batch[name] for name in PACKED_FEATURES if name in batch}
+    if self.reads_inputs and kwargs:
+      raise ValueError(
+        f"{[m.name for m in self.methods if m.reads_inputs]} compute each example's vectors from its whole input, "
+        "and a packed row holds several examples: set PACK = False."
+      )
     if self.config.decoder_only and "decoder_causal_attention" in batch:
       kwargs["decoder_causal_attention"] = batch["decoder_causal_attention"]
     return self.module.apply(
@@ -109,7 +138,7 @@ class TunedT5:
       encoder_tokens,
       batch["decoder_input_tokens"],
       batch["decoder_target_tokens"],
-      adapters=self.adapters(params, batch.get("task_ids")),
+      adapters=self.adapters(params, batch.get("task_ids"), encoder_tokens),
       enable_dropout=enable_dropout,
       prompt_combination=self.prompt_combination,
       rngs=rngs,

@@ -1,5 +1,6 @@
 """The tuning-method interface: IA3 and per-layer prompts reach the backbone through their sites, in mixed
-batches, through the decode cache and under remat; every method exports and loads its folded form."""
+batches, through the decode cache and under remat; every method exports and loads its folded form; ATTEMPT's prompt
+is computed per example from its input (its library sources and gin run: tests/test_attempt.py)."""
 
 import functools
 
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 
 import prompt_tuning as pt
-from prompt_tuning import decoding
+from prompt_tuning import decoding, transfer
 from prompt_tuning.decoding import DecodingSettings
-from prompt_tuning.methods import IA3, PerLayerPrompt, PrefixSettings, Prompt
+from prompt_tuning.methods import ATTEMPT, IA3, Limits, PerLayerPrompt, PrefixSettings, Prompt, PromptError
 from prompt_tuning.models import adapters as sites
 from prompt_tuning.prompts import random_uniform
 from prompt_tuning.tuning import TunedT5
@@ -170,3 +171,76 @@ def test_export_then_load_serves_the_same_logits(tiny_decoder_model, batch, tmp_
   trained = _logits(config)(frozen, m.adapters(params, config), *batch)
   served = _logits(config)(frozen, m.adapters(jax.tree.map(jnp.asarray, loaded), config), *batch)
   np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-5)
+
+
+def _attempt_sources(width: int, count: int = 2) -> transfer.SourcePrompts:
+  rng = np.random.default_rng(7)
+  sources = (
+    transfer.Source(f"s{i}", None, "prompt", rng.normal(size=(3, width)).astype(np.float32), None) for i in range(count)
+  )
+  return transfer.SourcePrompts(tuple(sources))
+
+
+@pytest.fixture(scope="module")
+def attempt(tiny_decoder_model):
+  """(ATTEMPT over 2 random sources [3, D], its fresh trained tree)."""
+  config, frozen = tiny_decoder_model
+  method = ATTEMPT(3, _attempt_sources(config.emb_dim), _uniform, projection_dim=4)
+  return method, method.init(jax.random.key(1), frozen, config)
+
+
+def test_attempt_mixes_the_sources_per_example_and_trains_only_target_and_projection(
+  tiny_decoder_model, batch, attempt
+):
+  config, frozen = tiny_decoder_model
+  method, params = attempt
+  assert set(params) == {"target", "down", "up", "norm"}  # the sources are not trained: no optimizer sees them
+  prompt, weights = method.attention(params, frozen["token_embedder"]["embedding"], jnp.asarray(batch[0]))
+  weights = np.asarray(weights)
+  assert weights.shape == (3, 3)  # 3 rows; 2 sources and the target
+  np.testing.assert_allclose(weights.sum(axis=-1), 1.0, rtol=1e-6)
+  assert np.ptp(weights, axis=0).max() > 1e-4  # the weights differ between examples
+  # Section 3.2: P_instance = P_target + sum_j a_j P_j, the sum over the sources and the target.
+  prompts = np.concatenate([method.source_prompts, [params["target"]]])
+  np.testing.assert_allclose(
+    prompt, params["target"] + np.einsum("bk,kpd->bpd", weights, prompts), rtol=1e-5, atol=1e-6
+  )
+  tuned = TunedT5(config, (method,))
+  rows = {"encoder_input_tokens": batch[0], "decoder_input_tokens": batch[1], "decoder_target_tokens": batch[2]}
+
+  def loss(trained):
+    logits = tuned.forward({"t5": frozen, "attempt": trained}, rows, False, jax.random.key(0))
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 5])
+
+  grads = jax.jit(jax.grad(loss))(params)
+  for path, grad in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert np.abs(np.asarray(grad)).max() > 0, jax.tree_util.keystr(path)
+  packed = {**rows, "encoder_segment_ids": (batch[0] > 0).astype(np.int32)}
+  with pytest.raises(ValueError, match="set PACK = False"):
+    jax.eval_shape(lambda p: tuned.forward(p, packed, False, None), {"t5": frozen, "attempt": params})
+
+
+def test_attempt_export_then_load_decodes_the_same_and_the_server_refuses_it(
+  tiny_decoder_model, batch, attempt, tmp_path
+):
+  config, frozen = tiny_decoder_model
+  method, params = attempt
+  params = jax.tree.map(lambda x: x + 0.1, params)  # trained away from the initialization
+  method.export(params, config, tmp_path, {"backbone_path": "tiny"})
+  loaded = method.load(tmp_path, config)
+  np.testing.assert_array_equal(loaded["sources"], method.source_prompts)  # the export carries its sources
+  tuned, enc = TunedT5(config, (method,)), jnp.asarray(batch[0])
+  trained = tuned.adapters({"t5": frozen, "attempt": params}, encoder_input_tokens=enc)
+  served = tuned.adapters({"t5": frozen, "attempt": jax.tree.map(jnp.asarray, loaded)}, encoder_input_tokens=enc)
+  np.testing.assert_allclose(served["input"]["prompt"], trained["input"]["prompt"], rtol=1e-6)
+  settings = DecodingSettings(max_decode_length=4)
+  before = decoding.generate(config, frozen, batch[0], adapters=trained, settings=settings).tokens
+  after = decoding.generate(config, frozen, batch[0], adapters=served, settings=settings).tokens
+  np.testing.assert_array_equal(before, after)
+  other = ATTEMPT(3, _attempt_sources(config.emb_dim, count=3), _uniform, projection_dim=4)
+  with pytest.raises(ValueError, match=r"trained with the source prompts \['s0', 's1'\].*\['s0', 's1', 's2'\]"):
+    other.load(tmp_path, config)  # another config's sources: refused, naming the export's
+  with pytest.raises(ValueError, match="gives the methods no input"):
+    tuned.adapters({"t5": frozen, "attempt": params})
+  with pytest.raises(PromptError, match="'attempt' is not served.*from that row's input"):
+    ATTEMPT.check({"target": np.ones((3, config.emb_dim), np.float32)}, Limits(config, {"prompt": 8}, ("prompt",)))

@@ -87,7 +87,9 @@ class Predictor:
     self._task_count, self._vocab_size = run.tuned.task_count, vocab_size
     if self._task_count and vocab_size is None:
       raise ValueError("a multi-task run's Predictor reads each row's task sentinel: give it the task's vocab_size.")
-    self._adapters = None if self._task_count else run.tuned.adapters(self._params)
+    # Per batch where the vectors depend on the rows' tasks or inputs; once otherwise.
+    self._per_batch = bool(self._task_count) or run.tuned.reads_inputs
+    self._adapters = None if self._per_batch else run.tuned.adapters(self._params)
 
   def _task_ids(self, encoder_input_tokens: np.ndarray) -> np.ndarray:
     batch = {"encoder_input_tokens": np.asarray(encoder_input_tokens)}
@@ -96,8 +98,9 @@ class Predictor:
   def generate(self, encoder_input_tokens: np.ndarray) -> np.ndarray:
     tuned = self.run.tuned
     adapters = self._adapters
-    if self._task_count:
-      adapters = tuned.adapters(self._params, jax.numpy.asarray(self._task_ids(encoder_input_tokens)))
+    if self._per_batch:
+      task_ids = jax.numpy.asarray(self._task_ids(encoder_input_tokens)) if self._task_count else None
+      adapters = tuned.adapters(self._params, task_ids, encoder_input_tokens)
     out = decoding.generate(
       tuned.config,
       self._params["t5"],

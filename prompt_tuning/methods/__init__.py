@@ -10,13 +10,16 @@
 - `multitask_prompt.MultiTaskPrompt`: a shared prompt and a per-task part (the reference implementation's
   multi-task prompts: add, concat, concat_features, project);
 - `mpt.MultitaskPromptTuning`: MPT, the shared prompt times a rank-r per-task factor (Wang et al., 2023); PEFT's
-  MPT adapters both ways.
+  MPT adapters both ways;
+- `attempt.ATTEMPT`: a target prompt plus a per-example attention mixture of frozen source prompts from a prompt
+  library (Asai et al., 2022).
 
 Adding a method is one module here (a `Method` subclass, gin-configurable, imported below so it is
 registered) and one gin file in gin/prompts/; `base` says what a method declares, and
 `prompt_tuning.models.adapters` the sites it may feed.
 """
 
+from prompt_tuning.methods.attempt import ATTEMPT
 from prompt_tuning.methods.base import Limits, Method, PromptError, method_class, registered, trainable_pattern
 from prompt_tuning.methods.ia3 import IA3
 from prompt_tuning.methods.lora import LoRA
@@ -27,6 +30,7 @@ from prompt_tuning.methods.prefix import PrefixSettings
 from prompt_tuning.methods.prompt import Prompt
 
 __all__ = [
+  "ATTEMPT",
   "IA3",
   "Limits",
   "LoRA",

@@ -18,6 +18,9 @@ What a configured method (an instance, with its settings) gives:
   (`prompt_tuning.models.adapters`); `task_ids` (int [B], from the batch's "task_ids" when it has them; int
   [B, S] for packed rows: one per segment) lets a multi-task method give each row (segment) its own vectors;
   methods are merged, and two methods feeding one leaf is an error;
+- `reads_inputs` / `check_backbone(config, fingerprint, path)`: a method whose vectors depend on each row's input
+  (ATTEMPT) is given the embedding and the batch's tokens by `adapters(..., inputs=...)`; one that reads frozen
+  vectors trained on a backbone (ATTEMPT's source prompts) refuses another backbone before a run starts;
 - `fold(params, config)`: its serving form (the prefix MLP folded away; the identity for the others), which
   `adapters` accepts as well;
 - `export(params, config, folder, metadata=None)` / `load(folder, config)`: its portable files (`<name>.safetensors`
@@ -61,7 +64,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -133,6 +136,9 @@ class Method(abc.ABC):
 
   name: ClassVar[str]  # the key of its subtree in the run's parameter tree, and its name in files and requests
   leaves: ClassVar[tuple[tuple[str, str], ...]] = ()  # (sub-site, leaf) pairs of `adapters.SITE_LEAVES` it feeds
+  # Whether its vectors depend on each row's input (ATTEMPT): `adapters` is then also given
+  # `inputs=(embedding [V, D], encoder_input_tokens int [B, T])`, the frozen token embedding and the batch's tokens.
+  reads_inputs: ClassVar[bool] = False
 
   def __init_subclass__(cls, **kwargs):
     super().__init_subclass__(**kwargs)
@@ -175,6 +181,12 @@ class Method(abc.ABC):
       task_ids: int [B], each row's task (multi-task methods); None: no task ids (single-task methods ignore
         them).
     """
+
+  def check_backbone(self, config: T5Config, fingerprint: Callable[[], str], path: str | None) -> None:
+    """Refuses a backbone that frozen vectors the method reads (ATTEMPT's source prompts) were not trained on; the
+    run builder calls it before training or inference. `fingerprint()` computes the backbone's
+    (`checkpoints.training.backbone_fingerprint`); `path` is INITIAL_CHECKPOINT_PATH. The default reads none."""
+    del config, fingerprint, path
 
   def fold(self, params: PyTree, config: T5Config) -> PyTree:
     """The serving form of the parameters (default: unchanged)."""
