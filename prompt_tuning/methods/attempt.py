@@ -49,6 +49,13 @@ from prompt_tuning.methods.base import Limits, Method, PromptError, PyTree, read
 from prompt_tuning.models.adapters import Adapters
 from prompt_tuning.models.configs import T5Config
 
+
+class SourcesChangedError(RuntimeError):
+  """An ATTEMPT export trained with other source prompts than the config names. Not a ValueError: the inference
+  build treats those as a damaged export and reads the training checkpoint instead, which would pair the trained
+  target and projection with the config's other sources."""
+
+
 SOURCES = "sources"  # the folded tree's frozen source prompts [t, P, D]
 SOURCES_KEY = "attempt_sources"  # the export header's record of them (JSON)
 
@@ -189,7 +196,8 @@ class ATTEMPT(Method):
 
     Raises:
       FileNotFoundError: no export in `folder`.
-      ValueError: an export of another shape, or whose sources are not this config's.
+      ValueError: an export of another shape.
+      SourcesChangedError: an export whose sources are not this config's.
     """
     tree = read_tree(self.name, folder)
     expected = {"target", "down", "up", "norm", SOURCES}
@@ -197,7 +205,7 @@ class ATTEMPT(Method):
       raise ValueError(f"{Path(folder) / (self.name + '.safetensors')} is no ATTEMPT export (it holds no {expected}).")
     exported, configured = np.asarray(tree[SOURCES]), self.source_prompts
     if exported.shape != configured.shape or not np.array_equal(exported, configured):
-      raise ValueError(
+      raise SourcesChangedError(
         f"{Path(folder) / (self.name + '.safetensors')} was trained with the source prompts "
         f"{_exported_names(Path(folder) / (self.name + '.safetensors'))} {list(exported.shape)}, and this config names "
         f"{list(self.sources.names)} {list(configured.shape)}: set ATTEMPT_SOURCES (and ATTEMPT_LIBRARY) to the "
