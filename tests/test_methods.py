@@ -243,5 +243,12 @@ def test_attempt_export_then_load_decodes_the_same_and_the_server_refuses_it(
     other.load(tmp_path, config)  # another config's sources: refused, naming the export's
   with pytest.raises(ValueError, match="gives the methods no input"):
     tuned.adapters({"t5": frozen, "attempt": params})
-  with pytest.raises(PromptError, match="'attempt' is not served.*from that row's input"):
-    ATTEMPT.check({"target": np.ones((3, config.emb_dim), np.float32)}, Limits(config, {"prompt": 8}, ("prompt",)))
+  # An upload is refused with the reason (not "restart the server with it"), and a server cannot be started with it.
+  from prompt_tuning.serve.engine import EngineShapes
+  from prompt_tuning.serve.store import make_entry
+
+  limits = Limits(config, {"prompt": 8}, ("prompt",))
+  with pytest.raises(PromptError, match="'attempt' is not served: .*from that row's input"):
+    make_entry("mixed", "attempt", {"target": np.ones((3, config.emb_dim), np.float32)}, limits, 1, "upload")
+  with pytest.raises(ValueError, match="names 'attempt': method 'attempt' is not served"):
+    EngineShapes(methods=("prompt", "attempt"))

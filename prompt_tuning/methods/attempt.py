@@ -218,14 +218,18 @@ class ATTEMPT(Method):
     return None  # the server's library does not take it (`check`)
 
   @classmethod
-  def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
-    del arrays, limits
-    raise PromptError(
+  def unserved_reason(cls) -> str:
+    return (
       "method 'attempt' is not served: ATTEMPT computes each row's prompt from that row's input (an attention over "
       "its source prompts, Asai et al. 2022, section 3.2), and a server's rows carry fixed vectors (no adapter site "
       "reads the request's input). Evaluate or infer it with `prompt-tuning eval` / `prompt-tuning infer` and its "
       "run config."
     )
+
+  @classmethod
+  def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
+    del arrays, limits
+    raise PromptError(cls.unserved_reason())
 
 
 def _exported_names(path: Path) -> list[str]:

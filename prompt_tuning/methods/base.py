@@ -31,6 +31,8 @@ handed in by a user (an upload to the server, a library file):
 
 - `leaves`: the (sub-site, leaf) pairs of the contract it may feed, e.g. (("input", "prompt"), ...): a server
   gives every row of a batch these leaves of every method it serves, padded to the identity;
+- `unserved_reason()`: why a server never takes its vectors (None: it does; ATTEMPT's and the per-task tables'
+  say why, and what to serve instead);
 - `check(arrays, limits)`: what is wrong with named arrays a user hands in, raised as `PromptError`; the
   default checks the names and shapes against `leaves` (arrays named by their path, "decoder/mlp/scale");
 - `entry(arrays)`: the adapters pytree of those (checked) arrays, one row, no batch axis; the default reads the
@@ -211,6 +213,12 @@ class Method(abc.ABC):
   def export_file(cls) -> str | None:
     """The file of an export folder that holds the method's vectors (None: it has none the library reads)."""
     return f"{cls.name}.safetensors"
+
+  @classmethod
+  def unserved_reason(cls) -> str | None:
+    """Why a server never takes this method's vectors, said to a user who uploads them (and to EngineShapes.methods
+    naming it); None (the default): a server serves them."""
+    return None
 
   @classmethod
   def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:

@@ -96,10 +96,9 @@ def load(name: str, folder: str | Path, num_tasks: int, emb_dim: int) -> PyTree:
   return {FOLDED: table}
 
 
-def refuse_upload(name: str, limits: Limits) -> None:
+def upload_refusal(name: str) -> str:
   """A server serves a multi-task run's prompts one task at a time, as plain prompts."""
-  del limits
-  raise PromptError(
+  return (
     f"method {name!r} is served through its per-task prompts: upload {tasks_folder(name)}/task_<K>.npy of its "
     "export (a plain [P, D] prompt) with method 'prompt'."
   )
@@ -144,5 +143,10 @@ class TaskTableMethod(Method):
     return None  # the library takes its per-task prompts (method "prompt"), not the table
 
   @classmethod
+  def unserved_reason(cls) -> str:
+    return upload_refusal(cls.name)
+
+  @classmethod
   def check(cls, arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
-    refuse_upload(cls.name, limits)
+    del arrays, limits
+    raise PromptError(upload_refusal(cls.name))

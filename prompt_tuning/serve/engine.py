@@ -122,6 +122,9 @@ class EngineShapes:
     unknown = set(self.methods) - set(known)
     if unknown:
       raise ValueError(f"EngineShapes.methods has {sorted(unknown)}; the server takes any of {sorted(known)}.")
+    for name in self.methods:
+      if known[name].unserved_reason():
+        raise ValueError(f"EngineShapes.methods names {name!r}: {known[name].unserved_reason()}")
     used = sites.padded_axes(pair for name in self.methods for pair in known[name].leaves)
     for axis, setting in WIDTH_SETTINGS.items():
       width = getattr(self, setting)

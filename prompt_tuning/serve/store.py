@@ -105,6 +105,8 @@ def make_entry(prompt_id: str, method: str, arrays: Mapping[str, Any], limits: L
   """
   check_id(prompt_id)
   cls = method_class(method)
+  if cls.unserved_reason():
+    raise PromptError(cls.unserved_reason())
   if method not in limits.methods:
     widths = sorted(axis for axis in sites.padded_axes(cls.leaves) if limits.width(axis) < 1)
     tables = "".join(f" and {limits.setting(axis)}=N" for axis in widths)
