@@ -251,6 +251,24 @@ def check_backbone_finite(backbone, path: str | None) -> None:
     )
 
 
+def check_frozen_inputs(meta: Mapping[str, Any], tuned: TunedT5, model_dir) -> None:
+  """Refuses to resume a run whose methods now read other frozen vectors than it was trained with (ATTEMPT's
+  sources: `Method.frozen_inputs`); checkpoints that record none (older runs) are not compared.
+
+  Raises:
+    CheckpointError: naming the method, what the checkpoint records and what this config gives.
+  """
+  recorded = meta.get("frozen_inputs") or {}
+  for method in tuned.methods:
+    saved, now = recorded.get(method.name), method.frozen_inputs()
+    if saved is not None and saved != now:
+      raise CheckpointError(
+        f"the checkpoints in {model_dir} trained {method.name!r} with the frozen inputs {saved}; this config gives "
+        f"{now}. Give the run the inputs it was trained with (for ATTEMPT: ATTEMPT_SOURCES and ATTEMPT_LIBRARY), or "
+        "a fresh MODEL_DIR."
+      )
+
+
 def abstract_vectors(tuned: TunedT5, backbone_shapes):
   return jax.eval_shape(tuned.init_vectors, jax.random.key(0), backbone_shapes)
 
@@ -479,6 +497,7 @@ def build_training(cfg: RunConfig) -> Run:
   if (restored := checkpoints.restore_newest_intact(abstract)) is not None:
     state, meta = restored
     check_fingerprint(meta, backbone, cfg.initial_checkpoint_path)
+    check_frozen_inputs(meta, tuned, cfg.model_dir)
     data_position, resumed_backbone_dtype = int(meta["data_position"]), meta.get("frozen_dtype")
     log.info("resumed from step %d of %s", int(state.step), cfg.model_dir)
 

@@ -82,6 +82,10 @@ def test_a_gin_run_trains_the_target_and_projection_with_the_sources_frozen(trai
     f"--gin.MODEL_DIR='{model_dir}'",
   )
   assert infer.returncode == 0 and len([json.loads(line)["prediction"] for line in out.read_text().splitlines()]) == 4
+  # Resuming with other sources (here: the same two, swapped) is refused, naming what the checkpoints trained with.
+  swapped = ("--gin.ATTEMPT_SOURCES=['step4', 'step3']", "--gin.TRAIN_STEPS=3", f"--gin.MODEL_DIR='{model_dir}'")
+  resumed = _cli("train", *trained_run.flags, *flags, *swapped, check=False)
+  assert resumed.returncode == 1 and "with the frozen inputs step3, step4 [2, 3, 4]" in resumed.stderr, resumed.stderr
   sources = "--gin.ATTEMPT_SOURCES=['wide']"
   refused = _cli("train", *trained_run.flags, *flags, sources, f"--gin.MODEL_DIR='{tmp_path / 'refused'}'", check=False)
   assert refused.returncode == 1 and "source 'wide'" in refused.stderr, refused.stderr[-2000:]

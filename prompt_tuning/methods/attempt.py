@@ -31,6 +31,7 @@ the request's input), so an upload is refused with that reason (`check`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -118,6 +119,11 @@ class ATTEMPT(Method):
   def check_backbone(self, config: T5Config, fingerprint: Callable[[], str], path: str | None) -> None:
     """Refuses source prompts of another width, or recording another backbone, than the run's (transfer's check)."""
     self.sources.check(config, fingerprint(), path)
+
+  def frozen_inputs(self) -> str:
+    """The sources' names and the SHA-256 of their values: a run resumes only with the sources it trained with."""
+    digest = hashlib.sha256(np.ascontiguousarray(self.source_prompts, np.float32).tobytes()).hexdigest()
+    return f"{', '.join(self.sources.names)} {list(self.source_prompts.shape)} sha256:{digest[:16]}"
 
   def init(self, rng: jax.Array, backbone: PyTree, config: T5Config) -> PyTree:
     if config.decoder_only:

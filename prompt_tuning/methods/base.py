@@ -190,6 +190,12 @@ class Method(abc.ABC):
     (`checkpoints.training.backbone_fingerprint`); `path` is INITIAL_CHECKPOINT_PATH. The default reads none."""
     del config, fingerprint, path
 
+  def frozen_inputs(self) -> str | None:
+    """What identifies frozen vectors the method reads besides its trained tree (ATTEMPT's sources: names and a
+    digest of their values), recorded in every training checkpoint so that a run resumes only with the same ones;
+    None (the default): it reads none."""
+    return None
+
   def fold(self, params: PyTree, config: T5Config) -> PyTree:
     """The serving form of the parameters (default: unchanged)."""
     del config

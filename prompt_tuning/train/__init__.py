@@ -51,6 +51,7 @@ def _save(run: Run, cfg: RunConfig, step: int, data_position: int, lock: locks.D
     "backbone_path": str(cfg.initial_checkpoint_path),
     "trainable_pattern": pattern_of(cfg, run.tuned),
     "methods": [method.name for method in run.tuned.methods],
+    "frozen_inputs": {m.name: m.frozen_inputs() for m in run.tuned.methods if m.frozen_inputs()},
     **training_checkpoints.data_settings(cfg),
   }
   trainable = run.state.trainable if isinstance(run.state.trainable, dict) else {}
