@@ -20,7 +20,8 @@ What a configured method (an instance, with its settings) gives:
   methods are merged, and two methods feeding one leaf is an error;
 - `reads_inputs` / `check_backbone(config, fingerprint, path)`: a method whose vectors depend on each row's input
   (ATTEMPT) is given the embedding and the batch's tokens by `adapters(..., inputs=...)`; one that reads frozen
-  vectors trained on a backbone (ATTEMPT's source prompts) refuses another backbone before a run starts;
+  vectors trained on a backbone (ATTEMPT's source prompts) refuses another backbone before a run starts, and
+  `frozen_inputs()` identifies them in each training checkpoint (a resume with other ones is refused);
 - `fold(params, config)`: its serving form (the prefix MLP folded away; the identity for the others), which
   `adapters` accepts as well;
 - `export(params, config, folder, metadata=None)` / `load(folder, config)`: its portable files (`<name>.safetensors`
