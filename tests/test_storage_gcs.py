@@ -190,7 +190,6 @@ def test_a_damaged_checkpoint_in_gs_is_moved_aside_and_the_previous_one_restored
 
 
 def test_a_sweep_on_gs_trains_into_the_bucket_is_locked_resumed_reported(gcs_emulator, reference_dir, tmp_path, _cli):
-
   from sweep_files import write_sweep
 
   from prompt_tuning.sweeps import records
@@ -229,3 +228,33 @@ def test_a_sweep_on_gs_trains_into_the_bucket_is_locked_resumed_reported(gcs_emu
   assert [p for p in events if "tfevents" in p.name]
   missing = _cli("sweep", "status", f"{gcs_emulator}/no_such_sweep", check=False)
   assert missing.returncode == 1 and "is not a sweep folder" in missing.stderr
+
+
+def test_export_and_inspect_read_a_gs_model_dir_and_export_into_the_bucket(gcs_emulator, trained_run, tmp_path, _cli):
+  import tiny_task
+
+  from prompt_tuning import transfer
+  from prompt_tuning.checkpoints import prompt_files
+
+  model_dir = f"{gcs_emulator}/exported_run"
+  storage.upload_folder(trained_run.model_dir, model_dir)  # as `gcloud storage cp -r` would
+  newest = np.load(trained_run.model_dir / "numpy_checkpoints" / "checkpoint_4" / "prompt.npy")
+
+  _cli("export", model_dir, str(tmp_path / "prompt"), "--format=npy")  # the newest step's prompt, from the bucket
+  np.testing.assert_array_equal(np.load(tmp_path / "prompt.npy"), newest)
+  exported = _cli("export", model_dir, f"{model_dir}/peft", "--base_model=google/t5-efficient-tiny")
+  assert f"to {model_dir}/peft" in exported.stdout
+  assert json.loads(storage.path(f"{model_dir}/peft/adapter_config.json").read_text())["num_virtual_tokens"] == 3
+  np.testing.assert_array_equal(prompt_files.load_prompt_file(f"{model_dir}/peft"), newest)  # PEFT folder, on gs://
+
+  # `transfer SOURCE` (and a SPoT sweep's ranked_source) reads a gs:// MODEL_DIR too, with the backbone it records.
+  source = transfer.read_source(model_dir)
+  np.testing.assert_array_equal(source.prompt, newest)
+  assert source.backbone == prompt_files.recorded_backbone(trained_run.model_dir) and source.backbone
+  with pytest.raises(transfer.TransferError, match="a prompt library is a local folder"):
+    transfer.read_source("demo-id", [f"{gcs_emulator}/library"])
+
+  inspected = _cli("inspect", model_dir, f"--checkpoint={tiny_task.T5X_TINY}", "--k=2").stdout
+  assert inspected == _cli("inspect", str(trained_run.model_dir), f"--checkpoint={tiny_task.T5X_TINY}", "--k=2").stdout
+  missing = _cli("export", f"{gcs_emulator}/no_such_run", str(tmp_path / "x"), check=False)
+  assert missing.returncode == 1 and f"no prompt at {gcs_emulator}/no_such_run" in missing.stderr
