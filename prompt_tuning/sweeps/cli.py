@@ -17,7 +17,6 @@ times; it exits 1 if any run is not done at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ def sweep_directory_lock(sweep_dir: Any):
   gs://, the lock object with a heartbeat that a gs:// MODEL_DIR has (locks.BucketLock)."""
   from prompt_tuning import locks
 
-  return locks.DirectoryLock(os.fspath(sweep_dir) if storage.is_remote(sweep_dir) else sweep_dir, what="sweep")
+  return locks.DirectoryLock(sweep_dir, what="sweep")
 
 
 def _parser() -> argparse.ArgumentParser:
