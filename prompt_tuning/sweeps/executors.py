@@ -110,14 +110,15 @@ def run_attempt(task: Task, cores=None, gpus=None, executor: str = "local") -> O
       )
       attempt = records.start_attempt(folder, process.pid, cores, executor)
       returncode = process.wait()
+  finally:  # also on Ctrl-C: what the attempt printed reaches the bucket's log.txt
     with open(log_path, "rb") as log:
       log.seek(offset)
       output = log.read()
     if remote:
-      storage.append_text(folder / "log.txt", output.decode(errors="replace"))
-  finally:
-    if remote:
-      log_path.unlink(missing_ok=True)
+      try:
+        storage.append_text(folder / "log.txt", output.decode(errors="replace"))
+      finally:
+        log_path.unlink(missing_ok=True)
   error = None if returncode == 0 else records.error_line(output.decode(errors="replace"))
   if returncode < 0:
     error = f"killed by signal {-returncode}" + (f" ({error})" if error else "")
