@@ -79,7 +79,9 @@ def test_reference_order_and_ours_give_the_same_configuration():
   assert macros["PROMPT_LENGTH"] == "20" and macros["SIZE"] == "'xxl'" and macros["FAMILY"] == "'t5_1_1_lm100k'"
 
 
-@pytest.mark.parametrize("method_file", ["prompts/mpt.gin", "prompts/multitask_prompt.gin", "prompts/per_layer_prompt.gin"])
+@pytest.mark.parametrize(
+  "method_file", ["prompts/mpt.gin", "prompts/multitask_prompt.gin", "prompts/per_layer_prompt.gin"]
+)
 def test_a_method_that_replaces_the_prompt_composes_with_runs_in_either_order(method_file):
   """The method file moves the prompt to its own method whether runs/ comes before or after it (it sets the
   PROMPT_METHOD macro, which runs/run_config.gin reads, instead of binding RunConfig.prompt beside runs/'s)."""
