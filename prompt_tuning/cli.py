@@ -6,7 +6,7 @@
     prompt-tuning transfer SOURCE|rank --gin_file=... [--library DIR] (SPoT: start from, or rank, library prompts;
                          see prompt_tuning/transfer.py)
     prompt-tuning inspect PROMPT --checkpoint BACKBONE [--size NAME] [--vocab SPM] [--k 5]
-    prompt-tuning export  PROMPT OUT [--format peft|npy]
+    prompt-tuning export  PROMPT OUT [--format peft|npy]   (PROMPT and OUT may be gs:// paths)
     prompt-tuning tasks   list [PATTERN] | show NAME
     prompt-tuning sweep   plan|run|status|report SWEEP.gin (see prompt_tuning/sweeps/cli.py)
     prompt-tuning serve  --gin_file=... [--prompts_dir DIR] [--host H] [--port N] (HTTP server, prompt_tuning.serve)
@@ -50,7 +50,7 @@ def _run_inspect(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(
     prog="prompt-tuning inspect", description="nearest vocabulary tokens of each prompt vector"
   )
-  parser.add_argument("prompt", help="a prompt: .npy, .safetensors, a PEFT adapter folder or a MODEL_DIR")
+  parser.add_argument("prompt", help="a prompt: .npy, .safetensors, a PEFT adapter folder or a MODEL_DIR (or gs://)")
   parser.add_argument("--checkpoint", required=True, help="the backbone (its token embedding is compared against)")
   parser.add_argument("--size", default=None, help="named size, for T5X checkpoints")
   parser.add_argument("--vocab", default=None, help="SentencePiece model, to print pieces rather than ids")
@@ -76,21 +76,19 @@ def _run_export(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(
     prog="prompt-tuning export", description="write a trained prompt as a PEFT adapter or .npy"
   )
-  parser.add_argument("prompt", help="a prompt: .npy, .safetensors, a PEFT adapter folder or a MODEL_DIR")
-  parser.add_argument("output", help="the folder (peft) or file (npy; .npy is added if the name lacks it) to write")
+  parser.add_argument("prompt", help="a prompt: .npy, .safetensors, a PEFT adapter folder or a MODEL_DIR (or gs://)")
+  parser.add_argument("output", help="the folder (peft) or file (npy; .npy is added if the name lacks it), or gs://")
   parser.add_argument("--format", choices=("peft", "npy"), default="peft")
   parser.add_argument("--base_model", default=None, help="base_model_name_or_path recorded in the PEFT config")
   args = parser.parse_args(argv)
-  import numpy as np
-
-  from prompt_tuning import prompts
-  from prompt_tuning.checkpoints import peft
+  from prompt_tuning import prompts, storage
+  from prompt_tuning.checkpoints import peft, prompt_files
 
   prompt = prompts.load_prompt_file(args.prompt)
   output = args.output
   if args.format == "npy":
     output = output if output.endswith(".npy") else output + ".npy"  # what np.save writes: say so
-    np.save(output, np.asarray(prompt))
+    storage.write_bytes(storage.path(output), prompt_files.npy_bytes(prompt))
   else:
     peft.export_peft_adapter(prompt, output, base_model_name_or_path=args.base_model)
   print(f"wrote {args.format} prompt [{prompt.shape[0]}, {prompt.shape[1]}] to {output}")

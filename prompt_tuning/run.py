@@ -220,7 +220,7 @@ def load_backbone(cfg: RunConfig):
     check_frozen_dtype(cfg, with_run_settings(cfg, get_config(cfg.model_size)))
   if cfg.initial_checkpoint_path is None:
     config = with_run_settings(cfg, get_config(cfg.model_size))
-    params = jax.device_get(jax.jit(init_params, static_argnums=0)(config, jax.random.key(cfg.seed)))
+    params = jax.device_get(init_params(config, jax.random.key(cfg.seed)))
   else:
     config, params = load_pretrained(cfg.initial_checkpoint_path, config=cfg.model_size, dtype=cfg.frozen_dtype)
     config = with_run_settings(cfg, config)

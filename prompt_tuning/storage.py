@@ -234,6 +234,32 @@ def upload_folder(local: str | os.PathLike, target: Any) -> None:
       (target / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
 
 
+def download(source: Any, local: str | os.PathLike, recursive: bool = True) -> Path:
+  """Copies the gs:// file or folder `source` to the local path `local` (a folder's files keep their place under
+  it; `recursive=False`: only the files directly in it); returns `local`. For the readers that need a local file
+  (numpy's and safetensors' loaders, a subprocess): what they read is copied down first."""
+  source = os.fspath(source).rstrip("/")
+  local = Path(local)
+  fs = _fs()
+  if fs.isfile(source):
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(fs.cat_file(source))
+    return local
+  names = fs.find(source, maxdepth=None if recursive else 1)
+  prefix = source[len(GCS_SCHEME) :] + "/"
+  for name in names:
+    relative = name[len(prefix) :] if name.startswith(prefix) else None
+    if not relative or relative.endswith("/"):
+      continue  # the folder's own placeholder object, if a tool made one
+    if ".." in Path(relative).parts or relative.startswith("/"):
+      raise StorageError(f"{GCS_SCHEME}{name} climbs out of {source} ('..'): it is not copied. Remove that object.")
+    target = local / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(fs.cat_file(GCS_SCHEME + name))
+  local.mkdir(parents=True, exist_ok=True)
+  return local
+
+
 def _fs():
   _configure()
   from etils.epath import backend

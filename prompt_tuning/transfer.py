@@ -90,9 +90,15 @@ def library_sources(library: str | Path) -> list[Source]:
   Raises:
     TransferError: nothing at `library`. PromptError: an entry that cannot be read (naming its file).
   """
+  from prompt_tuning import storage
   from prompt_tuning.serve.library_files import LibraryFolder
   from prompt_tuning.serve.store import read_entry_file
 
+  if storage.is_remote(library):
+    raise TransferError(
+      f"--library {library}: a prompt library is a local folder (the server's --prompts_dir format). Copy it down "
+      f"(gcloud storage cp -r {library} DIR) and give DIR; one prompt on gs:// is given as SOURCE or --target itself."
+    )
   library = Path(library)
   if not library.exists():
     raise TransferError(f"no prompt library at {library}: give --library a folder of prompts, or one prompt.")
@@ -101,6 +107,18 @@ def library_sources(library: str | Path) -> list[Source]:
     return sorted((_source(e.prompt_id, e.path, e.method, dict(e.arrays)) for e in entries), key=lambda s: s.name)
   method, arrays = read_entry_file(library)
   return [_source(library.stem if library.is_file() else library.name, library, method, arrays)]
+
+
+def _remote_source(url: str) -> Source:
+  """A prompt on gs:// (`prompt_files.load_prompt_file`'s formats; a MODEL_DIR reads only its newest numpy step) and
+  the backbone it records. Its path stays the gs:// one: the run's prompt initializer reads it from there."""
+  from prompt_tuning.checkpoints.prompt_files import load_prompt_file, recorded_backbone
+
+  try:
+    prompt = load_prompt_file(url)
+  except FileNotFoundError as e:
+    raise TransferError(str(e)) from None
+  return Source(url, url, "prompt", prompt, recorded_backbone(url))
 
 
 def _holds_one_prompt(folder: Path) -> bool:
@@ -119,8 +137,16 @@ def read_source(spec: str, libraries: list[str | Path] | None = None) -> Source:
   Raises:
     TransferError: neither, naming the libraries' entries; or an entry of another method than the prompt.
   """
+  from prompt_tuning import storage
   from prompt_tuning.serve.store import read_entry_file
 
+  if storage.is_remote(spec):  # a prompt on gs:// (a MODEL_DIR trained there, an export uploaded)
+    if libraries:
+      raise TransferError(f"{spec} is a prompt on Cloud Storage, so --library is not read: leave it out.")
+    source = _remote_source(spec)
+    if source.prompt is None:
+      raise TransferError(f"{spec} holds no prompt: transfer starts a prompt from a prompt.")
+    return source
   path = Path(spec)
   if path.exists():
     if libraries:
@@ -131,7 +157,7 @@ def read_source(spec: str, libraries: list[str | Path] | None = None) -> Source:
     method, arrays = read_entry_file(path)
     source = _source(spec, path, method, arrays)
   else:
-    libraries = [Path(p) for p in libraries] if libraries else [default_library()]
+    libraries = list(libraries) if libraries else [default_library()]
     sources = {s.name: s for library in reversed(libraries) for s in library_sources(library)}  # the first wins
     if spec not in sources:
       raise TransferError(
@@ -335,14 +361,16 @@ def train_from(source: Source, cfg) -> dict[str, Any]:
 
 
 @gin.configurable(module="prompt_tuning.transfer")
-def tune_target(cfg, steps: int = 100) -> Path:
+def tune_target(cfg, steps: int = 100) -> Any:
   """SPoT's target task embedding: the run's prompt tuned `steps` steps (from PROMPT_INIT) on its task, into
   MODEL_DIR/transfer_rank/target; returns that folder (a finished one is reused)."""
   from prompt_tuning import train
 
   if steps < 1:
     raise TransferError(f"tune_target.steps is {steps}; the target prompt needs at least 1 step of tuning.")
-  folder = Path(cfg.model_dir) / RANK_FOLDER / "target"
+  from prompt_tuning import storage
+
+  folder = storage.path(cfg.model_dir) / RANK_FOLDER / "target"
   train.train(
     run_config=dataclasses.replace(cfg, model_dir=str(folder)),
     num_train_steps=steps,
@@ -368,14 +396,16 @@ def rank_command(
   Raises:
     TransferError: two sources of one name (rename one), or (with `start`) no source left to start from.
   """
-  libraries = [Path(p) for p in libraries] if libraries else [default_library()]
+  from prompt_tuning import storage
+
+  libraries = list(libraries) if libraries else [default_library()]
   sources = [source for library in libraries for source in library_sources(library)]
   names = [s.name for s in sources]
   if len(set(names)) != len(names):
     twice = sorted({n for n in names if names.count(n) > 1})
     raise TransferError(f"the libraries {', '.join(map(str, libraries))} hold several sources named {twice}.")
   backbone = run_backbone(cfg)
-  target_path = Path(target) if target is not None else tune_target(cfg)
+  target_path = target if target is not None else tune_target(cfg)
   target_source = read_source(str(target_path))  # a path: no library is read
   check_source(target_source, backbone)
   ranked, refused = [], []
@@ -390,10 +420,9 @@ def rank_command(
   library = ", ".join(map(str, libraries))
   print(f"target: {target_path} [{', '.join(map(str, target_source.prompt.shape))}]; library: {library}")
   print(format_ranking(rows, refused, metric))
-  out = Path(cfg.model_dir) / RANK_FOLDER / "ranking.json"
-  out.parent.mkdir(parents=True, exist_ok=True)
+  out = storage.path(cfg.model_dir) / RANK_FOLDER / "ranking.json"
   record = {"target": str(target_path), "library": str(library), "metric": metric, "ranking": rows}
-  out.write_text(json.dumps({**record, "refused": dict(refused)}, indent=1) + "\n")
+  storage.write_bytes(out, (json.dumps({**record, "refused": dict(refused)}, indent=1) + "\n").encode())
   if start is None:
     return None
   if not rows:
@@ -464,7 +493,9 @@ def ranked_source(
     raise TransferError(f"ranked_source.task {task!r} is none of the sources' tasks ({', '.join(sorted(sources))}).")
 
   def init(rng, embedding, length):
-    runs = Path(model_dir).parent
+    from prompt_tuning import storage
+
+    runs = storage.path(model_dir).parent  # SWEEP_DIR/runs: local, or on gs:// for a sweep in the bucket
     found = {}
     for name, run in sources.items():
       if not (runs / run / "numpy_checkpoints").is_dir():
@@ -490,10 +521,9 @@ def ranked_source(
       raise TransferError(f"no source prompt can start the task {task} (refused: {dict(refused)}).")
     chosen = rows[0] if pick == "best" else rows[-1]
     if jax.process_index() == 0:
-      out = Path(model_dir) / RANK_FOLDER / "ranking.json"
-      out.parent.mkdir(parents=True, exist_ok=True)
+      out = storage.path(model_dir) / RANK_FOLDER / "ranking.json"
       record = {"target": str(target.path), "metric": metric, "pick": pick, "chosen": chosen["name"], "ranking": rows}
-      out.write_text(json.dumps({**record, "refused": dict(refused)}, indent=1) + "\n")
+      storage.write_bytes(out, (json.dumps({**record, "refused": dict(refused)}, indent=1) + "\n").encode())
     return prompts.from_file(chosen["path"])(rng, embedding, length)
 
   return init

@@ -79,6 +79,22 @@ def test_reference_order_and_ours_give_the_same_configuration():
   assert macros["PROMPT_LENGTH"] == "20" and macros["SIZE"] == "'xxl'" and macros["FAMILY"] == "'t5_1_1_lm100k'"
 
 
+@pytest.mark.parametrize(
+  "method_file", ["prompts/mpt.gin", "prompts/multitask_prompt.gin", "prompts/per_layer_prompt.gin"]
+)
+def test_a_method_that_replaces_the_prompt_composes_with_runs_in_either_order(method_file):
+  """The method file moves the prompt to its own method whether runs/ comes before or after it (it sets the
+  PROMPT_METHOD macro, which runs/run_config.gin reads, instead of binding RunConfig.prompt beside runs/'s)."""
+  bindings = [*REQUIRED, "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 4}", "NUM_TASKS = 2"]
+  for files in (["test/prompt_tiny.gin", method_file], [method_file, "test/prompt_tiny.gin"]):
+    gin.clear_config()
+    gin_config.configure_gin(files, bindings, [])
+    cfg = train.RunConfig()
+    assert cfg.prompt is None, files
+    assert len(cfg.methods) == 1 and type(cfg.methods[0]).__name__ != "Prompt", files
+  gin.clear_config()
+
+
 @pytest.mark.parametrize("command", ["runs/prompt_eval.gin", "runs/prompt_infer.gin"])
 def test_a_runs_file_after_a_config_resets_nothing(command):
   """The README's `--gin_file=prompt_xxl.gin --gin_file=runs/prompt_eval.gin`: the issue's MODEL_SIZE=None,

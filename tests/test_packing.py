@@ -131,6 +131,12 @@ def _step(tuned):
   return _jit(step)
 
 
+@functools.cache
+def _eval_step(tuned):
+  """The jitted evaluation step (op by op, its hundreds of operations would each be compiled on their own)."""
+  return _jit(functools.partial(trainer.eval_step, forward=tuned.forward))
+
+
 def _compare(tuned, params, pattern):
   examples, unpacked, packed, where = _batches(tuned.prompt_length)
   trainable, frozen = optim.partition(params, pattern)
@@ -148,7 +154,7 @@ def _compare(tuned, params, pattern):
   np.testing.assert_allclose(float(packed_metrics["loss"]), float(metrics["loss"]), rtol=2e-6)
   np.testing.assert_allclose(float(packed_metrics["accuracy"]), float(metrics["accuracy"]), rtol=1e-6)
   # The evaluation's sequence accuracy counts each packed segment as its own sequence.
-  scored = [trainer.eval_step(trainable, frozen, batch, forward=tuned.forward) for batch in (unpacked, packed)]
+  scored = [_eval_step(tuned)(trainable, frozen, batch) for batch in (unpacked, packed)]
   assert [float(m["num_sequences"]) for m in scored] == [len(examples)] * 2
   assert float(scored[0]["sequence_accuracy"]) == float(scored[1]["sequence_accuracy"])
   flat, packed_flat = optim._flat(gradient), optim._flat(packed_gradient)

@@ -40,7 +40,7 @@ README_SWEEP_AXES = """
 sweep.axes = {'size': @size/axis(), 'method': @method/axis(), 'seed': @seed/axis()}
 sweep.grids = {'figure1': ['size', 'method']}
 size/axis.values = {'tiny': []}
-method/axis.values = {'prompt': [], 'model': ['PROMPT_LENGTH = 0', "TRAINABLE_PATTERN = '.*'"]}
+method/axis.values = {'prompt': []}
 seed/axis.binding = 'RunConfig.seed'
 seed/axis.values = [0]
 """
@@ -81,7 +81,8 @@ def stand_ins(reference_dir, tmp_path_factory):
   _place_in_download_cache(cola, downloads, ARCHIVES["glue/cola"])
   cola.download_and_prepare(download_dir=str(downloads))
   checkpoint = str(reference_dir / "t5x_t5_1_1_tiny" / "checkpoint_3")
-  # The demo sweep's stand-in: two tiny runs of 2 steps, prompt and model tuning (tests/sweep_files.py).
+  # The demo sweep's stand-in: one tiny run of 2 steps (tests/sweep_files.py); sweeps of several runs, in parallel,
+  # killed and resumed, are tests/test_sweeps_runs.py's.
   sweep_file = write_sweep(tmp / "sweep", "readme_sweep", steps=2, axes=README_SWEEP_AXES)
   pairs = {
     "configs/sweeps/demo_scale.gin": str(sweep_file),

@@ -187,3 +187,74 @@ def test_a_damaged_checkpoint_in_gs_is_moved_aside_and_the_previous_one_restored
   assert "skipped damaged training checkpoint 4" in caplog.text
   assert storage.path(f"{model_dir}/damaged_checkpoints/4/meta/metadata").exists()  # moved aside, not deleted
   assert not storage.path(f"{model_dir}/checkpoints/4").exists()
+
+
+def test_a_sweep_on_gs_trains_into_the_bucket_is_locked_resumed_reported(gcs_emulator, reference_dir, tmp_path, _cli):
+  from sweep_files import write_sweep
+
+  from prompt_tuning.sweeps import records
+
+  axes = "sweep.axes = {'seed': @seed/axis()}\nseed/axis.binding = 'RunConfig.seed'\nseed/axis.values = [0]\n"
+  sweep_file = write_sweep(tmp_path, "tiny_gs", steps=2, axes=axes)
+  sweep_dir = f"{gcs_emulator}/sweeps/tiny"
+  run = f"{sweep_dir}/runs/seed=0"
+  argv = ["sweep", "run", str(sweep_file), f"--sweep_dir={sweep_dir}"]
+  with locks.DirectoryLock(sweep_dir, what="sweep"):  # another driver holds the gs:// sweep folder
+    refused = _cli(*argv, check=False)
+  assert refused.returncode == 1 and f"{sweep_dir} is in use by" in refused.stderr
+  assert not storage.path(f"{sweep_dir}/runs").exists()  # nothing was started
+
+  first = _cli(*argv)
+  assert "1 runs, 0 already done; running 1" in first.stdout and "done seed=0" in first.stdout
+  # The run's MODEL_DIR is in the bucket, with its records beside its checkpoints; nothing went to a local "gs:".
+  assert records.read_run(records.run_dir(sweep_dir, "seed=0")).command[-1] == f"--gin.MODEL_DIR={run!r}"
+  for name in ("sweep.json", "runs/seed=0/command.sh", "runs/seed=0/done.json", "runs/seed=0/checkpoints/2"):
+    assert storage.path(f"{sweep_dir}/{name}").exists(), name
+  assert "=== attempt at" in storage.path(f"{run}/log.txt").read_text()
+  assert [a["returncode"] for a in records.read_attempts(storage.path(run))] == [0]
+  assert not storage.path(f"{run}/running.json").exists() and not storage.path(f"{sweep_dir}/.lock").exists()
+  assert not (ROOT / "gs:").exists() and not (tmp_path / "gs:").exists()
+
+  again = _cli(*argv)  # the run's state is read from the bucket: done, not started again
+  assert "1 runs, 1 already done; running 0" in again.stdout
+  status = _cli("sweep", "status", sweep_dir).stdout
+  assert status.splitlines()[0].split() == ["done", "2/2", "seed=0"] and "done 1  running 0" in status
+
+  report = _cli("sweep", "report", sweep_dir)
+  assert "# Sweep tiny_gs: validation" in report.stdout and f"markdown: {sweep_dir}/report/results.md" in report.stdout
+  runs_csv = storage.path(f"{sweep_dir}/report/runs.csv").read_text().splitlines()
+  assert runs_csv[0].startswith("run,seed,state,final,best") and runs_csv[1].startswith("seed=0,0,done,")
+  events = list(storage.path(f"{sweep_dir}/tensorboard/seed=0").iterdir())
+  assert [p for p in events if "tfevents" in p.name]
+  missing = _cli("sweep", "status", f"{gcs_emulator}/no_such_sweep", check=False)
+  assert missing.returncode == 1 and "is not a sweep folder" in missing.stderr
+
+
+def test_export_and_inspect_read_a_gs_model_dir_and_export_into_the_bucket(gcs_emulator, trained_run, tmp_path, _cli):
+  import tiny_task
+
+  from prompt_tuning import transfer
+  from prompt_tuning.checkpoints import prompt_files
+
+  model_dir = f"{gcs_emulator}/exported_run"
+  storage.upload_folder(trained_run.model_dir, model_dir)  # as `gcloud storage cp -r` would
+  newest = np.load(trained_run.model_dir / "numpy_checkpoints" / "checkpoint_4" / "prompt.npy")
+
+  _cli("export", model_dir, str(tmp_path / "prompt"), "--format=npy")  # the newest step's prompt, from the bucket
+  np.testing.assert_array_equal(np.load(tmp_path / "prompt.npy"), newest)
+  exported = _cli("export", model_dir, f"{model_dir}/peft", "--base_model=google/t5-efficient-tiny")
+  assert f"to {model_dir}/peft" in exported.stdout
+  assert json.loads(storage.path(f"{model_dir}/peft/adapter_config.json").read_text())["num_virtual_tokens"] == 3
+  np.testing.assert_array_equal(prompt_files.load_prompt_file(f"{model_dir}/peft"), newest)  # PEFT folder, on gs://
+
+  # `transfer SOURCE` (and a SPoT sweep's ranked_source) reads a gs:// MODEL_DIR too, with the backbone it records.
+  source = transfer.read_source(model_dir)
+  np.testing.assert_array_equal(source.prompt, newest)
+  assert source.backbone == prompt_files.recorded_backbone(trained_run.model_dir) and source.backbone
+  with pytest.raises(transfer.TransferError, match="a prompt library is a local folder"):
+    transfer.read_source("demo-id", [f"{gcs_emulator}/library"])
+
+  inspected = _cli("inspect", model_dir, f"--checkpoint={tiny_task.T5X_TINY}", "--k=2").stdout
+  assert inspected == _cli("inspect", str(trained_run.model_dir), f"--checkpoint={tiny_task.T5X_TINY}", "--k=2").stdout
+  missing = _cli("export", f"{gcs_emulator}/no_such_run", str(tmp_path / "x"), check=False)
+  assert missing.returncode == 1 and f"no prompt at {gcs_emulator}/no_such_run" in missing.stderr

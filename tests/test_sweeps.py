@@ -248,6 +248,14 @@ def test_status_of_a_folder_that_is_not_a_sweep(tmp_path, capsys):
   assert "is not a sweep folder" in capsys.readouterr().err
 
 
+def test_a_sweep_folder_url_other_than_gs_is_refused(capsys):
+  # Path("s3://b/s") would be the local folder "s3:/b/s"; gs:// is written through prompt_tuning.storage.
+  assert cli.main(["sweep", "run", "x.gin", "--sweep_dir=s3://bucket/sweep"]) == 2
+  assert "--sweep_dir s3://bucket/sweep is a URL this project does not write to" in capsys.readouterr().err
+  assert cli.main(["sweep", "status", "s3://bucket/sweep"]) == 1
+  assert "the sweep folder s3://bucket/sweep is a URL this project does not write to" in capsys.readouterr().err
+
+
 def test_every_run_of_the_demo_sweep_parses_and_is_sized(capsys):
   assert cli.main(["sweep", "plan", "sweeps/demo_scale.gin"]) == 0
   lines = capsys.readouterr().out.splitlines()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,18 @@ def export_peft_adapter(
 
 def write_adapter_folder(path: str | os.PathLike, adapter_config: dict[str, Any], tensors: dict[str, Any]) -> Path:
   """Writes a PEFT adapter folder (any PEFT type): `adapter_config.json` and `adapter_model.safetensors` with
-  `tensors` under PEFT's names, as `PeftModel.from_pretrained` reads them; returns the folder (created)."""
+  `tensors` under PEFT's names, as `PeftModel.from_pretrained` reads them; returns the folder (created). A gs://
+  folder is written locally, then uploaded (safetensors writes a local file)."""
   from safetensors.numpy import save_file
 
+  from prompt_tuning import storage
+
+  if storage.is_remote(path):
+    storage.check_scheme(path, "the adapter folder")
+    with tempfile.TemporaryDirectory(prefix="adapter-") as staging:
+      write_adapter_folder(staging, adapter_config, tensors)
+      storage.upload_folder(staging, storage.path(path))
+    return storage.path(path)
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
   (path / CONFIG_NAME).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")

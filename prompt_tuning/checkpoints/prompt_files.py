@@ -18,6 +18,11 @@ Formats read by `load_prompt_file`, chosen from the path:
 - a folder with `numpy_checkpoints/checkpoint_<step>/` holding either: a
   training run's MODEL_DIR, ours or the reference's; its latest step is read.
 
+Any of them may be on Cloud Storage (gs://bucket/run, a MODEL_DIR trained there): what is read is copied to a
+local temporary folder first (numpy's and safetensors' readers read local files): the file, the folder's own
+files (a PEFT adapter or a step folder), or of a MODEL_DIR only its newest numpy checkpoint step that holds a
+prompt, never its training checkpoints.
+
 `save_prompt_file` writes `.npy` or `.safetensors` (tensor `prompt`; its header records {"method": "prompt"} and
 what the writer adds, such as the backbone the prompt was trained on: `BACKBONE_KEYS`, read by `recorded_backbone`).
 """
@@ -26,10 +31,12 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from prompt_tuning import storage
 from prompt_tuning.checkpoints.errors import CheckpointError
 from prompt_tuning.checkpoints.peft import load_peft_adapter
 from prompt_tuning.checkpoints.prompt_arrays import check_prompt_array, read_safetensors_file
@@ -200,10 +207,56 @@ def load_prompt_file(path: str | os.PathLike, embed_dim: int | None = None) -> n
     FileNotFoundError: nothing at `path`.
     ValueError: an unknown format, or a prompt that is not finite floats [P, embed_dim].
   """
+  if storage.is_remote(path):
+    return _load_remote(os.fspath(path), embed_dim)
   path = Path(path)
   if not path.exists():
     raise FileNotFoundError(f"no prompt at {path}; expected {_FORMATS}.")
   return check_prompt_array(_read(path), embed_dim, source=f"the prompt in {path}")
+
+
+def _load_remote(url: str, embed_dim: int | None) -> np.ndarray:
+  """`load_prompt_file` of a gs:// file or folder: read from a local copy of what is read (module docstring); an
+  error names the gs:// path, not the copy's."""
+  storage.check_scheme(url, "the prompt")
+  remote = storage.path(url)
+  if not remote.exists():
+    raise FileNotFoundError(f"no prompt at {url}; expected {_FORMATS}.")
+  with tempfile.TemporaryDirectory(prefix="prompt-") as staging:
+    local = Path(staging) / (remote.name or "prompt")
+    try:
+      _copy_down(remote, local)
+      return check_prompt_array(_read(local), embed_dim, source=f"the prompt in {url}")
+    except ValueError as e:  # CheckpointError is one
+      raise type(e)(str(e).replace(str(local), url.rstrip("/"))) from None
+
+
+def _copy_down(remote, local: Path) -> None:
+  """Copies into `local` what `_read` reads of the gs:// file or folder `remote`."""
+  if not remote.is_dir():
+    storage.download(remote, local)
+    return
+  numpy_checkpoints = remote / "numpy_checkpoints"
+  if not (remote / "adapter_config.json").is_file() and numpy_checkpoints.is_dir():
+    steps = sorted(
+      (int(match.group(1)), child)
+      for child in numpy_checkpoints.iterdir()
+      if (match := re.fullmatch(r"checkpoint_(\d+)", child.name))
+    )
+    for _, child in reversed(steps):  # the newest step with a prompt, as `_latest_numpy_checkpoint` picks it
+      step = storage.download(child, local / "numpy_checkpoints" / child.name, recursive=False)
+      if _step_prompt(step) is not None:
+        return
+  storage.download(remote, local, recursive=False)
+
+
+def npy_bytes(prompt) -> bytes:
+  """`prompt` [P, D] as the bytes of a float32 .npy file (checked as every prompt written is)."""
+  import io
+
+  buffer = io.BytesIO()
+  np.save(buffer, check_prompt_array(np.asarray(prompt)))
+  return buffer.getvalue()
 
 
 def save_prompt_file(path: str | os.PathLike, prompt, metadata: dict[str, str] | None = None) -> Path:
@@ -246,22 +299,30 @@ def recorded_backbone(path: str | os.PathLike) -> dict[str, str] | None:
   (MODEL_DIR/numpy_checkpoints/checkpoint_<step>) in its run's; a `.safetensors` export in its header. Files written
   before the backbone was recorded, .npy files and PEFT folders record none; nor, for comparing, do records of
   another fingerprint version than this one's (`training.FINGERPRINT_VERSION`: the same backbone fingerprints
-  differently under another version).
+  differently under another version). `path` may be on gs:// (a remote .safetensors file is copied down to read).
   """
   from prompt_tuning.checkpoints.training import FINGERPRINT_VERSION, newest_meta
 
-  path = Path(path)
+  path = storage.path(path)
   meta: dict | None = None
   if path.is_dir():
     step_folder = re.fullmatch(r"checkpoint_(\d+)", path.name) and path.parent.name == "numpy_checkpoints"
     meta = newest_meta(path.parent.parent if step_folder else path)
   elif path.suffix == ".safetensors":
-    from safetensors import safe_open
-
-    with safe_open(str(path), "np") as f:
-      meta = dict(f.metadata() or {})
+    meta = _safetensors_metadata(path)
   if not meta or not meta.get("backbone_fingerprint"):
     return None
   if str(meta.get("backbone_fingerprint_version")) != str(FINGERPRINT_VERSION):
     return None
   return {key: str(meta.get(key) or "") for key in BACKBONE_KEYS}
+
+
+def _safetensors_metadata(path) -> dict:
+  """The header metadata of a .safetensors file, local or on gs:// (copied down first)."""
+  from safetensors import safe_open
+
+  if not storage.is_remote(path):
+    with safe_open(str(path), "np") as f:
+      return dict(f.metadata() or {})
+  with tempfile.TemporaryDirectory(prefix="prompt-") as staging:
+    return _safetensors_metadata(storage.download(path, Path(staging) / path.name))

@@ -6,8 +6,9 @@ where it joins the tokens is the run's prompt combination
 (`prompt_tuning.combine`). Initializers live in `prompt_tuning.prompts`.
 
 Settings, like every method's, are its own and gin-configurable:
-gin/runs/run_config.gin binds `RunConfig.prompt = @prompt_tuning.methods.Prompt()`
-with `Prompt.length = %PROMPT_LENGTH` and `Prompt.initializer = %PROMPT_INIT`
+gin/runs/run_config.gin binds `RunConfig.prompt = %PROMPT_METHOD` (defaults.gin:
+`@prompt_tuning.methods.Prompt()`; a method file that replaces the prompt sets the
+macro to None) with `Prompt.length = %PROMPT_LENGTH` and `Prompt.initializer = %PROMPT_INIT`
 (the reference implementation's macro names; a prompts/ gin file sets
 PROMPT_INIT). PROMPT_LENGTH = 0 (prefix and model tuning set it) is a prompt
 of no vectors: the run leaves the method out (`used`).

@@ -6,7 +6,9 @@
     prompt-tuning sweep status SWEEP.gin|DIR [--sweep_dir DIR]
     prompt-tuning sweep report SWEEP.gin|DIR [--sweep_dir DIR]
 
-The sweep's folder defaults to sweeps/NAME (NAME from the sweep file). `--gin.NAME=VALUE` overrides go to every run,
+The sweep's folder defaults to sweeps/NAME (NAME from the sweep file); --sweep_dir may be a local (or mounted) folder
+or a Cloud Storage folder, gs://bucket/sweep (its records, each run's MODEL_DIR and the report go there; see
+prompt_tuning/sweeps/records.py). `--gin.NAME=VALUE` overrides go to every run,
 after the sweep's own (e.g. `--gin.TRAIN_STEPS=20` for a quick try; give such a run its own --sweep_dir). `run` skips
 the runs already done, resumes the interrupted ones from their checkpoints, and tries a failing run up to --attempts
 times; it exits 1 if any run is not done at the end.
@@ -18,15 +20,17 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from prompt_tuning import gin_config
+from prompt_tuning import gin_config, storage
 from prompt_tuning.sweeps import executors, records, spec
 
 SUBCOMMANDS = ("plan", "run", "status", "report")
 
 
-def sweep_directory_lock(sweep_dir: Path):
-  """The sweep folder's lock: one driver per sweep folder at a time (a second is refused with the holder's PID)."""
+def sweep_directory_lock(sweep_dir: Any):
+  """The sweep folder's lock: one driver per sweep folder at a time (a second is refused with the holder's PID); on
+  gs://, the lock object with a heartbeat that a gs:// MODEL_DIR has (locks.BucketLock)."""
   from prompt_tuning import locks
 
   return locks.DirectoryLock(sweep_dir, what="sweep")
@@ -36,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="prompt-tuning sweep", description=__doc__.splitlines()[0])
   parser.add_argument("subcommand", choices=SUBCOMMANDS)
   parser.add_argument("sweep", help="the sweep file (searched like a --gin_file), or a sweep folder (status, report)")
-  parser.add_argument("--sweep_dir", type=_local_folder, default=None, help="the sweep's folder (default: sweeps/NAME)")
+  parser.add_argument("--sweep_dir", type=_sweep_folder, default=None, help="the sweep's folder (default: sweeps/NAME)")
   parser.add_argument("--executor", choices=("local", "ray"), default=None, help="run: where (default: local)")
   parser.add_argument("--parallel", type=int, default=None, help="local: runs at a time, each on its own cores (1)")
   parser.add_argument("--gpus_per_run", type=int, default=None, help="GPUs each run gets (local: CUDA_VISIBLE_DEVICES)")
@@ -47,15 +51,19 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _local_folder(text: str) -> Path:
-  """--sweep_dir: a local (or mounted) folder; a URL is refused (Path("gs://b/s") is the local folder "gs:/b/s")."""
-  if "://" in text:
-    raise argparse.ArgumentTypeError(
-      f"{text} is a URL, and sweep folders (records, logs, report) are local or mounted folders for now: give a local "
-      "folder, or mount the bucket (gcsfuse) and give its mount point. A single run trains into gs:// directly "
-      "(MODEL_DIR)."
-    )
-  return Path(text)
+def _sweep_folder(text: str) -> Any:
+  """--sweep_dir: a local (or mounted) folder, or gs://bucket/folder; another URL is refused (Path("s3://b/s") would
+  be the local folder "s3:/b/s")."""
+  try:
+    storage.check_scheme(text, "--sweep_dir")
+  except storage.StorageError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+  return storage.path(text)
+
+
+def _absolute(folder: Any) -> Any:
+  """A local folder made absolute (the runs' command lines name it); a gs:// folder as it is."""
+  return folder if storage.is_remote(folder) else Path(folder).resolve()
 
 
 RUN_OPTIONS = {
@@ -83,11 +91,11 @@ def _check_options(args) -> None:
       setattr(args, option, value)
 
 
-def _folder(args, loaded: spec.Sweep | None) -> Path:
+def _folder(args, loaded: spec.Sweep | None) -> Any:
   if args.sweep_dir is not None:
     return args.sweep_dir
   if loaded is None:
-    return Path(args.sweep)
+    return storage.path(args.sweep)
   return Path("sweeps") / loaded.name
 
 
@@ -103,13 +111,13 @@ def _plan(args, overrides: list[str]) -> int:
   from prompt_tuning.sweeps import planning
 
   loaded, points = _load(args, overrides)
-  sweep_dir = _folder(args, loaded).resolve()
+  sweep_dir = _absolute(_folder(args, loaded))
   planned = planning.plan_sweep(loaded, points, sweep_dir)
   print(planning.format_plan(planned, sweep_dir))
   return 0
 
 
-def _check_unchanged(folder: Path, record: records.RunRecord) -> None:
+def _check_unchanged(folder: Any, record: records.RunRecord) -> None:
   """Refuses a run that has started (it has metrics) under another command line than the sweep gives it now.
 
   Paths under the sweep folder are compared relative to it (a moved or copied sweep folder continues), and the
@@ -155,8 +163,9 @@ def _run(args, overrides: list[str]) -> int:
   if args.attempts < 1:
     raise ValueError(f"--attempts {args.attempts}: give 1 or more.")
   loaded, points = _load(args, overrides)
-  sweep_dir = _folder(args, loaded).resolve()
+  sweep_dir = _absolute(_folder(args, loaded))
   planned = planning.plan_sweep(loaded, points, sweep_dir)  # a config error: refused before the folder is made
+  storage.check_bucket(sweep_dir, "--sweep_dir")  # a gs:// folder: its bucket is tried before anything is written
   with sweep_directory_lock(sweep_dir):
     records.write_sweep(sweep_dir, loaded, [p.record.name for p in planned])
     tasks, elsewhere = [], []
@@ -184,10 +193,14 @@ def _run(args, overrides: list[str]) -> int:
   return 0 if all(s.state == "done" for s in statuses) else 1
 
 
-def _sweep_dir_of(args) -> Path:
-  """The folder of an existing sweep: given as the argument, with --sweep_dir, or sweeps/NAME of the sweep file."""
+def _sweep_dir_of(args) -> Any:
+  """The folder of an existing sweep: given as the argument (local or gs://), with --sweep_dir, or sweeps/NAME of the
+  sweep file."""
   if args.sweep_dir is not None:
     return args.sweep_dir
+  if storage.is_remote(args.sweep):
+    storage.check_scheme(args.sweep, "the sweep folder")
+    return storage.path(args.sweep)
   if Path(args.sweep).is_dir():
     return Path(args.sweep)
   return _folder(args, spec.load_sweep(args.sweep))
@@ -204,7 +217,7 @@ def _report(args) -> int:
 
   sweep_dir = _sweep_dir_of(args)
   written = report.write_report(sweep_dir)
-  print(Path(written["markdown"]).read_text())
+  print(written["markdown"].read_text())
   for what, path in written.items():
     print(f"{what}: {path}")
   return 0
@@ -217,7 +230,7 @@ def main(argv: list[str]) -> int:
   _check_options(args)
   if bindings and args.subcommand not in ("plan", "run"):
     raise ValueError(f"--gin.NAME=VALUE overrides are for `sweep plan` and `sweep run`, not `sweep {args.subcommand}`.")
-  if args.subcommand in ("plan", "run") and Path(args.sweep).is_dir():
+  if args.subcommand in ("plan", "run") and (storage.is_remote(args.sweep) or Path(args.sweep).is_dir()):
     raise ValueError(f"`sweep {args.subcommand}` needs the sweep file, not a folder ({args.sweep}).")
   if args.subcommand == "plan":
     return _plan(args, bindings)

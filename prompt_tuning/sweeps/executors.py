@@ -22,6 +22,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent import futures
 from pathlib import Path
 
+from prompt_tuning import storage
 from prompt_tuning.sweeps import records
 
 _PR_SET_PDEATHSIG = 1
@@ -84,22 +86,40 @@ def _child_env(gpus: Sequence[int] | None) -> dict[str, str]:
 
 
 def run_attempt(task: Task, cores=None, gpus=None, executor: str = "local") -> Outcome:
-  """Runs the task's command once (blocking), recording the attempt in its folder (`executor`: who ran it)."""
-  folder = Path(task.folder)
-  log_path = folder / "log.txt"
+  """Runs the task's command once (blocking), recording the attempt in its folder (`executor`: who ran it).
+
+  The run's output goes to its log.txt; in a gs:// sweep folder (an object cannot be appended to while a process
+  writes it) to a local file first, appended to the bucket's log.txt when the attempt ends.
+  """
+  folder = storage.path(task.folder)
+  remote = storage.is_remote(folder)
+  if remote:
+    handle, staging = tempfile.mkstemp(prefix="sweep-log-", suffix=".txt")
+    os.close(handle)
+    log_path = Path(staging)
+  else:
+    log_path = folder / "log.txt"
   offset = log_path.stat().st_size if log_path.is_file() else 0
   start = time.time()
-  with open(log_path, "ab") as log:
-    log.write(f"\n=== attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(task.command)}\n".encode())
-    log.flush()
-    process = subprocess.Popen(
-      task.command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(gpus), preexec_fn=_child_setup(cores)
-    )
-    attempt = records.start_attempt(folder, process.pid, cores, executor)
-    returncode = process.wait()
-  with open(log_path, "rb") as log:
-    log.seek(offset)
-    error = None if returncode == 0 else records.error_line(log.read().decode(errors="replace"))
+  try:
+    with open(log_path, "ab") as log:
+      log.write(f"\n=== attempt at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(task.command)}\n".encode())
+      log.flush()
+      process = subprocess.Popen(
+        task.command, stdout=log, stderr=subprocess.STDOUT, env=_child_env(gpus), preexec_fn=_child_setup(cores)
+      )
+      attempt = records.start_attempt(folder, process.pid, cores, executor)
+      returncode = process.wait()
+  finally:  # also on Ctrl-C: what the attempt printed reaches the bucket's log.txt
+    with open(log_path, "rb") as log:
+      log.seek(offset)
+      output = log.read()
+    if remote:
+      try:
+        storage.append_text(folder / "log.txt", output.decode(errors="replace"))
+      finally:
+        log_path.unlink(missing_ok=True)
+  error = None if returncode == 0 else records.error_line(output.decode(errors="replace"))
   if returncode < 0:
     error = f"killed by signal {-returncode}" + (f" ({error})" if error else "")
   finished = records.end_attempt(folder, attempt, returncode, error, task.steps)
@@ -170,7 +190,8 @@ def run_local(
 
 
 def _ray_task(task: Task, attempts: int) -> Outcome:
-  """What a Ray worker runs: the same retries, on the worker's machine (the sweep folder must be shared)."""
+  """What a Ray worker runs: the same retries, on the worker's machine (the sweep folder must be shared: a folder
+  every node mounts, or gs://)."""
   import ray
 
   return run_with_retries(task, attempts, executor=f"ray:{ray.get_runtime_context().get_node_id()}")

@@ -15,6 +15,10 @@ time, so a PID reused after a reboot does not count; on another host it is trust
 exited non-zero; *interrupted* when its last attempt was stopped by Ctrl-C, or started and never ended (its driver was
 killed); *pending* otherwise.
 
+A sweep folder may be a Cloud Storage folder (gs://bucket/sweep): every file above is then an object read and
+written through `prompt_tuning.storage` (the same layer a gs:// MODEL_DIR uses), a .jsonl file is appended by writing
+it again whole, and log.txt is written locally while an attempt runs and appended to the bucket when it ends.
+
 Every file here may be damaged or missing (a disk filled up, a user deleted a run's folder): each reader names the
 file and what to do, a torn last line of a .jsonl file is skipped, and `sweep run` writes sweep.json, run.json and
 command.sh again from the sweep file. Paths are compared relative to the sweep folder, so a sweep folder may be moved
@@ -36,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from prompt_tuning import storage
 from prompt_tuning.sweeps.spec import Point, Sweep
 
 RUNS = "runs"
@@ -69,11 +74,12 @@ class RunStatus:
   error: str | None
 
 
-def run_dir(sweep_dir: str | Path, name: str) -> Path:
-  return Path(sweep_dir) / RUNS / name
+def run_dir(sweep_dir: str | os.PathLike, name: str) -> Any:
+  """SWEEP_DIR/runs/NAME: a pathlib.Path, or an epath.Path for a gs:// sweep folder (`storage.path`)."""
+  return storage.path(sweep_dir) / RUNS / name
 
 
-def command_line(point: Point, model_dir: Path, search_paths: Sequence[str], python: str | None = None) -> list[str]:
+def command_line(point: Point, model_dir: Any, search_paths: Sequence[str], python: str | None = None) -> list[str]:
   """The ordinary training command of a run: its gin files, then its overrides, then its MODEL_DIR."""
   command = [python or sys.executable, "-m", "prompt_tuning.cli", "train"]
   command += [f"--gin_file={f}" for f in point.gin_files]
@@ -95,13 +101,13 @@ def portable_command(command: Sequence[str]) -> list[str]:
   if model_dir is None:
     return list(command[1:])
   try:
-    folder = str(Path(ast.literal_eval(model_dir.split("=", 1)[1])).parent.parent)
-  except (ValueError, SyntaxError):
+    folder = str(storage.path(ast.literal_eval(model_dir.split("=", 1)[1])).parent.parent)
+  except (ValueError, SyntaxError, storage.StorageError):
     return list(command[1:])
   return [c.replace(folder, "$SWEEP_DIR") for c in command[1:]]
 
 
-def write_sweep(sweep_dir: Path, spec: Sweep, names: Sequence[str]) -> None:
+def write_sweep(sweep_dir: Any, spec: Sweep, names: Sequence[str]) -> None:
   """SWEEP_DIR/sweep.json: the sweep file (path and text) and the names of its runs."""
   sweep_dir.mkdir(parents=True, exist_ok=True)
   record = {
@@ -122,7 +128,7 @@ class SweepStateError(ValueError):
   """A damaged file in a sweep folder; the message names it and says how to go on."""
 
 
-def _read_json(path: Path, way_on: str) -> Any:
+def _read_json(path: Any, way_on: str) -> Any:
   """The JSON object in `path`; a damaged one raises SweepStateError naming it and `way_on`."""
   try:
     value = json.loads(path.read_bytes().decode("utf-8"))
@@ -133,7 +139,7 @@ def _read_json(path: Path, way_on: str) -> Any:
   return value
 
 
-def _json_lines(path: Path) -> list[dict[str, Any]]:
+def _json_lines(path: Any) -> list[dict[str, Any]]:
   """The JSON objects of a .jsonl file, one a line; a line that is not one (torn by a kill, or not UTF-8) is
   skipped."""
   if not path.is_file():
@@ -149,14 +155,14 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
   return rows
 
 
-def read_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+def read_sweep(sweep_dir: str | os.PathLike) -> dict[str, Any]:
   """sweep.json of a sweep folder.
 
   Raises:
     FileNotFoundError: the folder is not a sweep folder.
     SweepStateError: sweep.json is damaged (`sweep run SWEEP.gin --sweep_dir DIR` writes it again).
   """
-  path = Path(sweep_dir) / "sweep.json"
+  path = storage.path(sweep_dir) / "sweep.json"
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: {sweep_dir} is not a sweep folder (`sweep run` makes one).")
   way_on = f"`prompt-tuning sweep run SWEEP.gin --sweep_dir {sweep_dir}` writes it again from the sweep file."
@@ -166,18 +172,19 @@ def read_sweep(sweep_dir: str | Path) -> dict[str, Any]:
   return record
 
 
-def write_run(sweep_dir: Path, record: RunRecord) -> Path:
+def write_run(sweep_dir: Any, record: RunRecord) -> Any:
   """Writes run.json and command.sh (a run's record never changes once its folder has a checkpoint)."""
   folder = run_dir(sweep_dir, record.name)
   folder.mkdir(parents=True, exist_ok=True)
   (folder / "run.json").write_text(json.dumps(dataclasses.asdict(record), indent=2) + "\n")
   script = "#!/bin/sh\n# The exact command of this run (re-running it resumes from its checkpoints).\nexec "
   (folder / "command.sh").write_text(script + " \\\n  ".join(shlex.quote(c) for c in record.command) + "\n")
-  (folder / "command.sh").chmod(0o755)
+  if not storage.is_remote(folder):  # an object has no mode bits: `sh command.sh` runs it
+    (folder / "command.sh").chmod(0o755)
   return folder
 
 
-def read_run(folder: Path) -> RunRecord:
+def read_run(folder: Any) -> RunRecord:
   """run.json of a run folder.
 
   Raises:
@@ -197,12 +204,12 @@ def read_run(folder: Path) -> RunRecord:
     raise SweepStateError(f"{path} is damaged ({e}): {way_on}") from None
 
 
-def read_metrics(folder: Path) -> list[dict[str, Any]]:
+def read_metrics(folder: Any) -> list[dict[str, Any]]:
   """The rows of a run's metrics.jsonl (prompt_tuning.reporting writes them); a torn or non-UTF-8 line is skipped."""
   return [row for row in _json_lines(folder / "metrics.jsonl") if isinstance(row.get("step"), int)]
 
 
-def last_step(folder: Path) -> int:
+def last_step(folder: Any) -> int:
   """The step the run has reached: its last metrics row's, or its newest checkpoint's if metrics lost rows."""
   from prompt_tuning import validation
 
@@ -210,12 +217,12 @@ def last_step(folder: Path) -> int:
   return max(logged, validation.newest_checkpoint_step(folder) or 0)
 
 
-def read_attempts(folder: Path) -> list[dict[str, Any]]:
+def read_attempts(folder: Any) -> list[dict[str, Any]]:
   """The attempts.jsonl records of a run, oldest first (a torn last line is skipped)."""
   return _json_lines(folder / "attempts.jsonl")
 
 
-def is_done(folder: Path, steps: int) -> bool:
+def is_done(folder: Any, steps: int) -> bool:
   """The run ended well (done.json) and reached the planned steps."""
   return (folder / "done.json").is_file() and last_step(folder) >= steps
 
@@ -232,7 +239,7 @@ def process_start_time(pid: int) -> str | None:
   return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
 
 
-def start_attempt(folder: Path, pid: int, cores: Sequence[int] | None, executor: str) -> dict[str, Any]:
+def start_attempt(folder: Any, pid: int, cores: Sequence[int] | None, executor: str) -> dict[str, Any]:
   """Writes running.json: the attempt under way (the run's process id and start time on this host, and which
   executor ran it)."""
   attempt = {
@@ -251,7 +258,7 @@ def start_attempt(folder: Path, pid: int, cores: Sequence[int] | None, executor:
 INTERRUPTED_RETURNCODES = (130, -signal.SIGINT)
 
 
-def end_attempt(folder: Path, attempt: Mapping[str, Any], returncode: int, error: str | None, steps: int) -> bool:
+def end_attempt(folder: Any, attempt: Mapping[str, Any], returncode: int, error: str | None, steps: int) -> bool:
   """Appends the attempt to attempts.jsonl, writes done.json if it finished; returns whether it did."""
   step = last_step(folder)
   interrupted = returncode in INTERRUPTED_RETURNCODES
@@ -262,11 +269,17 @@ def end_attempt(folder: Path, attempt: Mapping[str, Any], returncode: int, error
   ended = {**attempt, "end": time.time(), "returncode": returncode, "step": step, "error": error}
   if interrupted:
     ended["interrupted"] = True
-  with open(folder / "attempts.jsonl", "ab") as f:
-    f.seek(0, os.SEEK_END)
-    if f.tell() and _ends_torn(folder / "attempts.jsonl"):
-      f.write(b"\n")  # a torn last line stays one line of its own, and this record another
-    f.write((json.dumps(ended) + "\n").encode())
+  line = json.dumps(ended) + "\n"
+  if storage.is_remote(folder):
+    path = folder / "attempts.jsonl"  # an object has no append: written again whole, a torn last line ended
+    before = path.read_bytes() if path.is_file() else b""
+    storage.write_bytes(path, before + (b"\n" if before and not before.endswith(b"\n") else b"") + line.encode())
+  else:
+    with open(folder / "attempts.jsonl", "ab") as f:
+      f.seek(0, os.SEEK_END)
+      if f.tell() and _ends_torn(folder / "attempts.jsonl"):
+        f.write(b"\n")  # a torn last line stays one line of its own, and this record another
+      f.write(line.encode())
   (folder / "running.json").unlink(missing_ok=True)
   finished = returncode == 0 and step >= steps
   if finished:
@@ -298,7 +311,7 @@ def _alive(attempt: Mapping[str, Any], driver_holds_lock: bool = False) -> bool:
   return recorded is None or recorded == process_start_time(pid)
 
 
-def _running_attempt(folder: Path) -> dict[str, Any] | None:
+def _running_attempt(folder: Any) -> dict[str, Any] | None:
   """running.json's record; a damaged one counts as an attempt that never ended (nothing can be alive in it)."""
   path = folder / "running.json"
   if not path.is_file():
@@ -309,7 +322,7 @@ def _running_attempt(folder: Path) -> dict[str, Any] | None:
     return {}
 
 
-def run_status(folder: Path, driver_holds_lock: bool = False) -> RunStatus:
+def run_status(folder: Any, driver_holds_lock: bool = False) -> RunStatus:
   """The state of one run folder (see the module's docstring); a missing folder is pending, a damaged run.json is
   shown with what to do (the run's state cannot be known without it).
 
@@ -343,7 +356,7 @@ def run_status(folder: Path, driver_holds_lock: bool = False) -> RunStatus:
   return RunStatus(record.name, state, step, record.steps, len(attempts), error)
 
 
-def sweep_status(sweep_dir: str | Path, driver_holds_lock: bool = False) -> list[RunStatus]:
+def sweep_status(sweep_dir: str | os.PathLike, driver_holds_lock: bool = False) -> list[RunStatus]:
   """Every run's state, in the sweep's order."""
   names = read_sweep(sweep_dir)["runs"]
   return [run_status(run_dir(sweep_dir, name), driver_holds_lock) for name in names]

@@ -13,6 +13,10 @@ The figures follow axis names: `size`, `method`, `prompt_length`, `init`, `objec
 averaged over). A figure is drawn when the sweep has its axes, from the runs whose other axes are at their defaults
 (the grid that varies its axes); error bars are the std over seeds. "Final" is the metric's last value, "best" its
 best over the run's evaluations (`sweep.metric_goal`).
+
+A gs:// sweep folder is read from the bucket, and its report written into a local temporary folder (matplotlib,
+the csv module and TensorBoard's writer write local files) and then uploaded to SWEEP_DIR/report/ and
+SWEEP_DIR/tensorboard/ (the latter replaced whole, as a local one is).
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import dataclasses
 import math
 import shutil
 import statistics
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from prompt_tuning import storage
 from prompt_tuning.sweeps import records
 
 FIGURES = {
@@ -68,7 +74,7 @@ class GroupResult:
   total_parameters: int | None
 
 
-def run_result(folder: Path, metric: str, goal: str) -> RunResult:
+def run_result(folder: Any, metric: str, goal: str) -> RunResult:
   """A run's final and best `metric`, steps, wall time (all attempts) and parameter counts."""
   record = records.read_run(folder)
   values = [float(row[metric]) for row in records.read_metrics(folder) if metric in row]
@@ -234,7 +240,8 @@ def draw_figure(path: Path, x_axis: str, line_axis: str, results, sweep: Mapping
 
 
 def write_hparams(sweep_dir: Path, results: Sequence[RunResult], sweep: Mapping[str, Any]) -> Path:
-  """TensorBoard's HParams dashboard: one session per run (its axis labels), its final and best metric."""
+  """TensorBoard's HParams dashboard, in the local folder SWEEP_DIR/tensorboard: one session per run (its axis
+  labels), its final and best metric."""
   import tensorflow as tf
   from tensorboard.plugins.hparams import api as hp
 
@@ -278,9 +285,24 @@ def _not_done_note(results: Sequence[RunResult], unreadable: Sequence[str]) -> s
   return "".join(line + "\n\n" for line in lines)
 
 
-def write_report(sweep_dir: str | Path) -> dict[str, Path]:
-  """Writes the tables, figures and hparams of a sweep folder; returns what was written, by kind."""
-  sweep_dir = Path(sweep_dir)
+def write_report(sweep_dir: str | Path) -> dict[str, Any]:
+  """Writes the tables, figures and hparams of a sweep folder (local or gs://); returns what was written, by kind
+  (paths in the sweep folder: pathlib.Path, or epath.Path on gs://)."""
+  sweep_dir = storage.path(sweep_dir)
+  if not storage.is_remote(sweep_dir):
+    return _write_report(sweep_dir, sweep_dir)
+  with tempfile.TemporaryDirectory(prefix="sweep-report-") as staging:
+    written = _write_report(sweep_dir, Path(staging))
+    storage.upload_folder(Path(staging) / "report", sweep_dir / "report")
+    if "tensorboard" in written:
+      storage.rmtree(sweep_dir / "tensorboard")  # written whole each time, as a local one is
+      storage.upload_folder(written["tensorboard"], sweep_dir / "tensorboard")
+    return {what: sweep_dir / path.relative_to(staging).as_posix() for what, path in written.items()}
+
+
+def _write_report(sweep_dir: Any, out_dir: Path) -> dict[str, Path]:
+  """Reads the sweep folder `sweep_dir` and writes its report into the local folder `out_dir` (report/ and
+  tensorboard/); returns what was written, by kind."""
   sweep = records.read_sweep(sweep_dir)
   results, unreadable = [], []
   for name in sweep["runs"]:
@@ -291,7 +313,7 @@ def write_report(sweep_dir: str | Path) -> dict[str, Path]:
   seed_axis = sweep["seed_axis"]
   groups = group_results(results, seed_axis)
   axes = [a for a in sweep["axes"] if a != seed_axis]
-  out = sweep_dir / "report"
+  out = out_dir / "report"
   out.mkdir(parents=True, exist_ok=True)
   written = {"markdown": out / "results.md", "csv": out / "results.csv", "runs_csv": out / "runs.csv"}
   scored = sum(r.final is not None for r in results)
@@ -323,5 +345,5 @@ def write_report(sweep_dir: str | Path) -> dict[str, Path]:
     if draw_figure(path, x_axis, line_axis, results, sweep):
       written[name] = path
   if any(math.isfinite(r.final) for r in results if r.final is not None):
-    written["tensorboard"] = write_hparams(sweep_dir, results, sweep)
+    written["tensorboard"] = write_hparams(out_dir, results, sweep)
   return written
