@@ -54,7 +54,7 @@ def test_sources_of_another_width_or_backbone_are_refused_by_name(library):
 def test_a_gin_run_trains_the_target_and_projection_with_the_sources_frozen(trained_run, library, tmp_path, _cli):
   folder, _ = library
   flags = (
-    "--gin_file=prompts/attempt.gin",  # after the run's files (a runs/ file binds RunConfig.prompt again)
+    "--gin_file=prompts/attempt.gin",
     "--gin.ATTEMPT_SOURCES=['step3', 'step4']",
     f"--gin.ATTEMPT_LIBRARY='{folder}'",
     "--gin.ATTEMPT_PROJECTION_DIM=4",
@@ -75,8 +75,8 @@ def test_a_gin_run_trains_the_target_and_projection_with_the_sources_frozen(trai
   infer = _cli(
     "infer",
     *trained_run.flags,
-    "--gin_file=runs/prompt_infer.gin",
     *flags,
+    "--gin_file=runs/prompt_infer.gin",  # after attempt.gin: it still moves the prompt to ATTEMPT
     "--gin.infer.num_examples=4",
     f"--gin.INFER_OUTPUT='{out}'",
     f"--gin.MODEL_DIR='{model_dir}'",
