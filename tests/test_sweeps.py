@@ -1,5 +1,6 @@
 """Sweep files: expansion to runs (grids, zipped axes, drops), planning, command lines, and the errors users see."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from sweep_files import TINY_RUNS, write_sweep  # noqa: E402
 
 from prompt_tuning import cli  # noqa: E402
 from prompt_tuning.sweeps import executors, planning, records, spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_sweep_expands_to_the_figure_grids_sharing_points():
@@ -246,6 +249,20 @@ def test_core_groups_split_the_allowed_cores():
 def test_status_of_a_folder_that_is_not_a_sweep(tmp_path, capsys):
   assert cli.main(["sweep", "status", str(tmp_path)]) == 1
   assert "is not a sweep folder" in capsys.readouterr().err
+
+
+def test_status_starts_without_tensorflow(tmp_path):
+  """`sweep status` reads records only: a fresh process answers it without importing TensorFlow (the other sweep
+  commands import it, quietly, to plan or run)."""
+  code = (
+    "import sys\n"
+    "from prompt_tuning import cli\n"
+    f"code = cli.main(['sweep', 'status', {str(tmp_path)!r}])\n"
+    "print('tensorflow imported:', 'tensorflow' in sys.modules, 'status:', code)\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert "tensorflow imported: False status: 1" in out.stdout, out.stdout + out.stderr[-2000:]
+  assert "is not a sweep folder" in out.stderr
 
 
 def test_a_sweep_folder_url_other_than_gs_is_refused(capsys):
