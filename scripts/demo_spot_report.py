@@ -23,6 +23,8 @@ from pathlib import Path
 
 METRIC = "eval/sequence_accuracy"
 TOKEN_METRIC = "eval/accuracy"  # teacher-forced token accuracy: it moves where no whole target is right yet
+LOSS_METRIC = "eval/cross_entropy"  # teacher-forced, per target token: it tells apart runs of equal accuracy
+METRICS = (METRIC, TOKEN_METRIC, LOSS_METRIC)
 # demo_spot.gin's task labels -> (the task's name, whether its runs score with the class-label softmax).
 TASKS = {
   "animal_or_plant": ("wordnet_animal_or_plant", True),
@@ -113,13 +115,17 @@ def collect(spot_dir: Path, mpt_dir: Path | None) -> list[dict]:
     for arm in ARMS:
       for seed in SEEDS:
         run = spot_dir / "runs" / f"task={task},init={arm},seed={seed}"
-        scores = {"score": final_score(run), "token_accuracy": final_score(run, TOKEN_METRIC)}
+        scores = {
+          "score": final_score(run),
+          "token_accuracy": final_score(run, TOKEN_METRIC),
+          "cross_entropy": final_score(run, LOSS_METRIC),
+        }
         rows.append({"task": task, "arm": arm, "seed": seed, **scores, "run": str(run)})
     for seed in SEEDS:
       run = (mpt_dir / "runs" / f"seed={seed}") if mpt_dir else None
-      scores = {"score": None, "token_accuracy": None}
+      scores = {"score": None, "token_accuracy": None, "cross_entropy": None}
       if run is not None:
-        scores = {"score": mpt_task_score(run, task), "token_accuracy": mpt_task_score(run, task, TOKEN_METRIC)}
+        scores = {key: mpt_task_score(run, task, metric) for key, metric in zip(scores, METRICS)}
       rows.append({"task": task, "arm": "mpt", "seed": seed, **scores, "run": str(run)})
   return rows
 
@@ -219,11 +225,19 @@ def main(argv: list[str] | None = None) -> int:
   rows = collect(args.spot, args.mpt)
   args.out.mkdir(parents=True, exist_ok=True)
   with open(args.out / "results.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=["task", "arm", "seed", "score", "token_accuracy", "run"])
+    writer = csv.DictWriter(f, fieldnames=["task", "arm", "seed", "score", "token_accuracy", "cross_entropy", "run"])
     writer.writeheader()
     writer.writerows(rows)
   text = "\n\n".join(
-    [f"{METRIC}:", table(rows), f"{TOKEN_METRIC}:", table(rows, "token_accuracy"), ranking_table(rankings(args.spot))]
+    [
+      f"{METRIC}:",
+      table(rows),
+      f"{TOKEN_METRIC}:",
+      table(rows, "token_accuracy"),
+      f"{LOSS_METRIC}:",
+      table(rows, "cross_entropy"),
+      ranking_table(rankings(args.spot)),
+    ]
   )
   (args.out / "results.md").write_text(text)
   figure(rows, args.out / "demo_spot.png")
