@@ -432,8 +432,13 @@ def unread_bindings(bindings: Iterable[str]) -> list[str]:
     if configurable is None:
       continue
     selector = gin_registry.DEPRECATED_CONFIGURABLES.get(configurable.selector, configurable.selector)
-    operative = gin_internal._OPERATIVE_CONFIG.get((scope, selector), {})
-    if param not in operative:
+    if scope:
+      read = param in gin_internal._OPERATIVE_CONFIG.get((scope, selector), {})
+    else:  # an unscoped binding applies in every scope: a macro's too (`%X = @f()` calls f in scope X)
+      read = any(
+        param in values for (_, called), values in gin_internal._OPERATIVE_CONFIG.items() if called == selector
+      )
+    if not read:
       unread.append(key)
   return unread
 

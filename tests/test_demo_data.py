@@ -262,3 +262,32 @@ def test_demo_family_of_tasks_is_registered():
   assert example["targets"].decode().startswith("<extra_id_0> ")
   example = next(seqio.get_mixture_or_task(names[3]).source.get_dataset("test", shuffle=False).as_numpy_iterator())
   assert example["inputs"].decode().startswith("<extra_id_0>: ")
+
+
+def test_the_demo_mixture_gives_each_task_its_index():
+  """register_demo_mixture: the four tasks' task_index_ variants at equal rates, each input the plain task's after its
+  task's sentinel, which the demo vocabulary encodes as the task id a multi-task method reads (inputs.task_ids)."""
+  import numpy as np
+  import seqio
+
+  from prompt_tuning import inputs
+
+  mixture = seqio.get_mixture_or_task(demo_data.register_demo_mixture())
+  members = [f"task_index_{name}" for name in demo_data.DEMO_TASK_NAMES]
+  assert sorted(t.name for t in mixture.tasks) == sorted(members) and {mixture.get_rate(t) for t in mixture.tasks} == {
+    1.0
+  }
+  vocabulary = seqio.SentencePieceVocabulary(str(demo_data.DEMO_VOCABULARY), extra_ids=100)
+  plain = demo_data.register_demo_tasks()
+  for k, name in enumerate(members):
+    assert demo_data.register_demo_task_index_task(plain[k]) == name
+    first, indexed = (
+      next(seqio.get_mixture_or_task(n).source.get_dataset("validation", shuffle=False).as_numpy_iterator())
+      for n in (plain[k], name)
+    )
+    assert indexed["inputs"].decode() == f"<extra_id_{k}> " + first["inputs"].decode()
+    assert indexed["targets"] == first["targets"]
+    tokens = np.array([vocabulary.encode(indexed["inputs"].decode())])
+    assert inputs.task_ids({"encoder_input_tokens": tokens}, vocabulary.vocab_size, 4).tolist() == [k]
+  with pytest.raises(ValueError, match="'hypernymy' is not a demo task; the demo tasks are 'wordnet_animal_or_plant'"):
+    demo_data.register_demo_task_index_task("hypernymy")

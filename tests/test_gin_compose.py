@@ -254,6 +254,13 @@ def test_a_command_line_binding_nothing_calls_is_reported(reference_dir):
   assert lines[0] == (
     "warning: --gin.infer.split was set but read by nothing in this run (its configurable was not called)"
   )
+  # A configurable called through a macro (`MIXTURE_OR_TASK_NAME = @f()`, called in the macro's scope) read it.
+  gin.clear_config()
+  flags = ["MIXTURE_OR_TASK_NAME = @prompt_tuning.demo_data.register_demo_task_index_task()"]
+  flags += ["prompt_tuning.demo_data.register_demo_task_index_task.task = 'wordnet_hypernymy'", *REQUIRED[:2]]
+  gin_config.configure_gin(["demo/prompt.gin", "prompts/mpt.gin"], [*flags, "NUM_TASKS = 4"], [], check_unread=True)
+  assert train.RunConfig().mixture_or_task_name == "task_index_wordnet_hypernymy"
+  assert gin_config.unread_bindings(flags) == []
 
 
 @pytest.mark.parametrize(

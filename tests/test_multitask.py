@@ -223,6 +223,10 @@ def test_a_multitask_run_trains_on_a_task_index_mixture_packed_or_not(backbone, 
     assert mixed and losses[False] == pytest.approx(losses[True], rel=1e-4)
   train.export_methods(tuned, trained, tmp_path / "export")
   table = np.asarray(tuned.method(method).fold(trained[method], tuned.config)["task_prompts"])
+  # eval and infer place the folded table as build_inference does: by the method's own logical axes.
+  folded = {"t5": run.frozen["t5"], **tuned.fold(trained)}
+  axes = tuned.logical_axes(jax.eval_shape(lambda: folded))
+  partitioning.with_sharding(folded, partitioning.shardings_for(axes, run.mesh, partitioning.logical_rules()))
   for k in range(2):
     np.testing.assert_allclose(np.load(tmp_path / "export" / f"{method}_tasks" / f"task_{k}.npy"), table[k], rtol=1e-6)
 

@@ -83,13 +83,16 @@ def write_task(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
 
 
 @gin.configurable(module="prompt_tuning.demo_data")
-def register_wordnet_category_task(task_dir: str | Path | None = None, name: str | None = None) -> str:
+def register_wordnet_category_task(
+  task_dir: str | Path | None = None, name: str | None = None, input_prefix: str = ""
+) -> str:
   """Registers the task as a seqio task with class labels ("<extra_id_0> animal", "<extra_id_0> plant"); returns
   its name. The vocabulary is the globally configured one (the demo model's, VOCABULARY_PATH in gin).
 
   Args:
     task_dir: the folder of train/validation/test.jsonl (default: the shipped prompt_tuning/assets/wordnet_categories).
     name: the task name (default `wordnet_animal_or_plant`).
+    input_prefix: text put before every input (`prompt_tuning.demo_data.register_demo_mixture`'s task sentinel).
   """
   from prompt_tuning.data import register_local_task
 
@@ -99,7 +102,7 @@ def register_wordnet_category_task(task_dir: str | Path | None = None, name: str
     train=str(folder / "train.jsonl"),
     validation=str(folder / "validation.jsonl"),
     test=str(folder / "test.jsonl"),
-    input_template=INPUT_TEMPLATE,
+    input_template=input_prefix + INPUT_TEMPLATE,
     target_column="target",
     class_labels=list(CLASS_LABELS),
   )

@@ -274,7 +274,10 @@ def write_task(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
 
 @gin.configurable(module="prompt_tuning.demo_data")
 def register_wordnet_task(
-  task_dir: str | Path | None = None, name: str | None = None, input_template: str = QUESTION_ONLY
+  task_dir: str | Path | None = None,
+  name: str | None = None,
+  input_template: str = QUESTION_ONLY,
+  input_prefix: str = "",
 ) -> str:
   """Registers the task as a seqio task with class labels ("<extra_id_0> no", "<extra_id_0> yes"); returns its name.
 
@@ -286,6 +289,7 @@ def register_wordnet_task(
     task_dir: the folder of train/validation/test.jsonl (default: the shipped prompt_tuning/assets/wordnet_task).
     name: the task name (default `wordnet_hypernymy`).
     input_template: how the input is written from the row's columns (`QUESTION_ONLY` or `WITH_DEFINITION`).
+    input_prefix: text put before every input (`prompt_tuning.demo_data.register_demo_mixture`'s task sentinel).
   """
   from prompt_tuning.data import register_local_task
 
@@ -295,7 +299,7 @@ def register_wordnet_task(
     train=str(folder / "train.jsonl"),
     validation=str(folder / "validation.jsonl"),
     test=str(folder / "test.jsonl"),
-    input_template=input_template,
+    input_template=input_prefix + input_template,
     target_column="target",
     class_labels=list(CLASS_LABELS),
   )
@@ -364,7 +368,7 @@ def write_derived_tasks(assets: str | Path = locations.ASSETS) -> dict[str, dict
   }
 
 
-def _register_derived(name: str, folder: Path) -> str:
+def _register_derived(name: str, folder: Path, input_prefix: str) -> str:
   from prompt_tuning.data import register_local_task
 
   return register_local_task(
@@ -372,18 +376,24 @@ def _register_derived(name: str, folder: Path) -> str:
     train=str(folder / "train.jsonl"),
     validation=str(folder / "validation.jsonl"),
     test=str(folder / "test.jsonl"),
-    input_column="input",
+    input_template=input_prefix + "{input}",
     target_column="target",
   )
 
 
 @gin.configurable(module="prompt_tuning.demo_data")
-def register_word_to_category_task() -> str:
-  """Registers `wordnet_word_to_category` (free text: the category's name after the sentinel); returns its name."""
-  return _register_derived(locations.WORDNET_WORD_TO_CATEGORY_NAME, locations.WORDNET_WORD_TO_CATEGORY_DIR)
+def register_word_to_category_task(name: str | None = None, input_prefix: str = "") -> str:
+  """Registers `wordnet_word_to_category` (free text: the category's name after the sentinel); returns its name.
+  `name` and `input_prefix` (text before every input) as for `register_wordnet_task`."""
+  return _register_derived(
+    name or locations.WORDNET_WORD_TO_CATEGORY_NAME, locations.WORDNET_WORD_TO_CATEGORY_DIR, input_prefix
+  )
 
 
 @gin.configurable(module="prompt_tuning.demo_data")
-def register_gloss_to_word_task() -> str:
-  """Registers `wordnet_gloss_to_word` (free text: the word after the sentinel); returns its name."""
-  return _register_derived(locations.WORDNET_GLOSS_TO_WORD_NAME, locations.WORDNET_GLOSS_TO_WORD_DIR)
+def register_gloss_to_word_task(name: str | None = None, input_prefix: str = "") -> str:
+  """Registers `wordnet_gloss_to_word` (free text: the word after the sentinel); returns its name. `name` and
+  `input_prefix` (text before every input) as for `register_wordnet_task`."""
+  return _register_derived(
+    name or locations.WORDNET_GLOSS_TO_WORD_NAME, locations.WORDNET_GLOSS_TO_WORD_DIR, input_prefix
+  )

@@ -129,11 +129,14 @@ class Predictor:
       yield indices, inputs.pad_rows(dict(features), self.batch_size), rows
 
   def predict_fn(self, dataset) -> list[tuple[int, list[int]]]:
+    """(index, predicted ids) per example, every row padded with 0 to the longest: seqio stacks the predictions
+    into one array (`np.array`, which refuses rows of different lengths), and its decoding drops the padding."""
     results = []
     for indices, features, rows in self._batches(dataset):
       tokens = self.generate(features["encoder_input_tokens"])[:rows]
       results.extend((int(i), [int(t) for t in row if t > 0]) for i, row in zip(indices, tokens))
-    return results
+    width = max((len(ids) for _, ids in results), default=0)
+    return [(i, ids + [0] * (width - len(ids))) for i, ids in results]
 
   def score_fn(self, dataset) -> list[tuple[int, float]]:
     results = []

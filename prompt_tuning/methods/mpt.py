@@ -93,6 +93,7 @@ class MultitaskPromptTuning(task_prompts.TaskTableMethod):
       "shared": PartitionSpec(*prompts.PROMPT_AXES),
       "task_cols": PartitionSpec(None, "prompt", None),
       "task_rows": PartitionSpec(None, None, "prompt_embed"),
+      task_prompts.FOLDED: task_prompts.FOLDED_AXES,  # the folded tree (eval, infer: build_inference)
     }
     return {k: v for k, v in axes.items() if k in shapes}
 

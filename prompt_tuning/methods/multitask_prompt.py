@@ -160,6 +160,7 @@ class MultiTaskPrompt(task_prompts.TaskTableMethod):
       axes["tasks"] = {"kernel": PartitionSpec(None, None, "prompt_embed"), "bias": PartitionSpec(None, "prompt_embed")}
     else:
       axes["tasks"] = PartitionSpec(None, *prompts.PROMPT_AXES)
+    axes[task_prompts.FOLDED] = task_prompts.FOLDED_AXES  # the folded tree (eval, infer: build_inference)
     return {k: v for k, v in axes.items() if k in shapes}
 
   def task_table(self, params: PyTree) -> jax.Array:

@@ -20,12 +20,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
+from prompt_tuning import prompts
 from prompt_tuning.methods.base import Limits, Method, PromptError, PyTree, read_tree, write_tree
 from prompt_tuning.models.adapters import Adapters
 from prompt_tuning.models.configs import T5Config
 
 FOLDED = "task_prompts"  # the folded tree's one leaf: [T, P, D]
+FOLDED_AXES = PartitionSpec(None, *prompts.PROMPT_AXES)  # its logical axes: the tasks', then a prompt's
 
 
 def tasks_folder(name: str) -> str:
