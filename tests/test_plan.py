@@ -181,11 +181,11 @@ def test_the_command_line_plans_a_config_on_a_model_parallel_mesh():
   assert "Traceback" not in out.stderr
 
 
-def test_bad_plan_flags_are_one_line_errors(_cli):
+def test_bad_plan_flags_are_one_line_errors():
   with pytest.raises(ValueError, match=r"--mesh='8' is not a mesh: write DATAxMODEL, e\.g\. --mesh=1x8"):
     plan.parse_mesh("8")
   with pytest.raises(ValueError, match=r"--device='tpu9' is not known: use one of v3, v4, v5e"):
     plan.check_device("tpu9")
-  out = _cli("plan", "--gin_file=test/prompt_tiny.gin", "--gin.NO_SUCH_MACRO=1", "--device=v3", check=False)
+  out = _plan_cli("--gin_file=test/prompt_tiny.gin", "--gin.NO_SUCH_MACRO=1", "--device=v3")
   assert out.returncode != 0 and "NO_SUCH_MACRO" in out.stderr, out.stderr[-2000:]
   assert "Traceback" not in out.stderr
