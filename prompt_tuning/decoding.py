@@ -31,6 +31,7 @@ from prompt_tuning import combine
 from prompt_tuning.models import adapters as sites
 from prompt_tuning.models.configs import T5Config
 from prompt_tuning.models.t5 import T5, Adapters, Prefix
+from prompt_tuning.trainer import restrict_logits
 
 Array = jax.Array
 NEG_INF = -1.0e7  # finite, so sums of "impossible" scores stay ordered and NaN-free
@@ -300,7 +301,20 @@ def _expand_rows(x: Array | None, times: int, axis: int = 0) -> Array | None:
   return None if x is None else jnp.repeat(x, times, axis=axis)
 
 
-def _decode_loop(step, cache, batch: int, settings: DecodingSettings, rng: Array, return_all_beams: bool):
+def _restricted(step, output_ids: tuple[int, ...] | None):
+  """The step with its logits restricted to `output_ids` (as training's softmax was: `trainer.restrict_logits`)."""
+  if output_ids is None:
+    return step
+
+  def restricted_step(tokens: Array, position: Array, cache) -> tuple[Array, Any]:
+    logits, cache = step(tokens, position, cache)
+    return restrict_logits(logits, output_ids), cache
+
+  return restricted_step
+
+
+def _decode_loop(step, cache, batch: int, settings: DecodingSettings, rng: Array, return_all_beams: bool, output_ids):
+  step = _restricted(step, output_ids)
   if settings.method != "beam":
     return _sequential(step, cache, batch, settings, rng)
   seqs, scores = _beam_search(step, cache, batch, settings)
@@ -313,7 +327,7 @@ def _beams(settings: DecodingSettings) -> int:
   return settings.num_beams if settings.method == "beam" else 1
 
 
-_STATIC = ("config", "settings", "return_all_beams", "prompt_combination")
+_STATIC = ("config", "settings", "return_all_beams", "prompt_combination", "output_ids")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -327,6 +341,7 @@ def _generate(
   settings,
   return_all_beams,
   prompt_combination,
+  output_ids,
 ):
   model = T5(config)
   batch = encoder_input_tokens.shape[0]
@@ -340,11 +355,13 @@ def _generate(
   beams = _beams(settings)
   cache = _init_cache(model, params, encoded, encoder_mask, batch, settings.max_decode_length, adapters)
   step = _step_fn(model, params, _expand_rows(encoder_mask, beams), sites.expand_rows(adapters, beams))
-  return _decode_loop(step, cache, batch, settings, rng, return_all_beams)
+  return _decode_loop(step, cache, batch, settings, rng, return_all_beams, output_ids)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _generate_decoder_only(params, inputs, adapters, rng, *, config, settings, return_all_beams, prompt_combination):
+def _generate_decoder_only(
+  params, inputs, adapters, rng, *, config, settings, return_all_beams, prompt_combination, output_ids
+):
   model = T5(config)
   batch = inputs.shape[0]
   tokens = jnp.pad(inputs, ((0, 0), (1, 0)))  # [B, 1 + Ti]: the start token 0 opens every prefix-LM sequence
@@ -368,7 +385,7 @@ def _generate_decoder_only(params, inputs, adapters, rng, *, config, settings, r
     sites.expand_rows(adapters, beams),
     prefilled,
   )
-  return _decode_loop(step, variables["cache"], batch, settings, rng, return_all_beams)
+  return _decode_loop(step, variables["cache"], batch, settings, rng, return_all_beams, output_ids)
 
 
 def _config(model: T5 | T5Config) -> T5Config:
@@ -405,6 +422,7 @@ def generate(
   settings: DecodingSettings = DecodingSettings(),
   rng: Array | None = None,
   return_all_beams: bool = False,
+  output_ids: tuple[int, ...] | None = None,
 ) -> DecodeOutput:
   """Decodes a batch with an encoder-decoder or a decoder-only (prefix LM) T5.
 
@@ -429,6 +447,10 @@ def generate(
     rng: PRNG key for sampling (default: key 0).
     return_all_beams: beam search returns [B, K, L] tokens and [B, K] scores,
       best first.
+    output_ids: the ids every step's softmax normalizes over (a run trained
+      with RunConfig.class_label_softmax: its labels' tokens and EOS,
+      `run.class_label_ids`), so that decoding chooses as training scored;
+      None, the default: the whole vocabulary.
 
   Returns:
     DecodeOutput(tokens [B, L], scores [B]); tokens after EOS are 0.
@@ -450,6 +472,7 @@ def generate(
     settings=settings,
     return_all_beams=return_all_beams,
     prompt_combination=prompt_combination,
+    output_ids=None if output_ids is None else tuple(sorted({int(i) for i in output_ids})),
   )
 
 
@@ -479,8 +502,6 @@ def _pack_prefix_lm(inputs: Array, targets: Array) -> tuple[Array, Array, Array,
 
 @functools.partial(jax.jit, static_argnames=("config", "prompt_combination", "output_ids"))
 def _sequence_log_probs(params, inputs, targets, adapters, *, config, prompt_combination, output_ids=None):
-  from prompt_tuning.trainer import restrict_logits
-
   kwargs = dict(adapters=adapters, prompt_combination=prompt_combination)
   if config.decoder_only:
     decoder_inputs, targets, causal_attention, weights = _pack_prefix_lm(inputs, targets)

@@ -186,6 +186,16 @@ def test_class_label_softmax_reaches_the_loss_the_evaluation_and_the_label_score
     for name, run in (("full", full), ("restricted", restricted))
   }
   assert (scores["restricted"] > scores["full"]).all() and (scores["restricted"] < 0).all()
+  # eval's decoding (its seqio label metrics) chooses among the same ids: a run trained over its labels' tokens
+  # decoded over the whole vocabulary answers with other tokens and scores 0 on every label metric.
+  decoded = {
+    name: evaluation.Predictor(run, decoding.DecodingSettings(max_decode_length=4), 8).generate(
+      batch["encoder_input_tokens"]
+    )
+    for name, run in (("full", full), ("restricted", restricted))
+  }
+  assert set(np.unique(decoded["restricted"])) <= {0, *restricted.output_ids}
+  assert set(np.unique(decoded["full"])) - {0, *restricted.output_ids}
   # ...and training with it runs and logs a finite loss.
   cfg = _config(tmp_path / "train", mixture_or_task_name=labelled, class_label_softmax=True)
   train.train(cfg, num_train_steps=2, checkpoint_every=2)

@@ -71,6 +71,11 @@ class Predictor:
   A multi-task run (`TunedT5.task_count`) gives each row its task's vectors, the task read from the sentinel the
   row's input opens with, as in training (`inputs.task_ids`); `vocab_size` (the task's vocabulary, its sentinels'
   top) is then required.
+
+  A run trained with `RunConfig.class_label_softmax` decodes over the same ids its softmax was trained on (the
+  labels' tokens and EOS, `run.output_ids`): such a run learns to rank the labels among themselves, not above the
+  rest of the vocabulary, so decoded over the whole vocabulary it answers with its pretraining's sentinels and
+  scores 0 on every label metric however well it ranks them.
   """
 
   def __init__(
@@ -108,6 +113,7 @@ class Predictor:
       adapters=adapters,
       prompt_combination=tuned.prompt_combination,
       settings=self.settings,
+      output_ids=self.run.output_ids,  # a class_label_softmax run decodes over what its softmax was trained on
     )
     return np.asarray(jax.device_get(out.tokens))
 
