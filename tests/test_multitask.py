@@ -117,10 +117,32 @@ def test_the_reference_combinations_make_each_task_prompt():
     MultiTaskPrompt(3, 2, "concat_features", shared_features=d, task_features=4).init(rng, backbone, config)
 
 
+def test_mpt_factor_init_ones_starts_every_task_at_the_shared_prompt_and_normal_near_zero():
+  config = pt.get_config("t5_1_1_tiny", vocab_size=64)
+  backbone = {"token_embedder": {"embedding": jax.random.normal(jax.random.key(1), (64, config.emb_dim))}}
+  tables = {}
+  for init, ranks in (("normal", 1), ("ones", 1), ("ones", 3)):
+    method = MultitaskPromptTuning(4, 2, ranks, random_uniform(), factor_init=init)
+    params = jax.device_get(jax.jit(functools.partial(method.init, config=config))(jax.random.key(0), backbone))
+    tables[init, ranks] = (np.asarray(method.task_table(params)), np.asarray(params["shared"]))
+  for ranks in (1, 3):
+    table, shared = tables["ones", ranks]
+    np.testing.assert_allclose(table, np.broadcast_to(shared, table.shape), rtol=0.15, atol=1e-6)
+    assert not np.array_equal(table[0], table[1])  # the noise tells the tasks and the rank components apart
+  table, shared = tables["normal", 1]
+  assert np.abs(table).max() < 1e-2 * np.abs(shared).max()  # PEFT's draw: u v^T ~ 0.02^2
+  with pytest.raises(ValueError, match="factor_init must be one of"):
+    MultitaskPromptTuning(4, 2, 1, random_uniform(), factor_init="zeros")
+
+
 @pytest.mark.parametrize(
   "gin_file,bindings,expected",
   [
-    ("prompts/mpt.gin", ["MPT_RANKS = 2"], {"length": 4, "num_tasks": 3, "num_ranks": 2, "factor_stddev": 0.02}),
+    (
+      "prompts/mpt.gin",
+      ["MPT_RANKS = 2"],
+      {"length": 4, "num_tasks": 3, "num_ranks": 2, "factor_stddev": 0.02, "factor_init": "normal"},
+    ),
     (
       "prompts/multitask_prompt.gin",
       ["MULTITASK_PROMPT_COMBINATION = 'concat'", "prompt_tuning.methods.MultiTaskPrompt.task_length = 2"],
