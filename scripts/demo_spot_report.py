@@ -33,7 +33,10 @@ TASKS = {
   "gloss_to_word": ("wordnet_gloss_to_word", False),
 }
 ARMS = {"single": "single task", "spot_best": "SPoT, best-ranked source", "spot_worst": "SPoT, worst-ranked source"}
-ARMS_ALL = {**ARMS, "mpt": "MPT over the 4 tasks"}
+# demo_spot_mpt.gin's factor_init values -> arm: MPT with every task's prompt started at the shared one, and with
+# PEFT's draw of the task factors (every task's prompt started near zero).
+MPT_ARMS = {"ones": "mpt_ones", "normal": "mpt"}
+ARMS_ALL = {**ARMS, "mpt_ones": "MPT, factors from one", "mpt": "MPT, PEFT's factor draw"}
 SEEDS = (0, 1, 2)
 
 
@@ -91,7 +94,7 @@ def score_mpt_runs(mpt_dir: Path, parallel: int) -> None:
   """Runs the per-task evaluations that are missing, `parallel` at a time; a failed one is reported and skipped."""
   todo = [
     (run, task)
-    for run in sorted((mpt_dir / "runs").glob("seed=*"))
+    for run in sorted((mpt_dir / "runs").glob("factor_init=*"))
     if _done(run)
     for task in TASKS
     if mpt_task_score(run, task) is None
@@ -121,12 +124,13 @@ def collect(spot_dir: Path, mpt_dir: Path | None) -> list[dict]:
           "cross_entropy": final_score(run, LOSS_METRIC),
         }
         rows.append({"task": task, "arm": arm, "seed": seed, **scores, "run": str(run)})
-    for seed in SEEDS:
-      run = (mpt_dir / "runs" / f"seed={seed}") if mpt_dir else None
-      scores = {"score": None, "token_accuracy": None, "cross_entropy": None}
-      if run is not None:
-        scores = {key: mpt_task_score(run, task, metric) for key, metric in zip(scores, METRICS)}
-      rows.append({"task": task, "arm": "mpt", "seed": seed, **scores, "run": str(run)})
+    for init, arm in MPT_ARMS.items():
+      for seed in SEEDS:
+        run = (mpt_dir / "runs" / f"factor_init={init},seed={seed}") if mpt_dir else None
+        scores = {"score": None, "token_accuracy": None, "cross_entropy": None}
+        if run is not None:
+          scores = {key: mpt_task_score(run, task, metric) for key, metric in zip(scores, METRICS)}
+        rows.append({"task": task, "arm": arm, "seed": seed, **scores, "run": str(run)})
   return rows
 
 
@@ -191,14 +195,14 @@ def figure(rows: list[dict], path: Path) -> None:
   import matplotlib.pyplot as plt
 
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-  width = 0.2
+  width = 0.8 / len(ARMS_ALL)
   for ax, key, what in zip(axes, ("score", "token_accuracy"), ("sequence accuracy (the score)", "token accuracy")):
     for i, (arm, label) in enumerate(ARMS_ALL.items()):
       for t, task in enumerate(TASKS):
         scores = [r[key] for r in rows if r["task"] == task and r["arm"] == arm and r[key] is not None]
         if not scores:
           continue
-        x = t + (i - 1.5) * width
+        x = t + (i - (len(ARMS_ALL) - 1) / 2) * width
         mean = statistics.mean(scores)
         ax.bar(x, mean, width, color=f"C{i}", label=label if t == 0 else None, alpha=0.8)
         ax.errorbar(x, mean, yerr=[[mean - min(scores)], [max(scores) - mean]], color="black", capsize=3, lw=1)

@@ -179,12 +179,13 @@ def test_the_shipped_spot_sweep_plans(tmp_path, capsys):
 
 
 def test_the_shipped_mpt_arm_plans(tmp_path, capsys):
-  """configs/sweeps/demo_spot_mpt.gin: MPT over the demo mixture, 3 seeds of 800 steps (4 tasks x 200 steps' worth of
-  examples each); its trainable tree is the shared prompt and one rank-1 factor per task."""
+  """configs/sweeps/demo_spot_mpt.gin: MPT over the demo mixture, both factor inits x 3 seeds of 800 steps (4 tasks x
+  200 steps' worth of examples each); its trainable tree is the shared prompt and one rank-1 factor per task."""
   from prompt_tuning import cli
 
   assert cli.main(["sweep", "plan", "sweeps/demo_spot_mpt.gin", f"--sweep_dir={tmp_path}"]) == 0
   lines = capsys.readouterr().out.splitlines()
-  assert lines[-1] == "3 runs, 2,400 training steps in all"
-  assert [line.split() for line in lines[1:-1]] == [["800", "6,224", "10,103,376", f"seed={k}"] for k in range(3)]
+  assert lines[-1] == "6 runs, 4,800 training steps in all"
+  names = [f"factor_init={init},seed={k}" for init in ("ones", "normal") for k in range(3)]
+  assert [line.split() for line in lines[1:-1]] == [["800", "6,224", "10,103,376", name] for name in names]
   assert 6224 == 20 * 256 + 4 * (20 + 256)  # P x D shared, and per task u [P, 1] and v [1, D]
