@@ -11,6 +11,11 @@ Section 3.2 ("input-prompt attentions"), as built here for an input x with embed
 
 The sum runs over the t source prompts and the target prompt itself, so the target enters twice (once alone and once
 weighted), as in the paper. T is the softmax temperature: D * e, the paper's setting, unless `temperature` is set.
+Checked against the authors' code (github.com/AkariAsai/ATTEMPT, its T5 encoder's `attn_method="sub"`, the one its
+configs use): the width-100 down/up projection with SiLU between and a LayerNorm after, the target joining the
+attended set and added once more, and T = 2087 in every config, 768 * e for T5-base. One difference, ours: their
+input max-pool runs over every position, padding included (the embedding of id 0 joins the max); ours over the real
+tokens only, so that an example's prompt does not depend on how far its batch is padded.
 The source prompts are frozen: they are not in the trained tree (the optimizer never sees them) but held by the
 method, read from a prompt library (`prompt_tuning.transfer.source_prompts`: ids of a library folder in the server's
 format, or prompt files), each checked against the run's backbone as `prompt-tuning transfer` checks a source
