@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import simulated_devices
 
 from prompt_tuning import locks, storage
 
@@ -55,7 +56,7 @@ def test_two_processes_train_into_gs_are_killed_resume_and_a_third_evaluates(gcs
   # The tiny run, unshuffled: two processes read examples 0,2,4,.. and 1,3,5,..: one process's global batch.
   flags = [*trained_run.flags, "--gin.RunConfig.shuffle=False"]
   model_dir = f"{gcs_emulator}/pod_run"
-  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": simulated_devices.xla_flags(1)}  # the suite's fast compiles, 1 device
 
   def two_processes(tag: str) -> list[subprocess.Popen]:
     port = emulator.free_port()
