@@ -228,6 +228,12 @@ def load_backbone(cfg: RunConfig):
   return config, params
 
 
+@jax.jit
+def _all_finite(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Whether each array holds only finite values (jitted once, reused by every build of the same shapes)."""
+  return {k: jax.numpy.all(jax.numpy.isfinite(x)) for k, x in arrays.items()}
+
+
 def check_backbone_finite(backbone, path: str | None) -> None:
   """Refuses a backbone holding NaN or infinite values (a damaged copy): otherwise the first step's loss is NaN, and
   the learning rate gets the blame. One reduction per array, on device, where the array lies.
@@ -241,7 +247,7 @@ def check_backbone_finite(backbone, path: str | None) -> None:
     return
   flat = optim._flat(backbone)
   floats = {name: x for name, x in flat.items() if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)}
-  finite = jax.device_get(jax.jit(lambda xs: {k: jax.numpy.all(jax.numpy.isfinite(x)) for k, x in xs.items()})(floats))
+  finite = jax.device_get(_all_finite(floats))
   bad = sorted(name for name, ok in finite.items() if not ok)
   if bad:
     raise CheckpointError(

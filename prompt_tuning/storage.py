@@ -9,6 +9,8 @@ so one path type serves the checkpoints and every other file a run writes. Of ep
 module picks fsspec/gcsfs (EPATH_USE_TF=false, unless the user set EPATH_USE_TF): tf.io.gfile cannot be pointed at
 another endpoint (no GCS emulator, no private endpoint), while gcsfs honours `STORAGE_EMULATOR_HOST` and its
 retries are bounded (6 tries, about 30 s of back-off), so a bucket that goes away ends in an error, not a hang.
+`PROMPT_TUNING_GCS_TRIES=N` sets how many times gcsfs tries each request (N from 1 to 6; N tries wait about
+2**(N-1) - 1 seconds in all): fewer, where a lost bucket should end a run sooner than a brief outage is waited out.
 The arrays of a checkpoint go through tensorstore's gcs driver (orbax), pointed at an emulator by
 `TENSORSTORE_GCS_HTTP_URL`; its default retry policy (32 tries, up to 32 s apart: a quarter of an hour) is bounded
 here to `GCS_RETRIES` tries, for the same reason.
@@ -30,6 +32,8 @@ from typing import Any
 GCS_SCHEME = "gs://"
 # Tries of a tensorstore request (a checkpoint's arrays) before it fails, 0.5 s to 4 s apart: about 15 s in all.
 GCS_RETRIES = 5
+# The variable that sets how many times gcsfs tries a request (see the module docstring), and gcsfs's own number.
+GCS_TRIES_ENV, GCSFS_TRIES = "PROMPT_TUNING_GCS_TRIES", 6
 # How many times a bucket is tried before a run is refused, and how long between tries.
 PROBE_TRIES, PROBE_DELAY_S = 3, 1.0
 
@@ -126,12 +130,39 @@ def _configure() -> None:
   # once, as a StorageError saying what to do.
   logging.getLogger("gcsfs").addFilter(_quiet_gcsfs)
   _bound_tensorstore_retries()
+  _set_gcsfs_tries(os.environ.get(GCS_TRIES_ENV))
 
 
 def _quiet_gcsfs(record: logging.LogRecord) -> bool:
   message = record.getMessage()
   quiet = ("Could not determine bucket type", "out of retries", "non-retriable", "moveTo API")
   return not any(text in message for text in quiet)
+
+
+def _set_gcsfs_tries(setting: str | None) -> None:
+  """Applies PROMPT_TUNING_GCS_TRIES to gcsfs's requests (unset: gcsfs's own 6 tries).
+
+  gcsfs fixes its number of tries when its class is defined (`retry_request(retries=6)` around
+  `GCSFileSystem._request`) and offers no setting; the request is wrapped again here, with the same retry function
+  and the number asked for. A gcsfs whose request is no longer wrapped that way fails loudly rather than ignoring the
+  setting.
+
+  Raises:
+    StorageError: a setting that is not a whole number from 1 to GCSFS_TRIES.
+  """
+  if setting is None:
+    return
+  if not setting.strip().isdigit() or not 1 <= int(setting) <= GCSFS_TRIES:
+    raise StorageError(f"{GCS_TRIES_ENV}={setting!r}: give a whole number of tries from 1 to {GCSFS_TRIES}.")
+  from gcsfs import core, retry
+
+  request = getattr(core.GCSFileSystem._request, "__wrapped__", None)
+  if request is None:
+    raise RuntimeError(
+      f"gcsfs's GCSFileSystem._request is no longer wrapped by retry_request: {GCS_TRIES_ENV} "
+      "needs updating in prompt_tuning.storage."
+    )
+  core.GCSFileSystem._request = retry.retry_request(retries=int(setting))(request)
 
 
 def _bound_tensorstore_retries() -> None:

@@ -1,5 +1,7 @@
 """Shared test set-up: quiet TensorFlow, CPU only, the reference artifacts, and what several test files reuse: the
-command line run in this process (`_cli`) and one tiny trained run (`trained_run`)."""
+command line run in this process (`_cli`) and one tiny trained run (`trained_run`). A test that runs a model outside
+a training or decoding step calls it through tests/jitted.py (`jitted.apply(model, variables, ...)`): compiled once,
+rather than op by op."""
 
 import contextlib
 import io

@@ -1,7 +1,8 @@
 """Runs of every tuning method without ../shared: a tiny random T5 written by our own Hugging Face writer, and a
 tiny in-memory seqio task on the shipped demo model's SentencePiece vocabulary.
 
-Shared by tests/test_method_invariants.py and its subprocess helper tests/scripts/method_train.py.
+Shared by tests/test_method_invariants.py, tests/test_method_resume.py, tests/test_length_buckets.py and their
+subprocess helper tests/scripts/method_train.py.
 """
 
 from __future__ import annotations
@@ -118,6 +119,33 @@ def final_trainable(cfg: train.RunConfig) -> dict[str, np.ndarray]:
   run.checkpoints.close()
   flat = optim._flat(run.state.trainable)
   return {k: np.asarray(jax.device_get(v)) for k, v in flat.items()} | {"step": np.asarray(int(run.state.step))}
+
+
+def train_methods(
+  root: Path,
+  backbone: Path,
+  methods: tuple[str, ...],
+  steps: int,
+  checkpoint_every: int = 100,
+  bucket: bool = False,
+  **overrides,
+) -> dict[str, np.ndarray]:
+  """Trains each method `steps` steps in ROOT/<method> (a checkpoint and its exports at the end), in this process;
+  returns every method's final trainable leaves ("<method>:<path>") and per-step losses ("<method>:loss").
+  `bucket`: BUCKET_BY_LENGTH on the varied-length task. Both sides of the 1-vs-8-device comparisons train through
+  here: the one-device side in the test's process, the 8-device side in tests/scripts/method_train.py."""
+  import json
+
+  results = {}
+  for method in methods:
+    if bucket:
+      overrides = {**overrides, "bucket_by_length": True, "mixture_or_task_name": register_task(True)}
+    cfg = run_config(Path(root) / method, backbone, method, **overrides)
+    train.train(cfg, num_train_steps=steps, checkpoint_every=checkpoint_every, log_every=1)
+    results |= {f"{method}:{path}": value for path, value in final_trainable(cfg).items()}
+    lines = [json.loads(x) for x in (Path(root) / method / "metrics.jsonl").read_text().splitlines()]
+    results[f"{method}:loss"] = np.array([x["train/loss"] for x in lines if "train/loss" in x])
+  return results
 
 
 def synthetic_batch(seed: int = 0, batch: int = 8) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ Hugging Face T5 as `inputs_embeds`.
 
 import copy
 
+import jitted
 import numpy as np
 import pytest
 from hf_models import hf_model, padded_batch, save, shift_right, torch
@@ -69,8 +70,15 @@ def test_every_mode_matches_hf_on_the_joined_embeddings(loaded, batch, mode):
       decoder_input_ids=torch.tensor(dec_in),
       decoder_attention_mask=torch.tensor(targets > 0).long(),
     ).logits.numpy()
-  ours = pt.T5(config).apply(
-    {"params": params}, enc, dec_in, targets, prompt=prompts, prompt_lengths=lengths, prompt_combination=mode
+  ours = jitted.apply(
+    pt.T5(config),
+    {"params": params},
+    enc,
+    dec_in,
+    targets,
+    prompt=prompts,
+    prompt_lengths=lengths,
+    prompt_combination=mode,
   )
   assert _rel_err(ours, theirs, targets) < 1e-4
 
@@ -80,7 +88,7 @@ def test_rows_with_shorter_prompts_match_peft_with_those_prompts(loaded, batch):
   enc, dec_in, targets, prompts = batch
   lengths = np.array([4, 1, 3])
   ours = np.asarray(
-    pt.T5(config).apply({"params": params}, enc, dec_in, targets, prompt=prompts, prompt_lengths=lengths)
+    jitted.apply(pt.T5(config), {"params": params}, enc, dec_in, targets, prompt=prompts, prompt_lengths=lengths)
   )
   for b in range(3):
     cfg = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=int(lengths[b]))

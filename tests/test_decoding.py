@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import jitted
 import numpy as np
 import pytest
 
@@ -38,7 +39,7 @@ def test_greedy_scores_equal_teacher_forced_log_probs(model, inputs):
   np.testing.assert_allclose(out.scores, forced, rtol=1e-4, atol=1e-4)
   # Teacher-forced argmax reproduces every greedy choice (the cache is right).
   decoder_inputs = jnp.pad(out.tokens[:, :-1], ((0, 0), (1, 0)))
-  logits = pt.T5(config).apply({"params": params}, inputs, decoder_inputs)
+  logits = jitted.apply(pt.T5(config), {"params": params}, inputs, decoder_inputs)
   live = np.cumsum(np.asarray(out.tokens) == 1, axis=1) - (np.asarray(out.tokens) == 1) == 0
   np.testing.assert_array_equal(np.asarray(jnp.argmax(logits, -1))[live], np.asarray(out.tokens)[live])
 
@@ -128,7 +129,7 @@ def test_sampled_tokens_stay_inside_top_k(model, inputs):
   out = decoding.generate(
     config, params, inputs, settings=DecodingSettings("sample", 1, top_k=3), rng=jax.random.key(0)
   )
-  logits = pt.T5(config).apply({"params": params}, inputs, jnp.zeros((5, 1), jnp.int32))[:, 0]
+  logits = jitted.apply(pt.T5(config), {"params": params}, inputs, jnp.zeros((5, 1), jnp.int32))[:, 0]
   top3 = np.asarray(jax.lax.top_k(logits, 3)[1])
   assert all(tok in row for tok, row in zip(np.asarray(out.tokens)[:, 0], top3))
 
@@ -155,13 +156,14 @@ def test_init_cache_takes_adapters_applied_before_the_cache(model, inputs):
   config, params = model
   t5 = pt.T5(config)
   adapters = _cross_attention_scales(config, jax.random.key(4), rows=len(inputs))
-  encoded, mask = t5.apply({"params": params}, inputs, adapters, method=pt.T5.encode)
+  encoded, mask = jitted.apply(t5, {"params": params}, inputs, adapters, method=pt.T5.encode)
 
   def first_step(cache_adapters):
-    _, variables = t5.apply(
-      {"params": params}, encoded, mask, len(inputs), 4, cache_adapters, method=pt.T5.init_cache, mutable=["cache"]
+    _, variables = jitted.apply(
+      t5, {"params": params}, encoded, mask, len(inputs), 4, cache_adapters, method=pt.T5.init_cache, mutable=["cache"]
     )
-    logits, _ = t5.apply(
+    logits, _ = jitted.apply(
+      t5,
       {"params": params, "cache": variables["cache"]},
       None,
       mask,
@@ -174,7 +176,7 @@ def test_init_cache_takes_adapters_applied_before_the_cache(model, inputs):
     return logits[:, 0], variables["cache"]
 
   logits, cache = first_step(adapters)
-  forced = t5.apply({"params": params}, inputs, jnp.zeros((len(inputs), 1), jnp.int32), adapters=adapters)[:, 0]
+  forced = jitted.apply(t5, {"params": params}, inputs, jnp.zeros((len(inputs), 1), jnp.int32), adapters=adapters)[:, 0]
   np.testing.assert_allclose(logits, forced, rtol=1e-5, atol=1e-5)
   # The cached keys are the scaled ones (scaled once: a decode step does not scale them again).
   _, plain_cache = first_step(None)

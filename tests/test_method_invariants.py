@@ -7,7 +7,6 @@ plain clone: a tiny T5 written by our own writer and a task on the shipped demo 
 - the compiled prompt-tuning step computes no gradient of a frozen weight (its FLOPs against model tuning's).
 """
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -76,14 +75,7 @@ def one_device(backbone, tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]
   per-step losses "<method>:loss")."""
   assert jax.device_count() == 1, f"the one-device side needs 1 device, this process has {jax.device_count()}"
   root = tmp_path_factory.mktemp("one_device")
-  results = {}
-  for method in METHODS:
-    cfg = method_runs.run_config(root / method, backbone, method)
-    train.train(cfg, num_train_steps=3, checkpoint_every=100, log_every=1)
-    results |= {f"{method}:{path}": value for path, value in method_runs.final_trainable(cfg).items()}
-    lines = [json.loads(x) for x in (root / method / "metrics.jsonl").read_text().splitlines()]
-    results[f"{method}:loss"] = np.array([x["train/loss"] for x in lines if "train/loss" in x])
-  return root, results
+  return root, method_runs.train_methods(root, backbone, METHODS, 3)
 
 
 def test_8_devices_data_and_model_parallel_give_the_losses_and_vectors_of_1(backbone, one_device, tmp_path):

@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import jitted
 import numpy as np
 import pytest
 
@@ -119,9 +120,9 @@ def test_per_layer_prompts_follow_the_prompt_in_every_combination_mode(tiny_deco
   m = PerLayerPrompt(3, _uniform)
   adapters = m.adapters(m.init(jax.random.key(5), frozen, config), config)
   for mode in ("prefix", "suffix"):
-    enc = pt.T5(config).apply({"params": frozen}, batch[0], adapters, False, mode, method=pt.T5.encode)[0]
+    enc = jitted.apply(pt.T5(config), {"params": frozen}, batch[0], adapters, False, mode, method=pt.T5.encode)[0]
     without_hidden = {"input": adapters["input"]}
-    ref = pt.T5(config).apply({"params": frozen}, batch[0], without_hidden, False, mode, method=pt.T5.encode)[0]
+    ref = jitted.apply(pt.T5(config), {"params": frozen}, batch[0], without_hidden, False, mode, method=pt.T5.encode)[0]
     assert not np.allclose(enc, ref, atol=1e-4), mode
 
 

@@ -11,6 +11,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import jitted
 import numpy as np
 import pytest
 
@@ -350,7 +351,7 @@ def test_mpt_matches_peft_both_ways(hf_t5, tmp_path):
 
   def ours(params):
     adapters = settings.adapters(params, config, jnp.asarray(task_ids))
-    return np.asarray(pt.T5(config).apply({"params": frozen}, enc, dec_in, targets, adapters=adapters))
+    return np.asarray(jitted.apply(pt.T5(config), {"params": frozen}, enc, dec_in, targets, adapters=adapters))
 
   theirs = _peft_logits(wrapped, enc, targets, task_ids)
   np.testing.assert_allclose(ours(params), theirs, rtol=1e-5, atol=1e-5)

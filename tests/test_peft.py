@@ -4,6 +4,7 @@ import copy
 import json
 
 import jax
+import jitted
 import numpy as np
 import pytest
 from hf_models import hf_model, padded_batch, save, seq2seq_logits, shift_right, torch
@@ -52,7 +53,7 @@ def test_exported_adapter_loads_in_peft_with_our_logits(loaded, tmp_path):
   wrapped = peft.PeftModel.from_pretrained(_fresh_copy(model), tmp_path).eval()
   enc, dec_in, targets = _batch(1)
   theirs = seq2seq_logits(wrapped, enc, dec_in, targets)
-  ours = pt.T5(config).apply({"params": params}, enc, dec_in, targets, prompt=prompt)
+  ours = jitted.apply(pt.T5(config), {"params": params}, enc, dec_in, targets, prompt=prompt)
   assert _rel_err(ours, theirs, targets) < 1e-4
   # PEFT holds exactly our prompt, and reading the folder back gives it too.
   np.testing.assert_array_equal(wrapped.prompt_encoder["default"].embedding.weight.detach().numpy(), prompt)
@@ -71,7 +72,7 @@ def test_adapter_saved_by_peft_imports_withseq2seq_logits(loaded, tmp_path):
   assert prompt.shape == (3, config.emb_dim) and prompt.dtype == np.float32
   enc, dec_in, targets = _batch(2)
   theirs = seq2seq_logits(wrapped, enc, dec_in, targets)
-  ours = pt.T5(config).apply({"params": params}, enc, dec_in, targets, prompt=prompt)
+  ours = jitted.apply(pt.T5(config), {"params": params}, enc, dec_in, targets, prompt=prompt)
   assert _rel_err(ours, theirs, targets) < 1e-4
   # The prompt initializer reads the adapter folder and checks it against the backbone.
   embedding = params["token_embedder"]["embedding"]

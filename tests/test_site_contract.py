@@ -8,6 +8,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import jitted
 import numpy as np
 import pytest
 
@@ -77,7 +78,7 @@ def entries(tiny_decoder_model, tmp_path_factory):
 
 def _logits(config, params, adapters, batch):
   enc, dec, targets = batch
-  return pt.T5(config).apply({"params": params}, enc, dec, targets, adapters=adapters)
+  return jitted.apply(pt.T5(config), {"params": params}, enc, dec, targets, adapters=adapters)
 
 
 def _served(names, config):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import simulated_devices
 
 from prompt_tuning import locks, storage
 
@@ -55,7 +56,7 @@ def test_two_processes_train_into_gs_are_killed_resume_and_a_third_evaluates(gcs
   # The tiny run, unshuffled: two processes read examples 0,2,4,.. and 1,3,5,..: one process's global batch.
   flags = [*trained_run.flags, "--gin.RunConfig.shuffle=False"]
   model_dir = f"{gcs_emulator}/pod_run"
-  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": simulated_devices.xla_flags(1)}  # the suite's fast compiles, 1 device
 
   def two_processes(tag: str) -> list[subprocess.Popen]:
     port = emulator.free_port()
@@ -148,14 +149,17 @@ def test_a_bucket_that_stops_answering_ends_the_run_with_our_error_in_bounded_ti
   server, url = emulator.start(tmp_path / "server.log")
   model_dir = f"gs://{emulator.BUCKET}/run"
   log = tmp_path / "train.log"
-  proc = _start_training([*trained_run.flags, "--gin.TRAIN_STEPS=1000"], model_dir, emulator.env(url), log)
+  # 2 tries of each gcsfs request (about 1 s of back-off) rather than gcsfs's 6 (about 30 s): the same path to the
+  # error, sooner.
+  env = {**emulator.env(url), storage.GCS_TRIES_ENV: "2"}
+  proc = _start_training([*trained_run.flags, "--gin.TRAIN_STEPS=1000"], model_dir, env, log)
   try:
     while "checkpoints/2/commit_success.txt" not in (tmp_path / "server.log").read_text():
       assert proc.poll() is None, log.read_text()[-3000:]
       time.sleep(0.05)
     emulator.stop(server)
     stopped = time.monotonic()
-    proc.wait(timeout=240)  # gcsfs's 6 tries (about 30 s of back-off) of the request that found it gone, then ours
+    proc.wait(timeout=240)  # the tries of the request that found it gone, then ours
     seconds = time.monotonic() - stopped
   finally:
     proc.kill()
@@ -168,6 +172,12 @@ def test_a_bucket_that_stops_answering_ends_the_run_with_our_error_in_bounded_ti
   assert "resumes from the last finished checkpoint" in errors[0]
   assert "Traceback" not in out, out[-3000:]
   assert seconds < 120
+
+
+def test_a_bad_number_of_gcs_tries_is_refused_with_the_range():
+  for tries in ("0", "7", "two", ""):
+    with pytest.raises(storage.StorageError, match=r"PROMPT_TUNING_GCS_TRIES=.*whole number of tries from 1 to 6"):
+      storage._set_gcsfs_tries(tries)
 
 
 def test_a_damaged_checkpoint_in_gs_is_moved_aside_and_the_previous_one_restored(gcs_emulator, trained_run, caplog):

@@ -44,7 +44,7 @@ def _checkpoint_steps(folder: Path) -> list[int]:
   return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
 
 
-def test_killed_sweep_resumes_without_redoing_finished_runs_then_reports(reference_dir, tmp_path):
+def test_killed_sweep_resumes_without_redoing_finished_runs_then_reports(reference_dir, tmp_path, capsys):
   sweep_file = write_sweep(tmp_path, "tiny_resume", steps=24)
   sweep_dir = tmp_path / "out"
   first, second = (records.run_dir(sweep_dir, name) for name in TINY_RUNS[:2])
@@ -83,16 +83,11 @@ def test_killed_sweep_resumes_without_redoing_finished_runs_then_reports(referen
   assert killed_at < 24
   finished_metrics = (first / "metrics.jsonl").stat()
 
-  again = subprocess.run(
-    _sweep_command("run", sweep_file, "--sweep_dir", sweep_dir, "--parallel", "2"),
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=_env(),
-    cwd=ROOT,
-  )
-  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-  assert "4 runs, 1 already done; running 3" in again.stdout
+  # The driver that resumes it runs in this process (a killed driver is what needs a process of its own).
+  code = cli.main(["sweep", "run", str(sweep_file), "--sweep_dir", str(sweep_dir), "--parallel", "2"])
+  again = capsys.readouterr()
+  assert code == 0, again.out[-3000:] + again.err[-3000:]
+  assert "4 runs, 1 already done; running 3" in again.out
   # The finished run was not touched; the interrupted one went on from its checkpoint, not from step 1.
   assert (first / "metrics.jsonl").stat().st_mtime_ns == finished_metrics.st_mtime_ns
   assert (first / "metrics.jsonl").stat().st_size == finished_metrics.st_size

@@ -2,6 +2,7 @@
 
 import copy
 
+import jitted
 import numpy as np
 import pytest
 from hf_models import hf_model, padded_batch, save, seq2seq_logits, shift_right, torch
@@ -37,7 +38,7 @@ def test_logits_match_hf_on_padded_batch(loaded):
   targets = padded_batch(rng, 3, 11, 100, [11, 6, 2])
   dec_in = shift_right(targets)
   theirs = seq2seq_logits(model, enc, dec_in, targets)
-  ours = pt.T5(config).apply({"params": params}, enc, dec_in, targets)
+  ours = jitted.apply(pt.T5(config), {"params": params}, enc, dec_in, targets)
   assert ours.shape == theirs.shape and ours.dtype == np.float32
   assert _rel_err(ours, theirs, targets > 0) < 1e-4
 
@@ -80,10 +81,10 @@ def test_shared_prompt_matches_peft(loaded):
   targets = padded_batch(rng, 3, 9, 100, [9, 5, 3])
   dec_in = shift_right(targets)
   theirs = seq2seq_logits(_peft_model(hf_model_copy(model), prompt), enc, dec_in, targets)
-  ours = pt.T5(config).apply({"params": params}, enc, dec_in, targets, prompt=prompt)
+  ours = jitted.apply(pt.T5(config), {"params": params}, enc, dec_in, targets, prompt=prompt)
   assert _rel_err(ours, theirs, targets > 0) < 1e-4
   # The prompt matters: without it the logits differ.
-  plain = pt.T5(config).apply({"params": params}, enc, dec_in, targets)
+  plain = jitted.apply(pt.T5(config), {"params": params}, enc, dec_in, targets)
   assert _rel_err(plain, theirs, targets > 0) > 1e-2
 
 
@@ -94,7 +95,7 @@ def test_per_row_prompts_match_peft_row_by_row(loaded):
   enc = padded_batch(rng, 3, 10, 100, [10, 6, 3])
   targets = padded_batch(rng, 3, 7, 100, [7, 4, 2])
   dec_in = shift_right(targets)
-  ours = np.asarray(pt.T5(config).apply({"params": params}, enc, dec_in, targets, prompt=prompts))
+  ours = np.asarray(jitted.apply(pt.T5(config), {"params": params}, enc, dec_in, targets, prompt=prompts))
   for row in range(3):
     wrapped = _peft_model(hf_model_copy(model), prompts[row])
     theirs = seq2seq_logits(wrapped, enc[row : row + 1], dec_in[row : row + 1], targets[row : row + 1])

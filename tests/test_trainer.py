@@ -62,17 +62,23 @@ def _tiny_setup(reference_dir, pattern=r"^prompt(/|$)"):
   return tuned, trainable, frozen, batch
 
 
+# trainer.train_step compiled, as training runs it (op by op, the tiny model's step costs seconds of compiling each
+# primitive); the settings that shape the program are static.
+_train_step = jax.jit(trainer.train_step, static_argnames=("forward", "optimizer", "num_microbatches"))
+
+
 def test_a_step_changes_exactly_the_trainable_subset(reference_dir):
   tuned, trainable, frozen, batch = _tiny_setup(reference_dir, r"^t5/decoder/layers_1/")
   optimizer = optax.sgd(0.1)
   state = trainer.TrainState.create(trainable, optimizer)
-  new, _ = trainer.train_step(state, frozen, batch, jax.random.key(0), forward=tuned.forward, optimizer=optimizer)
+  new, _ = _train_step(state, frozen, batch, jax.random.key(0), forward=tuned.forward, optimizer=optimizer)
   before, after = optim._flat(trainable), optim._flat(new.trainable)
   assert all(k.startswith("t5/decoder/layers_1/") for k in after)
   assert all(not np.array_equal(before[k], after[k]) for k in after if "layer_norm" not in k)
   # The updated subset is what the model computes with: its logits move.
-  old = tuned.forward(optim.merge(trainable, frozen), batch, False, jax.random.key(0))
-  assert not np.allclose(tuned.forward(optim.merge(new.trainable, frozen), batch, False, jax.random.key(0)), old)
+  forward = jax.jit(tuned.forward, static_argnums=2)
+  old = forward(optim.merge(trainable, frozen), batch, False, jax.random.key(0))
+  assert not np.allclose(forward(optim.merge(new.trainable, frozen), batch, False, jax.random.key(0)), old)
 
 
 def test_a_step_against_the_prompt_gradient_lowers_the_loss(reference_dir):
@@ -81,8 +87,9 @@ def test_a_step_against_the_prompt_gradient_lowers_the_loss(reference_dir):
   def loss(prompt):
     return trainer.summed_loss({"prompt": prompt}, frozen, batch, jax.random.key(0), tuned.forward, 0.0, False)[0]
 
+  loss = jax.jit(loss)  # op by op, the tiny model's forward and backward cost seconds of compiling each primitive
   prompt = trainable["prompt"]
-  grad = jax.grad(loss)(prompt)
+  grad = jax.jit(jax.grad(loss))(prompt)
   step = 1e-2 * grad / jnp.linalg.norm(grad)
   assert float(loss(prompt - step)) < float(loss(prompt)) < float(loss(prompt + step))
 
@@ -92,12 +99,12 @@ def test_gradient_accumulation_equals_one_big_batch(reference_dir):
   optimizer = optax.sgd(1.0)
   state = trainer.TrainState.create(trainable, optimizer)
   kw = dict(forward=tuned.forward, optimizer=optimizer)
-  whole, m1 = trainer.train_step(state, frozen, batch, jax.random.key(0), **kw)
-  split, m2 = trainer.train_step(state, frozen, batch, jax.random.key(0), num_microbatches=2, **kw)
+  whole, m1 = _train_step(state, frozen, batch, jax.random.key(0), **kw)
+  split, m2 = _train_step(state, frozen, batch, jax.random.key(0), num_microbatches=2, **kw)
   np.testing.assert_allclose(whole.trainable["prompt"], split.trainable["prompt"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
   with pytest.raises(ValueError, match="multiple of NUM_MICROBATCHES"):
-    trainer.train_step(state, frozen, batch, jax.random.key(0), num_microbatches=3, **kw)
+    _train_step(state, frozen, batch, jax.random.key(0), num_microbatches=3, **kw)
 
 
 def test_loss_is_cross_entropy_plus_z_loss_per_real_token():

@@ -8,7 +8,6 @@ method's final trainable leaves ("<method>:<path>") and per-step losses ("<metho
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,22 +30,17 @@ def main():
   import method_runs
   import numpy as np
 
-  from prompt_tuning import train
-
   mesh = tuple(int(x) for x in args.mesh.split(",")) if args.mesh else None
-  results = {}
-  for method in args.methods.split(","):
-    model_dir = Path(args.root) / method
-    bucket = {"bucket_by_length": True, "mixture_or_task_name": method_runs.register_task(True)} if args.bucket else {}
-    cfg = method_runs.run_config(
-      model_dir, Path(args.backbone), method, dropout_rate=args.dropout, mesh_shape=mesh, **bucket
-    )
-    train.train(cfg, num_train_steps=args.steps, checkpoint_every=args.checkpoint_every, log_every=1)
-    if args.out:
-      for path, value in method_runs.final_trainable(cfg).items():
-        results[f"{method}:{path}"] = value
-      lines = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
-      results[f"{method}:loss"] = np.array([x["train/loss"] for x in lines if "train/loss" in x])
+  results = method_runs.train_methods(
+    Path(args.root),
+    Path(args.backbone),
+    tuple(args.methods.split(",")),
+    args.steps,
+    checkpoint_every=args.checkpoint_every,
+    bucket=args.bucket,
+    dropout_rate=args.dropout,
+    mesh_shape=mesh,
+  )
   if args.out:
     np.savez(args.out, **results)
 
