@@ -369,6 +369,7 @@ class Engine:
     with stop_on_finish, after the first step that finishes a slot."""
     if not 1 <= steps <= self.shapes.max_steps_per_call:
       raise ValueError(f"steps={steps}: give 1..{self.shapes.max_steps_per_call} (EngineShapes.max_steps_per_call).")
+    rng = self._put(rng)  # placed as the rng the program returns, so the next call finds the same program
     state, rng, out = self._step(self.params, state, rng, np.int32(steps), np.bool_(stop_on_finish))
     out = jax.device_get(out)
     n = int(out.pop("steps"))
