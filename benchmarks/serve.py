@@ -1,7 +1,7 @@
 """Load generator and benchmark of `prompt-tuning serve`: real HTTP against a server it starts (the demo model).
 
     PYTHONPATH=. nice -n 19 python benchmarks/serve.py [--requests 16] [--concurrency 1,8,32,128]
-        [--prompts 1,16,256] [--repeats 3] [--whole_batch_too] [--hf_too] [--output results.json]
+        [--prompts 1,16,256] [--repeats 3] [--whole_batch_too] [--hf_too] [--hf_threads 0] [--output results.json]
 
 For every (distinct prompts, concurrency) it sends max(--requests, 2 x
 concurrency) greedy generations with mixed output lengths (max_decode_length
@@ -22,7 +22,9 @@ latency. Ratios, all from this one run:
   prompt, each group generated in batches of up to 32 (the server's slots)
   with the group's longest max_decode_length; our server at concurrency 32.
   Each repeat of ours is followed by HF's on the same requests (interleaved),
-  and the ratio is taken per repeat: median (min-max).
+  and the ratio is taken per repeat: median (min-max). torch runs one thread
+  per core (`--hf_threads` to change: on a box busy with other work, torch's
+  threads wait on each other and HF slows several-fold, one thread far less).
 
 Each cell is the median of `--repeats` runs (different request draws); the
 spread (min..max) is shown.
@@ -46,8 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {
   "slots": "32",
-  "input_buckets": "(32,)",
-  "admit_buckets": "(1, 8, 32)",
+  # The requests' inputs are 5-12 tokens: a bucket of 16 beside 32 halves the padding the encoder runs (HF's
+  # generate pads each batch to its longest input); admissions of any size pad to at most twice their rows.
+  "input_buckets": "(16, 32)",
+  "admit_buckets": "(1, 2, 4, 8, 16, 32)",
   "score_buckets": "(8,)",
   "beam_buckets": "(1,)",
   "beam_sizes": "(2,)",
@@ -153,7 +157,7 @@ def bench(
 class HfPeft:
   """HF generate + PEFT prompt tuning on the same requests, one prompt at a time (module docstring)."""
 
-  def __init__(self, prompts: np.ndarray, ids: list[str], folder: Path):
+  def __init__(self, prompts: np.ndarray, ids: list[str], folder: Path, threads: int = 0):
     import peft
     import torch
     import transformers
@@ -162,7 +166,7 @@ class HfPeft:
     from prompt_tuning.checkpoints.peft import export_peft_adapter
     from prompt_tuning.data import get_vocabulary
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     self.torch = torch
     self.vocabulary = get_vocabulary(str(demo_data.DEMO_VOCABULARY))
     base = transformers.T5ForConditionalGeneration.from_pretrained(str(demo_data.DEMO_MODEL_DIR)).eval()
@@ -227,6 +231,9 @@ def main(argv=None) -> int:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--whole_batch_too", action="store_true")
   parser.add_argument("--hf_too", action="store_true")
+  parser.add_argument(
+    "--hf_threads", type=int, default=0, help="torch threads for HF (0: one per core; 1 suffers less on a busy box)"
+  )
   parser.add_argument("--output", default=None, help="write the tables as JSON here")
   args = parser.parse_args(argv)
   concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -245,7 +252,7 @@ def main(argv=None) -> int:
     process, url = test_serve.start_server(library, Path(tmp) / "continuous.log")
     try:
       ids = _upload(url, prompts)
-      hf = HfPeft(prompts, ids, Path(tmp)) if args.hf_too and 32 in concurrency else None
+      hf = HfPeft(prompts, ids, Path(tmp), args.hf_threads) if args.hf_too and 32 in concurrency else None
       results["continuous"], hf_table, hf_ratios = bench(url, ids, args, distinct, concurrency, hf)
       if hf is not None:
         results["hf_peft"] = hf_table

@@ -788,3 +788,46 @@ def test_a_library_without_an_admin_token_is_read_only_and_a_draining_server_ans
     reply = client.post(path, json={"text": "oak", "candidates": ["a"]})
     assert reply.status_code == 503 and "shutting down" in reply.json()["detail"], reply.text
     assert reply.headers["connection"] == "close" and reply.headers["retry-after"] == "1"
+
+
+def test_a_call_of_several_steps_gives_what_single_steps_give(tiny_decoder_model):
+  """`Engine.step` runs several decoder steps in one call (a loop on the device): each slot gets the tokens, scores
+  and finishing step one step per call gives, rows finishing mid-call included, and the rng advances alike; asked
+  to stop on a finish, a call returns after the first step that finishes a slot."""
+  import jax
+
+  from prompt_tuning import partitioning
+  from prompt_tuning.serve.engine import Engine, EngineShapes
+
+  config, params = tiny_decoder_model
+  shapes = EngineShapes(
+    slots=4, input_buckets=(8,), max_prompt_length=2, max_prefix_length=0, max_decode_length=8, max_steps_per_call=3,
+    admit_buckets=(4,), score_buckets=(1,), beam_buckets=(1,), methods=("prompt",),
+  )  # fmt: skip
+  engine = Engine(config, params, partitioning.make_mesh(), shapes)
+  tokens = np.random.default_rng(0).integers(2, config.vocab_size, (3, 8)).astype(np.int32)
+  settings = {"max_length": [2, 5, 8], "temperature": [0.0, 0.0, 0.0], "top_k": [0] * 3, "top_p": [1.0] * 3}
+  settings = {k: np.asarray(v, np.float32 if k in ("temperature", "top_p") else np.int32) for k, v in settings.items()}
+
+  def decode(steps: int, stop_on_finish: bool = False) -> tuple[list[dict], list[int], jax.Array]:
+    state = engine.admit(engine.init_state(), [0, 1, 2], tokens, [engine.row_vectors(None)] * 3, settings)
+    rng, rows, calls = jax.random.key(0), [], []
+    while len(rows) < 8 and not all(any(r["done"][j] for r in rows) for j in range(3)):  # until every row finished
+      state, rng, out = engine.step(state, rng, steps, stop_on_finish)
+      calls.append(len(out["token"]))
+      rows += [{k: v[i, :3] for k, v in out.items()} for i in range(calls[-1])]
+    return rows, calls, rng
+
+  single, calls, rng = decode(1)
+  assert calls == [1] * len(single) and len(single) > 3
+  several, calls, rng_several = decode(3)
+  assert sum(calls) == len(single) and set(calls[:-1]) == {3}  # the last call stops once no slot is active
+  for one, other in zip(single, several, strict=True):
+    done = np.cumsum(one["done"]) > np.asarray(one["done"], int)  # rows finished before this step: not compared
+    np.testing.assert_array_equal(np.where(done, 0, one["token"]), np.where(done, 0, other["token"]))
+    np.testing.assert_array_equal(one["done"], other["done"])
+    np.testing.assert_allclose(np.where(done, 0, one["logp"]), np.where(done, 0, other["logp"]), rtol=1e-6)
+  np.testing.assert_array_equal(jax.random.key_data(rng), jax.random.key_data(rng_several))
+  first_finish = next(i for i, r in enumerate(single) if r["done"].any()) + 1
+  _, calls, _ = decode(3, stop_on_finish=True)
+  assert calls[0] == min(first_finish, 3)

@@ -2,9 +2,15 @@
 
 Requests of every prompt, prompt length and method share batches (each row
 carries its own vectors, `prompt_tuning.serve.engine`). Greedy and sampling
-requests decode in slots with continuous batching: after every step the
-finished slots are freed and the waiting requests are admitted (encoded
-once, written into the free slots) before the next step. `whole_batch=True`
+requests decode in slots with continuous batching: after every call of the
+engine's step the finished slots are freed and the waiting requests are
+admitted (encoded once, written into the free slots) before the next. A call
+runs one decoder step after an admission and twice as many as the last
+while no request arrives (up to `EngineShapes.max_steps_per_call`): requests
+arriving together are admitted together, and a long generation costs a few
+round trips to the host rather than one per token. While requests wait for a
+slot, a call stops after the first step that frees one, so they are admitted
+at the next step as with one step per call. `whole_batch=True`
 is the baseline the benchmark compares with (dynamic batching): a new batch
 is admitted only once every slot of the previous one has finished.
 
@@ -91,6 +97,7 @@ class Batcher:
     self._state = None
     self._rng = jax.random.key(seed)
     self._steps = 0
+    self._call_steps = 1  # decoder steps the next call runs: 1 after an admission, then doubling (module docstring)
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, name="serve-batcher", daemon=True)
 
@@ -212,6 +219,7 @@ class Batcher:
       raise
     for slot, job in zip(slot_ids, jobs):
       self._slots[slot] = job
+    self._call_steps = 1
     self.metrics.batch_size.labels("admit").observe(take)
 
   def _recover(self, error: Exception) -> None:
@@ -224,30 +232,35 @@ class Batcher:
 
   def _step(self) -> None:
     running = [j for j in self._slots if j]
-    self._rng, sub = jax.random.split(self._rng)
+    # A request queued since this loop's _take is admitted before a longer call; waiting ones as soon as a slot frees.
+    steps = 1 if not self._queue.empty() else self._call_steps
+    stop_on_finish = bool(self._waiting) and not self.whole_batch
     try:
-      self._state, out = self.engine.step(self._state, sub)
+      self._state, self._rng, out = self.engine.step(self._state, self._rng, steps, stop_on_finish)
     except Exception as e:  # noqa: BLE001
       self._fail(running, e)
       self._slots = [None] * len(self._slots)
       self._state = self.engine.init_state()
       raise
-    self._steps += 1
-    self.metrics.batch_size.labels("step").observe(len(running))
-    self.metrics.generated_tokens.inc(len(running))
-    for i, job in enumerate(self._slots):
-      if job is None:
-        continue
-      if not out["finite"][i]:
-        self._fail([job], self._non_finite("logits", [job.entry]))
-        self._slots[i] = None
-        continue
-      token = int(out["token"][i])
-      job.output.append(token)
-      job.logp += float(out["logp"][i])
-      if out["done"][i]:
-        self._slots[i] = None
-        self._finish(job, {"token_ids": job.output, "score": job.logp}, job.method)
+    self._call_steps = min(2 * steps, self.engine.shapes.max_steps_per_call)
+    for step in range(len(out["token"])):
+      running = [i for i, job in enumerate(self._slots) if job is not None]
+      if not running:
+        break
+      self._steps += 1
+      self.metrics.batch_size.labels("step").observe(len(running))
+      self.metrics.generated_tokens.inc(len(running))
+      for i in running:
+        job = self._slots[i]
+        if not out["finite"][step, i]:
+          self._fail([job], self._non_finite("logits", [job.entry]))
+          self._slots[i] = None
+          continue
+        job.output.append(int(out["token"][step, i]))
+        job.logp += float(out["logp"][step, i])
+        if out["done"][step, i]:
+          self._slots[i] = None
+          self._finish(job, {"token_ids": job.output, "score": job.logp}, job.method)
 
   # ---------------------------------------------------------------------------
   # Whole batches: beam search and scoring.

@@ -3,19 +3,26 @@
     engine = Engine(config, params, mesh, EngineShapes(...))
     rows = engine.row_vectors(entry)          # one request's vectors (any method), padded, on device
     state = engine.admit(state, slots, tokens, [rows...])     # encode once, fill the slots' cross-attention cache
-    state, out = engine.step(state, rng)      # one decoder position for every slot
+    state, rng, out = engine.step(state, rng, steps)  # up to `steps` decoder positions for every slot, one call
     engine.beam(tokens, [rows...], settings)  # whole-batch beam search (decoding.generate)
     engine.score(tokens, targets, [rows...])  # teacher-forced log p(target | input)
 
 Continuous batching for an encoder-decoder: a fixed number of slots; each
 slot holds its own cross-attention keys/values (computed once, at
 admission), its own tuned vectors, its own decode position and sampling
-settings. `step` runs the frozen decoder on one position of every slot at
-once: one batched `T5.decode` with a per-row `decode_position` [slots], so
-each row writes its own self-attention cache slot and attends with its own
-causal mask and relative positions. A finished slot takes the next request
-at the next step; stale self-attention keys of its previous request sit
-beyond the new request's position and are never visible (causal mask).
+settings. A decoder step runs the frozen decoder on one position of every
+slot at once: one batched `T5.decode` with a per-row `decode_position`
+[slots], so each row writes its own self-attention cache slot and attends
+with its own causal mask and relative positions. `step` runs up to
+`EngineShapes.max_steps_per_call` such steps in one call (a `lax.while_loop`
+on the device, the tokens of every step returned together), stopping early
+once no slot is active or, when asked, after the first step that finishes a
+slot: each call is a round trip to the host (the program's start, the
+transfer of its outputs, the batcher's thread waking), and on a busy CPU that
+costs about as much as a step. A finished slot takes the next request at the
+step after the call returns; stale self-attention keys of its previous
+request sit beyond the new request's position and are never visible (causal
+mask).
 
 Every row carries the same padded adapters tree: every leaf that any served
 method may feed (`Method.leaves`), padded to the server's widths from the site
@@ -28,7 +35,8 @@ changes no number. The slots keep only the decoder leaves a step reads: the
 cross-attention leaves applied before the cache are in the slot's cache.
 
 Compiled programs (all at start-up, `warm_up`): admit for each (rows in
-`admit_buckets`, input length in `input_buckets`); one step; score for each
+`admit_buckets`, input length in `input_buckets`); one step program (for any
+number of steps up to `max_steps_per_call`); score for each
 (rows in `score_buckets`, input length in `input_buckets`); beam search for
 each (beam size in `beam_sizes`, rows in `beam_buckets`, input length in
 `input_buckets`). Requests are padded up to these shapes, never compiled for.
@@ -80,6 +88,9 @@ class EngineShapes:
     max_prefix_length: width of the prefix table (0: the server takes no prefixes).
     max_rank: width of the low-rank table (LoRA's rank r; 0: the server takes no low-rank deltas).
     max_decode_length: longest output (the self-attention cache length).
+    max_steps_per_call: decoder steps one call of `Engine.step` may run before the batcher looks at its queue
+      again; a request arriving meanwhile waits for the call to end. The batcher runs one step after each
+      admission and doubles the count while no request arrives, up to this; 1: one step per call.
     admit_buckets: rows encoded at once when requests join.
     score_buckets: rows (input x prompt x candidate) scored at once.
     max_target_length: longest scored candidate (tokens, EOS included).
@@ -99,6 +110,7 @@ class EngineShapes:
   max_prefix_length: int = 16
   max_rank: int = 0
   max_decode_length: int = 32
+  max_steps_per_call: int = 8
   admit_buckets: tuple[int, ...] = (1, 4, 16)
   score_buckets: tuple[int, ...] = (8, 32)
   max_target_length: int = 8
@@ -115,8 +127,8 @@ class EngineShapes:
         raise ValueError(f"EngineShapes.{name}={value}: give ascending positive sizes.")
     if self.admit_buckets[-1] > self.slots:
       raise ValueError(f"admit_buckets {self.admit_buckets} exceed slots {self.slots}.")
-    if self.max_prompt_length < 1 or self.max_decode_length < 1 or self.max_target_length < 1:
-      raise ValueError("max_prompt_length, max_decode_length and max_target_length must be >= 1.")
+    if min(self.max_prompt_length, self.max_decode_length, self.max_target_length, self.max_steps_per_call) < 1:
+      raise ValueError("max_prompt_length, max_decode_length, max_target_length and max_steps_per_call must be >= 1.")
     object.__setattr__(self, "methods", tuple(self.methods))
     known = methods.registered()
     unknown = set(self.methods) - set(known)
@@ -290,9 +302,9 @@ class Engine:
       state[name] = put(state[name], settings[name])
     return state
 
-  def _step_fn(self, params, state, rng):
-    # One batched decoder step over every slot, each at its own position (T5.decode's per-row decode_position:
-    # each row writes its own self-attention cache slot and sees only its own earlier positions).
+  def _one_step(self, params, state, rng):
+    """One batched decoder step over every slot, each at its own position (T5.decode's per-row decode_position:
+    each row writes its own self-attention cache slot and sees only its own earlier positions)."""
     logits, mutated = self.model.apply(
       {"params": params, "cache": state["cache"]},
       None,
@@ -306,12 +318,40 @@ class Engine:
     logits, cache = logits[:, -1], mutated["cache"]
     logits = logits.astype(jnp.float32)  # [S, vocab]
     chosen = choose_tokens(logits, state["temperature"], state["top_k"], state["top_p"], rng)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), chosen[:, None], axis=-1)[:, 0]
+    # log_softmax at the chosen ids only: the [S, vocab] log-probabilities are never written out.
+    best = jnp.max(logits, axis=-1)
+    norm = jnp.log(jnp.sum(jnp.exp(logits - best[:, None]), axis=-1))
+    logp = jnp.take_along_axis(logits, chosen[:, None], axis=-1)[:, 0] - best - norm
     finite = jnp.all(jnp.isfinite(logits), axis=-1)
     state = dict(state, cache=cache, token=chosen, position=state["position"] + 1)
     done = state["active"] & ((chosen == 1) | (state["position"] >= state["max_length"]) | ~finite)
     state["active"] = state["active"] & ~done
     return state, {"token": chosen, "logp": logp, "done": done, "finite": finite}
+
+  def _step_fn(self, params, state, rng, steps, stop_on_finish):
+    """Up to `steps` decoder steps; stops early when no slot is active, or (stop_on_finish) after a step that
+    finished one. The rng is split once per step, as the host split it when each call ran one step."""
+    slots, most = self.shapes.slots, self.shapes.max_steps_per_call
+    out = {
+      "token": jnp.zeros((most, slots), jnp.int32),
+      "logp": jnp.zeros((most, slots), jnp.float32),
+      "done": jnp.zeros((most, slots), bool),
+      "finite": jnp.ones((most, slots), bool),
+    }
+
+    def more(carry):
+      i, state, _, _, stop = carry
+      return (i < steps) & jnp.any(state["active"]) & ~stop
+
+    def one(carry):
+      i, state, rng, out, _ = carry
+      rng, sub = jax.random.split(rng)
+      state, step = self._one_step(params, state, sub)
+      out = {name: out[name].at[i].set(step[name]) for name in out}
+      return i + 1, state, rng, out, stop_on_finish & jnp.any(step["done"])
+
+    n, state, rng, out, _ = jax.lax.while_loop(more, one, (jnp.int32(0), state, rng, out, jnp.bool_(False)))
+    return state, rng, dict(out, steps=n)
 
   def admit(self, state, slot_ids: Sequence[int], tokens: np.ndarray, rows: Sequence[PyTree], settings: dict):
     """Encodes up to a bucket of new requests into free slots. tokens: int [n, T] (T an input bucket)."""
@@ -323,10 +363,17 @@ class Engine:
     per_row = {k: np.resize(np.asarray(v), size) for k, v in settings.items()}
     return self._admit(self.params, state, ids, padded, self._stack(rows, size), per_row)
 
-  def step(self, state, rng):
-    """One position for every slot: (state, host dict of token/logp/done/finite [slots])."""
-    state, out = self._step(self.params, state, rng)
-    return state, jax.device_get(out)
+  def step(self, state, rng, steps: int = 1, stop_on_finish: bool = False):
+    """Up to `steps` (<= max_steps_per_call) positions for every slot in one call: (state, the rng split once per
+    step run, host dict of token/logp/done/finite [steps run, slots]). It stops early once no slot is active or,
+    with stop_on_finish, after the first step that finishes a slot."""
+    if not 1 <= steps <= self.shapes.max_steps_per_call:
+      raise ValueError(f"steps={steps}: give 1..{self.shapes.max_steps_per_call} (EngineShapes.max_steps_per_call).")
+    rng = self._put(rng)  # placed as the rng the program returns, so the next call finds the same program
+    state, rng, out = self._step(self.params, state, rng, np.int32(steps), np.bool_(stop_on_finish))
+    out = jax.device_get(out)
+    n = int(out.pop("steps"))
+    return state, rng, {name: value[:n] for name, value in out.items()}
 
   # ---------------------------------------------------------------------------
   # Whole-batch programs: scoring and beam search.
@@ -417,8 +464,8 @@ class Engine:
             settings=self.beam_settings(k, shapes.max_decode_length),
           )
           done.append(f"beam k={k} rows={n} input={length}")
-    state, _ = self.step(state, jax.random.key(0))
-    done.append(f"step slots={shapes.slots}")
+    state, _, _ = self.step(state, jax.random.key(0))
+    done.append(f"step slots={shapes.slots} steps<={shapes.max_steps_per_call}")
     return done
 
 
