@@ -57,11 +57,17 @@ def test_killed_sweep_resumes_without_redoing_finished_runs_then_reports(referen
   )
   deadline = time.time() + 300
   # Kill the driver once the first run is done and the second (model tuning) has a checkpoint past its first.
+  reached = False
   while time.time() < deadline and driver.poll() is None:
     if (first / "done.json").is_file() and any(step >= 8 for step in _checkpoint_steps(second)):
+      reached = True
       break
     time.sleep(0.02)
   assert driver.poll() is None, "the sweep ended before it could be killed:\n" + driver.stdout.read().decode()[-3000:]
+  if not reached:  # a very slow machine: say so, rather than fail later on what the kill found
+    driver.kill()
+    output = driver.communicate()[0].decode()[-3000:]
+    pytest.fail(f"in 300 s the first run did not finish or the second reach a checkpoint at step 8:\n{output}")
   run_pid = json.loads((second / "running.json").read_text())["pid"]
   os.kill(driver.pid, signal.SIGKILL)
   killed_time = time.time()
