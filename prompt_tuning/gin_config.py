@@ -86,7 +86,12 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
 
 def configure_from_flags(args: argparse.Namespace, bindings: list[str], check_unread: bool = True) -> list[str]:
   """`configure_gin` from the flags of `add_gin_flags` and the `--gin.NAME=VALUE` bindings of `split_gin_flags`;
-  returns every binding given (`--gin_bindings` first, then `--gin.`), for `warn_unread_bindings` after the run."""
+  returns every binding given (`--gin_bindings` first, then `--gin.`), for `warn_unread_bindings` after the run.
+
+  A command is configured by its flags alone: what an earlier command in the same process bound (a notebook's
+  `cli.main([...])` called twice, or `prompt_tuning.cli.main` from a script) is cleared first, so no MODEL_DIR,
+  MODEL_SIZE or vocabulary of the last run reaches this one."""
+  gin.clear_config()
   all_bindings = [*args.gin_bindings, *bindings]
   search = [p for p in args.gin_search_paths.split(",") if p]
   configure_gin(args.gin_file, all_bindings, search, check_unread=check_unread)

@@ -156,6 +156,24 @@ def test_command_line_wins_over_every_file():
   assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"inputs": 8, "targets": 2}
 
 
+def test_a_command_in_the_same_process_starts_from_its_own_flags_only():
+  """A notebook running two configs in one kernel: the second command sees none of the first one's bindings (macros
+  are reset by defaults.gin anyway; a configurable's binding that the second config does not make would stay)."""
+  import argparse
+
+  parser = argparse.ArgumentParser()
+  gin_config.add_gin_flags(parser)
+  leaky = "prompt_tuning.prompts.sampled_vocab.num_common"
+  first = ["--gin_file=prompt_xxl.gin", *(f"--gin.{b.replace(' = ', '=')}" for b in REQUIRED), f"--gin.{leaky}=12"]
+  bindings, rest = gin_config.split_gin_flags(first)
+  gin_config.configure_from_flags(parser.parse_args(rest), bindings, check_unread=False)
+  assert gin.query_parameter(leaky) == 12
+  bindings, rest = gin_config.split_gin_flags(["--gin_file=prompt_xxl.gin"])
+  gin_config.configure_from_flags(parser.parse_args(rest), bindings, check_unread=False)
+  with pytest.raises(ValueError, match="num_common|has no bound parameters"):
+    gin.query_parameter(leaky)
+
+
 @pytest.mark.parametrize("command", ["runs/prompt_finetune.gin", "runs/prompt_eval.gin", "runs/prompt_infer.gin"])
 def test_prompt_combination_reaches_train_eval_and_infer(command):
   """PROMPT_COMBINATION from the command line is the mode the tuned model joins the prompt with, in every entry
