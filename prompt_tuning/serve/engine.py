@@ -319,9 +319,7 @@ class Engine:
     logits = logits.astype(jnp.float32)  # [S, vocab]
     chosen = choose_tokens(logits, state["temperature"], state["top_k"], state["top_p"], rng)
     # log_softmax at the chosen ids only: the [S, vocab] log-probabilities are never written out.
-    best = jnp.max(logits, axis=-1)
-    norm = jnp.log(jnp.sum(jnp.exp(logits - best[:, None]), axis=-1))
-    logp = jnp.take_along_axis(logits, chosen[:, None], axis=-1)[:, 0] - best - norm
+    logp = jnp.take_along_axis(logits, chosen[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
     finite = jnp.all(jnp.isfinite(logits), axis=-1)
     state = dict(state, cache=cache, token=chosen, position=state["position"] + 1)
     done = state["active"] & ((chosen == 1) | (state["position"] >= state["max_length"]) | ~finite)
