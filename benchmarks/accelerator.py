@@ -390,6 +390,8 @@ class OursDecode:
     tokens = np.random.default_rng(0).integers(2, config.vocab_size, (batch, scale.decode_inputs)).astype(np.int32)
     settings = decoding.DecodingSettings(max_decode_length=scale.new_tokens, eos_id=-1)  # never stops early
     self.generate = lambda: decoding.generate(config, params, tokens, prompt=prompt, settings=settings)
+    # What generate.py's --breakdown runs in parts.
+    self.config, self.params, self.prompt, self.inputs, self.settings = config, params, prompt, tokens, settings
     self.tokens = batch * scale.new_tokens
 
   def step(self) -> int:

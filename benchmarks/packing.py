@@ -262,20 +262,30 @@ def _spread(values) -> str:
   return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def _report(title: str, runners: dict, results: dict, roofs: list[float], ratios: list[tuple[str, str, str]]) -> None:
+def _report(title: str, runners: dict, results: dict, roofs: list[float], ratios: list[tuple[str, str, str]]) -> dict:
+  """Prints the scenario's table and ratios; returns them per repeat: {"roofs": [FLOP/s], "configurations": {name:
+  {"tokens_per_s", "s_per_step", "roof_share" (0-1, empty without XLA's FLOP count)}}, "ratios": {label: [x]}}."""
   print(f"\n## {title}")
   print(f"f32 matmul roof in the repeats: {_spread([r / 1e9 for r in roofs])} GFLOP/s")
   print("| configuration | real tokens/s | s/step | XLA-counted FLOP/s / f32 matmul roof |")
   print("| --- | --- | --- | --- |")
+  out = {"roofs": list(roofs), "configurations": {}, "ratios": {}}
   for name, rows in results.items():
     flops = getattr(runners[name], "flops", 0.0)
-    shares = [flops / seconds / roof * 100 for (_, seconds), roof in zip(rows, roofs)]
-    share = "-" if not flops else _spread(shares) + " %"
+    shares = [flops / seconds / roof for (_, seconds), roof in zip(rows, roofs)] if flops else []
+    share = "-" if not flops else _spread([s * 100 for s in shares]) + " %"
     print(f"| {name} | {_spread([t for t, _ in rows])} | {_spread([s for _, s in rows])} | {share} |")
+    out["configurations"][name] = {
+      "tokens_per_s": [t for t, _ in rows],
+      "s_per_step": [s for _, s in rows],
+      "roof_share": shares,
+    }
   for label, top, bottom in ratios:
     if top in results and bottom in results:
       per_repeat = [a / b for (a, _), (b, _) in zip(results[top], results[bottom])]
       print(f"- {label}: {_spread(per_repeat)}x (median (min-max) of the {len(per_repeat)} paired repeats)")
+      out["ratios"][label] = per_repeat
+  return out
 
 
 RATIOS = [
@@ -290,7 +300,9 @@ RATIOS = [
 ]
 
 
-def scenario(name, args, threads):
+def scenario(name, args, threads) -> dict:
+  """Measures one length distribution ("boolq" or "wordnet") with `args` (`parse_args`'s); prints its table and
+  returns its numbers per repeat (`_report`)."""
   if name == "boolq":
     size, prompt_length, rows, packed_rows = args.boolq_size, 100, args.boolq_rows, args.boolq_rows
     import prompt_tuning as pt
@@ -330,10 +342,10 @@ def scenario(name, args, threads):
   if not args.skip_peft:
     runners["PEFT unpacked"] = Peft(size, prompt_length, examples[: 4 * rows], rows, threads)
   results, roofs = _measure(runners, args.repeats, args.steps)
-  _report(name, runners, results, roofs, RATIOS)
+  return _report(name, runners, results, roofs, RATIOS)
 
 
-def main():
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration and repeat")
@@ -352,7 +364,11 @@ def main():
     "--bucketed_batches", type=int, default=4, help="bucketed batches in the cycle (from the first examples)"
   )
   parser.add_argument("--skip_bf16", action="store_true")
-  args = parser.parse_args()
+  return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+  args = parse_args(argv)
   warnings.filterwarnings("ignore", category=FutureWarning)
   threads = os.cpu_count() or 1
   roof, roof_median = matmul_roof()
@@ -361,8 +377,7 @@ def main():
     f"matmul roof (2048^3, jitted): float32 {roof / 1e9:.1f} GFLOP/s best, {roof_median / 1e9:.1f} median; "
     f"bfloat16 {bf16_roof / 1e9:.1f} best"
   )
-  for name in args.only.split(","):
-    scenario(name, args, threads)
+  return {name: scenario(name, args, threads) for name in args.only.split(",")}
 
 
 if __name__ == "__main__":

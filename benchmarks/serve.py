@@ -223,7 +223,9 @@ def _ratio(a: dict, b: dict, key: str = "requests_per_s") -> str:
   return f"{a[key] / b[key]:.2f}x (worst..best pairing of the spreads {low:.2f}..{high:.2f})"
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> dict:
+  """Runs the benchmark and prints its tables; returns {"tables": {server: {(prompts, concurrency): median cell}},
+  "hf_ratios": {(prompts, concurrency): [ours / HF req/s per repeat]}, "ratios": {label: text}}."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--requests", type=int, default=16, help="requests per run (at least 2 x concurrency)")
   parser.add_argument("--concurrency", default="1,8,32,128")
@@ -246,6 +248,7 @@ def main(argv=None) -> int:
   test_serve.MAX_LIBRARY_BYTES, test_serve.DEVICE_CACHE_BYTES = 1 << 30, 1 << 30  # the server's defaults' order
   prompts = np.random.default_rng(0).normal(size=(max(distinct), PROMPT_LENGTH, 256)).astype(np.float32)
   results: dict[str, dict] = {}
+  hf_ratios: dict[tuple[int, int], list[float]] = {}
   with tempfile.TemporaryDirectory() as tmp:
     library = Path(tmp) / "library"
     library.mkdir()
@@ -262,7 +265,7 @@ def main(argv=None) -> int:
       process, url = test_serve.start_server(library, Path(tmp) / "whole_batch.log", ("--whole_batch",))
       try:
         _upload(url, prompts[:1])
-        results["whole_batch"] = bench(url, ids, args, [1], [c for c in concurrency if c >= 32])
+        results["whole_batch"] = bench(url, ids, args, [1], [c for c in concurrency if c >= 32])[0]
       finally:
         test_serve.stop_server(process)
   cont = results["continuous"]
@@ -291,8 +294,8 @@ def main(argv=None) -> int:
   if args.output:
     tables = {name: {str(k): v for k, v in table.items()} for name, table in results.items()}
     Path(args.output).write_text(json.dumps({"ratios": ratios, "tables": tables}, indent=1))
-  return 0
+  return {"tables": results, "hf_ratios": hf_ratios, "ratios": ratios}
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  main()
