@@ -58,12 +58,16 @@ LONGEST_FILES_FIRST = (
   "test_lora.py",
   "test_multihost_cli.py",
   "test_faults.py",
+  "test_t5.py",
   "test_multitask.py",
   "test_methods.py",
   "test_length_buckets.py",
   "test_notebook.py",
   "test_notebook_colab.py",
   "test_site_contract.py",
+  "test_ensembles.py",
+  "test_cli.py",
+  "test_decoding.py",
 )
 
 

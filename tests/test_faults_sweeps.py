@@ -258,11 +258,14 @@ def test_ctrl_c_on_a_run_is_recorded_as_interrupted_and_not_retried(finished, tm
   ]
   command += ["--gin.TRAIN_STEPS=100000", f"--gin.MODEL_DIR='{folder}'"]
   task = executors.Task("seed=1", str(folder), tuple(command), 100000)
+  # The attempts before this one, counted before the runner starts: counted after, the runner's new attempt could
+  # already be in the log, and the wait below would never see one more (it then ran its whole 300 s, once).
+  log = folder / "log.txt"
+  before = log.read_text().count("=== attempt")
   outcomes = []
   runner = threading.Thread(target=lambda: outcomes.append(executors.run_with_retries(task, attempts=3)))
   runner.start()
   deadline = time.time() + 300
-  log, before = folder / "log.txt", (folder / "log.txt").read_text().count("=== attempt")
 
   def training() -> bool:  # the new attempt has started its steps
     text = log.read_text(errors="replace")
@@ -270,6 +273,10 @@ def test_ctrl_c_on_a_run_is_recorded_as_interrupted_and_not_retried(finished, tm
 
   while time.time() < deadline and not training():
     time.sleep(0.1)
+  if not training():  # say what the run wrote, rather than interrupt it wherever it is
+    os.kill(json.loads((folder / "running.json").read_text())["pid"], signal.SIGKILL)
+    runner.join(timeout=60)
+    pytest.fail(f"in 300 s the new attempt did not start its steps:\n{log.read_text(errors='replace')[-3000:]}")
   os.kill(json.loads((folder / "running.json").read_text())["pid"], signal.SIGINT)
   runner.join(timeout=300)
   assert not runner.is_alive()
