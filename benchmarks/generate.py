@@ -71,18 +71,13 @@ def main(argv: list[str] | None = None) -> dict:
   return result
 
 
-def _seconds(fn) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
-
-
 def bandwidth(mib: int = 256) -> float:
   """Bytes/s of the faster of a numpy copy and a jitted JAX add over `mib` MiB of float32 (read + write counted),
   best of 3 each."""
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from common import seconds_per_call
 
   src = np.ones(mib * 2**18, np.float32)
   dst = np.empty_like(src)
@@ -90,8 +85,8 @@ def bandwidth(mib: int = 256) -> float:
   add = jax.jit(lambda x: x + 1.0)
   add(x).block_until_ready()
   best = min(
-    min(_seconds(lambda: np.copyto(dst, src)) for _ in range(3)),
-    min(_seconds(lambda: add(x).block_until_ready()) for _ in range(3)),
+    min(seconds_per_call(lambda: np.copyto(dst, src), warmup=0, iters=1) for _ in range(3)),
+    min(seconds_per_call(lambda: add(x).block_until_ready(), warmup=0, iters=1) for _ in range(3)),
   )
   return 2 * src.nbytes / best
 
@@ -193,7 +188,7 @@ def breakdown(ours, hf, args) -> dict:
   """Where `generate`'s time goes, each side (module docstring); prints a markdown table, returns per repeat."""
   import numpy as np
   from accelerator import spread
-  from common import matmul_roof
+  from common import matmul_roof, seconds_per_call
 
   ours_encoder, ours_cache, ours_loop, (encoder_flops, cache_flops) = _ours_parts(ours)
   hf_encoder, hf_cross_kv = _hf_parts(hf)
@@ -218,15 +213,15 @@ def breakdown(ours, hf, args) -> dict:
   for _ in range(args.repeats):
     parts["roof"].append(matmul_roof(repeats=5)[0])
     parts["bandwidth"].append(bandwidth())
-    parts["ours encoder"].append(_seconds(ours_encoder))
-    parts["ours encoder + cross K/V"].append(_seconds(ours_cache))
+    parts["ours encoder"].append(seconds_per_call(ours_encoder, warmup=0, iters=1))
+    parts["ours encoder + cross K/V"].append(seconds_per_call(ours_cache, warmup=0, iters=1))
     seconds, tokens = ours_loop()
     assert (np.asarray(tokens) == expected).all(), "the loop alone decoded other tokens than generate"
     parts["ours loop"].append(seconds)
-    parts["ours generate"].append(_seconds(ours.step))
-    parts["hf encoder"].append(_seconds(hf_encoder))
-    parts["hf cross K/V"].append(_seconds(hf_cross_kv))
-    parts["hf generate"].append(_seconds(hf.step))
+    parts["ours generate"].append(seconds_per_call(ours.step, warmup=0, iters=1))
+    parts["hf encoder"].append(seconds_per_call(hf_encoder, warmup=0, iters=1))
+    parts["hf cross K/V"].append(seconds_per_call(hf_cross_kv, warmup=0, iters=1))
+    parts["hf generate"].append(seconds_per_call(hf.step, warmup=0, iters=1))
   n, total_bytes = args.new_tokens, sum(step_bytes.values())
   per_repeat = {
     "ours step ms": [s / n * 1e3 for s in parts["ours loop"]],

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -44,7 +43,9 @@ GOALS = {  # the issue's goals: ours / peer (the roof share: a fraction of the m
 
 
 def _spread(values: list[float]) -> dict[str, float]:
-  return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": list(values)}
+  from accelerator import spread
+
+  return {**spread(values), "values": list(values)}
 
 
 def _load() -> float:
