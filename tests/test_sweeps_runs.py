@@ -193,8 +193,16 @@ def ray_cluster():
   ]
   # Its own session: when a Ray process dies, `ray start --block` tears the cluster down, and must not take the
   # test's process group with it.
+  # SIGINT's default action in the head (a background `make test &` starts with SIGINT ignored, and children
+  # inherit that): the SIGINT below is what stops it and the processes it started.
   head = subprocess.Popen(
-    command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True
+    command,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=_env(),
+    start_new_session=True,
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   seen = []
   for line in head.stdout:
