@@ -12,6 +12,14 @@ from other processes hits them alike), and prints each one's median (min-max) an
   with it cast to bfloat16 too);
 - PEFT: Hugging Face PEFT prompt tuning on the equal PyTorch T5, unpacked (PEFT cannot pack), each batch padded to
   its longest example (Hugging Face's usual dynamic padding, kinder to it than static shapes).
+- the ceiling of any packing ("boolq" only, without --skip_ceiling): ours and PEFT on rows with no padding at all,
+  every example exactly the distribution's mean input length (its mean target length rounded), in as many rows as
+  hold the positions of a packed batch. It is what perfect packing with perfect segment-local (block-diagonal)
+  attention could reach, and a little more: a step's cost per example grows faster than its length (attention is
+  quadratic), so examples of mixed lengths cost at least what the same tokens cost at their mean length.
+
+Each configuration also prints its fill: the share of the encoder positions it computes that hold an example's token
+or its prompt (the rest is padding).
 
 Throughput counts real tokens only: the examples' input and target tokens, no padding and no prompt positions.
 
@@ -107,6 +115,22 @@ def batches(examples, lengths, rows: int, pack: bool, prompt_slots: int, bucket=
   ]
 
 
+def uniform_examples(count: int, inputs: int, targets: int, rng, vocab: int = 32000) -> list[dict[str, np.ndarray]]:
+  """`count` examples of exactly `inputs` input and `targets` target tokens (random ids below `vocab`, EOS last)."""
+  examples = []
+  for _ in range(count):
+    row = {"inputs": rng.integers(3, vocab, inputs), "targets": rng.integers(3, vocab, targets)}
+    row["inputs"][-1] = row["targets"][-1] = EOS
+    examples.append({name: ids.astype(np.int32) for name, ids in row.items()})
+  return examples
+
+
+def fill(batch) -> float:
+  """The share of a batch's encoder positions that hold an example's token or its prompt (prompt slots are negative
+  ids, padding is 0)."""
+  return float((batch["encoder_input_tokens"] != 0).mean())
+
+
 def real_tokens(batch) -> int:
   """The examples' input and target tokens: no padding, no prompt slots (negative ids)."""
   return int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
@@ -175,6 +199,7 @@ class Ours:
     # FLOPs of a step: the mean over the cycle of batches (per shape for bucketed ones).
     by_shape = dict(zip(self.compiled_by_shape, flops))
     self.flops = float(np.mean([by_shape[b["encoder_input_tokens"].shape] for b in self.batches]))
+    self.fill = float(np.mean([fill(b) for b in self.batches]))
     self.index = 0
 
   def step(self) -> int:
@@ -216,13 +241,16 @@ class Peft:
     self.optimizer = Adafactor(
       params, lr=0.3, scale_parameter=False, relative_step=False, warmup_init=False, decay_rate=-0.8
     )
-    self.batches = []
+    self.batches, fills = [], []
     for i in range(0, len(examples) - rows + 1, rows):
       chunk = examples[i : i + rows]
       inputs = self._pad([e["inputs"] for e in chunk], 0)
       labels = self._pad([e["targets"] for e in chunk], PEFT_IGNORE)
       tokens = sum(len(e["inputs"]) + len(e["targets"]) for e in chunk)
       self.batches.append((torch.tensor(inputs), torch.tensor(inputs > 0), torch.tensor(labels), tokens))
+      # PEFT puts the prompt's positions before every row's inputs.
+      fills.append(((inputs > 0).sum() + rows * prompt_length) / (rows * (inputs.shape[1] + prompt_length)))
+    self.fill = float(np.mean(fills))
     self.index = 0
 
   @staticmethod
@@ -272,18 +300,20 @@ def _report(title: str, runners: dict, results: dict, roofs: list[float], ratios
   {"tokens_per_s", "s_per_step", "roof_share" (0-1, empty without XLA's FLOP count)}}, "ratios": {label: [x]}}."""
   print(f"\n## {title}")
   print(f"f32 matmul roof in the repeats: {_spread([r / 1e9 for r in roofs])} GFLOP/s")
-  print("| configuration | real tokens/s | s/step | XLA-counted FLOP/s / f32 matmul roof |")
-  print("| --- | --- | --- | --- |")
+  print("| configuration | real tokens/s | s/step | XLA-counted FLOP/s / f32 matmul roof | encoder fill |")
+  print("| --- | --- | --- | --- | --- |")
   out = {"roofs": list(roofs), "configurations": {}, "ratios": {}}
   for name, rows in results.items():
     flops = getattr(runners[name], "flops", 0.0)
     shares = [flops / seconds / roof for (_, seconds), roof in zip(rows, roofs)] if flops else []
     share = "-" if not flops else _spread([s * 100 for s in shares]) + " %"
-    print(f"| {name} | {_spread([t for t, _ in rows])} | {_spread([s for _, s in rows])} | {share} |")
+    filled = runners[name].fill
+    print(f"| {name} | {_spread([t for t, _ in rows])} | {_spread([s for _, s in rows])} | {share} | {filled:.0%} |")
     out["configurations"][name] = {
       "tokens_per_s": [t for t, _ in rows],
       "s_per_step": [s for _, s in rows],
       "roof_share": shares,
+      "fill": filled,
     }
   for label, top, bottom in ratios:
     if top in results and bottom in results:
@@ -299,6 +329,9 @@ RATIOS = [
   ("unpacked ours / PEFT", "ours unpacked", "PEFT unpacked"),
   ("bucketed ours / PEFT", "ours bucketed (BUCKET_BY_LENGTH)", "PEFT unpacked"),
   ("bucketed / unpacked (ours)", "ours bucketed (BUCKET_BY_LENGTH)", "ours unpacked"),
+  ("no padding (the ceiling of any packing) ours / PEFT", "ours, no padding", "PEFT unpacked"),
+  ("ours / PEFT on the same rows with no padding", "ours, no padding", "PEFT, no padding"),
+  ("packed / no padding (ours)", "ours packed", "ours, no padding"),
   ("mixed / shared prompts (unpacked)", "ours mixed (8 prompts, 4 lengths)", "ours unpacked"),
   ("bf16 activations / f32 (packed)", "ours packed, bf16 activations", "ours packed"),
   ("bf16 activations and backbone / f32 (packed)", "ours packed, bf16 activations + backbone", "ours packed"),
@@ -344,6 +377,19 @@ def scenario(name, args, threads) -> dict:
     runners["ours packed, bf16 activations + backbone"] = Ours(
       size, prompt_length, packed[:4], dtype="bfloat16", frozen_dtype="bfloat16"
     )
+  if name == "boolq" and not args.skip_ceiling:
+    # As many rows of the mean length as hold a packed batch's positions (so the kernels see alike shapes).
+    mean_inputs = int(round(inputs_mean))
+    mean_targets = int(round(np.mean([len(e["targets"]) for e in examples])))
+    packed_positions = packed_rows * (packed_lengths["inputs"] + prompt_length)
+    ceiling_rows = max(1, round(packed_positions / (mean_inputs + prompt_length)))
+    even = uniform_examples(4 * ceiling_rows, mean_inputs, mean_targets, np.random.default_rng(1), vocab)
+    even_lengths = {"inputs": mean_inputs, "targets": mean_targets}
+    print(f"no padding: {ceiling_rows} rows of {even_lengths} (+ the prompt), no position left empty")
+    even_batches = batches(even, even_lengths, ceiling_rows, False, prompt_length)
+    runners["ours, no padding"] = Ours(size, prompt_length, even_batches)
+    if not args.skip_peft:
+      runners["PEFT, no padding"] = Peft(size, prompt_length, even, ceiling_rows, threads)
   if not args.skip_peft:
     runners["PEFT unpacked"] = Peft(size, prompt_length, examples[: 4 * rows], rows, threads)
   results, roofs = _measure(runners, args.repeats, args.steps)
@@ -369,6 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     "--bucketed_batches", type=int, default=4, help="bucketed batches in the cycle (from the first examples)"
   )
   parser.add_argument("--skip_bf16", action="store_true")
+  parser.add_argument("--skip_ceiling", action="store_true", help="no runners on rows without padding (boolq)")
   return parser.parse_args(argv)
 
 
