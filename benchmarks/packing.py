@@ -125,10 +125,15 @@ def uniform_examples(count: int, inputs: int, targets: int, rng, vocab: int = 32
   return examples
 
 
-def fill(batch) -> float:
-  """The share of a batch's encoder positions that hold an example's token or its prompt (prompt slots are negative
-  ids, padding is 0)."""
-  return float((batch["encoder_input_tokens"] != 0).mean())
+def fill(batch, prompt_length: int) -> float:
+  """The share of the encoder positions a batch computes that hold an example's token or its prompt. Packed rows
+  hold each example's prompt slots (negative ids; padding is 0); an unpacked row's prompt is joined in the model,
+  `prompt_length` positions before the row."""
+  tokens = batch["encoder_input_tokens"]
+  if (tokens < 0).any():
+    return float((tokens != 0).mean())
+  rows, length = tokens.shape
+  return float(((tokens != 0).sum() + rows * prompt_length) / (rows * (length + prompt_length)))
 
 
 def real_tokens(batch) -> int:
@@ -199,7 +204,7 @@ class Ours:
     # FLOPs of a step: the mean over the cycle of batches (per shape for bucketed ones).
     by_shape = dict(zip(self.compiled_by_shape, flops))
     self.flops = float(np.mean([by_shape[b["encoder_input_tokens"].shape] for b in self.batches]))
-    self.fill = float(np.mean([fill(b) for b in self.batches]))
+    self.fill = float(np.mean([fill(b, prompt_length) for b in self.batches]))
     self.index = 0
 
   def step(self) -> int:
