@@ -5,6 +5,8 @@ One process measures, per length distribution, every configuration below, `--rep
 from other processes hits them alike), and prints each one's median (min-max) and the per-repeat ratios:
 
 - ours unpacked: T5X-style static shapes, every row padded to the feature lengths, one example per row;
+- ours bucketed (BUCKET_BY_LENGTH = True): unpacked, each batch padded to its power-of-two bucket, and with
+  BUCKETS_PER_DOUBLING = 2 to the finer grid of two lengths per doubling;
 - ours packed (PACK = True): seqio's packing through `prompt_tuning.inputs`, each example with its own prompt;
 - ours mixed: unpacked, every row with its own prompt from a trainable table of 8 (per-row prompt lengths too),
   against the shared prompt of "ours unpacked";
@@ -98,16 +100,19 @@ def _dataset(examples):
   return tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=spec)
 
 
-def batches(examples, lengths, rows: int, pack: bool, prompt_slots: int, bucket=False) -> list[dict[str, np.ndarray]]:
+def batches(
+  examples, lengths, rows: int, pack: bool, prompt_slots: int, bucket=False, per_doubling: int = 1
+) -> list[dict[str, np.ndarray]]:
   """Full batches of `rows` rows from the project's pipeline (`inputs.feature_converter`), packed or not, or
-  unpacked and bucketed by length (`bucket`: BUCKET_BY_LENGTH's `inputs.length_bucketed`)."""
+  unpacked and bucketed by length (`bucket`: BUCKET_BY_LENGTH's `inputs.length_bucketed`, `per_doubling` bucket
+  lengths per doubling: BUCKETS_PER_DOUBLING)."""
   from prompt_tuning import inputs
 
   converter = inputs.feature_converter(False, pack=pack, prompt_slots=prompt_slots)
   names = inputs.MODEL_FEATURES_ENC_DEC + (inputs.PACKED_FEATURES if pack else ())
   if bucket:
     ds = converter(_dataset(examples), lengths).map(lambda row: {name: row[name] for name in names})
-    return list(inputs.length_bucketed(ds, rows).as_numpy_iterator())
+    return list(inputs.length_bucketed(ds, rows, per_doubling=per_doubling).as_numpy_iterator())
   converted = list(converter(_dataset(examples), lengths).as_numpy_iterator())
   return [
     {name: np.stack([row[name] for row in converted[i : i + rows]]) for name in names}
@@ -276,7 +281,9 @@ class Peft:
 
 def _measure(runners: dict, repeats: int, steps: int) -> tuple[dict[str, list[tuple[float, float]]], list[float]]:
   """({name: [(tokens/s, s/step) per repeat]}, [the f32 matmul roof of each repeat]): a warm-up pass over each
-  runner's whole cycle of batches, then per repeat the roof and the runners interleaved, `steps` steps each.
+  runner's whole cycle of batches, then per repeat the roof and the runners interleaved, each for at least `steps`
+  steps in whole cycles of its batches (a part of a cycle would weigh its batches' lengths unevenly: with 2 steps
+  of a cycle of 4 bucketed batches, a repeat's ratio to PEFT depended on which 2 it drew).
 
   The warm-up runs every batch once, not one step: an XLA executable's first run pays one-time costs (its buffers
   and threads), so with a single warm-up step the bucketed runner's other bucket shapes ran for the first time in
@@ -288,11 +295,13 @@ def _measure(runners: dict, repeats: int, steps: int) -> tuple[dict[str, list[tu
   for _ in range(repeats):
     roofs.append(matmul_roof(repeats=5)[0])
     for name, runner in runners.items():
+      cycle = len(runner.batches)
+      count = -(-steps // cycle) * cycle
       tokens, start = 0, time.perf_counter()
-      for _ in range(steps):
+      for _ in range(count):
         tokens += runner.step()
       elapsed = time.perf_counter() - start
-      results[name].append((tokens / elapsed, elapsed / steps))
+      results[name].append((tokens / elapsed, elapsed / count))
   return results, roofs
 
 
@@ -333,6 +342,12 @@ RATIOS = [
   ("packed ours / PEFT", "ours packed", "PEFT unpacked"),
   ("unpacked ours / PEFT", "ours unpacked", "PEFT unpacked"),
   ("bucketed ours / PEFT", "ours bucketed (BUCKET_BY_LENGTH)", "PEFT unpacked"),
+  ("bucketed, 2 per doubling, ours / PEFT", "ours bucketed, BUCKETS_PER_DOUBLING = 2", "PEFT unpacked"),
+  (
+    "bucketed, 2 per doubling / powers of two (ours)",
+    "ours bucketed, BUCKETS_PER_DOUBLING = 2",
+    "ours bucketed (BUCKET_BY_LENGTH)",
+  ),
   ("bucketed / unpacked (ours)", "ours bucketed (BUCKET_BY_LENGTH)", "ours unpacked"),
   ("no padding (the ceiling of any packing) ours / PEFT", "ours, no padding", "PEFT unpacked"),
   ("ours / PEFT on the same rows with no padding", "ours, no padding", "PEFT, no padding"),
@@ -362,6 +377,7 @@ def scenario(name, args, threads) -> dict:
     packed_lengths = {"inputs": args.wordnet_packed_inputs, "targets": args.wordnet_packed_targets}
   unpacked = batches(examples, unpacked_lengths, rows, False, prompt_length)
   bucketed = batches(examples, unpacked_lengths, rows, False, prompt_length, bucket=True)
+  finer = batches(examples, unpacked_lengths, rows, False, prompt_length, bucket=True, per_doubling=2)
   packed = batches(examples, packed_lengths, packed_rows, True, prompt_length)
   per_row = np.mean([b["encoder_segment_ids"].max(axis=1).mean() for b in packed])
   inputs_mean = np.mean([len(e["inputs"]) for e in examples])
@@ -373,6 +389,7 @@ def scenario(name, args, threads) -> dict:
   runners = {
     "ours unpacked": Ours(size, prompt_length, unpacked[:4]),
     "ours bucketed (BUCKET_BY_LENGTH)": Ours(size, prompt_length, bucketed[: args.bucketed_batches]),
+    "ours bucketed, BUCKETS_PER_DOUBLING = 2": Ours(size, prompt_length, finer[: args.bucketed_batches]),
     "ours packed": Ours(size, prompt_length, packed[:4]),
   }
   if not args.skip_packed_extras:

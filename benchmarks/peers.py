@@ -39,6 +39,7 @@ GOALS = {  # the issue's goals: ours / peer (the roof share: a fraction of the m
   "server": 1.5,
   "generate": 1.5,
   "bucketed": 1.2,
+  "bucketed finer": 1.2,
   "packed": 2.0,
   "packed roof share": 0.6,
 }
@@ -86,6 +87,7 @@ def training_rows(args) -> dict:
   rows = {}
   for key, name, label in (
     ("bucketed", "ours bucketed (BUCKET_BY_LENGTH)", "bucketed ours / PEFT"),
+    ("bucketed finer", "ours bucketed, BUCKETS_PER_DOUBLING = 2", "bucketed, 2 per doubling, ours / PEFT"),
     ("unpacked", "ours unpacked", "unpacked ours / PEFT"),
     ("packed", "ours packed", "packed ours / PEFT"),
   ):
@@ -111,6 +113,8 @@ LABELS = {
   "generate": "`decoding.generate` greedy, {size}, batch 8, {inputs} inputs + prompt 20, 32 new tokens, tokens/s: "
   "ours / HF + PEFT",
   "bucketed": "training, BoolQ-like, unpacked with BUCKET_BY_LENGTH, {train_size}, real tokens/s: ours / PEFT",
+  "bucketed finer": "training, the same with BUCKETS_PER_DOUBLING = 2 (bucket lengths about 1.41x apart), "
+  "{train_size}: ours / PEFT",
   "unpacked": "training, BoolQ-like, unpacked (every row padded to 512), {train_size}: ours / PEFT (no goal)",
   "packed": "training, BoolQ-like, packed, {train_size}: ours / PEFT",
   "packed roof share": "packed train step, XLA-counted FLOP/s / the f32 matmul roof in the same repeat",

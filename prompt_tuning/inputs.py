@@ -222,11 +222,13 @@ def train_batches(
   pack: bool = False,
   prompt_slots: int = 0,
   bucket_by_length: bool = False,
+  buckets_per_doubling: int = 1,
   task_count: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless batches of this process's shard of the training data; packed rows when `pack` (each example with
   `prompt_slots` positions for its prompt; see the module docstring); with `bucket_by_length` (unpacked), batches of
-  examples of similar length, each padded to its power-of-two bucket (`length_bucketed`); with `task_count`, each
+  examples of similar length, each padded to its bucket (`length_bucketed`: powers of two, or `buckets_per_doubling`
+  lengths per doubling); with `task_count`, each
   batch's "task_ids" (module docstring).
 
   `config`: the backbone's, whose architecture picks the feature converter (`model_converter`); None: an
@@ -241,7 +243,7 @@ def train_batches(
     task_name, feature_lengths, decoder_only, split, pack, prompt_slots, shuffle=shuffle, num_epochs=None, seed=seed
   )
   if bucket_by_length:
-    ds = length_bucketed(ds, local_batch_size)
+    ds = length_bucketed(ds, local_batch_size, per_doubling=buckets_per_doubling)
   else:
     ds = ds.batch(local_batch_size, drop_remainder=True)
   if start_batch:
@@ -298,12 +300,21 @@ def bucket_length(used: int, full: int, smallest: int = SMALLEST_BUCKET) -> int:
   return min(length, full)
 
 
-def bucket_lengths(full: int, smallest: int = SMALLEST_BUCKET) -> list[int]:
+def bucket_lengths(full: int, smallest: int = SMALLEST_BUCKET, per_doubling: int = 1) -> list[int]:
   """Every length `bucket_length` returns for a feature of length `full`: the powers of two from `smallest` below
-  `full`, and `full`."""
-  lengths = [smallest]
-  while lengths[-1] < full:
-    lengths.append(lengths[-1] * 2)
+  `full`, and `full`. With `per_doubling` n > 1, n lengths per doubling instead, `smallest` * 2^(k/n) rounded up to
+  a multiple of 8 (2: 8, 16, 24, 32, 48, 64, 96, 128, 184, 256, 368, 512, ...): the rows pad less (a padded row
+  is at most 2^(1/n) times its length, and 8 positions) for n times the compiled shapes."""
+  if per_doubling == 1:
+    lengths = [smallest]
+    while lengths[-1] < full:
+      lengths.append(lengths[-1] * 2)
+  else:
+    lengths, k = [smallest], 1
+    while lengths[-1] < full:
+      lengths.append(max(lengths[-1], -(-smallest * 2 ** (k / per_doubling) // 8) * 8))
+      k += 1
+    lengths = sorted({int(n) for n in lengths})
   return [n for n in lengths if n < full] + [full]
 
 
@@ -312,10 +323,13 @@ def _bucketed_side(features) -> str:
   return "encoder" if "encoder_input_tokens" in features else "decoder"
 
 
-def length_bucketed(ds: tf.data.Dataset, batch_size: int, smallest: int | None = None) -> tf.data.Dataset:
+def length_bucketed(
+  ds: tf.data.Dataset, batch_size: int, smallest: int | None = None, per_doubling: int = 1
+) -> tf.data.Dataset:
   """Batches of `batch_size` rows of examples of similar length, from unpacked seqio-converted rows (`ds`, every
   feature padded to its full length): tf.data's `bucket_by_sequence_length` groups the examples by the bucket of
-  their real length (`bucket_lengths` of the full length: powers of two), in the order they come, and pads each
+  their real length (`bucket_lengths` of the full length: powers of two, or `per_doubling` lengths per doubling
+  (BUCKETS_PER_DOUBLING)), in the order they come, and pads each
   batch's bucketed features (the encoder's; a prefix LM's decoder) to its bucket; the other side keeps its full
   length. So a step compiles once per bucket, and the order is a pure function of the input order (resuming by
   skipping batches stays exact). Zeros past a row's end are padding, masked and weighing nothing, so an example
@@ -331,7 +345,7 @@ def length_bucketed(ds: tf.data.Dataset, batch_size: int, smallest: int | None =
     used = tf.reduce_max(tf.where(example[key] != 0, positions, 0))
     return {name: v[:used] if name.startswith(side) else v for name, v in example.items()}
 
-  buckets = bucket_lengths(length, SMALLEST_BUCKET if smallest is None else smallest)
+  buckets = bucket_lengths(length, SMALLEST_BUCKET if smallest is None else smallest, per_doubling)
   # A bucket holds lengths below its boundary and pads to the boundary - 1 (pad_to_bucket_boundary); every length
   # is at most the full one, so the open-ended bucket past the last boundary stays empty.
   return ds.map(trim).bucket_by_sequence_length(

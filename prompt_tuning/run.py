@@ -104,6 +104,10 @@ class RunConfig:
       bucket_by_sequence_length): the step compiles once per bucket, and each example gets the loss and gradients
       it gets at the full length. The data order is deterministic (a resume stays exact) but not the unbucketed
       one. One process only (each process would pick its own bucket); not with PACK (packed rows are full).
+    buckets_per_doubling: with bucket_by_length, the bucket lengths per doubling of the length
+      (BUCKETS_PER_DOUBLING): 1, powers of two; 2, also about 1.41x each (`prompt_tuning.inputs.bucket_lengths`):
+      less padding for twice the compiled shapes (BoolQ-like lengths with a 100-vector prompt: 79% of the encoder's
+      positions used -> 90%, benchmarks/RESULTS.md).
   """
 
   model_dir: str = gin.REQUIRED
@@ -133,6 +137,7 @@ class RunConfig:
   mesh_shape: tuple[int, int] | None = None
   pack: bool = False
   bucket_by_length: bool = False
+  buckets_per_doubling: int = 1
 
   def __post_init__(self):
     for name in ("model_dir", "initial_checkpoint_path", "mixture_or_task_name", "task_feature_lengths"):

@@ -166,6 +166,17 @@ def check_run_config(cfg: Any) -> None:
     raise SettingError(f"PACK must be True or False, got {cfg.pack!r}.")
   if not isinstance(cfg.bucket_by_length, bool):
     raise SettingError(f"BUCKET_BY_LENGTH must be True or False, got {cfg.bucket_by_length!r}.")
+  require_int(cfg.buckets_per_doubling, "BUCKETS_PER_DOUBLING", minimum=1)
+  if cfg.buckets_per_doubling > 4:
+    raise SettingError(
+      f"BUCKETS_PER_DOUBLING = {cfg.buckets_per_doubling} compiles a step for each of that many lengths per "
+      "doubling: use 1 (powers of two), 2, 3 or 4."
+    )
+  if cfg.buckets_per_doubling != 1 and not cfg.bucket_by_length:
+    raise SettingError(
+      f"BUCKETS_PER_DOUBLING = {cfg.buckets_per_doubling} is read only with BUCKET_BY_LENGTH = True: set "
+      "BUCKET_BY_LENGTH = True, or leave BUCKETS_PER_DOUBLING at 1."
+    )
   if cfg.bucket_by_length and cfg.pack:
     raise SettingError(
       "BUCKET_BY_LENGTH = True pads unpacked rows to their length bucket, and PACK = True fills every row to the "

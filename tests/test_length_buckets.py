@@ -150,6 +150,30 @@ def test_8_devices_give_the_losses_and_vectors_of_1(backbone, tmp_path):
     np.testing.assert_allclose(outputs[8][key], value, err_msg=key, **tolerance)
 
 
+def test_two_buckets_per_doubling_pad_less_and_keep_every_row_whole():
+  rows = _converted_rows(400, full=64, seed=1)
+  ds = tf.data.Dataset.from_tensor_slices({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+  grid = inputs.bucket_lengths(64, per_doubling=2)
+  assert grid == [8, 16, 24, 32, 48, 64]
+  finer = list(inputs.length_bucketed(ds, 4, per_doubling=2).as_numpy_iterator())
+  coarser = list(inputs.length_bucketed(ds, 4).as_numpy_iterator())
+  assert {b["encoder_input_tokens"].shape[1] for b in finer} == set(grid)
+  for batch in finer:
+    length = batch["encoder_input_tokens"].shape[1]
+    assert length == min(n for n in grid if n >= inputs.used_length(batch["encoder_input_tokens"]))
+    for row in range(4):
+      original = rows[int(batch["decoder_target_tokens"][row, 0]) - 2]
+      padded = np.pad(batch["encoder_input_tokens"][row], (0, 64 - length))
+      np.testing.assert_array_equal(padded, original["encoder_input_tokens"])
+
+  def used(batches):  # the share of the computed encoder positions that hold a token
+    return sum((b["encoder_input_tokens"] != 0).sum() for b in batches) / sum(
+      b["encoder_input_tokens"].size for b in batches
+    )
+
+  assert used(finer) > used(coarser) + 0.05
+
+
 def test_refused_with_pack_with_several_processes_and_on_resume_with_another_setting(backbone, tmp_path):
   with pytest.raises(validation.SettingError, match="BUCKET_BY_LENGTH.*PACK"):
     method_runs.run_config(tmp_path, backbone, "prompt", bucket_by_length=True, pack=True)
@@ -162,3 +186,17 @@ def test_refused_with_pack_with_several_processes_and_on_resume_with_another_set
   )
   with pytest.raises(training_checkpoints.CheckpointError, match="BUCKET_BY_LENGTH"):
     training_checkpoints.check_data_settings(saved, resumed, tmp_path)
+  finer = training_checkpoints.data_settings(
+    method_runs.run_config(tmp_path, backbone, "prompt", bucket_by_length=True, buckets_per_doubling=2)
+  )
+  with pytest.raises(training_checkpoints.CheckpointError, match="BUCKETS_PER_DOUBLING = 1"):
+    training_checkpoints.check_data_settings(resumed, finer, tmp_path)
+
+
+def test_buckets_per_doubling_is_refused_without_buckets_and_past_4(backbone, tmp_path):
+  with pytest.raises(validation.SettingError, match="read only with BUCKET_BY_LENGTH = True"):
+    method_runs.run_config(tmp_path, backbone, "prompt", buckets_per_doubling=2)
+  with pytest.raises(validation.SettingError, match="use 1 \\(powers of two\\), 2, 3 or 4"):
+    method_runs.run_config(tmp_path, backbone, "prompt", bucket_by_length=True, buckets_per_doubling=8)
+  with pytest.raises(validation.SettingError, match="BUCKETS_PER_DOUBLING"):
+    method_runs.run_config(tmp_path, backbone, "prompt", bucket_by_length=True, buckets_per_doubling=0)

@@ -64,6 +64,7 @@ DATA_SETTINGS = {
   "pack": "PACK",
   "train_files": "TRAIN_FILE",  # a local task's train file, by content (prompt_tuning.data.local_tasks.train_files)
   "bucket_by_length": "BUCKET_BY_LENGTH",
+  "buckets_per_doubling": "BUCKETS_PER_DOUBLING",
 }
 
 

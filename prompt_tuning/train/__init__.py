@@ -202,6 +202,7 @@ def _train(cfg: RunConfig, schedule: dict[str, Any], lock: locks.DirectoryLock |
     pack=cfg.pack,
     prompt_slots=run.tuned.prompt_length,
     bucket_by_length=cfg.bucket_by_length,
+    buckets_per_doubling=cfg.buckets_per_doubling,
     task_count=run.tuned.task_count,
   )
   try:
