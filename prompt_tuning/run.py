@@ -106,7 +106,7 @@ class RunConfig:
       one. One process only (each process would pick its own bucket); not with PACK (packed rows are full).
     buckets_per_doubling: with bucket_by_length, the bucket lengths per doubling of the length
       (BUCKETS_PER_DOUBLING): 1, powers of two; 2, also about 1.41x each (`prompt_tuning.inputs.bucket_lengths`):
-      less padding for twice the compiled shapes (BoolQ-like lengths with a 100-vector prompt: 79% of the encoder's
+      less padding for twice the compiled shapes (BoolQ-like lengths with a 100-vector prompt: 78% of the encoder's
       positions used -> 90%, benchmarks/RESULTS.md).
   """
 
