@@ -97,14 +97,20 @@ def _run_export(argv: list[str]) -> int:
 
 def _run_plan(argv: list[str]) -> int:
   """`prompt-tuning plan`: the planner compiles a model-parallel step on as many CPU devices as its model axis, so
-  they are asked for before JAX starts (they cost nothing until used)."""
+  they are asked for before JAX starts (they cost nothing until used). Where JAX has already started in this
+  process (a notebook calling cli.main), it plans on the devices there are, and the planner says when a mesh needs
+  more."""
   import jax
 
   from prompt_tuning import compilation_cache, plan
 
   meshes = [b for a, b in zip(["", *argv], argv) if a == "--mesh"] + [a[7:] for a in argv if a.startswith("--mesh=")]
   model = max((int(m.group(1)) for x in meshes if (m := re.fullmatch(r"\s*\d+\s*[x,]\s*(\d+)\s*", x))), default=1)
-  jax.config.update("jax_num_cpu_devices", max(plan.HOST_DEVICES, model))
+  try:
+    jax.config.update("jax_num_cpu_devices", max(plan.HOST_DEVICES, model))
+  except RuntimeError as e:
+    if "backends are initialized" not in str(e):
+      raise
   with startup.native_stderr_hidden():
     startup.start_devices()
   compilation_cache.enable()

@@ -181,11 +181,26 @@ def test_the_command_line_plans_a_config_on_a_model_parallel_mesh():
   assert "Traceback" not in out.stderr
 
 
-def test_bad_plan_flags_are_one_line_errors():
+def test_the_plan_command_in_a_process_where_jax_has_started_plans_on_its_devices(capfd):
+  """As from a notebook: cli.main after JAX started (this test process, one CPU device) plans with what it has, and a
+  mesh wider than that gets the planner's message, not JAX's "update this before backends are initialized"."""
+  from cli_runs import run_cli
+
+  assert jax.device_count() == 1
+  out = run_cli(capfd, "plan", "--gin_file=test/prompt_tiny.gin", "--device=v3", cwd=ROOT)
+  assert out.returncode == 0 and "frozen parameters" in out.stdout and "fits" in out.stdout, out.stderr[-3000:]
+  out = run_cli(capfd, "plan", "--gin_file=test/prompt_tiny.gin", "--device=v3", "--mesh=1x2", cwd=ROOT)
+  assert out.returncode == 1 and "compiles on 2 CPU devices and this process has 1" in out.stderr, out.stderr
+  assert "backends are initialized" not in out.stderr
+
+
+def test_bad_plan_flags_are_one_line_errors(capfd):
+  from cli_runs import run_cli
+
   with pytest.raises(ValueError, match=r"--mesh='8' is not a mesh: write DATAxMODEL, e\.g\. --mesh=1x8"):
     plan.parse_mesh("8")
   with pytest.raises(ValueError, match=r"--device='tpu9' is not known: use one of v3, v4, v5e"):
     plan.check_device("tpu9")
-  out = _plan_cli("--gin_file=test/prompt_tiny.gin", "--gin.NO_SUCH_MACRO=1", "--device=v3")
+  out = run_cli(capfd, "plan", "--gin_file=test/prompt_tiny.gin", "--gin.NO_SUCH_MACRO=1", "--device=v3", cwd=ROOT)
   assert out.returncode != 0 and "NO_SUCH_MACRO" in out.stderr, out.stderr[-2000:]
   assert "Traceback" not in out.stderr
