@@ -18,6 +18,7 @@ id vocab_size - 1 - K). Unpacked rows: int [B]; packed rows: int [B, S], segment
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping
 
@@ -301,21 +302,16 @@ def bucket_length(used: int, full: int, smallest: int = SMALLEST_BUCKET) -> int:
 
 
 def bucket_lengths(full: int, smallest: int = SMALLEST_BUCKET, per_doubling: int = 1) -> list[int]:
-  """Every length `bucket_length` returns for a feature of length `full`: the powers of two from `smallest` below
-  `full`, and `full`. With `per_doubling` n > 1, n lengths per doubling instead, `smallest` * 2^(k/n) rounded up to
-  a multiple of 8 (2: 8, 16, 24, 32, 48, 64, 96, 128, 184, 256, 368, 512, ...): the rows pad less (a padded row
-  is at most 2^(1/n) times its length, and 8 positions) for n times the compiled shapes."""
-  if per_doubling == 1:
-    lengths = [smallest]
-    while lengths[-1] < full:
-      lengths.append(lengths[-1] * 2)
-  else:
-    lengths, k = [smallest], 1
-    while lengths[-1] < full:
-      lengths.append(max(lengths[-1], -(-smallest * 2 ** (k / per_doubling) // 8) * 8))
-      k += 1
-    lengths = sorted({int(n) for n in lengths})
-  return [n for n in lengths if n < full] + [full]
+  """The bucket lengths of a feature of length `full`: the powers of two from `smallest` below `full`, and `full`
+  (the lengths `bucket_length` returns). With `per_doubling` n > 1, n lengths per doubling instead, `smallest` *
+  2^(k/n) rounded up to a multiple of 8 (2: 8, 16, 24, 32, 48, 64, 96, 128, 184, 256, 368, 512, ...): the rows pad
+  less (a padded row is at most 2^(1/n) times its length, and 8 positions) for n times the compiled shapes."""
+  lengths, k = [smallest], 0
+  while lengths[-1] < full:
+    k += 1
+    exact = smallest * 2 ** (k / per_doubling)
+    lengths.append(int(exact) if per_doubling == 1 else 8 * math.ceil(exact / 8))
+  return sorted({n for n in lengths if n < full}) + [full]
 
 
 def _bucketed_side(features) -> str:

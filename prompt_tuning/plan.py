@@ -347,7 +347,8 @@ class Planner:
       if len(self.host_devices) < model:
         raise ValueError(
           f"planning {model}-way model parallelism compiles on {model} CPU devices and this process has "
-          f"{len(self.host_devices)}: run `prompt-tuning plan` (it starts {HOST_DEVICES}, or --mesh's), or set "
+          f"{len(self.host_devices)} (JAX started with them): run `prompt-tuning plan` in a fresh process (it starts "
+          f"{HOST_DEVICES}, or --mesh's), or set "
           f"XLA_FLAGS=--xla_force_host_platform_device_count={model} before JAX starts."
         )
       rows, micro = self.cfg.batch_size // settings.data, settings.num_microbatches
