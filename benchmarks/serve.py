@@ -6,7 +6,9 @@
 For every (distinct prompts, concurrency) it sends max(--requests, 2 x
 concurrency) greedy generations with mixed output lengths (max_decode_length
 drawn from 4..32) and reports requests/s, generated tokens/s and p50/p99
-latency. Ratios, all from this one run:
+latency, and where the server's time went (its /metrics counters around each
+run): the share of the elapsed time its batcher spent in the model's programs,
+decoder steps and admissions per request, and rows per step. Ratios, all from this one run:
 
 - mixed vs shared: the most distinct prompts vs one shared prompt, at each
   concurrency (goal >= 0.95x);
@@ -120,6 +122,35 @@ def _upload(url: str, prompts: np.ndarray) -> list[str]:
   return ids
 
 
+def _counters(url: str) -> dict[str, float]:
+  """The server's counters that account for a run's time (its /metrics, `prompt_tuning.serve.metrics`)."""
+  import httpx
+  from prometheus_client.parser import text_string_to_metric_families
+
+  counters = {}
+  for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+    for sample in family.samples:
+      label = sample.labels.get("program") or sample.labels.get("kind")
+      if sample.name.endswith(("_sum", "_count")) and family.name in ("serve_engine_seconds", "serve_batch_size"):
+        counters[f"{sample.name}:{label}"] = sample.value
+  return counters
+
+
+def _accounting(before: dict[str, float], after: dict[str, float], run: dict[str, float], requests: int) -> dict:
+  """Where a run's time went, from the server's counters: the share of the elapsed time the batcher spent in the
+  model's programs, decoder steps and admissions per request, and rows per step (of the slots)."""
+  delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+  elapsed = requests / run["requests_per_s"]
+  steps = delta.get("serve_batch_size_count:step", 0.0)
+  engine = sum(v for k, v in delta.items() if k.startswith("serve_engine_seconds_sum:"))
+  return {
+    "engine_share": engine / elapsed,
+    "steps_per_request": steps / requests,
+    "admissions_per_request": delta.get("serve_batch_size_count:admit", 0.0) / requests,
+    "rows_per_step": delta.get("serve_batch_size_sum:step", 0.0) / max(steps, 1.0),
+  }
+
+
 def _median_cell(runs: list[dict[str, float]]) -> dict[str, float]:
   cell = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
   for key in ("requests_per_s", "tokens_per_s"):
@@ -142,7 +173,9 @@ def bench(
       runs, hf_runs = [], []
       for seed in range(args.repeats):
         bodies = _bodies(ids[:distinct], _requests(args, c), seed)
+        before = _counters(url)
         runs.append(asyncio.run(_load(url, bodies, c)))
+        runs[-1].update(_accounting(before, _counters(url), runs[-1], len(bodies)))
         if hf is not None and c == 32:
           hf_runs.append(hf.run(bodies))
           print("hf", distinct, {k: round(v, 3) for k, v in hf_runs[-1].items()}, flush=True)
@@ -288,6 +321,19 @@ def main(argv=None) -> dict:
     ratios[f"ours (concurrency {c}) vs HF generate + PEFT, {p} prompts, req/s"] = (
       f"{statistics.median(s):.2f}x (per repeat, interleaved: {s[0]:.2f}-{s[-1]:.2f})"
     )
+  print(
+    "\n| server: distinct prompts, concurrency | in the model (share of elapsed) | steps / request | "
+    "admissions / request | rows / step |"
+  )
+  print("|---|---|---|---|---|")
+  for name, table in results.items():
+    if name == "hf_peft":
+      continue
+    for (p, c), cell in table.items():
+      print(
+        f"| {name}: {p}, {c} | {cell['engine_share']:.0%} | {cell['steps_per_request']:.2f} | "
+        f"{cell['admissions_per_request']:.2f} | {cell['rows_per_step']:.1f} |"
+      )
   print()
   for name, value in ratios.items():
     print(f"- {name}: {value}")

@@ -454,6 +454,15 @@ def test_metrics_and_openapi(server):
     "serve_library_bytes",
   ):
     assert name in metrics, name
+  # Each request was admitted and stepped: the time the batcher spent in those programs is counted per program.
+  for program in ("admit", "step"):
+    count = [
+      line for line in metrics.splitlines() if line.startswith(f'serve_engine_seconds_count{{program="{program}"}}')
+    ]
+    total = [
+      line for line in metrics.splitlines() if line.startswith(f'serve_engine_seconds_sum{{program="{program}"}}')
+    ]
+    assert float(count[0].split()[-1]) >= 2 and float(total[0].split()[-1]) > 0, program
   paths = httpx.get(f"{url}/openapi.json").json()["paths"]
   assert {"/v1/generate", "/v1/score", "/v1/prompts/{prompt_id}", "/healthz", "/metrics"} <= set(paths)
 

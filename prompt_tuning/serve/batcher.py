@@ -212,7 +212,8 @@ class Batcher:
     }
     try:
       rows = [self._vectors(j.entry) for j in jobs]
-      self._state = self.engine.admit(self._state, slot_ids, tokens, rows, settings)
+      with self.metrics.engine_seconds.labels("admit").time():
+        self._state = self.engine.admit(self._state, slot_ids, tokens, rows, settings)
     except Exception as e:  # noqa: BLE001
       self._fail(jobs, e)
       self._recover(e)
@@ -236,7 +237,8 @@ class Batcher:
     steps = 1 if not self._queue.empty() else self._call_steps
     stop_on_finish = bool(self._waiting) and not self.whole_batch
     try:
-      self._state, self._rng, out = self.engine.step(self._state, self._rng, steps, stop_on_finish)
+      with self.metrics.engine_seconds.labels("step").time():
+        self._state, self._rng, out = self.engine.step(self._state, self._rng, steps, stop_on_finish)
     except Exception as e:  # noqa: BLE001
       self._fail(running, e)
       self._slots = [None] * len(self._slots)
@@ -275,7 +277,9 @@ class Batcher:
     for i, job in enumerate(group):
       tokens[i, : len(job.tokens)] = job.tokens
     try:
-      out, scores = self.engine.beam(tokens, [self._vectors(j.entry) for j in group], width)
+      rows = [self._vectors(j.entry) for j in group]
+      with self.metrics.engine_seconds.labels("beam").time():
+        out, scores = self.engine.beam(tokens, rows, width)
     except Exception as e:  # noqa: BLE001
       self._fail(group, e)
       raise
@@ -313,7 +317,8 @@ class Batcher:
             vectors.append(row)
             allowed.append(ids)
       tokens, targets = np.stack(tokens).astype(np.int32), np.stack(targets).astype(np.int32)
-      logp = self.engine.score(tokens, targets, vectors, np.stack(allowed))
+      with self.metrics.engine_seconds.labels("score").time():
+        logp = self.engine.score(tokens, targets, vectors, np.stack(allowed))
     except Exception as e:  # noqa: BLE001
       self._fail(batch, e)
       raise
