@@ -1,7 +1,8 @@
 """Load generator and benchmark of `prompt-tuning serve`: real HTTP against a server it starts (the demo model).
 
     PYTHONPATH=. nice -n 19 python benchmarks/serve.py [--requests 16] [--concurrency 1,8,32,128]
-        [--prompts 1,16,256] [--repeats 3] [--whole_batch_too] [--hf_too] [--hf_threads 0] [--output results.json]
+        [--prompts 1,16,256] [--repeats 3] [--whole_batch_too] [--hf_too] [--hf_threads 0] [--no_http]
+        [--output results.json]
 
 For every (distinct prompts, concurrency) it sends max(--requests, 2 x
 concurrency) greedy generations with mixed output lengths (max_decode_length
@@ -27,6 +28,12 @@ decoder steps and admissions per request, and rows per step. Ratios, all from th
   and the ratio is taken per repeat: median (min-max). torch runs one thread
   per core (`--hf_threads` to change: on a box busy with other work, torch's
   threads wait on each other and HF slows several-fold, one thread far less).
+
+`--no_http` measures the server without HTTP: the same server (flags, shapes,
+library) built in this process, `concurrency` client threads submitting the
+same requests straight to its batcher. Beside the HTTP run it says what the
+HTTP front end and the load generator, which share this machine's cores with
+the batcher, cost.
 
 Each cell is the median of `--repeats` runs (different request draws); the
 spread (min..max) is shown.
@@ -110,6 +117,54 @@ async def _load(url: str, bodies: list[dict], concurrency: int) -> dict[str, flo
   return _summary(len(bodies), tokens, elapsed, latencies)
 
 
+def _in_process_load(server, bodies: list[dict], concurrency: int) -> dict[str, float]:
+  """`_load` without HTTP: `concurrency` client threads submit the same requests straight to the server's batcher
+  (each its next once its last is answered), tokens encoded by the client as the app encodes them."""
+  import concurrent.futures
+
+  from prompt_tuning.serve.batcher import GenerateJob
+
+  latencies, tokens, lock = [], [0], __import__("threading").Lock()
+  pending = list(reversed(bodies))
+
+  def client():
+    while True:
+      with lock:
+        if not pending:
+          return
+        body = pending.pop()
+      start = time.perf_counter()
+      ids = np.array([*server.vocabulary.encode(body["text"]), 1], np.int32)
+      entry = server.library.get(body["prompt_id"])
+      job = GenerateJob(ids, entry, "greedy", body["max_decode_length"])
+      result = server.batcher.submit(job).result()
+      with lock:
+        latencies.append(time.perf_counter() - start)
+        tokens[0] += len(result["token_ids"])
+
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+    for future in [pool.submit(client) for _ in range(concurrency)]:
+      future.result()
+  return _summary(len(bodies), tokens[0], time.perf_counter() - start, latencies)
+
+
+def _in_process_server(prompts: np.ndarray, ids: list[str]):
+  """The server `test_serve.start_server` starts (the same flags and shapes), built in this process, its batcher
+  running, the prompts in its library: what `--no_http` measures."""
+  import test_serve
+
+  from prompt_tuning.serve import cli
+
+  flags = ["--gin_file=demo/base.gin", f"--max_library_bytes={test_serve.MAX_LIBRARY_BYTES}"]
+  flags += [f"--device_cache_bytes={test_serve.DEVICE_CACHE_BYTES}"]
+  _, server = cli.server_from_flags(flags + [f"--gin.EngineShapes.{k}={v}" for k, v in SHAPES.items()])
+  for prompt_id, prompt in zip(ids, prompts):
+    server.library.put(prompt_id, "prompt", {"prompt": prompt})
+  server.batcher.start()
+  return server
+
+
 def _upload(url: str, prompts: np.ndarray) -> list[str]:
   import httpx
   import test_serve  # the admin token the servers it starts take
@@ -122,13 +177,17 @@ def _upload(url: str, prompts: np.ndarray) -> list[str]:
   return ids
 
 
-def _counters(url: str) -> dict[str, float]:
-  """The server's counters that account for a run's time (its /metrics, `prompt_tuning.serve.metrics`)."""
+def _counters(target) -> dict[str, float]:
+  """The server's counters that account for a run's time (its /metrics, `prompt_tuning.serve.metrics`); target: its
+  URL, or the server object `--no_http` runs."""
   import httpx
   from prometheus_client.parser import text_string_to_metric_families
 
+  text = (
+    httpx.get(f"{target}/metrics", timeout=30).text if isinstance(target, str) else target.metrics.render().decode()
+  )
   counters = {}
-  for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+  for family in text_string_to_metric_families(text):
     for sample in family.samples:
       label = sample.labels.get("program") or sample.labels.get("kind")
       if sample.name.endswith(("_sum", "_count")) and family.name in ("serve_engine_seconds", "serve_batch_size"):
@@ -163,19 +222,23 @@ def _requests(args, concurrency: int) -> int:
 
 
 def bench(
-  url: str, ids: list[str], args, prompts: list[int], concurrency: list[int], hf: HfPeft | None = None
+  target, ids: list[str], args, prompts: list[int], concurrency: list[int], hf: HfPeft | None = None
 ) -> tuple[dict[tuple[int, int], dict], dict[tuple[int, int], dict], dict[tuple[int, int], list[float]]]:
   """(ours, HF's, per-repeat ours / HF req/s): every cell's repeats; with `hf`, at concurrency 32, each repeat of
-  ours is followed by HF's on the same requests (interleaved, so load moving between them hits both alike)."""
+  ours is followed by HF's on the same requests (interleaved, so load moving between them hits both alike).
+  target: the server's URL, or (`--no_http`) the server object built in this process."""
   table, hf_table, ratios = {}, {}, {}
   for distinct in prompts:
     for c in concurrency:
       runs, hf_runs = [], []
       for seed in range(args.repeats):
         bodies = _bodies(ids[:distinct], _requests(args, c), seed)
-        before = _counters(url)
-        runs.append(asyncio.run(_load(url, bodies, c)))
-        runs[-1].update(_accounting(before, _counters(url), runs[-1], len(bodies)))
+        before = _counters(target)
+        if isinstance(target, str):
+          runs.append(asyncio.run(_load(target, bodies, c)))
+        else:
+          runs.append(_in_process_load(target, bodies, c))
+        runs[-1].update(_accounting(before, _counters(target), runs[-1], len(bodies)))
         if hf is not None and c == 32:
           hf_runs.append(hf.run(bodies))
           print("hf", distinct, {k: round(v, 3) for k, v in hf_runs[-1].items()}, flush=True)
@@ -243,6 +306,37 @@ class HfPeft:
     return _summary(len(bodies), tokens, time.perf_counter() - start, latencies)
 
 
+def _hf_worker(connection, prompts: np.ndarray, ids: list[str], folder: str, threads: int) -> None:
+  hf = HfPeft(prompts, ids, Path(folder), threads)
+  connection.send("ready")
+  while (bodies := connection.recv()) is not None:
+    connection.send(hf.run(bodies))
+
+
+class HfPeftProcess:
+  """`HfPeft` in a child process of its own (`--no_http`): torch and JAX in one process slow each other several-fold
+  (each one's threads wait on the other's), so HF runs apart from our in-process server, as it does from the
+  server process without the flag."""
+
+  def __init__(self, prompts: np.ndarray, ids: list[str], folder: Path, threads: int = 0):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    self.connection, child = context.Pipe()
+    self.process = context.Process(target=_hf_worker, args=(child, prompts, ids, str(folder), threads), daemon=True)
+    self.process.start()
+    if self.connection.recv() != "ready":
+      raise RuntimeError("the HF process did not start")
+
+  def run(self, bodies: list[dict]) -> dict[str, float]:
+    self.connection.send(bodies)
+    return self.connection.recv()
+
+  def close(self) -> None:
+    self.connection.send(None)
+    self.process.join(60)
+
+
 def _cell_row(label: str, cell: dict) -> str:
   return (
     f"| {label} | {cell['requests_per_s']:.2f} ({cell['requests_per_s_min']:.2f}..{cell['requests_per_s_max']:.2f}) | "
@@ -269,8 +363,13 @@ def main(argv=None) -> dict:
   parser.add_argument(
     "--hf_threads", type=int, default=0, help="torch threads for HF (0: one per core; 1 suffers less on a busy box)"
   )
+  parser.add_argument(
+    "--no_http", action="store_true", help="the server built in this process, requests submitted to its batcher"
+  )
   parser.add_argument("--output", default=None, help="write the tables as JSON here")
   args = parser.parse_args(argv)
+  if args.no_http and args.whole_batch_too:
+    parser.error("--whole_batch_too starts a second server process; run it without --no_http.")
   concurrency = [int(c) for c in args.concurrency.split(",")]
   distinct = [int(p) for p in args.prompts.split(",")]
   sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -283,6 +382,19 @@ def main(argv=None) -> dict:
   results: dict[str, dict] = {}
   hf_ratios: dict[tuple[int, int], list[float]] = {}
   with tempfile.TemporaryDirectory() as tmp:
+    if args.no_http:
+      ids = [f"p{i}" for i in range(len(prompts))]
+      hf = HfPeftProcess(prompts, ids, Path(tmp), args.hf_threads) if args.hf_too and 32 in concurrency else None
+      server = _in_process_server(prompts, ids)
+      try:
+        results["continuous"], hf_table, hf_ratios = bench(server, ids, args, distinct, concurrency, hf)
+        if hf is not None:
+          results["hf_peft"] = hf_table
+      finally:
+        server.batcher.stop()
+        if hf is not None:
+          hf.close()
+      return _report(results, hf_ratios, args, concurrency, distinct)
     library = Path(tmp) / "library"
     library.mkdir()
     process, url = test_serve.start_server(library, Path(tmp) / "continuous.log")
@@ -301,6 +413,11 @@ def main(argv=None) -> dict:
         results["whole_batch"] = bench(url, ids, args, [1], [c for c in concurrency if c >= 32])[0]
       finally:
         test_serve.stop_server(process)
+  return _report(results, hf_ratios, args, concurrency, distinct)
+
+
+def _report(results: dict, hf_ratios: dict, args, concurrency: list[int], distinct: list[int]) -> dict:
+  """Prints the tables and ratios (module docstring) and returns main's result."""
   cont = results["continuous"]
   print("\n| distinct prompts, concurrency | req/s median (min..max) | generated tokens/s (min..max) | p50 s | p99 s |")
   print("|---|---|---|---|---|")
@@ -318,7 +435,8 @@ def main(argv=None) -> dict:
     ratios[f"continuous vs whole-batch, concurrency {c}, tokens/s"] = _ratio(cont[(p, c)], cell, "tokens_per_s")
   for (p, c), per_repeat in hf_ratios.items():
     s = sorted(per_repeat)
-    ratios[f"ours (concurrency {c}) vs HF generate + PEFT, {p} prompts, req/s"] = (
+    how = ", no HTTP" if args.no_http else ""
+    ratios[f"ours (concurrency {c}{how}) vs HF generate + PEFT, {p} prompts, req/s"] = (
       f"{statistics.median(s):.2f}x (per repeat, interleaved: {s[0]:.2f}-{s[-1]:.2f})"
     )
   print(
