@@ -6,7 +6,9 @@ The rows, one after the other, each measured by its own benchmark script (called
 baseline interleaved repeat by repeat, so load moving during a row hits both sides alike:
 
 - server: `serve.py`'s `bench` at concurrency 32, one shared prompt, against Hugging Face generate + PEFT on the
-  same requests (`--hf_too`), requests/s;
+  same requests (`--hf_too`), requests/s; then, with no goal, the same with `--no_http` (the server in this
+  process, no HTTP front end or load generator beside it), and where each run's time went (`serve.py`'s
+  accounting);
 - generate: `generate.py` (`decoding.generate`, greedy, t5_1_1_small, batch 8, 128 inputs + prompt 20, exactly 32
   new tokens, float32) against `PeftModel.generate`, generated tokens/s;
 - training: `packing.py`'s BoolQ-like scenario at t5_1_1_small (ours unpacked, bucketed with BUCKET_BY_LENGTH,
@@ -55,14 +57,19 @@ def _load() -> float:
   return os.getloadavg()[0]
 
 
-def server_row(args) -> dict:
+def server_rows(args) -> dict:
   import serve
 
   argv = ["--requests", "32", "--concurrency", "32", "--prompts", "1", "--repeats", str(args.repeats), "--hf_too"]
-  out = serve.main(argv + ["--hf_threads", str(args.hf_threads)])
-  ours, hf = out["tables"]["continuous"][(1, 32)], out["tables"]["hf_peft"][(1, 32)]
+  argv += ["--hf_threads", str(args.hf_threads)]
   cell = lambda c: {"median": c["requests_per_s"], "min": c["requests_per_s_min"], "max": c["requests_per_s_max"]}  # noqa: E731
-  return {"ours": cell(ours), "peer": cell(hf), "ratio": _spread(out["hf_ratios"][(1, 32)])}
+  rows = {}
+  for key, extra in (("server", []), ("server without HTTP", ["--no_http"])):
+    out = serve.main(argv + extra)
+    ours, hf = out["tables"]["continuous"][(1, 32)], out["tables"]["hf_peft"][(1, 32)]
+    rows[key] = {"ours": cell(ours), "peer": cell(hf), "ratio": _spread(out["hf_ratios"][(1, 32)])}
+    rows["accounting"] = {**rows.get("accounting", {}), key: {k: ours[k] for k in serve.ACCOUNTING}}
+  return rows
 
 
 def generate_row(args) -> dict:
@@ -110,6 +117,8 @@ def training_rows(args) -> dict:
 
 LABELS = {
   "server": "server, one shared prompt, concurrency 32, req/s: ours / HF generate + PEFT",
+  "server without HTTP": "the same server built in the benchmark's process, requests submitted to its batcher, no "
+  "HTTP: ours / HF generate + PEFT (no goal)",
   "generate": "`decoding.generate` greedy, {size}, batch 8, {inputs} inputs + prompt 20, 32 new tokens, tokens/s: "
   "ours / HF + PEFT",
   "bucketed": "training, BoolQ-like, unpacked with BUCKET_BY_LENGTH, {train_size}, real tokens/s: ours / PEFT",
@@ -167,11 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
   args = parser.parse_args(argv)
   warnings.filterwarnings("ignore", category=FutureWarning)
   rows, start = {}, time.perf_counter()
-  for part in (server_row, generate_row, training_rows):
+  for part in (server_rows, generate_row, training_rows):
     before, began = _load(), time.perf_counter()
     measured = part(args)
     print(f"{part.__name__}: {time.perf_counter() - began:.0f} s", flush=True)
-    measured = measured if part is training_rows else {part.__name__.removesuffix("_row"): measured}
+    measured = measured if part is not generate_row else {"generate": measured}
     for row in measured.values():
       if isinstance(row, dict) and "ratio" in row:
         row["load"] = (before, _load())
@@ -181,7 +190,14 @@ def main(argv: list[str] | None = None) -> dict:
   print(f"\n{command}\n{args.repeats} repeats, {time.perf_counter() - start:.0f} s; ", end="")
   print(f"f32 matmul roof in the training repeats {_cell(rows['roof_gflops'])} GFLOP/s")
   fills = ", ".join(f"{name} {share:.0%}" for name, share in rows["fill"].items())
-  print(f"encoder fill (positions holding an example's token or its prompt): {fills}\n\n{table}")
+  print(f"encoder fill (positions holding an example's token or its prompt): {fills}")
+  for name, a in rows["accounting"].items():
+    print(
+      f"{name}: {a['engine_share']:.0%} of the elapsed time in the model's programs, {a['steps_per_request']:.2f} "
+      f"decoder steps and {a['admissions_per_request']:.2f} admissions per request, {a['rows_per_step']:.1f} rows "
+      "per step"
+    )
+  print(f"\n{table}")
   if args.output:
     Path(args.output).write_text(json.dumps({"command": command, "rows": rows, "table": table}, indent=1))
   return rows

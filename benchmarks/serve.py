@@ -195,6 +195,9 @@ def _counters(target) -> dict[str, float]:
   return counters
 
 
+ACCOUNTING = ("engine_share", "steps_per_request", "admissions_per_request", "rows_per_step")
+
+
 def _accounting(before: dict[str, float], after: dict[str, float], run: dict[str, float], requests: int) -> dict:
   """Where a run's time went, from the server's counters: the share of the elapsed time the batcher spent in the
   model's programs, decoder steps and admissions per request, and rows per step (of the slots)."""
