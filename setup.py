@@ -56,7 +56,8 @@ EXTRAS_REQUIRE = {
   # `prompt-tuning sweep`: the Ray executor and the report's figures.
   "sweeps": ["ray==2.60.0", "matplotlib==3.11.2"],
   # `prompt-tuning serve` (prompt_tuning/serve) and its tests (httpx is also the tests' client).
-  "serve": ["fastapi==0.165.0", "uvicorn==0.54.0", "httpx==0.28.1", "prometheus-client==0.26.0"],
+  # aiohttp: benchmarks/serve.py's load generator (a quarter of httpx's CPU per request; gcsfs needs it anyway).
+  "serve": ["fastapi==0.165.0", "uvicorn==0.54.0", "httpx==0.28.1", "prometheus-client==0.26.0", "aiohttp==3.14.5"],
 }
 
 GIN_PACKAGES = {"prompt_tuning.gin_files.gin": "gin", "prompt_tuning.gin_files.configs": "configs"}
