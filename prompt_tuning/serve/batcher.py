@@ -237,8 +237,9 @@ class Batcher:
     steps = 1 if not self._queue.empty() else self._call_steps
     stop_on_finish = bool(self._waiting) and not self.whole_batch
     try:
+      slots = [i for i, job in enumerate(self._slots) if job is not None]
       with self.metrics.engine_seconds.labels("step").time():
-        self._state, self._rng, out = self.engine.step(self._state, self._rng, steps, stop_on_finish)
+        self._state, self._rng, out = self.engine.step(self._state, self._rng, steps, stop_on_finish, slots)
     except Exception as e:  # noqa: BLE001
       self._fail(running, e)
       self._slots = [None] * len(self._slots)
