@@ -307,6 +307,15 @@ def test_ctrl_c_on_a_run_is_recorded_as_interrupted_and_not_retried(finished, tm
 # 37: results.md says which runs are not done.
 
 
+def test_the_report_of_a_finished_sweep_gives_the_mean_and_std_over_its_seeds(finished, tmp_path, capsys):
+  sweep_dir = _copy(finished, tmp_path)
+  code, _, err = _sweep(capsys, "report", sweep_dir)
+  assert code == 0, err
+  row = (sweep_dir / "report" / "results.md").read_text().splitlines()[-1]
+  assert row.startswith("| 2 | ") and row.count(" ± ") == 2, row  # seeds 0 and 1: final and best, mean ± std
+  assert "not done" not in (sweep_dir / "report" / "results.md").read_text()
+
+
 def test_the_report_says_which_runs_failed(finished, tmp_path, capsys):
   sweep_dir = _copy(finished, tmp_path)
   folder = sweep_dir / "runs" / "seed=1"
