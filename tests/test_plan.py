@@ -8,6 +8,7 @@ concrete arrays; its peak host memory above the resident arrays is read from Lin
 
 import dataclasses
 import gc
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -155,18 +156,26 @@ def test_a_run_too_big_for_a_device_gets_settings_that_fit(monkeypatch):
 
 
 def _plan_cli(*args) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the command quiets TensorFlow itself
   return subprocess.run(
     [sys.executable, "-m", "prompt_tuning.cli", "plan", *args],
     cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=600,
+    env=env,
   )
 
 
 def test_the_command_line_plans_a_config_on_a_model_parallel_mesh():
+  """In a fresh process, as a user runs it (`plan` sets the CPU device count before JAX starts): the mesh's devices,
+  and none of TensorFlow's, XLA's or absl's start-up lines (the start-up path test_readme.py runs in its process)."""
   out = _plan_cli("--gin_file=test/prompt_tiny.gin", "--mesh=2x2", "--device=v3", "--search")
   assert out.returncode == 0, out.stderr[-3000:]
+  printed = out.stdout + out.stderr
+  assert "ERROR" not in printed and "Traceback" not in printed, printed[-3000:]
+  for noise in ("oneDNN", "cudart_stub", "cuInit", "absl::InitializeLog", "uncached FunctionDataset"):
+    assert noise not in printed, f"start-up noise ({noise}): {printed[:2000]}"
   text = out.stdout
   for line in (
     "frozen parameters",
