@@ -56,7 +56,6 @@ LONGEST_FILES_FIRST = (
   "test_compilation_cache.py",
   "test_benchmarks_accelerator.py",
   "test_lora.py",
-  "test_multihost_cli.py",
   "test_faults.py",
   "test_t5.py",
   "test_multitask.py",

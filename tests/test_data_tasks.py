@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import functools  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -92,19 +93,52 @@ def test_task_indices_are_distinct_per_format():
   assert sorted(by_index) == list(range(23))
 
 
+CLASSIFICATION_BENCHMARKS = [
+  b.name for b in benchmarks.all_benchmarks() if b.collection in ("super_glue", "glue", "transfer")
+]
+# Each input variant (prefix) is built; a suffix variant ("_examples": its scoring also logs example texts) is the
+# same dataset, which test_every_suffix_variant_is_the_dataset_of_its_base_variant proves from its parts.
 CLASSIFICATION_TASKS = [
-  registry.variant_name(b.name, p, s)
-  for b in benchmarks.all_benchmarks()
-  if b.collection in ("super_glue", "glue", "transfer")
+  registry.variant_name(b, p) for b in CLASSIFICATION_BENCHMARKS for p in registry.PREFIX_VARIANTS
+]
+SUFFIXED_TASKS = [
+  (registry.variant_name(b, p, s), registry.variant_name(b, p))
+  for b in CLASSIFICATION_BENCHMARKS
   for p in registry.PREFIX_VARIANTS
   for s in registry.SUFFIX_VARIANTS
+  if s
 ]
+
+
+def _pipeline(task: seqio.Task) -> tuple:
+  """What a task's dataset is made of, comparable: its source, its preprocessors (a partial by its function and
+  arguments, a cache placeholder by its settings, a function as itself) and its output features."""
+
+  def comparable(preprocessor):
+    if isinstance(preprocessor, functools.partial):
+      return preprocessor.func, preprocessor.args, preprocessor.keywords
+    if isinstance(preprocessor, seqio.CacheDatasetPlaceholder):
+      return type(preprocessor), vars(preprocessor)
+    return preprocessor
+
+  return task.source, [comparable(p) for p in task.preprocessors], task.output_features
+
+
+def test_every_suffix_variant_is_the_dataset_of_its_base_variant():
+  assert len(SUFFIXED_TASKS) == len(CLASSIFICATION_TASKS) * (len(registry.SUFFIX_VARIANTS) - 1)
+  for name, base in SUFFIXED_TASKS:
+    task, base_task = seqio.get_mixture_or_task(name), seqio.get_mixture_or_task(base)
+    assert _pipeline(task) == _pipeline(base_task), name
+    assert task.source is base_task.source and len(task.preprocessors) == len(base_task.preprocessors) == 4, name
+    assert data.get_class_labels(name) == data.get_class_labels(base), name
+    assert task.postprocessor is not base_task.postprocessor, name  # the scoring that logs example texts
 
 
 @needs_vocab
 @pytest.mark.parametrize("name", CLASSIFICATION_TASKS)
 def test_every_task_builds_offline(name, mock_tfds):
-  """GLUE, SuperGLUE and the paraphrase transfer tasks, every variant (QA and generation: test_data_qa_generation)."""
+  """GLUE, SuperGLUE and the paraphrase transfer tasks, every input variant; each suffix variant is the same dataset
+  (test_every_suffix_variant_is_the_dataset_of_its_base_variant). QA and generation: test_data_qa_generation."""
   del mock_tfds
   task = seqio.get_mixture_or_task(name)
   dataset = task.get_dataset(sequence_length=None, split=_first_split(task), shuffle=False, num_epochs=1)

@@ -219,23 +219,22 @@ def test_a_running_record_whose_pid_was_reused_is_not_running(finished, tmp_path
 
 def test_a_moved_sweep_folder_continues_past_a_stale_running_record_and_lost_metrics_rows(finished, tmp_path, capsys):
   sweep_dir = _copy(finished, tmp_path)  # every run's recorded MODEL_DIR is under the original folder
-  stale, cut = sweep_dir / "runs" / "seed=0", sweep_dir / "runs" / "seed=1"
-  for folder in (stale, cut):
-    (folder / "done.json").unlink()
+  # One run (one process) meets both faults; the other stays done.
+  folder = sweep_dir / "runs" / "seed=1"
+  (folder / "done.json").unlink()
   # An older driver's record naming a live PID (this process) with no start time: only the folder's lock, held by
   # `sweep run`, tells that no driver is running it.
-  (stale / "running.json").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
-  rows = (cut / "metrics.jsonl").read_text().splitlines()
-  (cut / "metrics.jsonl").write_text("\n".join(rows[:1]) + "\n")  # its checkpoint is at step 4, its metrics at 1
-  assert records.last_step(cut) == 4
+  (folder / "running.json").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+  rows = (folder / "metrics.jsonl").read_text().splitlines()
+  (folder / "metrics.jsonl").write_text("\n".join(rows[:1]) + "\n")  # its checkpoint is at step 4, its metrics at 1
+  assert records.last_step(folder) == 4
   code, out, err = _sweep(capsys, "run", finished[0], f"--sweep_dir={sweep_dir}")
   assert code == 0, out + err
-  assert "2 runs, 0 already done; running 2" in out
+  assert "2 runs, 1 already done; running 1" in out
   assert "started with another command line" not in err
-  for folder in (stale, cut):
-    attempts = records.read_attempts(folder)
-    assert len(attempts) == 2 and attempts[-1]["returncode"] == 0, attempts  # one attempt, not three
-    assert records.read_run(folder).command[-1] == f"--gin.MODEL_DIR='{folder}'"
+  attempts = records.read_attempts(folder)
+  assert len(attempts) == 2 and attempts[-1]["returncode"] == 0, attempts  # one attempt, not three
+  assert records.read_run(folder).command[-1] == f"--gin.MODEL_DIR='{folder}'"
   assert [s.state for s in records.sweep_status(sweep_dir)] == ["done", "done"]
 
 
@@ -305,6 +304,15 @@ def test_ctrl_c_on_a_run_is_recorded_as_interrupted_and_not_retried(finished, tm
 
 # ---------------------------------------------------------------------------------------------------------------
 # 37: results.md says which runs are not done.
+
+
+def test_the_report_of_a_finished_sweep_gives_the_mean_and_std_over_its_seeds(finished, tmp_path, capsys):
+  sweep_dir = _copy(finished, tmp_path)
+  code, _, err = _sweep(capsys, "report", sweep_dir)
+  assert code == 0, err
+  row = (sweep_dir / "report" / "results.md").read_text().splitlines()[-1]
+  assert row.startswith("| 2 | ") and row.count(" ± ") == 2, row  # seeds 0 and 1: final and best, mean ± std
+  assert "not done" not in (sweep_dir / "report" / "results.md").read_text()
 
 
 def test_the_report_says_which_runs_failed(finished, tmp_path, capsys):

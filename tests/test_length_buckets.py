@@ -1,13 +1,12 @@
 """Length-bucketed training batches (BUCKET_BY_LENGTH, `prompt_tuning.inputs.length_bucketed`): every batch pads to
 the power-of-two bucket of its longest example and holds what it held at the full length; the order is
 deterministic and a resumed stream skips exactly; the step compiles once per bucket and gives the loss and
-gradients of the full length; 8 simulated devices give what 1 gives; refused with PACK and with several processes.
-(A run killed with SIGKILL and resumed with buckets: test_method_resume.py.)
+gradients of the full length; refused with PACK and with several processes. (A run killed with SIGKILL and resumed
+with buckets: test_method_resume.py; 8 simulated devices give what 1 gives with buckets: test_method_invariants.py's
+8-device comparison, whose process trains a bucketed run too.)
 """
 
 import functools
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -127,27 +126,6 @@ def test_the_train_step_compiles_once_per_bucket(prompt_run):
   for batch in stream:
     state, _ = run.train_step(state, run.frozen, partitioning.shard_batch(batch, run.mesh), rng)
   assert run.train_step._cache_size() - before == len({b["encoder_input_tokens"].shape for b in stream}) == 2
-
-
-def test_8_devices_give_the_losses_and_vectors_of_1(backbone, tmp_path):
-  # The 8 simulated devices need their own process (XLA_FLAGS is read when JAX starts); 1 device is this one's.
-  assert jax.device_count() == 1, f"the one-device side needs 1 device, this process has {jax.device_count()}"
-  outputs = {1: method_runs.train_methods(tmp_path / "1", backbone, ("prompt",), 4, bucket=True)}
-  out = tmp_path / "8.npz"
-  cmd = [sys.executable, str(method_runs.TRAIN_SCRIPT), str(tmp_path / "8"), str(backbone), "prompt", "4"]
-  done = subprocess.run(
-    cmd + ["--mesh", "4,2", "--bucket", "--out", str(out)],
-    capture_output=True,
-    text=True,
-    env=method_runs.subprocess_env(8),
-  )
-  assert done.returncode == 0, done.stderr[-4000:]
-  outputs[8] = dict(np.load(out))
-  assert set(outputs[1]) == set(outputs[8]) and "prompt:loss" in outputs[1]
-  for key, value in outputs[1].items():
-    # As test_method_invariants.py: model-parallel float32 reductions round differently.
-    tolerance = dict(rtol=1e-4, atol=1e-5) if key.endswith(":loss") else dict(rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(outputs[8][key], value, err_msg=key, **tolerance)
 
 
 def test_two_buckets_per_doubling_pad_less_and_keep_every_row_whole():

@@ -3,7 +3,8 @@ plain clone: a tiny T5 written by our own writer and a task on the shipped demo 
 
 - a real step changes the trainable tree only, and the backbone the model computes with is the one loaded;
 - (test_method_resume.py: a run killed with SIGKILL and resumed ends where an uninterrupted run ends;)
-- 8 simulated devices on a 4 x 2 (data x model) mesh give the losses and vectors of 1;
+- 8 simulated devices on a 4 x 2 (data x model) mesh give the losses and vectors of 1, and so do length-bucketed
+  batches (test_length_buckets.py's BUCKET_BY_LENGTH; in the same 8-device process);
 - the compiled prompt-tuning step computes no gradient of a frozen weight (its FLOPs against model tuning's).
 """
 
@@ -80,14 +81,20 @@ def one_device(backbone, tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]
 
 def test_8_devices_data_and_model_parallel_give_the_losses_and_vectors_of_1(backbone, one_device, tmp_path):
   # The 8 simulated devices need their own process (XLA_FLAGS is read when JAX starts); 1 device is this one's.
+  # The same process trains prompt tuning 4 steps on length-bucketed batches (BUCKET_BY_LENGTH on a task of varied
+  # lengths: batches of two shapes), compared with the same run here.
+  assert jax.device_count() == 1, f"the one-device side needs 1 device, this process has {jax.device_count()}"
+  bucketed = method_runs.train_methods(tmp_path / "1_bucketed", backbone, ("prompt",), 4, bucket=True)
   out = tmp_path / "8.npz"
   cmd = [sys.executable, str(SCRIPT), str(tmp_path / "8"), str(backbone), ",".join(EIGHT_DEVICE_METHODS), "3"]
-  cmd += ["--mesh", "4,2"]
+  cmd += ["--mesh", "4,2", "--bucketed_methods", "prompt", "--bucketed_steps", "4"]
   done = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, env=method_runs.subprocess_env(8))
   assert done.returncode == 0, done.stderr[-4000:]
   eight = dict(np.load(out))
   one = {k: v for k, v in one_device[1].items() if k.split(":")[0] in EIGHT_DEVICE_METHODS}
-  assert set(one) == set(eight) and {k.split(":")[0] for k in one} == set(EIGHT_DEVICE_METHODS)
+  one |= {f"bucketed/{k}": v for k, v in bucketed.items()}
+  assert set(one) == set(eight) and {k.split(":")[0] for k in one} == {*EIGHT_DEVICE_METHODS, "bucketed/prompt"}
+  assert "bucketed/prompt:loss" in one
   for key, value in one.items():
     # Vectors: three steps of Adafactor at the paper's learning rate turn the model-parallel reductions' float32
     # rounding into up to ~7e-4 (measured on the prompt); the losses agree to 1e-4.

@@ -5,8 +5,9 @@ The stand-ins (STAND_INS) replace README's paths and the xxl size by the referen
 T5 SentencePiece model, folders under the test's temporary folder and configs/test/readme_tiny.gin (prompt_xxl.gin's
 recipe at tiny size); nothing else in a command changes. BoolQ is prepared by tfds itself from a small archive of
 the published layout (tests/test_data_prepare.py), so the README's SuperGLUE task is the one that runs. The commands
-run through cli.main, the console script's entry point: one of each start-up path as a fresh process (which alone
-shows TensorFlow's start-up lines), the rest in this process.
+run through cli.main, the console script's entry point: a gin command and one of the other commands as fresh
+processes (which alone show TensorFlow's start-up lines), the rest in this process. `plan`'s own start-up path runs
+as a fresh process, quiet, in tests/test_plan.py::test_the_command_line_plans_a_config_on_a_model_parallel_mesh.
 """
 
 import os
@@ -119,14 +120,15 @@ def test_commands_run_elsewhere_name_tests_that_exist():
 
 
 # The README commands that run as subprocesses (below); a README without one of them fails the test.
-SUBPROCESS_COMMANDS = ("prompt-tuning train ", "prompt-tuning plan ", "prompt-tuning tasks show ")
+SUBPROCESS_COMMANDS = ("prompt-tuning train ", "prompt-tuning tasks show ")
 
 
 def _in_a_fresh_process(command: str) -> bool:
-  """Whether a README command runs as its own process here: one of each start-up path of cli.main (a gin command,
-  which sets devices up after jax.distributed; `plan`; the other commands, here `tasks`, which reads tfds), so that
-  what only a fresh Python shows (TensorFlow's and absl's start-up lines) is checked for each. The others run in this
-  process (tests/cli_runs.py): the same cli.main, without a Python, TensorFlow and JAX start-up each."""
+  """Whether a README command runs as its own process here: the start-up paths of cli.main (a gin command, which sets
+  devices up after jax.distributed; the other commands, here `tasks`, which reads tfds), so that what only a fresh
+  Python shows (TensorFlow's and absl's start-up lines) is checked for each; `plan`, which sets the CPU device count
+  before JAX starts, is checked so by tests/test_plan.py. The others run in this process (tests/cli_runs.py): the
+  same cli.main, without a Python, TensorFlow and JAX start-up each (`plan` plans on this process's one device)."""
   return command.startswith(SUBPROCESS_COMMANDS)
 
 

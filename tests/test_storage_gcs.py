@@ -1,5 +1,6 @@
 """Training into gs:// (MODEL_DIR on Cloud Storage) on a real GCS emulator process on 127.0.0.1: two processes share
-a gs:// MODEL_DIR, are killed with kill -9 and resume, and a third evaluates from the bucket; one writer per gs://
+a gs:// MODEL_DIR, are killed with kill -9 and resume, train as one process trains (the same losses and prompt,
+an evaluation split unevenly over the processes), and a third evaluates from the bucket; one writer per gs://
 folder (the lock object); a missing bucket is refused up front; a bucket that stops answering ends the run with our
 error in bounded time."""
 
@@ -48,13 +49,34 @@ def _bucket_prompt(model_dir: str, step: int) -> np.ndarray:
   return np.load(io.BytesIO(storage.path(f"{model_dir}/numpy_checkpoints/checkpoint_{step}/prompt.npy").read_bytes()))
 
 
-def test_two_processes_train_into_gs_are_killed_resume_and_a_third_evaluates(gcs_emulator, trained_run, tmp_path, _cli):
+def _metrics(model_dir) -> dict[int, dict[str, float]]:
+  """metrics.jsonl's records by step (a step's train and eval records merged)."""
+  by_step: dict[int, dict[str, float]] = {}
+  for line in storage.path(f"{model_dir}/metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    by_step.setdefault(record["step"], {}).update(record)
+  return by_step
+
+
+def test_two_processes_train_into_gs_are_killed_resume_train_like_one_and_a_third_evaluates(
+  gcs_emulator, reference_dir, tmp_path, _cli
+):
   import gcs_emulator as emulator
+  from local_task_files import cli_flags
 
   from prompt_tuning import validation
 
-  # The tiny run, unshuffled: two processes read examples 0,2,4,.. and 1,3,5,..: one process's global batch.
-  flags = [*trained_run.flags, "--gin.RunConfig.shuffle=False"]
+  # The tiny run on a local task whose validation split (9 examples) splits unevenly over 2 processes; unshuffled:
+  # two processes read examples 0,2,4,.. and 1,3,5,..: one process's global batch. A checkpoint every step, the
+  # newest 2 kept, an evaluation at step 4.
+  task_flags = cli_flags(reference_dir, tmp_path / "data", "gcs_pod_yes_no", validation=9)
+  flags = [
+    *task_flags,
+    "--gin.CHECKPOINT_EVERY=1",
+    "--gin.RunConfig.keep_checkpoints=2",
+    "--gin.RunConfig.shuffle=False",
+    "--gin.EVAL_EVERY=4",
+  ]
   model_dir = f"{gcs_emulator}/pod_run"
   env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": simulated_devices.xla_flags(1)}  # the suite's fast compiles, 1 device
 
@@ -94,21 +116,32 @@ def test_two_processes_train_into_gs_are_killed_resume_and_a_third_evaluates(gcs
     assert proc.returncode == 0, log[-3000:]
   assert "took over the stale lock" in (tmp_path / "resumed_0.log").read_text()
   assert validation.newest_checkpoint_step(model_dir) == 4
-  steps = [json.loads(line)["step"] for line in storage.path(f"{model_dir}/metrics.jsonl").read_text().splitlines()]
-  assert steps == [1, 2, 3, 4]  # written by process 0 only; the steps after the kill's checkpoint once
+  lines = [json.loads(line) for line in storage.path(f"{model_dir}/metrics.jsonl").read_text().splitlines()]
+  # Written by process 0 only (two processes that had not joined would both write every step); the steps after the
+  # kill's checkpoint once.
+  assert [m["step"] for m in lines if "train/loss" in m] == [1, 2, 3, 4]
   assert [p.name for p in storage.path(f"{model_dir}/tensorboard").iterdir() if "tfevents" in p.name]
   assert not storage.path(f"{model_dir}/.lock").exists()  # released at the end
   kept = sorted(p.name for p in storage.path(f"{model_dir}/numpy_checkpoints").iterdir())
   assert kept == ["checkpoint_3", "checkpoint_4"]  # pruned with the orbax checkpoints (keep 2)
 
-  # The same training in one process without a stop, into a local folder: the same prompt (to float rounding: two
-  # processes sum their gradients in another order).
+  # The same training in one process (this one) without a stop, into a local folder: the losses of every step and
+  # the same prompt (to float rounding: two processes sum their gradients in another order).
   _cli("train", *flags, f"--gin.MODEL_DIR='{tmp_path / 'one'}'")
+  two, one = _metrics(model_dir), _metrics(tmp_path / "one")
+  losses_two = {step: m["train/loss"] for step, m in two.items() if "train/loss" in m}
+  losses_one = {step: m["train/loss"] for step, m in one.items() if "train/loss" in m}
+  assert sorted(losses_two) == [1, 2, 3, 4]
+  assert losses_two == pytest.approx(losses_one, rel=1e-5)
+  # Evaluation over 9 examples: 5 on process 0 (2 batches of 4), 4 on process 1 (1 batch), so process 1 pads with
+  # an empty batch instead of stalling; the token-weighted metrics equal one process's over all 9.
+  assert two[4]["eval/num_tokens"] == one[4]["eval/num_tokens"]
+  assert two[4]["eval/loss"] == pytest.approx(one[4]["eval/loss"], rel=1e-5)
   expected = np.load(tmp_path / "one" / "numpy_checkpoints" / "checkpoint_4" / "prompt.npy")
   np.testing.assert_allclose(_bucket_prompt(model_dir, 4), expected, rtol=1e-5, atol=1e-7)
 
   # Evaluated from the bucket by a third process (this one).
-  _cli("eval", "--gin_file=runs/prompt_eval.gin", *trained_run.flags[:3], f"--gin.MODEL_DIR='{model_dir}'")
+  _cli("eval", "--gin_file=runs/prompt_eval.gin", *task_flags, f"--gin.MODEL_DIR='{model_dir}'")
   record = json.loads(storage.path(f"{model_dir}/eval_metrics.jsonl").read_text().splitlines()[-1])
   assert record["step"] == 4 and np.isfinite(record["loss"])
 
