@@ -1,14 +1,15 @@
 """A/B of `prompt-tuning serve` from two checkouts: the same requests, rounds alternating, tokens compared.
 
     PYTHONPATH=. nice -n 5 python benchmarks/serve_ab.py BEFORE_CHECKOUT AFTER_CHECKOUT [--rounds 4] [--repeats 3]
-        [--shape input_buckets='(16, 32)' ...]
+        [--concurrency 32] [--shape input_buckets='(16, 32)' ...]
 
 Starts one server from each checkout (each with its own code, the shapes of this file's `serve.SHAPES`, changed by
 `--shape name=value`), uploads one prompt to both, then runs rounds in the order before, after, after, before, ...;
-each round sends `--repeats` batches of 32 requests at concurrency 32 (`serve.py`'s requests, one per seed, the
-same seeds in every round). Prints req/s per round, the median (min-max) of each side, their ratio, the load
-average, and whether every request got the same tokens from both servers. A checkout may be a `git archive` of a
-commit unpacked anywhere (`git archive COMMIT | tar -x -C /tmp/before`); its tests/test_serve.py starts its server.
+each round sends `--repeats` batches of 32 requests at concurrency 32 (or `--concurrency`): `serve.py`'s
+requests, one per seed, the same seeds in every round. Prints req/s per round, the median (min-max) of each side,
+their ratio, the load average, and whether every request got the same tokens from both servers. A checkout may be
+a `git archive` of a commit unpacked anywhere (`git archive COMMIT | tar -x -C /tmp/before`); its
+tests/test_serve.py starts its server.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def _upload(url: str, prompts: np.ndarray, admin: dict[str, str]) -> list[str]:
   return ids
 
 
-async def _batch(url: str, bodies: list[dict]) -> tuple[float, list[list[int]]]:
-  """(req/s, each request's tokens) of one batch at concurrency 32."""
+async def _batch(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[list[int]]]:
+  """(req/s, each request's tokens) of one batch at `concurrency`."""
   import httpx
 
   tokens: list = [None] * len(bodies)
@@ -66,9 +67,9 @@ async def _batch(url: str, bodies: list[dict]) -> tuple[float, list[list[int]]]:
       reply.raise_for_status()
       tokens[i] = reply.json()["token_ids"]
 
-  async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=CONCURRENCY)) as c:
+  async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=concurrency)) as c:
     start = time.perf_counter()
-    await asyncio.gather(*(worker(c) for _ in range(CONCURRENCY)))
+    await asyncio.gather(*(worker(c) for _ in range(concurrency)))
     return len(bodies) / (time.perf_counter() - start), tokens
 
 
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
   parser.add_argument("after", type=Path)
   parser.add_argument("--rounds", type=int, default=4)
   parser.add_argument("--repeats", type=int, default=3, help="batches of 32 requests per round")
+  parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests in flight")
   parser.add_argument("--shape", action="append", default=[], help="an EngineShapes setting, name=value")
   args = parser.parse_args(argv)
   shapes = dict(serve.SHAPES)
@@ -104,12 +106,12 @@ def main(argv=None) -> int:
         process, url = module.start_server(library, Path(tmp) / f"{name}.log")
         servers[name] = (module, process, url)
         ids = _upload(url, prompts, module.ADMIN)
-        asyncio.run(_batch(url, serve._bodies(ids, CONCURRENCY, 99)))  # warm
+        asyncio.run(_batch(url, serve._bodies(ids, CONCURRENCY, 99), args.concurrency))  # warm
       for r in range(args.rounds):
         for name in list(sides) if r % 2 == 0 else list(sides)[::-1]:
           url = servers[name][2]
           for seed in range(args.repeats):
-            rate, out = asyncio.run(_batch(url, serve._bodies(ids, CONCURRENCY, seed)))
+            rate, out = asyncio.run(_batch(url, serve._bodies(ids, CONCURRENCY, seed), args.concurrency))
             rates[name].append(rate)
             tokens[name].setdefault(seed, out)
           loads.append(os.getloadavg()[0])
