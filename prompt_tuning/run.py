@@ -234,10 +234,9 @@ def load_backbone(cfg: RunConfig):
 
 
 @jax.jit
-def _all_finite(x: jax.Array) -> jax.Array:
-  """Whether an array holds only finite values (compiled once per shape and dtype, which a model's layers share and
-  every later build reuses, whatever its tree)."""
-  return jax.numpy.all(jax.numpy.isfinite(x))
+def _all_finite(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Whether each array holds only finite values (jitted once, reused by every build of the same shapes)."""
+  return {k: jax.numpy.all(jax.numpy.isfinite(x)) for k, x in arrays.items()}
 
 
 def check_backbone_finite(backbone, path: str | None) -> None:
@@ -253,7 +252,7 @@ def check_backbone_finite(backbone, path: str | None) -> None:
     return
   flat = optim._flat(backbone)
   floats = {name: x for name, x in flat.items() if jax.numpy.issubdtype(x.dtype, jax.numpy.floating)}
-  finite = jax.device_get({name: _all_finite(x) for name, x in floats.items()})
+  finite = jax.device_get(_all_finite(floats))
   bad = sorted(name for name, ok in finite.items() if not ok)
   if bad:
     raise CheckpointError(
