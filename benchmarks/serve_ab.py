@@ -103,7 +103,14 @@ def main(argv=None) -> int:
         module.MAX_LIBRARY_BYTES, module.DEVICE_CACHE_BYTES = 1 << 30, 1 << 30
         library = Path(tmp) / name
         library.mkdir()
-        process, url = module.start_server(library, Path(tmp) / f"{name}.log")
+        # From the checkout's folder: `python -m` puts the working folder first on the server's path, so a server
+        # started from elsewhere runs that folder's code (before this, both sides ran the launching checkout's).
+        here = os.getcwd()
+        os.chdir(checkout)
+        try:
+          process, url = module.start_server(library, Path(tmp) / f"{name}.log")
+        finally:
+          os.chdir(here)
         servers[name] = (module, process, url)
         ids = _upload(url, prompts, module.ADMIN)
         asyncio.run(_batch(url, serve._bodies(ids, CONCURRENCY, 99), args.concurrency))  # warm

@@ -128,8 +128,8 @@ def start_server(
   env = dict(
     os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", PROMPT_TUNING_ADMIN_TOKEN=ADMIN_TOKEN, **(env or {})
   )
-  with open(log, "w") as out:
-    process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+  with open(log, "w") as out:  # run from ROOT: `python -m` puts the working folder first on the path
+    process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
   url = f"http://127.0.0.1:{port}"
   deadline = time.time() + 240
   while time.time() < deadline:
