@@ -14,7 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# tests/ (method_runs) and the repository root before the installed package: this checkout's code is tested, also
+# from a worktree beside an editable install of another.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
 
 
 def main():

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's code, not an install of another
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import gin  # noqa: E402
