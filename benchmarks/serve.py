@@ -125,34 +125,35 @@ async def _load(url: str, bodies: list[dict], concurrency: int) -> dict[str, flo
 
 def _in_process_load(server, bodies: list[dict], concurrency: int) -> dict[str, float]:
   """`_load` without HTTP: `concurrency` client threads submit the same requests straight to the server's batcher
-  (each its next once its last is answered), tokens encoded by the client as the app encodes them."""
+  (each its next once its last is answered), their tokens encoded as the app encodes them."""
   import concurrent.futures
+  import queue
 
+  from prompt_tuning.serve.app import _input_tokens
   from prompt_tuning.serve.batcher import GenerateJob
 
-  latencies, tokens, lock = [], [0], __import__("threading").Lock()
-  pending = list(reversed(bodies))
+  pending: queue.SimpleQueue = queue.SimpleQueue()
+  for body in bodies:
+    pending.put(body)
 
-  def client():
+  def client() -> tuple[list[float], int]:
+    latencies, tokens = [], 0
     while True:
-      with lock:
-        if not pending:
-          return
-        body = pending.pop()
+      try:
+        body = pending.get_nowait()
+      except queue.Empty:
+        return latencies, tokens
       start = time.perf_counter()
-      ids = np.array([*server.vocabulary.encode(body["text"]), 1], np.int32)
       entry = server.library.get(body["prompt_id"])
-      job = GenerateJob(ids, entry, "greedy", body["max_decode_length"])
-      result = server.batcher.submit(job).result()
-      with lock:
-        latencies.append(time.perf_counter() - start)
-        tokens[0] += len(result["token_ids"])
+      job = GenerateJob(_input_tokens(server, body["text"], None), entry, "greedy", body["max_decode_length"])
+      tokens += len(server.batcher.submit(job).result()["token_ids"])
+      latencies.append(time.perf_counter() - start)
 
   start = time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-    for future in [pool.submit(client) for _ in range(concurrency)]:
-      future.result()
-  return _summary(len(bodies), tokens[0], time.perf_counter() - start, latencies)
+    done = [future.result() for future in [pool.submit(client) for _ in range(concurrency)]]
+  elapsed = time.perf_counter() - start
+  return _summary(len(bodies), sum(t for _, t in done), elapsed, [x for latencies, _ in done for x in latencies])
 
 
 def _in_process_server(prompts: np.ndarray, ids: list[str]):

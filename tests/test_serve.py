@@ -854,9 +854,8 @@ def test_a_step_over_the_running_slots_gives_what_a_step_over_every_slot_gives(t
   from prompt_tuning import partitioning
   from prompt_tuning.serve.engine import Engine, EngineShapes
 
-  assert EngineShapes(slots=32).step_sizes == (4, 8, 16, 32) and EngineShapes(
-    slots=4, admit_buckets=(1,)
-  ).step_sizes == (4,)
+  assert EngineShapes(slots=32).step_sizes == (4, 8, 16, 32)
+  assert EngineShapes(slots=4, admit_buckets=(1,)).step_sizes == (4,)  # no bucket below half of 4 slots
   with pytest.raises(ValueError, match="exceed slots 4"):
     EngineShapes(slots=4, admit_buckets=(1,), step_buckets=(2, 8))
   config, params = tiny_decoder_model
