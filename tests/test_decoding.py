@@ -180,9 +180,10 @@ def test_init_cache_takes_adapters_applied_before_the_cache(model, inputs):
   np.testing.assert_allclose(logits, forced, rtol=1e-5, atol=1e-5)
   # The cached keys are the scaled ones (scaled once: a decode step does not scale them again).
   _, plain_cache = first_step(None)
-  cached = cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]  # [B, Te, H, Dh]
+  cached = cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]  # [B, H, Te, Dh]: heads first
   plain = plain_cache["decoder"]["layers_0"]["encoder_decoder_attention"]["cached_key"]
-  scale = adapters["decoder"]["cross_attention"]["key_scale"][0].reshape(len(inputs), 1, *cached.shape[2:])
+  heads, head_dim = cached.shape[1], cached.shape[3]
+  scale = adapters["decoder"]["cross_attention"]["key_scale"][0].reshape(len(inputs), heads, 1, head_dim)
   np.testing.assert_allclose(cached, plain * scale, rtol=1e-6)
   stale, _ = first_step(None)  # a cache made without the adapters is the frozen model's: other logits
   assert not np.allclose(stale, forced, atol=1e-3)

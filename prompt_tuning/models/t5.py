@@ -541,7 +541,7 @@ class T5(nn.Module):
     cache = self.variables.get("cache")
     if not cache:
       raise ValueError("Decoding needs a cache: call T5.init_cache (with mutable=['cache']) first.")
-    return cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape[1]
+    return cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape[2]  # [B, H, L, Dh]
 
   def init_cache(
     self,
