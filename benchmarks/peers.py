@@ -193,9 +193,10 @@ def main(argv: list[str] | None = None) -> dict:
   print(f"encoder fill (positions holding an example's token or its prompt): {fills}")
   for name, a in rows["accounting"].items():
     print(
-      f"{name}: {a['engine_share']:.0%} of the elapsed time in the model's programs, {a['steps_per_request']:.2f} "
-      f"decoder steps and {a['admissions_per_request']:.2f} admissions per request, {a['rows_per_step']:.1f} rows "
-      "per step"
+      f"{name}: {a['engine_share']:.0%} of the elapsed time in the model's programs ({a['step_share']:.0%} in "
+      f"decoder steps, {a['admit_share']:.0%} in admissions), {a['steps_per_request']:.2f} decoder steps and "
+      f"{a['admissions_per_request']:.2f} admissions per request, {a['rows_per_step']:.1f} rows per step, "
+      f"{a['step_ms']:.1f} ms a step, {a['admit_ms']:.1f} ms an admission"
     )
   print(f"\n{table}")
   if args.output:

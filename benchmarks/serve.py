@@ -202,21 +202,38 @@ def _counters(target) -> dict[str, float]:
   return counters
 
 
-ACCOUNTING = ("engine_share", "steps_per_request", "admissions_per_request", "rows_per_step")
+ACCOUNTING = (
+  "engine_share",
+  "step_share",
+  "admit_share",
+  "steps_per_request",
+  "admissions_per_request",
+  "rows_per_step",
+  "step_ms",
+  "admit_ms",
+)
 
 
 def _accounting(before: dict[str, float], after: dict[str, float], run: dict[str, float], requests: int) -> dict:
   """Where a run's time went, from the server's counters: the share of the elapsed time the batcher spent in the
-  model's programs, decoder steps and admissions per request, and rows per step (of the slots)."""
+  model's programs (all, decoder steps, admissions), decoder steps and admissions per request, rows per step (of
+  the slots), and the mean wall time of one step and one admission."""
   delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
   elapsed = requests / run["requests_per_s"]
   steps = delta.get("serve_batch_size_count:step", 0.0)
+  admissions = delta.get("serve_batch_size_count:admit", 0.0)
   engine = sum(v for k, v in delta.items() if k.startswith("serve_engine_seconds_sum:"))
+  step_seconds = delta.get("serve_engine_seconds_sum:step", 0.0)
+  admit_seconds = delta.get("serve_engine_seconds_sum:admit", 0.0)
   return {
     "engine_share": engine / elapsed,
+    "step_share": step_seconds / elapsed,
+    "admit_share": admit_seconds / elapsed,
     "steps_per_request": steps / requests,
-    "admissions_per_request": delta.get("serve_batch_size_count:admit", 0.0) / requests,
+    "admissions_per_request": admissions / requests,
     "rows_per_step": delta.get("serve_batch_size_sum:step", 0.0) / max(steps, 1.0),
+    "step_ms": 1e3 * step_seconds / max(steps, 1.0),
+    "admit_ms": 1e3 * admit_seconds / max(admissions, 1.0),
   }
 
 
@@ -450,17 +467,18 @@ def _report(results: dict, hf_ratios: dict, args, concurrency: list[int], distin
       f"{statistics.median(s):.2f}x (per repeat, interleaved: {s[0]:.2f}-{s[-1]:.2f})"
     )
   print(
-    "\n| server: distinct prompts, concurrency | in the model (share of elapsed) | steps / request | "
-    "admissions / request | rows / step |"
+    "\n| server: distinct prompts, concurrency | in the model (share of elapsed) | in steps | in admissions | "
+    "steps / request | admissions / request | rows / step | ms / step | ms / admission |"
   )
-  print("|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|")
   for name, table in results.items():
     if name == "hf_peft":
       continue
     for (p, c), cell in table.items():
       print(
-        f"| {name}: {p}, {c} | {cell['engine_share']:.0%} | {cell['steps_per_request']:.2f} | "
-        f"{cell['admissions_per_request']:.2f} | {cell['rows_per_step']:.1f} |"
+        f"| {name}: {p}, {c} | {cell['engine_share']:.0%} | {cell['step_share']:.0%} | {cell['admit_share']:.0%} | "
+        f"{cell['steps_per_request']:.2f} | {cell['admissions_per_request']:.2f} | {cell['rows_per_step']:.1f} | "
+        f"{cell['step_ms']:.1f} | {cell['admit_ms']:.1f} |"
       )
   print()
   for name, value in ratios.items():
