@@ -319,16 +319,14 @@ class Attention(nn.Module):
       keys.insert(0, prefix_key)
       values.insert(0, prefix_value)
       # Prefix keys: visible unless masked, no position bias.
-      prefix_bias = _prefix_bias(adapters.get("prefix_mask"), bias.shape[:3] + (prefix_key.shape[length_axis],), bias.dtype)
+      prefix_shape = bias.shape[:3] + (prefix_key.shape[length_axis],)
+      prefix_bias = _prefix_bias(adapters.get("prefix_mask"), prefix_shape, bias.dtype)
       bias = jnp.concatenate([prefix_bias, bias], axis=-1)
 
     # float32 logits (T5X's float32_attention_logits), from `dtype` queries and keys: the softmax's input.
     if decode:  # each part on its own: no copy of the cache joined to the prefix at every step
       logits = jnp.concatenate(
-        [
-          jnp.einsum("bqhd,bhkd->bhqk", query, k.astype(query.dtype), preferred_element_type=jnp.float32)
-          for k in keys
-        ],
+        [jnp.einsum("bqhd,bhkd->bhqk", query, k.astype(query.dtype), preferred_element_type=jnp.float32) for k in keys],
         axis=-1,
       )
     else:
