@@ -200,7 +200,9 @@ def test_greedy_decoding_with_cross_attention_scales_equals_teacher_forcing(mode
 def test_rows_at_different_positions_in_one_step_equal_each_row_alone(model, inputs):
   """The server's continuous batching: one batched decode step with a position per row (each row writes its own
   cache slot, sees only its own earlier positions, and ignores stale keys beyond them) gives each row what it gets
-  decoded alone at its position, and what teacher forcing gives."""
+  decoded alone at its position, and what teacher forcing gives. With cache_rows, a batch of some of the cache's rows
+  (in any order, with a padding row) gets those rows' logits and cache, and the other rows' cache is left as it was.
+  """
   config, params = model
   t5, rows, length = pt.T5(config), len(inputs), 6
   sequences = np.random.default_rng(1).integers(2, 64, (rows, length)).astype(np.int32)
@@ -214,13 +216,14 @@ def test_rows_at_different_positions_in_one_step_equal_each_row_alone(model, inp
   mask, cache = start(inputs)
 
   @jax.jit
-  def step(cache, tokens, position, row_mask=mask):
+  def step(cache, tokens, position, row_mask=mask, cache_rows=None):
     logits, mutated = t5.apply(
       {"params": params, "cache": cache},
       None,
       row_mask,
       tokens,
       decode_position=position,
+      cache_rows=cache_rows,
       method=pt.T5.decode,
       mutable=["cache"],
     )
@@ -244,3 +247,14 @@ def test_rows_at_different_positions_in_one_step_equal_each_row_alone(model, inp
   decoder_inputs[np.arange(rows), positions] = fed[:, 0]
   forced = jax.jit(t5.apply)({"params": params}, inputs, decoder_inputs)[np.arange(rows), positions]
   np.testing.assert_allclose(logits, forced, rtol=1e-5, atol=1e-5)
+
+  chosen = np.array([3, 0, rows], np.int32)  # rows 3 and 0 of the cache, then a padding row (past the cache)
+  real, untouched = chosen[:2], np.array([1, 2, 4])
+  pad = lambda x: np.concatenate([x[real], x[:1]])  # noqa: E731 - the padding row's inputs: any
+  some, some_cache = step(cache, pad(fed), pad(positions), pad(np.asarray(mask)), chosen)
+  np.testing.assert_allclose(some[:2], logits[real], rtol=1e-6, atol=1e-6)
+  for got, want, old in zip(jax.tree.leaves(some_cache), jax.tree.leaves(stepped), jax.tree.leaves(cache)):
+    np.testing.assert_allclose(got[real], want[real], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got[untouched], old[untouched])
+  with pytest.raises(ValueError, match="decode_position per row"):
+    step(cache, fed, 0, mask, np.arange(rows, dtype=np.int32))

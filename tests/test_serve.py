@@ -845,17 +845,19 @@ def test_a_call_of_several_steps_gives_what_single_steps_give(tiny_decoder_model
 
 
 def test_a_step_over_the_running_slots_gives_what_a_step_over_every_slot_gives(tiny_decoder_model):
-  """With step buckets the running slots alone are gathered, stepped and written back (padded up to a bucket): the
-  tokens, scores and finishing steps of every running slot are those of a step over every slot, wherever the slots
-  sit, and the slots not running are left as they were. The default buckets are powers of two up to half the slots;
-  a bucket above the slots is refused."""
+  """With step buckets the running slots alone are stepped (padded up to a bucket, their per-slot state gathered and
+  written back, each reading and writing its own cache row): the tokens, scores and finishing steps of every running
+  slot are those of a step over every slot, wherever the slots sit and with padding rows in the bucket, and the
+  slots not running are left as they were, cache included. The default buckets are the powers of two from 4 and 1.5
+  times those from 16, below the slots; a bucket above the slots is refused."""
   import jax
 
   from prompt_tuning import partitioning
   from prompt_tuning.serve.engine import Engine, EngineShapes
 
-  assert EngineShapes(slots=32).step_sizes == (4, 8, 16, 32)
-  assert EngineShapes(slots=4, admit_buckets=(1,)).step_sizes == (4,)  # no bucket below half of 4 slots
+  assert EngineShapes(slots=32).step_sizes == (4, 8, 16, 24, 32)
+  assert EngineShapes(slots=64).step_sizes == (4, 8, 16, 24, 32, 48, 64)
+  assert EngineShapes(slots=4, admit_buckets=(1,)).step_sizes == (4,)  # no default bucket below 4 slots
   with pytest.raises(ValueError, match="exceed slots 4"):
     EngineShapes(slots=4, admit_buckets=(1,), step_buckets=(2, 8))
   config, params = tiny_decoder_model
@@ -864,13 +866,17 @@ def test_a_step_over_the_running_slots_gives_what_a_step_over_every_slot_gives(t
   every = Engine(config, params, partitioning.make_mesh(), EngineShapes(**sizes, step_buckets=()))
   gathered = Engine(config, params, partitioning.make_mesh(), EngineShapes(**sizes, step_buckets=(2,)))
   assert [p for p in gathered.warm_up() if p.startswith("step")] == ["step rows=2 steps<=3", "step rows=4 steps<=3"]
-  tokens = np.random.default_rng(0).integers(2, config.vocab_size, (2, 8)).astype(np.int32)
-  settings = {"max_length": np.array([3, 6], np.int32), "temperature": np.zeros(2, np.float32)}
-  settings |= {"top_k": np.zeros(2, np.int32), "top_p": np.ones(2, np.float32)}
-  running = [1, 3]  # not the first slots: the gather follows the slot ids
+  all_tokens = np.random.default_rng(0).integers(2, config.vocab_size, (2, 8)).astype(np.int32)
 
-  def decode(engine, steps):
-    state = engine.admit(engine.init_state(), running, tokens, [engine.row_vectors(None)] * 2, settings)
+  def decode(engine, steps, running):
+    n = len(running)
+    tokens, settings = all_tokens[:n], {"max_length": np.array([3, 6][:n], np.int32)}
+    settings |= {
+      "temperature": np.zeros(n, np.float32),
+      "top_k": np.zeros(n, np.int32),
+      "top_p": np.ones(n, np.float32),
+    }
+    state = engine.admit(engine.init_state(), running, tokens, [engine.row_vectors(None)] * n, settings)
     before = jax.device_get(state)
     rng, outs = jax.random.key(0), []
     while len(outs) < 8 and not (outs and np.concatenate([o["done"][:, running] for o in outs]).any(axis=0).all()):
@@ -878,16 +884,18 @@ def test_a_step_over_the_running_slots_gives_what_a_step_over_every_slot_gives(t
       outs.append(out)
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, before, jax.device_get(state)
 
-  for steps in (1, 3):
-    want, _, every_state = decode(every, steps)
-    got, before, after = decode(gathered, steps)
+  # Not the first slots: the gather follows the slot ids; one slot running: a padding row fills the bucket of 2.
+  for steps, running in [(1, [1, 3]), (3, [1, 3]), (3, [2])]:
+    idle = [i for i in range(4) if i not in running]
+    want, _, every_state = decode(every, steps, running)
+    got, before, after = decode(gathered, steps, running)
     for key in ("token", "done", "finite"):
       np.testing.assert_array_equal(got[key][:, running], want[key][:, running], err_msg=key)
     np.testing.assert_allclose(got["logp"][:, running], want["logp"][:, running], rtol=1e-6)
-    assert got["done"][:, [0, 2]].all() and not got["token"][:, [0, 2]].any()  # not running: finished, empty
+    assert got["done"][:, idle].all() and not got["token"][:, idle].any()  # not running: finished, empty
     flat_before = dict(jax.tree_util.tree_leaves_with_path(before))
     flat_every = dict(jax.tree_util.tree_leaves_with_path(every_state))
     for path, leaf in jax.tree_util.tree_leaves_with_path(after):
       name = jax.tree_util.keystr(path)
-      np.testing.assert_array_equal(leaf[[0, 2]], flat_before[path][[0, 2]], err_msg=f"{name}: a slot not running")
+      np.testing.assert_array_equal(leaf[idle], flat_before[path][idle], err_msg=f"{name}: a slot not running")
       np.testing.assert_allclose(leaf[running], flat_every[path][running], rtol=1e-6, err_msg=name)

@@ -202,6 +202,26 @@ def _heads_first(x: Array) -> Array:
   return jnp.swapaxes(x, 1, 2)
 
 
+def _decode_logits(query: Array, key: Array, rows: Array | None) -> Array:
+  """float32 logits [B, H, Tq, L] of `query` [B, Tq, H, Dh] against heads-first `key`: [B, H, L, Dh], or with
+  `rows` (int [B], each query row's row of the key; ids past it are padding, zero logits) [S, H, L, Dh]."""
+  if rows is None:
+    return jnp.einsum("bqhd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
+  spread = jnp.zeros((key.shape[0],) + query.shape[1:], query.dtype).at[rows].set(query, mode="drop")
+  logits = jnp.einsum("bqhd,bhkd->bhqk", spread, key, preferred_element_type=jnp.float32)
+  return logits.at[rows].get(mode="fill", fill_value=0)
+
+
+def _decode_values(weights: Array, value: Array, rows: Array | None) -> Array:
+  """float32 weighted values [B, Tq, H, Dh] of `weights` [B, H, Tq, L] over heads-first `value` (as `key` in
+  `_decode_logits`)."""
+  if rows is None:
+    return jnp.einsum("bhqk,bhkd->bqhd", weights, value, preferred_element_type=jnp.float32)
+  spread = jnp.zeros((value.shape[0],) + weights.shape[1:], weights.dtype).at[rows].set(weights, mode="drop")
+  out = jnp.einsum("bhqk,bhkd->bqhd", spread, value, preferred_element_type=jnp.float32)
+  return out.at[rows].get(mode="fill", fill_value=0)
+
+
 def _prefix_bias(prefix_mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
   """Additive logits bias of the prefix keys, `shape` [B, H, Tq, P]: 0 for used vectors, MASK_VALUE for masked ones."""
   if prefix_mask is None:
@@ -260,6 +280,7 @@ class Attention(nn.Module):
     adapters: Mapping[str, Array] | None = None,
     decode: bool = False,
     cache_index: Array | None = None,
+    cache_rows: Array | None = None,
     init_cache_length: int | None = None,
     deterministic: bool = True,
   ) -> Array:
@@ -286,6 +307,11 @@ class Attention(nn.Module):
       decode: read (and for self-attention, update) the cache.
       cache_index: in decode mode, the cache slot of the first new position: an int scalar, or int [B], each
         row's own (`write_cache`).
+      cache_rows: in decode mode, optional int [B]: the cache row each row of the batch reads and writes, when
+        the cache holds more rows than the batch (a continuous batch's running slots: only they are computed);
+        ids past the cache's rows are padding rows, which write nothing. The cache is attended to whole (its
+        rows outside the batch with zero queries, their results dropped): on CPU, cheaper than gathering the
+        batch's rows of every cached key and value.
       init_cache_length: create the cache instead of attending: empty slots of
         this length for self-attention (`inputs_kv` is the query input), or the
         projected `inputs_kv` for cross-attention (pass 0; the adapters that
@@ -304,7 +330,7 @@ class Attention(nn.Module):
       self._init_cache(inputs_kv, batch, init_cache_length, adapters)
       return jnp.zeros(inputs_q.shape[:2] + (self.emb_dim,), self.dtype)
     if decode:
-      key, value = self._read_cache(inputs_kv, cache_index, adapters)
+      key, value = self._read_cache(inputs_kv, cache_index, adapters, cache_rows)
     else:
       key, value = self._project_kv(inputs_kv, adapters)
 
@@ -325,10 +351,8 @@ class Attention(nn.Module):
 
     # float32 logits (T5X's float32_attention_logits), from `dtype` queries and keys: the softmax's input.
     if decode:  # each part on its own: no copy of the cache joined to the prefix at every step
-      logits = jnp.concatenate(
-        [jnp.einsum("bqhd,bhkd->bhqk", query, k.astype(query.dtype), preferred_element_type=jnp.float32) for k in keys],
-        axis=-1,
-      )
+      rows = [None] * (len(keys) - 1) + [cache_rows]  # the cache's part (the last) is laid out by cache row
+      logits = jnp.concatenate([_decode_logits(query, k.astype(query.dtype), r) for k, r in zip(keys, rows)], -1)
     else:
       key, value = jnp.concatenate(keys, axis=1), jnp.concatenate(values, axis=1)
       logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(query.dtype), preferred_element_type=jnp.float32)
@@ -337,10 +361,8 @@ class Attention(nn.Module):
     weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
     if decode:
       splits = np.cumsum([v.shape[2] for v in values])[:-1].tolist()
-      parts = zip(jnp.split(weights, splits, axis=-1), values)
-      out = sum(
-        jnp.einsum("bhqk,bhkd->bqhd", w, v.astype(self.dtype), preferred_element_type=jnp.float32) for w, v in parts
-      ).astype(self.dtype)
+      parts = zip(jnp.split(weights, splits, axis=-1), values, rows)
+      out = sum(_decode_values(w, v.astype(self.dtype), r) for w, v, r in parts).astype(self.dtype)
     else:
       out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
     out = out.reshape(out.shape[:2] + (joined,))
@@ -355,7 +377,7 @@ class Attention(nn.Module):
     self.variable("cache", "cached_value", lambda: value)
 
   def _read_cache(
-    self, inputs_kv: Array | None, cache_index: Array | None, adapters: Mapping[str, Array]
+    self, inputs_kv: Array | None, cache_index: Array | None, adapters: Mapping[str, Array], rows: Array | None
   ) -> tuple[Array, Array]:
     if not self.has_variable("cache", "cached_key"):
       raise ValueError("Decoding needs a cache: call the model's `init_cache` method first.")
@@ -363,24 +385,26 @@ class Attention(nn.Module):
     cached_value = self.variable("cache", "cached_value")
     if inputs_kv is not None:  # self-attention: write the new positions at cache_index.
       new_key, new_value = self._project_kv(inputs_kv, adapters)
-      cached_key.value = write_cache(cached_key.value, new_key, cache_index)
-      cached_value.value = write_cache(cached_value.value, new_value, cache_index)
+      cached_key.value = write_cache(cached_key.value, new_key, cache_index, rows)
+      cached_value.value = write_cache(cached_value.value, new_value, cache_index, rows)
     return cached_key.value, cached_value.value
 
 
-def write_cache(cache: Array, new: Array, index: Array) -> Array:
+def write_cache(cache: Array, new: Array, index: Array, rows: Array | None = None) -> Array:
   """Writes `new` [B, T, H, Dh] into `cache` [B, H, L, Dh] (heads first) at positions index .. index + T - 1.
 
   `index` is an int scalar (every row at one position) or int [B], each row at its own (rows of a continuous
-  batch decoding at different positions, in one batched step); a row's positions beyond L are dropped.
+  batch decoding at different positions, in one batched step); a row's positions beyond L are dropped. `rows`:
+  optional int [B], the cache row of each of new's rows (the cache may hold more); ids past the cache are dropped.
   """
   new = new.astype(cache.dtype)
   index = jnp.asarray(index)
-  if index.ndim == 0:
+  if index.ndim == 0 and rows is None:
     return jax.lax.dynamic_update_slice(cache, _heads_first(new), (0, 0, index, 0))
-  positions = index[:, None] + jnp.arange(new.shape[1])  # [B, T]
+  positions = jnp.broadcast_to(index, new.shape[:1])[:, None] + jnp.arange(new.shape[1])  # [B, T]
+  rows = jnp.arange(new.shape[0]) if rows is None else rows
   # Two index arrays around a slice: the indexed result is [B, T, H, Dh], new's own layout.
-  return cache.at[jnp.arange(cache.shape[0])[:, None], :, positions].set(new, mode="drop")
+  return cache.at[rows[:, None], :, positions].set(new, mode="drop")
 
 
 _ACTIVATION_FNS = {

@@ -152,7 +152,17 @@ class DecoderLayer(nn.Module):
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
   def __call__(
-    self, x, encoded, self_bias, cross_bias, adapters: Adapters, decode, cache_index, init_cache_length, deterministic
+    self,
+    x,
+    encoded,
+    self_bias,
+    cross_bias,
+    adapters: Adapters,
+    decode,
+    cache_index,
+    cache_rows,
+    init_cache_length,
+    deterministic,
   ):
     h = self.pre_self_attention_layer_norm(x)
     h = self.self_attention(
@@ -162,6 +172,7 @@ class DecoderLayer(nn.Module):
       adapters=adapters.get("self_attention"),
       decode=decode,
       cache_index=cache_index,
+      cache_rows=cache_rows,
       init_cache_length=init_cache_length,
       deterministic=deterministic,
     )
@@ -174,6 +185,7 @@ class DecoderLayer(nn.Module):
         cross_bias,
         adapters=adapters.get("cross_attention"),
         decode=decode,
+        cache_rows=cache_rows,
         init_cache_length=None if init_cache_length is None else 0,
         deterministic=deterministic,
       )
@@ -321,6 +333,7 @@ class Decoder(nn.Module):
     decode_position: Array | None = None,
     init_cache_length: int | None = None,
     output_positions: Array | None = None,
+    cache_rows: Array | None = None,
   ) -> Array:
     """Runs the stack.
 
@@ -339,6 +352,7 @@ class Decoder(nn.Module):
         of computing (the cross-attention cache is filled from `encoded`).
       output_positions: optional int [B, K]: compute logits at these positions
         only (prompt positions need none).
+      cache_rows: when decoding, optional int [B]: each row's row of a cache that holds more (`T5.decode`).
 
     Returns:
       float32 logits [B, T, vocab] ([B, K, vocab] with `output_positions`).
@@ -365,6 +379,7 @@ class Decoder(nn.Module):
         adapters=sites.layer(adapters, "decoder", i),
         decode=decode,
         cache_index=decode_position,
+        cache_rows=cache_rows,
         init_cache_length=init_cache_length,
         deterministic=deterministic,
       )
@@ -477,6 +492,7 @@ class T5(nn.Module):
     prefix: Prefix | None = None,
     encoder_segment_ids: Array | None = None,
     decoder_segment_ids: Array | None = None,
+    cache_rows: Array | None = None,
   ) -> Array:
     """Decoder logits, teacher-forced, or one step through the cache.
 
@@ -499,12 +515,17 @@ class T5(nn.Module):
       prefix: shorthand for the prefix sites ("decoder" and "cross" are used here).
       encoder_segment_ids, decoder_segment_ids: int [B, Te] and [B, Td] of packed rows (teacher forcing only):
         decoder segment s sees its own earlier positions and encoder segment s.
+      cache_rows: when decoding with a position per row, optional int [B]: the cache row each row reads and
+        writes, in a cache made for more rows (a server's slots, of which the batch is the running ones: the
+        other rows are neither computed nor changed); ids past the cache's rows are padding rows, which write
+        nothing. encoder_mask, decoder_key_mask and the adapters are the batch's rows.
 
     Returns:
       float32 logits [B, Td, vocab].
 
     Raises:
-      ValueError: one of the segment ids without the other, or with `decode_position`.
+      ValueError: one of the segment ids without the other, or with `decode_position`; cache_rows without a
+        position per row.
     """
     if (encoder_segment_ids is None) != (decoder_segment_ids is None) or (
       decoder_segment_ids is not None and decode_position is not None
@@ -513,6 +534,8 @@ class T5(nn.Module):
         "packed rows need both encoder_segment_ids and decoder_segment_ids, and only in teacher forcing "
         "(decoding and scoring run on unpacked rows)."
       )
+    if cache_rows is not None and (decode_position is None or jnp.ndim(decode_position) != 1):
+      raise ValueError("cache_rows selects cache rows for a decode step: give decode_position per row, int [B].")
     adapters = self._adapters(adapters, prefix=prefix)
     tokens = jnp.asarray(decoder_input_tokens)
     length = tokens.shape[1]
@@ -534,7 +557,14 @@ class T5(nn.Module):
         encoder_mask = encoder_mask[:, None, :] & _same_segment(decoder_segment_ids, encoder_segment_ids)
     x = self.token_embedder(tokens)
     return self.decoder(
-      x, encoded, encoder_mask, visible, adapters, not enable_dropout, decode_position=decode_position
+      x,
+      encoded,
+      encoder_mask,
+      visible,
+      adapters,
+      not enable_dropout,
+      decode_position=decode_position,
+      cache_rows=None if cache_rows is None else jnp.asarray(cache_rows, jnp.int32),
     )
 
   def _cache_length(self) -> int:

@@ -14,8 +14,9 @@ settings. A decoder step runs the frozen decoder on one position of every
 slot at once: one batched `T5.decode` with a per-row `decode_position`
 [slots], so each row writes its own self-attention cache slot and attends
 with its own causal mask and relative positions. Only the running slots are
-computed: with few running, the step gathers their rows of the state, padded
-up to a step bucket, and writes them back after its steps. `step` runs up to
+computed: the step gathers their rows of the per-slot state, padded up to a
+step bucket, and writes them back after its steps; the cache stays whole, each
+row reading and writing its own cache row (`T5.decode`'s cache_rows). `step` runs up to
 `EngineShapes.max_steps_per_call` such steps in one call (a `lax.while_loop`
 on the device, the tokens of every step returned together), stopping early
 once no slot is active or, when asked, after the first step that finishes a
@@ -95,13 +96,14 @@ class EngineShapes:
       again; a request arriving meanwhile waits for the call to end. The batcher runs one step after each
       admission and doubles the count while no request arrives, up to this; 1: one step per call.
     admit_buckets: rows encoded at once when requests join.
-    step_buckets: rows a decoder step computes: the running slots, gathered and padded up to the smallest bucket
-      that holds them (`slots` is always the last), so a step's cost follows the requests running rather than
-      the slots. Each bucket is one more compiled step program; () steps every slot always. None (the default):
-      the powers of two from 4 to half the slots (32 slots: 4, 8, 16). Gathering the rows and writing them back
-      costs a pass over their state once per call: on a 2-core CPU, one step per call, 4 of 32 slots cost 3.6 ms
-      gathered against 10.0 ms over every slot, 16 cost 8.2 against 9.6, but 24 cost 10.3 against 8.5 (the
-      bucket stops at half).
+    step_buckets: rows a decoder step computes: the running slots, padded up to the smallest bucket that holds
+      them (`slots` is always the last), so a step's cost follows the requests running rather than the slots.
+      Their per-slot state is gathered once per call and written back; the cache is not (each step writes and
+      attends to the rows' own cache rows in place), so only attention runs over every slot. Each bucket is one
+      more compiled step program; () steps every slot always. None (the default): the powers of two from 4 and
+      one and a half times those from 16 (24, 48, ...), below the slots (32 slots: 4, 8, 16, 24). On a 2-core
+      CPU, 32 slots of the demo model, one step per call: 4 running cost 3.3 ms, 16 4.4, 24 5.1, against 6.0
+      over every slot (8 steps per call: 2.5, 3.8, 3.9 against 5.0).
     score_buckets: rows (input x prompt x candidate) scored at once.
     max_target_length: longest scored candidate (tokens, EOS included).
     beam_sizes: beam widths served.
@@ -132,7 +134,8 @@ class EngineShapes:
 
   def __post_init__(self):
     if self.step_buckets is None:
-      object.__setattr__(self, "step_buckets", tuple(2**i for i in range(2, 16) if 2**i <= self.slots // 2))
+      sizes = {2**i for i in range(2, 16)} | {3 * 2**i for i in range(3, 15)}  # 4, 8, 16, 32, ...; 24, 48, ...
+      object.__setattr__(self, "step_buckets", tuple(sorted(b for b in sizes if b < self.slots)))
     for name in ("input_buckets", "admit_buckets", "step_buckets", "score_buckets", "beam_sizes", "beam_buckets"):
       value = tuple(int(v) for v in getattr(self, name))
       object.__setattr__(self, name, value)
@@ -324,9 +327,10 @@ class Engine:
       state[name] = put(state[name], settings[name])
     return state
 
-  def _one_step(self, params, state, rng):
-    """One batched decoder step over every slot, each at its own position (T5.decode's per-row decode_position:
-    each row writes its own self-attention cache slot and sees only its own earlier positions)."""
+  def _one_step(self, params, state, rng, rows=None):
+    """One batched decoder step, each row at its own position (T5.decode's per-row decode_position: each row
+    writes its own self-attention cache slot and sees only its own earlier positions). rows: None, every slot;
+    or int [k], the slots the state's rows are (its cache is every slot's: T5.decode's cache_rows)."""
     logits, mutated = self.model.apply(
       {"params": params, "cache": state["cache"]},
       None,
@@ -334,6 +338,7 @@ class Engine:
       state["token"][:, None],
       adapters=self._model_kwargs({"decoder": state["decoder"]})["adapters"],
       decode_position=state["position"],
+      cache_rows=rows,
       method=T5.decode,
       mutable=["cache"],
     )
@@ -351,11 +356,13 @@ class Engine:
   def _step_fn(self, params, state, rng, steps, stop_on_finish, rows=None):
     """Up to `steps` decoder steps; stops early when no slot is active, or (stop_on_finish) after a step that
     finished one. The rng is split once per step, as the host split it when each call ran one step. `rows` int
-    [k]: the slots stepped (ids >= slots: padding rows, inactive), gathered once before the steps and written
-    back after them; None: every slot."""
+    [k]: the slots stepped (ids >= slots: padding rows, inactive): their rows of the per-slot state are gathered
+    once before the steps and written back after them, while the cache stays whole (each step reads and writes
+    the rows' own cache rows in place, `T5.decode`'s cache_rows); None: every slot."""
     full = state
     if rows is not None:
-      state = jax.tree.map(lambda x: x.at[rows].get(mode="fill", fill_value=0), full)
+      state = {k: v for k, v in full.items() if k != "cache"}
+      state = dict(jax.tree.map(lambda x: x.at[rows].get(mode="fill", fill_value=0), state), cache=full["cache"])
     width, most = state["active"].shape[0], self.shapes.max_steps_per_call
     out = {
       "token": jnp.zeros((most, width), jnp.int32),
@@ -371,13 +378,15 @@ class Engine:
     def one(carry):
       i, state, rng, out, _ = carry
       rng, sub = jax.random.split(rng)
-      state, step = self._one_step(params, state, sub)
+      state, step = self._one_step(params, state, sub, rows)
       out = {name: out[name].at[i].set(step[name]) for name in out}
       return i + 1, state, rng, out, stop_on_finish & jnp.any(step["done"])
 
     n, state, rng, out, _ = jax.lax.while_loop(more, one, (jnp.int32(0), state, rng, out, jnp.bool_(False)))
     if rows is not None:
-      state = jax.tree.map(lambda x, new: x.at[rows].set(new, mode="drop"), full, state)
+      cache, state = state["cache"], {k: v for k, v in state.items() if k != "cache"}
+      rest = {k: v for k, v in full.items() if k != "cache"}
+      state = dict(jax.tree.map(lambda x, new: x.at[rows].set(new, mode="drop"), rest, state), cache=cache)
     return state, rng, dict(out, steps=n)
 
   def admit(self, state, slot_ids: Sequence[int], tokens: np.ndarray, rows: Sequence[PyTree], settings: dict):
