@@ -846,9 +846,10 @@ def test_a_call_of_several_steps_gives_what_single_steps_give(tiny_decoder_model
 
 def test_a_step_over_the_running_slots_gives_what_a_step_over_every_slot_gives(tiny_decoder_model):
   """With step buckets the running slots alone are stepped (padded up to a bucket, their per-slot state gathered and
-  written back, each reading and writing its own cache row): the tokens, scores and finishing steps of every running
-  slot are those of a step over every slot, wherever the slots sit and with padding rows in the bucket, and the
-  slots not running are left as they were, cache included. The default buckets are the powers of two from 4 and 1.5
+  written back; their cache rows gathered too at most a quarter of the slots, else each reading and writing its own
+  cache row in place): the tokens, scores and finishing steps of every running slot are those of a step over every
+  slot, wherever the slots sit and with padding rows in the bucket, and the slots not running are left as they
+  were, cache included. The default buckets are the powers of two from 4 and 1.5
   times those from 16, below the slots; a bucket above the slots is refused."""
   import jax
 
@@ -864,8 +865,9 @@ def test_a_step_over_the_running_slots_gives_what_a_step_over_every_slot_gives(t
   sizes = dict(slots=4, input_buckets=(8,), max_prompt_length=2, max_prefix_length=0, max_decode_length=8)
   sizes.update(max_steps_per_call=3, admit_buckets=(4,), score_buckets=(1,), beam_buckets=(1,), methods=("prompt",))
   every = Engine(config, params, partitioning.make_mesh(), EngineShapes(**sizes, step_buckets=()))
-  gathered = Engine(config, params, partitioning.make_mesh(), EngineShapes(**sizes, step_buckets=(2,)))
-  assert [p for p in gathered.warm_up() if p.startswith("step")] == ["step rows=2 steps<=3", "step rows=4 steps<=3"]
+  in_place = Engine(config, params, partitioning.make_mesh(), EngineShapes(**sizes, step_buckets=(2,)))
+  assert [p for p in in_place.warm_up() if p.startswith("step")] == ["step rows=2 steps<=3", "step rows=4 steps<=3"]
+  gathered = Engine(config, params, partitioning.make_mesh(), EngineShapes(**sizes, step_buckets=(1,)))
   all_tokens = np.random.default_rng(0).integers(2, config.vocab_size, (2, 8)).astype(np.int32)
 
   def decode(engine, steps, running):
@@ -884,18 +886,21 @@ def test_a_step_over_the_running_slots_gives_what_a_step_over_every_slot_gives(t
       outs.append(out)
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, before, jax.device_get(state)
 
-  # Not the first slots: the gather follows the slot ids; one slot running: a padding row fills the bucket of 2.
-  for steps, running in [(1, [1, 3]), (3, [1, 3]), (3, [2])]:
+  # Not the first slots: the gather follows the slot ids; one slot running in the bucket of 2: a padding row. The
+  # bucket of 1 (a quarter of the slots) gathers the cache rows too.
+  cases = [(in_place, 1, [1, 3]), (in_place, 3, [1, 3]), (in_place, 3, [2]), (gathered, 3, [2]), (gathered, 1, [0])]
+  for engine, steps, running in cases:
     idle = [i for i in range(4) if i not in running]
     want, _, every_state = decode(every, steps, running)
-    got, before, after = decode(gathered, steps, running)
+    got, before, after = decode(engine, steps, running)
     for key in ("token", "done", "finite"):
       np.testing.assert_array_equal(got[key][:, running], want[key][:, running], err_msg=key)
-    np.testing.assert_allclose(got["logp"][:, running], want["logp"][:, running], rtol=1e-6)
+    # Tolerances: a 1-row matmul rounds differently from a batched one.
+    np.testing.assert_allclose(got["logp"][:, running], want["logp"][:, running], rtol=1e-5, atol=1e-6)
     assert got["done"][:, idle].all() and not got["token"][:, idle].any()  # not running: finished, empty
     flat_before = dict(jax.tree_util.tree_leaves_with_path(before))
     flat_every = dict(jax.tree_util.tree_leaves_with_path(every_state))
     for path, leaf in jax.tree_util.tree_leaves_with_path(after):
       name = jax.tree_util.keystr(path)
       np.testing.assert_array_equal(leaf[idle], flat_before[path][idle], err_msg=f"{name}: a slot not running")
-      np.testing.assert_allclose(leaf[running], flat_every[path][running], rtol=1e-6, err_msg=name)
+      np.testing.assert_allclose(leaf[running], flat_every[path][running], rtol=1e-5, atol=1e-6, err_msg=name)

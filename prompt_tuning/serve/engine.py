@@ -15,8 +15,9 @@ slot at once: one batched `T5.decode` with a per-row `decode_position`
 [slots], so each row writes its own self-attention cache slot and attends
 with its own causal mask and relative positions. Only the running slots are
 computed: the step gathers their rows of the per-slot state, padded up to a
-step bucket, and writes them back after its steps; the cache stays whole, each
-row reading and writing its own cache row (`T5.decode`'s cache_rows). `step` runs up to
+step bucket, and writes them back after its steps; above a quarter of the
+slots the cache stays whole, each row reading and writing its own cache row
+(`T5.decode`'s cache_rows), and at most a quarter its rows are gathered too. `step` runs up to
 `EngineShapes.max_steps_per_call` such steps in one call (a `lax.while_loop`
 on the device, the tokens of every step returned together), stopping early
 once no slot is active or, when asked, after the first step that finishes a
@@ -98,8 +99,9 @@ class EngineShapes:
     admit_buckets: rows encoded at once when requests join.
     step_buckets: rows a decoder step computes: the running slots, padded up to the smallest bucket that holds
       them (`slots` is always the last), so a step's cost follows the requests running rather than the slots.
-      Their per-slot state is gathered once per call and written back; the cache is not (each step writes and
-      attends to the rows' own cache rows in place), so only attention runs over every slot. Each bucket is one
+      Their per-slot state is gathered once per call and written back; above a quarter of the slots the cache is
+      not (each step writes and attends to the rows' own cache rows in place, so only attention runs over every
+      slot), at most a quarter it is too (`Engine._step_fn` has the measurements). Each bucket is one
       more compiled step program; () steps every slot always. None (the default): the powers of two from 4 and
       one and a half times those from 16 (24, 48, ...), below the slots (32 slots: 4, 8, 16, 24). On a 2-core
       CPU, 32 slots of the demo model, one step per call: 4 running cost 3.3 ms, 16 4.4, 24 5.1, against 6.0
@@ -357,12 +359,18 @@ class Engine:
     """Up to `steps` decoder steps; stops early when no slot is active, or (stop_on_finish) after a step that
     finished one. The rng is split once per step, as the host split it when each call ran one step. `rows` int
     [k]: the slots stepped (ids >= slots: padding rows, inactive): their rows of the per-slot state are gathered
-    once before the steps and written back after them, while the cache stays whole (each step reads and writes
-    the rows' own cache rows in place, `T5.decode`'s cache_rows); None: every slot."""
-    full = state
+    once before the steps and written back after them; None: every slot. With k at most a quarter of the slots
+    their cache rows are gathered too (a copy once per call, then attention over k rows); with more, the cache
+    stays whole and each step reads and writes the rows' own cache rows in place (`T5.decode`'s cache_rows:
+    attention over every slot, no copy). On a 2-core CPU, 32 slots of the demo model: 4 running, gathered 2.7 ms a
+    step at one step a call and 1.6 at 8, in place 3.1 and 2.6; 16 running, gathered 6.4 and 3.5, in place 4.4
+    and 3.4."""
+    full, cache_rows = state, None
     if rows is not None:
-      state = {k: v for k, v in full.items() if k != "cache"}
-      state = dict(jax.tree.map(lambda x: x.at[rows].get(mode="fill", fill_value=0), state), cache=full["cache"])
+      if rows.shape[0] > self.shapes.slots // 4:
+        cache_rows = rows
+      moved = {k: v for k, v in full.items() if cache_rows is None or k != "cache"}
+      state = dict(full, **jax.tree.map(lambda x: x.at[rows].get(mode="fill", fill_value=0), moved))
     width, most = state["active"].shape[0], self.shapes.max_steps_per_call
     out = {
       "token": jnp.zeros((most, width), jnp.int32),
@@ -378,15 +386,14 @@ class Engine:
     def one(carry):
       i, state, rng, out, _ = carry
       rng, sub = jax.random.split(rng)
-      state, step = self._one_step(params, state, sub, rows)
+      state, step = self._one_step(params, state, sub, cache_rows)
       out = {name: out[name].at[i].set(step[name]) for name in out}
       return i + 1, state, rng, out, stop_on_finish & jnp.any(step["done"])
 
     n, state, rng, out, _ = jax.lax.while_loop(more, one, (jnp.int32(0), state, rng, out, jnp.bool_(False)))
     if rows is not None:
-      cache, state = state["cache"], {k: v for k, v in state.items() if k != "cache"}
-      rest = {k: v for k, v in full.items() if k != "cache"}
-      state = dict(jax.tree.map(lambda x, new: x.at[rows].set(new, mode="drop"), rest, state), cache=cache)
+      back = {k: state[k] for k in moved}
+      state = dict(state, **jax.tree.map(lambda x, new: x.at[rows].set(new, mode="drop"), moved, back))
     return state, rng, dict(out, steps=n)
 
   def admit(self, state, slot_ids: Sequence[int], tokens: np.ndarray, rows: Sequence[PyTree], settings: dict):
