@@ -17,9 +17,10 @@ with its own causal mask and relative positions. Only the running slots are
 computed: the step gathers their rows of the per-slot state, padded up to a
 step bucket, and writes them back after its steps; above a quarter of the
 slots the cache stays whole, each row reading and writing its own cache row
-(`T5.decode`'s cache_rows), and at most a quarter its rows are gathered too. `step` runs up to
-`EngineShapes.max_steps_per_call` such steps in one call (a `lax.while_loop`
-on the device, the tokens of every step returned together), stopping early
+(`T5.decode`'s cache_rows), and at most a quarter its rows are gathered too.
+`step` runs up to `EngineShapes.max_steps_per_call` such steps in one call
+(a `lax.while_loop` on the device, the tokens of every step returned
+together), stopping early
 once no slot is active or, when asked, after the first step that finishes a
 slot: each call is a round trip to the host (the program's start, the
 transfer of its outputs, the batcher's thread waking), and on a busy CPU that
@@ -104,8 +105,8 @@ class EngineShapes:
       slot), at most a quarter it is too (`Engine._step_fn` has the measurements). Each bucket is one
       more compiled step program; () steps every slot always. None (the default): the powers of two from 4 and
       one and a half times those from 16 (24, 48, ...), below the slots (32 slots: 4, 8, 16, 24). On a 2-core
-      CPU, 32 slots of the demo model, one step per call: 4 running cost 3.3 ms, 16 4.4, 24 5.1, against 6.0
-      over every slot (8 steps per call: 2.5, 3.8, 3.9 against 5.0).
+      CPU, 32 slots of the demo model, one step per call: 4 running cost 2.7 ms (gathered), 16 4.4 and 24 5.1
+      (in place), against 6.0-6.6 over every slot (8 steps per call: 1.6, 3.4, 3.9 against 4.7-5.2).
     score_buckets: rows (input x prompt x candidate) scored at once.
     max_target_length: longest scored candidate (tokens, EOS included).
     beam_sizes: beam widths served.
