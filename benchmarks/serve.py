@@ -91,8 +91,9 @@ def _summary(requests: int, tokens: int, elapsed: float, latencies: list[float])
   }
 
 
-async def _load(url: str, bodies: list[dict], concurrency: int) -> dict[str, float]:
-  """`concurrency` clients on keep-alive connections, each sending its next request once its last is answered.
+async def _load(url: str, bodies: list[dict], concurrency: int, outputs: list | None = None) -> dict[str, float]:
+  """`concurrency` clients on keep-alive connections, each sending its next request once its last is answered;
+  with `outputs` (a list as long as `bodies`), each request's token ids are kept at its index (serve_ab.py's check).
 
   aiohttp, not httpx (the tests' client): the load generator shares this machine's cores with the server, and
   httpx's client took 2.0-2.2 ms of CPU per request here against aiohttp's 0.5-0.7 ms (the same requests, 3 runs
@@ -101,18 +102,20 @@ async def _load(url: str, bodies: list[dict], concurrency: int) -> dict[str, flo
   import aiohttp
 
   latencies, tokens = [], 0
-  pending = list(reversed(bodies))
+  pending = list(reversed(range(len(bodies))))
 
   async def worker(session):
     nonlocal tokens
     while pending:
-      body = pending.pop()
+      i = pending.pop()
       start = time.perf_counter()
-      async with session.post("/v1/generate", json=body) as reply:
+      async with session.post("/v1/generate", json=bodies[i]) as reply:
         reply.raise_for_status()
         result = await reply.json()
       latencies.append(time.perf_counter() - start)
       tokens += len(result["token_ids"])
+      if outputs is not None:
+        outputs[i] = result["token_ids"]
 
   timeout = aiohttp.ClientTimeout(total=600)
   connector = aiohttp.TCPConnector(limit=concurrency)
@@ -172,12 +175,17 @@ def _in_process_server(prompts: np.ndarray, ids: list[str]):
   return server
 
 
-def _upload(url: str, prompts: np.ndarray) -> list[str]:
+def _upload(url: str, prompts: np.ndarray, admin: dict[str, str] | None = None) -> list[str]:
+  """Uploads each prompt as p0, p1, ...; admin: the server's admin header (default: the token the servers
+  test_serve.py starts take)."""
   import httpx
-  import test_serve  # the admin token the servers it starts take
 
+  if admin is None:
+    import test_serve
+
+    admin = test_serve.ADMIN
   ids = [f"p{i}" for i in range(len(prompts))]
-  with httpx.Client(base_url=url, timeout=60, headers=test_serve.ADMIN) as client:
+  with httpx.Client(base_url=url, timeout=60, headers=admin) as client:
     for prompt_id, prompt in zip(ids, prompts):
       body = {"method": "prompt", "arrays": {"prompt": prompt.tolist()}}
       client.put(f"/v1/prompts/{prompt_id}", json=body).raise_for_status()

@@ -21,7 +21,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,36 +40,12 @@ def _server_module(checkout: Path, name: str):
   return module
 
 
-def _upload(url: str, prompts: np.ndarray, admin: dict[str, str]) -> list[str]:
-  import httpx
-
-  ids = [f"p{i}" for i in range(len(prompts))]
-  for prompt_id, prompt in zip(ids, prompts):
-    body = {"method": "prompt", "arrays": {"prompt": prompt.tolist()}}
-    httpx.put(f"{url}/v1/prompts/{prompt_id}", json=body, headers=admin, timeout=60).raise_for_status()
-  return ids
-
-
 async def _batch(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[list[int]]]:
-  """(req/s, each request's tokens) of one batch at `concurrency`."""
-  import httpx
-
+  """(req/s, each request's tokens) of one batch at `concurrency` (serve.py's load generator)."""
   tokens: list = [None] * len(bodies)
-  queue: asyncio.Queue = asyncio.Queue()
-  for i in range(len(bodies)):
-    queue.put_nowait(i)
-
-  async def worker(client):
-    while not queue.empty():
-      i = queue.get_nowait()
-      reply = await client.post("/v1/generate", json=bodies[i])
-      reply.raise_for_status()
-      tokens[i] = reply.json()["token_ids"]
-
-  async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=concurrency)) as c:
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(c) for _ in range(concurrency)))
-    return len(bodies) / (time.perf_counter() - start), tokens
+  run = await serve._load(url, bodies, concurrency, tokens)
+  assert None not in tokens, "a request's tokens were not kept: the tokens check below would compare nothing"
+  return run["requests_per_s"], tokens
 
 
 def main(argv=None) -> int:
@@ -112,7 +87,7 @@ def main(argv=None) -> int:
         finally:
           os.chdir(here)
         servers[name] = (module, process, url)
-        ids = _upload(url, prompts, module.ADMIN)
+        ids = serve._upload(url, prompts, module.ADMIN)
         asyncio.run(_batch(url, serve._bodies(ids, CONCURRENCY, 99), args.concurrency))  # warm
       for r in range(args.rounds):
         for name in list(sides) if r % 2 == 0 else list(sides)[::-1]:
