@@ -18,12 +18,10 @@ import importlib
 import logging
 import os
 import re
-import signal
 import sys
-import threading
 from collections.abc import Callable
 
-from prompt_tuning import distributed, gin_config, startup
+from prompt_tuning import distributed, gin_config, interrupts, startup
 
 GIN_COMMANDS = {
   "train": ("prompt_tuning.train", "train"),
@@ -107,41 +105,6 @@ def end_process(code: int) -> None:
     os._exit(code)
 
 
-# Ctrl-C during a command. Python raises KeyboardInterrupt wherever the main thread is; inside a callback (JAX's
-# garbage-collection callback, a __del__) it is printed as "Exception ignored" and lost, and a run trained on after
-# its Ctrl-C (seen in tests/test_faults_sweeps.py's Ctrl-C test). The handler below also remembers it, and long
-# loops call `raise_if_interrupted` at points where nothing swallows it (the train loop, after every step).
-_interrupted = threading.Event()
-
-
-def _on_sigint(number, frame) -> None:
-  _interrupted.set()
-  signal.default_int_handler(number, frame)
-
-
-def raise_if_interrupted() -> None:
-  """Raises KeyboardInterrupt if Ctrl-C came during this command (also when its first KeyboardInterrupt was lost)."""
-  if _interrupted.is_set():
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _remembering_ctrl_c():
-  """`_on_sigint` for SIGINT while a command runs, where Python's own handler is installed (not where SIGINT is
-  ignored or handled otherwise, nor off the main thread); the previous handler and no remembered Ctrl-C after."""
-  ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is (
-    signal.default_int_handler
-  )
-  if ours:
-    signal.signal(signal.SIGINT, _on_sigint)
-  try:
-    yield
-  finally:
-    if ours:
-      signal.signal(signal.SIGINT, signal.default_int_handler)
-    _interrupted.clear()
-
-
 def run(command: str, argv: list[str], dispatch: Callable[[str, list[str]], int], quiet: tuple[str, ...] = ()) -> int:
   """Runs `dispatch(command, argv)` and returns its exit status; an error is printed as `error_message` (status 1;
   --debug raises it instead), Ctrl-C is status 130.
@@ -155,7 +118,7 @@ def run(command: str, argv: list[str], dispatch: Callable[[str, list[str]], int]
   elif command not in GIN_COMMANDS:
     argv = [a for a in argv if a != "--verbose"]
   try:
-    with _remembering_ctrl_c():
+    with interrupts.remembering_ctrl_c():
       return dispatch(command, argv)
   except SystemExit as e:  # argparse already printed its one line
     return int(e.code or 0)

@@ -307,7 +307,7 @@ def test_a_ctrl_c_that_a_callback_swallowed_still_ends_the_command(sigint_reache
   there, a __del__ here) has its KeyboardInterrupt printed as "Exception ignored" and lost; the command still ends
   with status 130 at the next `raise_if_interrupted` (the train loop calls it every step), and the next command
   starts with no Ctrl-C remembered."""
-  from prompt_tuning import command
+  from prompt_tuning import command, interrupts
 
   reached = []
 
@@ -318,14 +318,14 @@ def test_a_ctrl_c_that_a_callback_swallowed_still_ends_the_command(sigint_reache
   def dispatch(name, argv):
     InterruptedWhileCollected()  # collected at once
     reached.append("after the lost KeyboardInterrupt")
-    command.raise_if_interrupted()
+    interrupts.raise_if_interrupted()
     reached.append("went on")
     return 0
 
   assert command.run("train", ["--verbose"], dispatch) == 130
   assert reached == ["after the lost KeyboardInterrupt"]  # lost: else the first append would not have run
   assert "interrupted; the last finished checkpoint is kept." in capsys.readouterr().err
-  assert command.run("train", ["--verbose"], lambda name, argv: command.raise_if_interrupted() or 0) == 0
+  assert command.run("train", ["--verbose"], lambda name, argv: interrupts.raise_if_interrupted() or 0) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

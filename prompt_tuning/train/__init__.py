@@ -22,7 +22,7 @@ import gin
 import jax
 import numpy as np
 
-from prompt_tuning import command, locks, optim, partitioning, storage, validation
+from prompt_tuning import interrupts, locks, optim, partitioning, storage, validation
 from prompt_tuning.checkpoints import training as training_checkpoints
 from prompt_tuning.run import Run, RunConfig, pattern_of, plan  # noqa: F401  (train.plan: the planner's entry)
 from prompt_tuning.run import build_training as build
@@ -227,7 +227,7 @@ def _loop(run: Run, cfg: RunConfig, schedule: dict[str, Any], batches, reporter,
   last: dict[str, Any] = {}
   tic = time.perf_counter()
   while step < end:
-    command.raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt a callback swallowed
+    interrupts.raise_if_interrupted()  # a Ctrl-C whose KeyboardInterrupt a callback swallowed
     batch = partitioning.shard_batch(next(batches), run.mesh)
     run.state, metrics = run.train_step(run.state, run.frozen, batch, rng)
     step, position = step + 1, position + 1
