@@ -904,3 +904,41 @@ def test_a_step_over_the_running_slots_gives_what_a_step_over_every_slot_gives(t
       name = jax.tree_util.keystr(path)
       np.testing.assert_array_equal(leaf[idle], flat_before[path][idle], err_msg=f"{name}: a slot not running")
       np.testing.assert_allclose(leaf[running], flat_every[path][running], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_an_input_in_a_shorter_bucket_decodes_as_in_the_longest(tiny_decoder_model):
+  """An admission in a shorter input bucket projects its cross-attention keys and values from its own positions and
+  pads them to the slots' encoder length: its steps give the tokens and scores the same requests give admitted in
+  the longest bucket, and the cache beyond its positions holds zeros."""
+  import jax
+
+  from prompt_tuning import partitioning
+  from prompt_tuning.serve.engine import Engine, EngineShapes
+  from prompt_tuning.serve.store import make_entry
+
+  config, params = tiny_decoder_model
+  shapes = EngineShapes(
+    slots=2, input_buckets=(4, 8), max_prompt_length=2, max_prefix_length=0, max_decode_length=6, max_steps_per_call=6,
+    admit_buckets=(2,), score_buckets=(1,), beam_buckets=(1,), methods=("prompt",),
+  )  # fmt: skip
+  engine = Engine(config, params, partitioning.make_mesh(), shapes)
+  short = np.array([[5, 9, 7, 1], [11, 3, 1, 0]], np.int32)
+  settings = {"max_length": np.array([6, 6], np.int32), "temperature": np.zeros(2, np.float32)}
+  settings |= {"top_k": np.zeros(2, np.int32), "top_p": np.ones(2, np.float32)}
+  prompt = np.random.default_rng(0).normal(size=(2, config.emb_dim)).astype(np.float32)
+  entry = make_entry("p", "prompt", {"prompt": prompt}, engine.limits(), 1, "test")
+  rows = [engine.row_vectors(None), engine.row_vectors(entry)]
+
+  def decode(tokens):
+    state = engine.admit(engine.init_state(), [0, 1], tokens, rows, settings)
+    cache = jax.device_get(state["cache"])
+    _, _, out = engine.step(state, jax.random.key(0), 6)
+    return out, cache
+
+  got, cache = decode(short)
+  want, _ = decode(np.pad(short, ((0, 0), (0, 4))))
+  np.testing.assert_array_equal(got["token"], want["token"])
+  np.testing.assert_allclose(got["logp"], want["logp"], rtol=1e-5, atol=1e-6)
+  for layer in cache["decoder"].values():
+    keys = layer["encoder_decoder_attention"]["cached_key"]  # [slots, H, P + 8, Dh]
+    assert keys.shape[2] == 2 + 8 and not keys[:, :, 2 + 4 :].any() and keys[:, :, : 2 + 3].any()
