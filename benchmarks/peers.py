@@ -8,7 +8,8 @@ baseline interleaved repeat by repeat, so load moving during a row hits both sid
 - server: `serve.py`'s `bench` at concurrency 32, one shared prompt, against Hugging Face generate + PEFT on the
   same requests (`--hf_too`), requests/s; then, with no goal, the same with `--no_http` (the server in this
   process, no HTTP front end or load generator beside it), and where each run's time went (`serve.py`'s
-  accounting);
+  accounting, HF's beside it), and the server row's ceiling: HF's time over the server's with its admissions at
+  their floor (no padding, at the matmul roof) and the rest as measured;
 - generate: `generate.py` (`decoding.generate`, greedy, t5_1_1_small, batch 8, 128 inputs + prompt 20, exactly 32
   new tokens, float32) against `PeftModel.generate`, generated tokens/s;
 - training: `packing.py`'s BoolQ-like scenario at t5_1_1_small (ours unpacked, bucketed with BUCKET_BY_LENGTH,
@@ -68,7 +69,10 @@ def server_rows(args) -> dict:
     out = serve.main(argv + extra)
     ours, hf = out["tables"]["continuous"][(1, 32)], out["tables"]["hf_peft"][(1, 32)]
     rows[key] = {"ours": cell(ours), "peer": cell(hf), "ratio": _spread(out["hf_ratios"][(1, 32)])}
+    if key == "server":
+      rows["server ceiling"] = {"ratio": _spread(out["ceilings"][(1, 32)])}
     rows["accounting"] = {**rows.get("accounting", {}), key: {k: ours[k] for k in serve.ACCOUNTING}}
+    rows["hf accounting"] = {**rows.get("hf accounting", {}), key: {k: hf[k] for k in serve.HF_ACCOUNTING}}
   return rows
 
 
@@ -117,6 +121,9 @@ def training_rows(args) -> dict:
 
 LABELS = {
   "server": "server, one shared prompt, concurrency 32, req/s: ours / HF generate + PEFT",
+  "server ceiling": "the server row's ceiling: its runs with every admission at its floor (each request encoded "
+  "alone, unpadded, at the matmul roof: `serve.admission_floor`), its steps and time outside the model as measured "
+  "(no goal)",
   "server without HTTP": "the same server built in the benchmark's process, requests submitted to its batcher, no "
   "HTTP: ours / HF generate + PEFT (no goal)",
   "generate": "`decoding.generate` greedy, {size}, batch 8, {inputs} inputs + prompt 20, 32 new tokens, tokens/s: "
@@ -197,6 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
       f"decoder steps, {a['admit_share']:.0%} in admissions), {a['steps_per_request']:.2f} decoder steps and "
       f"{a['admissions_per_request']:.2f} admissions per request, {a['rows_per_step']:.1f} rows per step, "
       f"{a['step_ms']:.1f} ms a step, {a['admit_ms']:.1f} ms an admission"
+    )
+  for name, a in rows["hf accounting"].items():
+    print(
+      f"HF generate + PEFT beside the {name} row: {a['first_token_share']:.0%} of its time in the encoder and the "
+      f"first step (the same batches with max_new_tokens=1: {a['first_token_ms']:.1f} ms a request), "
+      f"{a['steps_per_request']:.2f} later decoder steps per request, {a['step_ms']:.1f} ms a step of 32 rows"
     )
   print(f"\n{table}")
   if args.output:

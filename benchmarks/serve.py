@@ -25,7 +25,10 @@ decoder steps and admissions per request, and rows per step. Ratios, all from th
   prompt, each group generated in batches of up to 32 (the server's slots)
   with the group's longest max_decode_length; our server at concurrency 32.
   Each repeat of ours is followed by HF's on the same requests (interleaved),
-  and the ratio is taken per repeat: median (min-max). torch runs one thread
+  and the ratio is taken per repeat: median (min-max). Where HF's time went
+  is measured too, beside the server's: the same batches again with
+  max_new_tokens=1 (its encoder and first step), the rest being its later
+  decoder steps (not timed into its req/s). torch runs one thread
   per core (`--hf_threads` to change: on a box busy with other work, torch's
   threads wait on each other and HF slows several-fold, one thread far less).
 
@@ -222,6 +225,9 @@ ACCOUNTING = (
 )
 
 
+HF_ACCOUNTING = ("first_token_share", "first_token_ms", "steps_per_request", "step_ms")  # `HfPeft.run`'s split
+
+
 def _accounting(before: dict[str, float], after: dict[str, float], run: dict[str, float], requests: int) -> dict:
   """Where a run's time went, from the server's counters: the share of the elapsed time the batcher spent in the
   model's programs (all, decoder steps, admissions), decoder steps and admissions per request, rows per step (of
@@ -245,6 +251,58 @@ def _accounting(before: dict[str, float], after: dict[str, float], run: dict[str
   }
 
 
+def admission_floor(prompt: np.ndarray):
+  """A function of requests giving the seconds their admissions take at least: the FLOPs (XLA's count) of the
+  encoding each one needs, alone and unpadded (its prompt and its tokens, EOS included: the encoder and the
+  projection of its cross-attention keys and values), at `matmul_rate`, measured once here."""
+  import functools
+
+  rate = matmul_rate()
+  work = functools.lru_cache(functools.partial(_encoding_flops, prompt=prompt))
+  return lambda bodies: sum(work(b["text"]) for b in bodies) / rate
+
+
+def _encoding_flops(text: str, prompt: np.ndarray) -> float:
+  """XLA-counted FLOPs of encoding `text` alone, unpadded, and projecting its cross-attention keys and values."""
+  import jax
+
+  from prompt_tuning import demo_data
+  from prompt_tuning.checkpoints import load_pretrained
+  from prompt_tuning.data import get_vocabulary
+  from prompt_tuning.models.t5 import T5
+
+  config, params = load_pretrained(str(demo_data.DEMO_MODEL_DIR))
+  vocabulary, model = get_vocabulary(str(demo_data.DEMO_VOCABULARY)), T5(config)
+
+  def admit(params, tokens, prompt):
+    encoded, mask = model.apply({"params": params}, tokens, prompt=prompt, method=T5.encode)
+    return model.apply({"params": params}, encoded, mask, 1, 1, method=T5.init_cache, mutable=["cache"])[1]
+
+  n = len(vocabulary.encode(text)) + 1
+  analysis = jax.jit(admit).lower(params, np.ones((1, n), np.int32), prompt).compile().cost_analysis()
+  return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
+
+
+def matmul_rate() -> float:
+  """The best FLOP/s this machine's XLA gets from a matmul: the larger of the [2048]^2 roof (`common.matmul_roof`)
+  and the best of an encoder MLP's matmul at an admission's size ([8 x 36 positions, 256] @ [256, 768], the fastest
+  shape measured here), so a bound read against it favours us."""
+  import jax
+  import jax.numpy as jnp
+  from common import matmul_roof
+
+  chain = 16  # matmuls in one program (distinct weights, as the layers'), so no call's start is counted
+  x, weights = jnp.ones((288, 256)), [jnp.full((256, 768), 1e-3 * i) for i in range(chain)]
+  matmuls = jax.jit(lambda x, weights: sum(jnp.sum((x @ w)[:, 0]) for w in weights))
+  matmuls(x, weights).block_until_ready()
+  times = []
+  for _ in range(20):
+    start = time.perf_counter()
+    matmuls(x, weights).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return max(matmul_roof(repeats=5)[0], chain * 2.0 * 288 * 256 * 768 / min(times))
+
+
 def _median_cell(runs: list[dict[str, float]]) -> dict[str, float]:
   cell = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
   for key in ("requests_per_s", "tokens_per_s"):
@@ -257,12 +315,16 @@ def _requests(args, concurrency: int) -> int:
 
 
 def bench(
-  target, ids: list[str], args, prompts: list[int], concurrency: list[int], hf: HfPeft | None = None
-) -> tuple[dict[tuple[int, int], dict], dict[tuple[int, int], dict], dict[tuple[int, int], list[float]]]:
-  """(ours, HF's, per-repeat ours / HF req/s): every cell's repeats; with `hf`, at concurrency 32, each repeat of
+  target, ids: list[str], args, prompts: list[int], concurrency: list[int], hf: HfPeft | None = None, floor=None
+) -> tuple[dict, dict, dict, dict]:
+  """(ours, HF's, per-repeat ours / HF req/s, per-repeat ceilings of that ratio), each by (prompts, concurrency):
+  every cell's repeats; with `hf`, at concurrency 32, each repeat of
   ours is followed by HF's on the same requests (interleaved, so load moving between them hits both alike).
-  target: the server's URL, or (`--no_http`) the server object built in this process."""
-  table, hf_table, ratios = {}, {}, {}
+  target: the server's URL, or (`--no_http`) the server object built in this process. floor: with `hf`, a
+  function of a repeat's requests giving the seconds their admissions take at least (`admission_floor`); a
+  repeat's ceiling is HF's time over this server's with its admissions at that floor, its steps and the time
+  outside the model as measured."""
+  table, hf_table, ratios, ceilings = {}, {}, {}, {}
   for distinct in prompts:
     for c in concurrency:
       runs, hf_runs = [], []
@@ -277,12 +339,17 @@ def bench(
         if hf is not None and c == 32:
           hf_runs.append(hf.run(bodies))
           print("hf", distinct, {k: round(v, 3) for k, v in hf_runs[-1].items()}, flush=True)
+          if floor is not None:  # the ceiling: this run's steps and time outside the model, admissions at the floor
+            ours = runs[-1]
+            elapsed = len(bodies) / ours["requests_per_s"]
+            kept = elapsed * (ours["step_share"] + 1.0 - ours["engine_share"])
+            ceilings.setdefault((distinct, c), []).append(hf_runs[-1]["elapsed_s"] / (kept + floor(bodies)))
       table[(distinct, c)] = _median_cell(runs)
       print(distinct, c, {k: round(v, 3) for k, v in table[(distinct, c)].items()}, flush=True)
       if hf_runs:
         hf_table[(distinct, c)] = _median_cell(hf_runs)
         ratios[(distinct, c)] = [o["requests_per_s"] / h["requests_per_s"] for o, h in zip(runs, hf_runs)]
-  return table, hf_table, ratios
+  return table, hf_table, ratios, ceilings
 
 
 class HfPeft:
@@ -311,11 +378,28 @@ class HfPeft:
     self.model = model.eval()
 
   def run(self, bodies: list[dict]) -> dict[str, float]:
+    """The requests' req/s, tokens/s and latencies, and where HF's time went: the same batches generated again
+    with max_new_tokens=1 (the encoder and the first decoder step: `first_token_share` of the run, and
+    `first_token_ms` per request), the rest of the run being its other decoder steps (`steps_per_request`, and
+    `step_ms` the mean of one, 32 rows)."""
+    out = self._generate(bodies, None)
+    first = self._generate(bodies, 1)
+    steps = out.pop("positions") - first.pop("positions")
+    hf_steps_s = out["elapsed_s"] - first["elapsed_s"]
+    return dict(
+      out,
+      first_token_share=first["elapsed_s"] / out["elapsed_s"],
+      first_token_ms=1e3 * first["elapsed_s"] / len(bodies),
+      steps_per_request=steps / len(bodies),
+      step_ms=1e3 * hf_steps_s / max(steps, 1),
+    )
+
+  def _generate(self, bodies: list[dict], max_new_tokens: int | None) -> dict[str, float]:
     torch = self.torch
     groups: dict[str, list[dict]] = {}
     for body in bodies:
       groups.setdefault(body["prompt_id"], []).append(body)
-    latencies, tokens = [], 0
+    latencies, tokens, positions = [], 0, 0
     start = time.perf_counter()
     for prompt_id, group in groups.items():
       self.model.set_adapter(prompt_id)
@@ -325,20 +409,23 @@ class HfPeft:
         x = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
         for i, row in enumerate(rows):
           x[i, : len(row)] = torch.tensor(row)
+        new_tokens = max_new_tokens or max(b["max_decode_length"] for b in chunk)
         with torch.no_grad():
           out = self.model.generate(
             input_ids=x,
             attention_mask=(x > 0).long(),
-            max_new_tokens=max(b["max_decode_length"] for b in chunk),
+            max_new_tokens=new_tokens,
             do_sample=False,
             num_beams=1,
           )
         done = time.perf_counter() - start
+        positions += out.shape[1] - 1  # the decoder steps run (all rows stop at once: EOS or max_new_tokens)
         for body, row in zip(chunk, out[:, 1:].tolist()):  # drop the start token
           row = row[: body["max_decode_length"]]
           tokens += row.index(1) + 1 if 1 in row else len(row)
           latencies.append(done)
-    return _summary(len(bodies), tokens, time.perf_counter() - start, latencies)
+    elapsed = time.perf_counter() - start
+    return dict(_summary(len(bodies), tokens, elapsed, latencies), elapsed_s=elapsed, positions=positions)
 
 
 def _hf_worker(connection, prompts: np.ndarray, ids: list[str], folder: str, threads: int) -> None:
@@ -387,7 +474,8 @@ def _ratio(a: dict, b: dict, key: str = "requests_per_s") -> str:
 
 def main(argv=None) -> dict:
   """Runs the benchmark and prints its tables; returns {"tables": {server: {(prompts, concurrency): median cell}},
-  "hf_ratios": {(prompts, concurrency): [ours / HF req/s per repeat]}, "ratios": {label: text}}."""
+  "hf_ratios": {(prompts, concurrency): [ours / HF req/s per repeat]}, "ceilings": {the same: [its ceiling per
+  repeat]}, "ratios": {label: text}}."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--requests", type=int, default=16, help="requests per run (at least 2 x concurrency)")
   parser.add_argument("--concurrency", default="1,8,32,128")
@@ -416,27 +504,31 @@ def main(argv=None) -> dict:
   prompts = np.random.default_rng(0).normal(size=(max(distinct), PROMPT_LENGTH, 256)).astype(np.float32)
   results: dict[str, dict] = {}
   hf_ratios: dict[tuple[int, int], list[float]] = {}
+  ceilings: dict[tuple[int, int], list[float]] = {}
+  floor = admission_floor(prompts[0]) if args.hf_too and 32 in concurrency else None
   with tempfile.TemporaryDirectory() as tmp:
     if args.no_http:
       ids = [f"p{i}" for i in range(len(prompts))]
       hf = HfPeftProcess(prompts, ids, Path(tmp), args.hf_threads) if args.hf_too and 32 in concurrency else None
       server = _in_process_server(prompts, ids)
       try:
-        results["continuous"], hf_table, hf_ratios = bench(server, ids, args, distinct, concurrency, hf)
+        results["continuous"], hf_table, hf_ratios, ceilings = bench(
+          server, ids, args, distinct, concurrency, hf, floor
+        )
         if hf is not None:
           results["hf_peft"] = hf_table
       finally:
         server.batcher.stop()
         if hf is not None:
           hf.close()
-      return _report(results, hf_ratios, args, concurrency, distinct)
+      return _report(results, hf_ratios, ceilings, args, concurrency, distinct)
     library = Path(tmp) / "library"
     library.mkdir()
     process, url = test_serve.start_server(library, Path(tmp) / "continuous.log")
     try:
       ids = _upload(url, prompts)
       hf = HfPeft(prompts, ids, Path(tmp), args.hf_threads) if args.hf_too and 32 in concurrency else None
-      results["continuous"], hf_table, hf_ratios = bench(url, ids, args, distinct, concurrency, hf)
+      results["continuous"], hf_table, hf_ratios, ceilings = bench(url, ids, args, distinct, concurrency, hf, floor)
       if hf is not None:
         results["hf_peft"] = hf_table
     finally:
@@ -448,10 +540,10 @@ def main(argv=None) -> dict:
         results["whole_batch"] = bench(url, ids, args, [1], [c for c in concurrency if c >= 32])[0]
       finally:
         test_serve.stop_server(process)
-  return _report(results, hf_ratios, args, concurrency, distinct)
+  return _report(results, hf_ratios, ceilings, args, concurrency, distinct)
 
 
-def _report(results: dict, hf_ratios: dict, args, concurrency: list[int], distinct: list[int]) -> dict:
+def _report(results: dict, hf_ratios: dict, ceilings: dict, args, concurrency: list[int], distinct: list[int]) -> dict:
   """Prints the tables and ratios (module docstring) and returns main's result."""
   cont = results["continuous"]
   print("\n| distinct prompts, concurrency | req/s median (min..max) | generated tokens/s (min..max) | p50 s | p99 s |")
@@ -474,6 +566,10 @@ def _report(results: dict, hf_ratios: dict, args, concurrency: list[int], distin
     ratios[f"ours (concurrency {c}{how}) vs HF generate + PEFT, {p} prompts, req/s"] = (
       f"{statistics.median(s):.2f}x (per repeat, interleaved: {s[0]:.2f}-{s[-1]:.2f})"
     )
+  for (p, c), per_repeat in ceilings.items():
+    s = sorted(per_repeat)
+    label = f"its ceiling: the same runs (concurrency {c}, {p} prompts) with each admission at its floor, no padding"
+    ratios[label + " at the matmul roof"] = f"{statistics.median(s):.2f}x (per repeat: {s[0]:.2f}-{s[-1]:.2f})"
   print(
     "\n| server: distinct prompts, concurrency | in the model (share of elapsed) | in steps | in admissions | "
     "steps / request | admissions / request | rows / step | ms / step | ms / admission |"
@@ -488,13 +584,19 @@ def _report(results: dict, hf_ratios: dict, args, concurrency: list[int], distin
         f"{cell['steps_per_request']:.2f} | {cell['admissions_per_request']:.2f} | {cell['rows_per_step']:.1f} | "
         f"{cell['step_ms']:.1f} | {cell['admit_ms']:.1f} |"
       )
+  for (p, c), cell in results.get("hf_peft", {}).items():
+    print(
+      f"| HF generate + PEFT: {p}, {c} (encoder + first step: the same batches with max_new_tokens=1) | 100% | "
+      f"{1 - cell['first_token_share']:.0%} | {cell['first_token_share']:.0%} | {cell['steps_per_request']:.2f} | "
+      f"{1 / HF_BATCH:.2f} | {HF_BATCH} | {cell['step_ms']:.1f} | {cell['first_token_ms'] * HF_BATCH:.1f} |"
+    )
   print()
   for name, value in ratios.items():
     print(f"- {name}: {value}")
   if args.output:
     tables = {name: {str(k): v for k, v in table.items()} for name, table in results.items()}
     Path(args.output).write_text(json.dumps({"ratios": ratios, "tables": tables}, indent=1))
-  return {"tables": results, "hf_ratios": hf_ratios, "ratios": ratios}
+  return {"tables": results, "hf_ratios": hf_ratios, "ceilings": ceilings, "ratios": ratios}
 
 
 if __name__ == "__main__":
