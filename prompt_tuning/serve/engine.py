@@ -298,8 +298,9 @@ class Engine:
     kwargs = self._model_kwargs(vectors)
     encoded, mask = self.model.apply({"params": params}, tokens, method=T5.encode, **kwargs)  # [n, P + T, D]
     # The cross-attention keys and values are projected from the P + T positions only, then padded with zeros to
-    # the slots' encoder length (what projecting zero-padded outputs gave, at the cost of those positions'
-    # projections: a third of init_cache's at the longest input bucket, for the demo server's 16 of 32).
+    # the slots' encoder length: what projecting the zero-padded outputs gave (the projections and the adapters
+    # applied there, IA3's scales and LoRA's delta, are linear with no bias), without projecting the padding
+    # (the demo server's input bucket of 16: 16 of its 52 positions).
     pad = self.shapes.encoder_length - encoded.shape[1]
     _, variables = self.model.apply(
       {"params": params},
