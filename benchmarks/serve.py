@@ -162,9 +162,10 @@ def _in_process_load(server, bodies: list[dict], concurrency: int) -> dict[str, 
   return _summary(len(bodies), sum(t for _, t in done), elapsed, [x for latencies, _ in done for x in latencies])
 
 
-def _in_process_server(prompts: np.ndarray, ids: list[str]):
+def _in_process_server(prompts: np.ndarray, ids: list[str], start: bool = True):
   """The server `test_serve.start_server` starts (the same flags and shapes), built in this process, its batcher
-  running, the prompts in its library: what `--no_http` measures."""
+  running (unless not `start`: serve_step.py calls its engine itself), the prompts in its library: what
+  `--no_http` measures."""
   import test_serve
 
   from prompt_tuning.serve import cli
@@ -174,7 +175,8 @@ def _in_process_server(prompts: np.ndarray, ids: list[str]):
   _, server = cli.server_from_flags(flags + [f"--gin.EngineShapes.{k}={v}" for k, v in SHAPES.items()])
   for prompt_id, prompt in zip(ids, prompts):
     server.library.put(prompt_id, "prompt", {"prompt": prompt})
-  server.batcher.start()
+  if start:
+    server.batcher.start()
   return server
 
 

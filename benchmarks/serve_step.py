@@ -105,13 +105,9 @@ def ours(running: int):
   import jax
   import serve
 
-  from prompt_tuning.serve import cli
-
-  flags = ["--gin_file=demo/base.gin", "--max_library_bytes=1073741824", "--device_cache_bytes=1073741824"]
-  _, server = cli.server_from_flags(flags + [f"--gin.EngineShapes.{k}={v}" for k, v in serve.SHAPES.items()])
+  prompt = np.random.default_rng(0).normal(size=(1, serve.PROMPT_LENGTH, 256)).astype(np.float32)
+  server = serve._in_process_server(prompt, ["p0"], start=False)  # the server serve.py --no_http measures
   engine = server.engine
-  prompt = np.random.default_rng(0).normal(size=(serve.PROMPT_LENGTH, engine.config.emb_dim)).astype(np.float32)
-  server.library.put("p0", "prompt", {"prompt": prompt})
   vectors = engine.row_vectors(server.library.get("p0"))
   tokens = np.random.default_rng(1).integers(2, engine.config.vocab_size, (running, 16)).astype(np.int32)
   settings = {"max_length": np.full(running, engine.shapes.max_decode_length, np.int32)}
